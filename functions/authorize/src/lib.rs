@@ -1,0 +1,352 @@
+//! The API Gateway Lambda authorizer: finds the key, checks every window of
+//! key, user and team, and reserves the estimate in one atomic write.
+//!
+//! Accepts HTTP API payload 2.0 REQUEST events (answered with a simple
+//! response), and REST REQUEST and TOKEN events (answered with an IAM
+//! policy for the `methodArn`).
+
+use aws_lambda_events::apigw::{
+    ApiGatewayCustomAuthorizerPolicy, ApiGatewayCustomAuthorizerRequest,
+    ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayCustomAuthorizerResponse,
+    ApiGatewayV2CustomAuthorizerSimpleResponse, ApiGatewayV2CustomAuthorizerV2Request,
+};
+use aws_lambda_events::http::HeaderMap;
+use aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
+use budget_core::decision::{rfc3339, Denial};
+use budget_core::model::key_hash_prefix;
+use budget_core::service::{estimate_from_header, AuthorizeOutcome, Authorizer};
+use budget_core::store::Store;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+/// Why an event could not be answered at all. `Unauthorized` is the exact
+/// message API Gateway turns into a 401 for REST authorizers.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthorizeError {
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("malformed authorizer event: {0}")]
+    Malformed(String),
+}
+
+/// The three event shapes this function answers.
+#[derive(Debug)]
+enum Event {
+    HttpApi(Box<ApiGatewayV2CustomAuthorizerV2Request>),
+    RestRequest(Box<ApiGatewayCustomAuthorizerRequestTypeRequest>),
+    RestToken(ApiGatewayCustomAuthorizerRequest),
+}
+
+fn parse_event(event: Value) -> Result<Event, AuthorizeError> {
+    let Value::Object(map) = &event else {
+        return Err(AuthorizeError::Malformed("expected a JSON object".into()));
+    };
+    let text = |k: &str| map.get(k).and_then(Value::as_str).map(str::to_string);
+    let malformed = |e: serde_json::Error| AuthorizeError::Malformed(e.to_string());
+    match (text("version").as_deref(), text("type").as_deref()) {
+        (Some("2.0"), Some("REQUEST")) => Ok(Event::HttpApi(Box::new(
+            serde_json::from_value(event).map_err(malformed)?,
+        ))),
+        (_, Some("TOKEN")) => {
+            let e: ApiGatewayCustomAuthorizerRequest =
+                serde_json::from_value(event).map_err(malformed)?;
+            if e.method_arn.is_none() {
+                return Err(AuthorizeError::Malformed("TOKEN event without methodArn".into()));
+            }
+            Ok(Event::RestToken(e))
+        }
+        (_, Some("REQUEST")) => {
+            let e: ApiGatewayCustomAuthorizerRequestTypeRequest =
+                serde_json::from_value(event).map_err(malformed)?;
+            if e.method_arn.is_none() {
+                return Err(AuthorizeError::Malformed("REQUEST event without methodArn".into()));
+            }
+            Ok(Event::RestRequest(Box::new(e)))
+        }
+        (version, kind) => Err(AuthorizeError::Malformed(format!(
+            "expected an API Gateway authorizer event (type REQUEST or TOKEN), got type {kind:?} version {version:?}"
+        ))),
+    }
+}
+
+/// `Authorization: Bearer <key>` or `x-api-key: <key>` (names are
+/// case-insensitive; `HeaderMap` already is).
+fn key_from_headers(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        if let Some(key) = strip_bearer(v) {
+            return Some(key);
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+}
+
+fn strip_bearer(value: &str) -> Option<String> {
+    let value = value.trim();
+    let key = match value.split_once(char::is_whitespace) {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ if value.eq_ignore_ascii_case("bearer") => "",
+        _ => value,
+    };
+    (!key.is_empty()).then(|| key.to_string())
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Answers one authorizer event.
+pub async fn handle<S: Store>(
+    authorizer: &Authorizer<S>,
+    event: Value,
+    now: DateTime<Utc>,
+) -> Result<Value, AuthorizeError> {
+    let event = parse_event(event)?;
+    let (key, estimate_header, request_id) = match &event {
+        Event::HttpApi(e) => (
+            key_from_headers(&e.headers),
+            header(&e.headers, "x-budget-reserve").map(str::to_string),
+            e.request_context.request_id.clone(),
+        ),
+        Event::RestRequest(e) => (
+            key_from_headers(&e.headers),
+            header(&e.headers, "x-budget-reserve").map(str::to_string),
+            e.request_context.request_id.clone(),
+        ),
+        Event::RestToken(e) => (
+            e.authorization_token.as_deref().and_then(strip_bearer),
+            None,
+            None,
+        ),
+    };
+    let outcome = match key {
+        None => AuthorizeOutcome::InvalidKey,
+        Some(key) => match estimate_from_header(estimate_header.as_deref(), &authorizer.settings) {
+            Err(message) => AuthorizeOutcome::InvalidEstimate(message),
+            Ok(estimate) => {
+                authorizer
+                    .authorize(&key, estimate, request_id.as_deref(), now)
+                    .await
+            }
+        },
+    };
+    log_outcome(&outcome);
+    let (allowed, principal, context) = answer(&outcome, now);
+    match event {
+        Event::HttpApi(_) => {
+            let mut response = ApiGatewayV2CustomAuthorizerSimpleResponse::<Value>::default();
+            response.is_authorized = allowed;
+            response.context = Value::Object(context);
+            serde_json::to_value(response).map_err(|e| AuthorizeError::Malformed(e.to_string()))
+        }
+        Event::RestRequest(_) | Event::RestToken(_) if outcome == AuthorizeOutcome::InvalidKey => {
+            Err(AuthorizeError::Unauthorized)
+        }
+        Event::RestRequest(e) => rest_policy(
+            allowed,
+            principal,
+            e.method_arn.unwrap_or_default(),
+            context,
+        ),
+        Event::RestToken(e) => rest_policy(
+            allowed,
+            principal,
+            e.method_arn.unwrap_or_default(),
+            context,
+        ),
+    }
+}
+
+fn rest_policy(
+    allowed: bool,
+    principal: String,
+    method_arn: String,
+    context: Map<String, Value>,
+) -> Result<Value, AuthorizeError> {
+    let mut statement = IamPolicyStatement::default();
+    statement.action = vec!["execute-api:Invoke".to_string()];
+    statement.effect = if allowed {
+        IamPolicyEffect::Allow
+    } else {
+        IamPolicyEffect::Deny
+    };
+    statement.resource = vec![method_arn];
+    let mut policy = ApiGatewayCustomAuthorizerPolicy::default();
+    policy.version = Some("2012-10-17".to_string());
+    policy.statement = vec![statement];
+    let mut response = ApiGatewayCustomAuthorizerResponse::<Value>::default();
+    response.principal_id = Some(principal);
+    response.policy_document = policy;
+    response.context = Value::Object(context);
+    serde_json::to_value(response).map_err(|e| AuthorizeError::Malformed(e.to_string()))
+}
+
+fn usd(m: budget_core::Money) -> Value {
+    json!(m.as_f64())
+}
+
+/// Allowed?, the principal, and the flat context (strings and numbers only,
+/// as API Gateway requires).
+fn answer(outcome: &AuthorizeOutcome, now: DateTime<Utc>) -> (bool, String, Map<String, Value>) {
+    let mut c = Map::new();
+    match outcome {
+        AuthorizeOutcome::Allowed {
+            reservation,
+            admission,
+            ..
+        } => {
+            c.insert("reservation_id".into(), json!(reservation.id));
+            c.insert(
+                "key_hash".into(),
+                json!(key_hash_prefix(&reservation.key_hash)),
+            );
+            c.insert(
+                "user_id".into(),
+                json!(reservation.user_id.clone().unwrap_or_default()),
+            );
+            c.insert(
+                "team_id".into(),
+                json!(reservation.team_id.clone().unwrap_or_default()),
+            );
+            c.insert("reserved".into(), usd(reservation.amount));
+            if let Some(remaining) = admission.remaining {
+                c.insert("remaining".into(), usd(remaining));
+            }
+            if let Some((entity, span)) = &admission.tightest {
+                c.insert(
+                    "tightest_window".into(),
+                    json!(format!(
+                        "{}:{}:{}",
+                        entity.kind,
+                        entity.display_id(),
+                        span.id()
+                    )),
+                );
+            }
+            let principal = reservation
+                .user_id
+                .clone()
+                .unwrap_or_else(|| key_hash_prefix(&reservation.key_hash));
+            (true, principal, c)
+        }
+        AuthorizeOutcome::Denied(d) => {
+            deny_context(&mut c, d, now);
+            (false, d.entity.display_id(), c)
+        }
+        AuthorizeOutcome::Refused(r) => {
+            c.insert("reason".into(), json!(r.reason()));
+            let message = match r {
+                budget_core::decision::KeyRefusal::Blocked => "This key is blocked.",
+                budget_core::decision::KeyRefusal::Expired => "This key has expired.",
+            };
+            c.insert("message".into(), json!(message));
+            (false, "key".into(), c)
+        }
+        AuthorizeOutcome::InvalidKey => {
+            c.insert("reason".into(), json!("invalid_key"));
+            c.insert("message".into(), json!("Missing or unknown API key."));
+            (false, "anonymous".into(), c)
+        }
+        AuthorizeOutcome::InvalidEstimate(message) => {
+            c.insert("reason".into(), json!("invalid_request"));
+            c.insert("message".into(), json!(message));
+            (false, "anonymous".into(), c)
+        }
+        AuthorizeOutcome::Unavailable(_) => {
+            c.insert("reason".into(), json!("unavailable"));
+            c.insert(
+                "message".into(),
+                json!("Budget store unavailable; request refused (fail closed). Try again."),
+            );
+            (false, "anonymous".into(), c)
+        }
+    }
+}
+
+fn deny_context(c: &mut Map<String, Value>, d: &Denial, _now: DateTime<Utc>) {
+    c.insert("reason".into(), json!("budget_exceeded"));
+    c.insert("entity".into(), json!(d.entity.kind.as_str()));
+    c.insert("entity_id".into(), json!(d.entity.display_id()));
+    c.insert("budget_duration".into(), json!(d.span.id()));
+    c.insert("max_budget".into(), usd(d.max));
+    c.insert("spend".into(), usd(d.spend));
+    c.insert("reserved".into(), usd(d.reserved));
+    c.insert(
+        "reset_at".into(),
+        json!(d.reset_at.map(rfc3339).unwrap_or_default()),
+    );
+    if let Some(after) = d.retry_after {
+        c.insert("retry_after".into(), json!(after));
+    }
+    c.insert("message".into(), json!(d.message()));
+}
+
+/// Logs what happened without the key: the reservation id and the entity.
+fn log_outcome(outcome: &AuthorizeOutcome) {
+    match outcome {
+        AuthorizeOutcome::Allowed {
+            reservation,
+            duplicate,
+            ..
+        } => tracing::info!(
+            reservation_id = %reservation.id,
+            key = %key_hash_prefix(&reservation.key_hash),
+            amount = %reservation.amount,
+            duplicate,
+            "allowed"
+        ),
+        AuthorizeOutcome::Denied(d) => tracing::info!(message = %d.message(), "denied"),
+        AuthorizeOutcome::Refused(r) => tracing::info!(reason = r.reason(), "refused"),
+        AuthorizeOutcome::InvalidKey => tracing::info!("invalid key"),
+        AuthorizeOutcome::InvalidEstimate(m) => tracing::info!(message = %m, "invalid estimate"),
+        AuthorizeOutcome::Unavailable(e) => {
+            tracing::error!(error = %e, "store unavailable: denied")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_come_from_bearer_or_x_api_key() {
+        let mut h = HeaderMap::new();
+        h.insert("Authorization", "Bearer sk-abc".parse().unwrap());
+        assert_eq!(key_from_headers(&h).as_deref(), Some("sk-abc"));
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "bearer   sk-abc ".parse().unwrap());
+        assert_eq!(key_from_headers(&h).as_deref(), Some("sk-abc"));
+        let mut h = HeaderMap::new();
+        h.insert("X-Api-Key", "sk-xyz".parse().unwrap());
+        assert_eq!(key_from_headers(&h).as_deref(), Some("sk-xyz"));
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer ".parse().unwrap());
+        assert_eq!(key_from_headers(&h), None);
+        assert_eq!(strip_bearer("sk-raw").as_deref(), Some("sk-raw"));
+    }
+
+    #[test]
+    fn malformed_events_are_named() {
+        for (event, expected) in [
+            (json!("text"), "expected a JSON object"),
+            (json!({}), "expected an API Gateway authorizer event"),
+            (json!({"type": "TOKEN"}), "TOKEN event without methodArn"),
+            (
+                json!({"version": "2.0", "type": "REQUEST"}),
+                "missing field `requestContext`",
+            ),
+            (
+                json!({"type": "REQUEST", "requestContext": {}}),
+                "REQUEST event without methodArn",
+            ),
+        ] {
+            let err = parse_event(event).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Settings from the environment, read once at start-up. A missing or
+//! malformed setting stops the function with a message naming it.
+
+use crate::duration::ResetClock;
+use crate::money::Money;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required but not set")]
+    Missing(&'static str),
+    #[error("{name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+/// Everything the functions read from their environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `TABLE_NAME` (required).
+    pub table_name: String,
+    /// `BUDGET_TIMEZONE` (default `UTC`) and `BUDGET_RESET_TIME` (default `00:00`).
+    pub clock: ResetClock,
+    /// `DEFAULT_RESERVATION_USD` (default 0.05): reserved when a request
+    /// names no estimate.
+    pub default_reservation: Money,
+    /// `MAX_RESERVATION_USD` (default 10): estimates are capped here.
+    pub max_reservation: Money,
+    /// `RESERVATION_TTL_SECONDS` (default 900): after this an unsettled
+    /// reservation is released by the reset job.
+    pub reservation_ttl_seconds: i64,
+    /// `STORE_TIMEOUT_MS` (default 2000): the deadline of one store
+    /// operation, retries included; past it authorize fails closed.
+    pub store_timeout_ms: u64,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Settings::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let table_name = get("TABLE_NAME").ok_or(ConfigError::Missing("TABLE_NAME"))?;
+        let tz = get("BUDGET_TIMEZONE").unwrap_or_else(|| "UTC".into());
+        let reset_time = get("BUDGET_RESET_TIME").unwrap_or_else(|| "00:00".into());
+        let clock = ResetClock::new(tz.trim(), reset_time.trim()).map_err(|e| {
+            let name = match e {
+                crate::duration::ClockError::Timezone(_) => "BUDGET_TIMEZONE",
+                crate::duration::ClockError::ResetTime(_) => "BUDGET_RESET_TIME",
+            };
+            ConfigError::Invalid {
+                name,
+                message: e.to_string(),
+            }
+        })?;
+        let money = |name: &'static str, default: &str| -> Result<Money, ConfigError> {
+            let text = get(name).unwrap_or_else(|| default.into());
+            Money::parse_decimal(&text).map_err(|e| ConfigError::Invalid {
+                name,
+                message: format!("\"{text}\" {e}"),
+            })
+        };
+        let default_reservation = money("DEFAULT_RESERVATION_USD", "0.05")?;
+        let max_reservation = money("MAX_RESERVATION_USD", "10")?;
+        let int =
+            |name: &'static str, default: i64, min: i64, max: i64| -> Result<i64, ConfigError> {
+                match get(name) {
+                    None => Ok(default),
+                    Some(text) => match text.trim().parse::<i64>() {
+                        Ok(v) if (min..=max).contains(&v) => Ok(v),
+                        _ => Err(ConfigError::Invalid {
+                            name,
+                            message: format!(
+                                "expected a whole number from {min} to {max}, got \"{text}\""
+                            ),
+                        }),
+                    },
+                }
+            };
+        let reservation_ttl_seconds = int("RESERVATION_TTL_SECONDS", 900, 1, 7 * 24 * 3600)?;
+        let store_timeout_ms = int("STORE_TIMEOUT_MS", 2000, 50, 60_000)? as u64;
+        Ok(Settings {
+            table_name,
+            clock,
+            default_reservation: default_reservation.min(max_reservation),
+            max_reservation,
+            reservation_ttl_seconds,
+            store_timeout_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let s = settings(&[("TABLE_NAME", "t")]).unwrap();
+        assert_eq!(s.clock, ResetClock::utc_midnight());
+        assert_eq!(s.default_reservation, Money::parse_decimal("0.05").unwrap());
+        assert_eq!(s.max_reservation, Money::usd(10));
+        assert_eq!(s.reservation_ttl_seconds, 900);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        assert_eq!(
+            settings(&[]).unwrap_err().to_string(),
+            "TABLE_NAME is required but not set"
+        );
+        let e = settings(&[("TABLE_NAME", "t"), ("BUDGET_TIMEZONE", "Mars/Olympus")]).unwrap_err();
+        assert!(e.to_string().starts_with("BUDGET_TIMEZONE"), "{e}");
+        let e = settings(&[("TABLE_NAME", "t"), ("BUDGET_RESET_TIME", "25:00")]).unwrap_err();
+        assert!(e.to_string().starts_with("BUDGET_RESET_TIME"), "{e}");
+        let e = settings(&[("TABLE_NAME", "t"), ("MAX_RESERVATION_USD", "-3")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "MAX_RESERVATION_USD: \"-3\" must not be negative"
+        );
+        let e = settings(&[("TABLE_NAME", "t"), ("RESERVATION_TTL_SECONDS", "0")]).unwrap_err();
+        assert!(e.to_string().starts_with("RESERVATION_TTL_SECONDS"), "{e}");
+    }
+}

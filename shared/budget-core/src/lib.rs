@@ -1,0 +1,17 @@
+//! edge-budget's core: exact money, budget windows with calendar resets,
+//! the admission rule, and the store that enforces it atomically in
+//! DynamoDB. No Lambda types here: the function crates translate events.
+
+pub mod api;
+pub mod config;
+pub mod decision;
+pub mod duration;
+pub mod keys;
+pub mod model;
+pub mod money;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use money::Money;

@@ -1,0 +1,344 @@
+//! The budget world: keys, users and teams, each with its windows; and the
+//! reservations that hold budget while a request is in flight.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use crate::duration::{BudgetDuration, ResetClock};
+use crate::money::Money;
+
+/// What an entity is. The chain a request is charged to is always
+/// key → user → team.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntityKind {
+    Key,
+    User,
+    Team,
+}
+
+impl EntityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::Key => "key",
+            EntityKind::User => "user",
+            EntityKind::Team => "team",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EntityKind> {
+        match s {
+            "key" => Some(EntityKind::Key),
+            "user" => Some(EntityKind::User),
+            "team" => Some(EntityKind::Team),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for EntityKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Names one entity: a key by its SHA-256 hash, a user or team by its id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityRef {
+    pub kind: EntityKind,
+    pub id: String,
+}
+
+impl EntityRef {
+    pub fn new(kind: EntityKind, id: impl Into<String>) -> EntityRef {
+        EntityRef {
+            kind,
+            id: id.into(),
+        }
+    }
+
+    pub fn key(hash: impl Into<String>) -> EntityRef {
+        EntityRef::new(EntityKind::Key, hash)
+    }
+
+    pub fn user(id: impl Into<String>) -> EntityRef {
+        EntityRef::new(EntityKind::User, id)
+    }
+
+    pub fn team(id: impl Into<String>) -> EntityRef {
+        EntityRef::new(EntityKind::Team, id)
+    }
+
+    /// How this entity is named to people: keys by a short hash prefix,
+    /// never the key itself.
+    pub fn display_id(&self) -> String {
+        match self.kind {
+            EntityKind::Key => key_hash_prefix(&self.id),
+            _ => self.id.clone(),
+        }
+    }
+}
+
+/// The first 12 hex digits of a key hash: enough to tell keys apart in
+/// logs and answers, useless to spend with.
+pub fn key_hash_prefix(hash: &str) -> String {
+    hash.chars().take(12).collect()
+}
+
+/// How long a window runs: a calendar-aligned duration, or for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Span {
+    Every(BudgetDuration),
+    Lifetime,
+}
+
+impl Span {
+    /// The window's identity inside its entity (`"1d"`, `"lifetime"`).
+    pub fn id(&self) -> String {
+        match self {
+            Span::Every(d) => d.to_string(),
+            Span::Lifetime => "lifetime".to_string(),
+        }
+    }
+
+    pub fn parse_id(s: &str) -> Option<Span> {
+        if s == "lifetime" {
+            Some(Span::Lifetime)
+        } else {
+            BudgetDuration::parse(s).ok().map(Span::Every)
+        }
+    }
+
+    /// The first reset after `now`; `None` for a lifetime budget.
+    pub fn next_reset(&self, now: DateTime<Utc>, clock: &ResetClock) -> Option<DateTime<Utc>> {
+        match self {
+            Span::Every(d) => Some(d.next_reset(now, clock)),
+            Span::Lifetime => None,
+        }
+    }
+}
+
+/// One budget window of one entity.
+///
+/// Invariant kept by every write: `used == spent + reserved`. `used` is
+/// stored because a DynamoDB condition cannot add two attributes, and
+/// admission has to compare their sum with a limit inside the write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    pub span: Span,
+    pub max: Money,
+    pub spent: Money,
+    pub reserved: Money,
+    /// When the current period ends; `None` for lifetime budgets.
+    pub reset_at: Option<DateTime<Utc>>,
+    /// A number fixed when the window is created: a reservation releases
+    /// its amount only from the very window it was taken from, never from
+    /// a later window that happens to have the same duration.
+    pub generation: u64,
+    /// Came from the legacy `max_budget` + `budget_duration` pair.
+    pub legacy: bool,
+}
+
+impl Window {
+    /// A fresh window starting at `now`.
+    pub fn open(
+        span: Span,
+        max: Money,
+        legacy: bool,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Window {
+        Window {
+            span,
+            max,
+            spent: Money::ZERO,
+            reserved: Money::ZERO,
+            reset_at: span.next_reset(now, clock),
+            generation: rand::random::<u32>() as u64,
+            legacy,
+        }
+    }
+
+    pub fn id(&self) -> String {
+        self.span.id()
+    }
+
+    /// Past its boundary: counts as rolled over (spent 0) even before any
+    /// job has written that down.
+    pub fn is_due(&self, now: DateTime<Utc>) -> bool {
+        matches!(self.reset_at, Some(at) if at <= now)
+    }
+
+    /// Spend in the period that is current at `now`.
+    pub fn spent_at(&self, now: DateTime<Utc>) -> Money {
+        if self.is_due(now) {
+            Money::ZERO
+        } else {
+            self.spent
+        }
+    }
+
+    /// `spent + reserved` in the current period.
+    pub fn used_at(&self, now: DateTime<Utc>) -> Money {
+        self.spent_at(now).saturating_add(self.reserved)
+    }
+
+    /// What can still be reserved now (never negative).
+    pub fn remaining_at(&self, now: DateTime<Utc>) -> Money {
+        let left = self.max.saturating_sub(self.used_at(now));
+        if left < Money::ZERO {
+            Money::ZERO
+        } else {
+            left
+        }
+    }
+
+    /// The reset that applies at `now`: the stored one, or for a due
+    /// window the next boundary after `now`.
+    pub fn reset_at_as_of(&self, now: DateTime<Utc>, clock: &ResetClock) -> Option<DateTime<Utc>> {
+        if self.is_due(now) {
+            self.span.next_reset(now, clock)
+        } else {
+            self.reset_at
+        }
+    }
+
+    /// The window as a reader at `now` sees it (lazily rolled).
+    pub fn as_of(&self, now: DateTime<Utc>, clock: &ResetClock) -> Window {
+        Window {
+            spent: self.spent_at(now),
+            reset_at: self.reset_at_as_of(now, clock),
+            ..self.clone()
+        }
+    }
+}
+
+/// A key, user or team with its windows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entity {
+    pub entity: EntityRef,
+    /// Bumped by every change of configuration (limits, blocking, owner);
+    /// every reservation is conditional on it, so a cached copy can never
+    /// admit against limits that have since changed.
+    pub version: u64,
+    pub windows: Vec<Window>,
+    /// Keys: the owning user and team.
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    /// Keys: refused while blocked.
+    pub blocked: bool,
+    /// Keys: refused from this instant on.
+    pub expires: Option<DateTime<Utc>>,
+    /// Users and teams: how many keys point at them.
+    pub key_count: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Everything else the operator gave (aliases, metadata, models, …),
+    /// kept as given so LiteLLM scripts read back what they wrote.
+    pub attributes: Map<String, Value>,
+}
+
+impl Entity {
+    pub fn new(entity: EntityRef, now: DateTime<Utc>) -> Entity {
+        Entity {
+            entity,
+            version: 1,
+            windows: Vec::new(),
+            user_id: None,
+            team_id: None,
+            blocked: false,
+            expires: None,
+            key_count: 0,
+            created_at: now,
+            updated_at: now,
+            attributes: Map::new(),
+        }
+    }
+
+    pub fn window(&self, id: &str) -> Option<&Window> {
+        self.windows.iter().find(|w| w.id() == id)
+    }
+
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        matches!(self.expires, Some(at) if at <= now)
+    }
+}
+
+/// What a request is charged to: its key and, where the key has them, its
+/// user and team.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chain {
+    pub key: Entity,
+    pub user: Option<Entity>,
+    pub team: Option<Entity>,
+}
+
+impl Chain {
+    pub fn entities(&self) -> impl Iterator<Item = &Entity> {
+        std::iter::once(&self.key)
+            .chain(self.user.as_ref())
+            .chain(self.team.as_ref())
+    }
+
+    pub fn entities_mut(&mut self) -> impl Iterator<Item = &mut Entity> {
+        std::iter::once(&mut self.key)
+            .chain(self.user.as_mut())
+            .chain(self.team.as_mut())
+    }
+}
+
+/// Where a reservation holds budget: one window of one entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub entity: EntityRef,
+    pub window: String,
+    pub generation: u64,
+}
+
+/// The life of a reservation. Held → Settled (by settle or release), or
+/// Held → Expired (released by the reset job) → Settled (late settle: the
+/// spend is recorded, the amount is not released twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReservationState {
+    Held,
+    Expired,
+    Settled,
+}
+
+impl ReservationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationState::Held => "held",
+            ReservationState::Expired => "expired",
+            ReservationState::Settled => "settled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReservationState> {
+        match s {
+            "held" => Some(ReservationState::Held),
+            "expired" => Some(ReservationState::Expired),
+            "settled" => Some(ReservationState::Settled),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reservation {
+    pub id: String,
+    pub amount: Money,
+    pub holds: Vec<Hold>,
+    pub key_hash: String,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub state: ReservationState,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// Set once settled.
+    pub cost: Option<Money>,
+    pub settled_at: Option<DateTime<Utc>>,
+    /// The reset job released it before it was settled.
+    pub expired_at: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,456 @@
+//! The three budget operations — reserve (authorize), finish (settle,
+//! release, expire) and reset — over any [`Store`]. Each retries only
+//! what is safe to retry: a write whose conditions failed is re-decided
+//! from a fresh read, never blindly repeated.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+use crate::config::Settings;
+use crate::decision::{admit, check_key, Admission, Denial, KeyRefusal};
+use crate::keys::hash_key;
+use crate::model::{Chain, EntityRef, Hold, Reservation, ReservationState};
+use crate::money::{Money, MoneyError};
+use crate::store::{Finish, FinishWrite, ReserveWrite, Store, StoreError};
+
+/// Attempts at one operation before giving up (contention or movement).
+const MAX_ATTEMPTS: usize = 8;
+/// Chains kept in memory per function instance.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// What authorize decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthorizeOutcome {
+    Allowed {
+        reservation: Box<Reservation>,
+        admission: Admission,
+        /// A retried request found its earlier reservation.
+        duplicate: bool,
+    },
+    Denied(Box<Denial>),
+    Refused(KeyRefusal),
+    InvalidKey,
+    /// The `x-budget-reserve` header is not a usable amount.
+    InvalidEstimate(String),
+    /// The store failed or stayed contended: fail closed.
+    Unavailable(String),
+}
+
+/// The estimate to reserve: the header's amount capped at the maximum, or
+/// the default without a header.
+pub fn estimate_from_header(header: Option<&str>, settings: &Settings) -> Result<Money, String> {
+    match header.map(str::trim) {
+        None | Some("") => Ok(settings.default_reservation),
+        Some(text) => match Money::parse_decimal(text) {
+            Ok(m) => Ok(m.min(settings.max_reservation)),
+            Err(MoneyError::TooLarge) => Ok(settings.max_reservation),
+            Err(e) => Err(format!("x-budget-reserve \"{}\" {e}", truncate(text, 40))),
+        },
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+/// The reservation id: derived from the gateway's request id when there is
+/// one, so a retried authorization of the same request finds its first
+/// reservation instead of taking a second.
+pub fn reservation_id(key_hash: &str, request_id: Option<&str>) -> String {
+    match request_id.filter(|r| !r.is_empty()) {
+        Some(req) => {
+            let digest = Sha256::digest(format!("{key_hash}\n{req}").as_bytes());
+            format!("r-{}", &hex::encode(digest)[..32])
+        }
+        None => format!("r-{}", hex::encode(rand::random::<[u8; 16]>())),
+    }
+}
+
+/// Authorizes requests; keeps each key's chain (configuration and window
+/// boundaries) in memory between invocations. The cache can never admit
+/// against stale limits: the write is conditional on each entity's
+/// version, and any failed condition re-reads the chain.
+pub struct Authorizer<S> {
+    pub store: S,
+    pub settings: Settings,
+    cache: Mutex<HashMap<String, Chain>>,
+}
+
+impl<S: Store> Authorizer<S> {
+    pub fn new(store: S, settings: Settings) -> Authorizer<S> {
+        Authorizer {
+            store,
+            settings,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, hash: &str) -> Option<Chain> {
+        self.cache.lock().ok()?.get(hash).cloned()
+    }
+
+    fn remember(&self, hash: &str, chain: Option<Chain>) {
+        if let Ok(mut cache) = self.cache.lock() {
+            match chain {
+                Some(c) => {
+                    if cache.len() >= CACHE_CAPACITY && !cache.contains_key(hash) {
+                        cache.clear();
+                    }
+                    cache.insert(hash.to_string(), c);
+                }
+                None => {
+                    cache.remove(hash);
+                }
+            }
+        }
+    }
+
+    /// Checks every window of the key's chain and reserves `estimate` in
+    /// one atomic write.
+    pub async fn authorize(
+        &self,
+        key: &str,
+        estimate: Money,
+        request_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> AuthorizeOutcome {
+        match self.try_authorize(key, estimate, request_id, now).await {
+            Ok(outcome) => outcome,
+            Err(e) => AuthorizeOutcome::Unavailable(e.to_string()),
+        }
+    }
+
+    async fn try_authorize(
+        &self,
+        key: &str,
+        estimate: Money,
+        request_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<AuthorizeOutcome, StoreError> {
+        let hash = hash_key(key);
+        let clock = &self.settings.clock;
+        let (mut chain, mut fresh) = match self.cached(&hash) {
+            Some(c) => (c, false),
+            None => match self.store.load_chain(&hash).await? {
+                Some(c) => (c, true),
+                None => return Ok(AuthorizeOutcome::InvalidKey),
+            },
+        };
+        let id = reservation_id(&hash, request_id);
+        for attempt in 0..MAX_ATTEMPTS {
+            let verdict = check_key(&chain.key, now)
+                .map_err(AuthorizeOutcome::Refused)
+                .and_then(|()| {
+                    admit(&chain, estimate, now, clock)
+                        .map_err(|d| AuthorizeOutcome::Denied(Box::new(d)))
+                });
+            let admission = match verdict {
+                Ok(a) => a,
+                // What memory says may be out of date: only a fresh read denies.
+                Err(_) if !fresh => {
+                    match self.store.load_chain(&hash).await? {
+                        Some(c) => chain = c,
+                        None => {
+                            self.remember(&hash, None);
+                            return Ok(AuthorizeOutcome::InvalidKey);
+                        }
+                    }
+                    fresh = true;
+                    continue;
+                }
+                Err(outcome) => {
+                    self.remember(&hash, Some(chain));
+                    return Ok(outcome);
+                }
+            };
+            let reservation = new_reservation(&id, &hash, &chain, estimate, now, &self.settings);
+            match self.store.reserve(&chain, &reservation, now, clock).await? {
+                ReserveWrite::Reserved => {
+                    self.remember(&hash, Some(apply_reservation(chain, estimate, now, clock)));
+                    return Ok(AuthorizeOutcome::Allowed {
+                        reservation: Box::new(reservation),
+                        admission,
+                        duplicate: false,
+                    });
+                }
+                ReserveWrite::Duplicate => {
+                    return Ok(match self.store.reservation(&id).await? {
+                        Some(first) => AuthorizeOutcome::Allowed {
+                            reservation: Box::new(first),
+                            admission,
+                            duplicate: true,
+                        },
+                        None => AuthorizeOutcome::Unavailable("reservation vanished".into()),
+                    });
+                }
+                ReserveWrite::Stale => {
+                    match self.store.load_chain(&hash).await? {
+                        Some(c) => chain = c,
+                        None => {
+                            self.remember(&hash, None);
+                            return Ok(AuthorizeOutcome::InvalidKey);
+                        }
+                    }
+                    fresh = true;
+                }
+                ReserveWrite::Conflict => backoff(attempt).await,
+            }
+        }
+        Ok(AuthorizeOutcome::Unavailable(
+            "budget counters too contended, try again".into(),
+        ))
+    }
+}
+
+async fn backoff(attempt: usize) {
+    let base = 5u64 << attempt.min(5);
+    let jitter = rand::random::<u64>() % base.max(1);
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}
+
+fn new_reservation(
+    id: &str,
+    hash: &str,
+    chain: &Chain,
+    estimate: Money,
+    now: DateTime<Utc>,
+    settings: &Settings,
+) -> Reservation {
+    let holds = chain
+        .entities()
+        .flat_map(|e| {
+            e.windows.iter().map(|w| Hold {
+                entity: e.entity.clone(),
+                window: w.id(),
+                generation: w.generation,
+            })
+        })
+        .collect();
+    Reservation {
+        id: id.to_string(),
+        amount: estimate,
+        holds,
+        key_hash: hash.to_string(),
+        user_id: chain.key.user_id.clone(),
+        team_id: chain.key.team_id.clone(),
+        state: ReservationState::Held,
+        created_at: now,
+        expires_at: now + chrono::Duration::seconds(settings.reservation_ttl_seconds),
+        cost: None,
+        settled_at: None,
+        expired_at: None,
+    }
+}
+
+/// The chain as it is after our own reservation (for the next request's
+/// boundaries; the counters are only a hint, the write re-checks them).
+fn apply_reservation(
+    mut chain: Chain,
+    estimate: Money,
+    now: DateTime<Utc>,
+    clock: &crate::duration::ResetClock,
+) -> Chain {
+    for e in chain.entities_mut() {
+        for w in &mut e.windows {
+            *w = w.as_of(now, clock);
+            w.reserved = w.reserved.saturating_add(estimate);
+        }
+    }
+    chain
+}
+
+/// What settle/release answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SettleOutcome {
+    Settled {
+        reservation: Box<Reservation>,
+        duplicate: bool,
+    },
+    NotFound,
+}
+
+/// Settles (cost) or releases (cost 0) a reservation, once: a repeat
+/// returns the first result with `duplicate`.
+pub async fn settle<S: Store>(
+    store: &S,
+    id: &str,
+    cost: Money,
+    now: DateTime<Utc>,
+    settings: &Settings,
+) -> Result<SettleOutcome, StoreError> {
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(reservation) = store.reservation(id).await? else {
+            return Ok(SettleOutcome::NotFound);
+        };
+        if reservation.state == ReservationState::Settled {
+            return Ok(SettleOutcome::Settled {
+                reservation: Box::new(reservation),
+                duplicate: true,
+            });
+        }
+        let entities = store.load_many(&held_entities(&reservation)).await?;
+        match store
+            .finish(
+                &reservation,
+                &entities,
+                Finish::Settle(cost),
+                now,
+                &settings.clock,
+            )
+            .await?
+        {
+            FinishWrite::Done => {
+                return Ok(SettleOutcome::Settled {
+                    reservation: Box::new(Reservation {
+                        state: ReservationState::Settled,
+                        cost: Some(cost),
+                        settled_at: Some(now),
+                        ..reservation
+                    }),
+                    duplicate: false,
+                })
+            }
+            FinishWrite::Stale => continue,
+        }
+    }
+    Err(StoreError::Unavailable(
+        "reservation kept moving; try again".into(),
+    ))
+}
+
+fn held_entities(r: &Reservation) -> Vec<EntityRef> {
+    let mut refs: Vec<EntityRef> = r.holds.iter().map(|h| h.entity.clone()).collect();
+    refs.sort();
+    refs.dedup();
+    refs
+}
+
+/// Releases one expired reservation (reset job). `true` when this call
+/// released it.
+pub async fn expire<S: Store>(
+    store: &S,
+    id: &str,
+    now: DateTime<Utc>,
+    settings: &Settings,
+) -> Result<bool, StoreError> {
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(reservation) = store.reservation(id).await? else {
+            return Ok(false);
+        };
+        if reservation.state != ReservationState::Held || reservation.expires_at > now {
+            return Ok(false);
+        }
+        let entities = store.load_many(&held_entities(&reservation)).await?;
+        match store
+            .finish(
+                &reservation,
+                &entities,
+                Finish::Expire,
+                now,
+                &settings.clock,
+            )
+            .await?
+        {
+            FinishWrite::Done => return Ok(true),
+            FinishWrite::Stale => continue,
+        }
+    }
+    Err(StoreError::Unavailable("reservation kept moving".into()))
+}
+
+/// What one run of the reset job did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ResetSummary {
+    pub windows_reset: usize,
+    pub reservations_released: usize,
+    pub entities_scanned: usize,
+    /// Windows another writer rolled between our read and our write.
+    pub already_rolled: usize,
+    pub errors: Vec<String>,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+/// Rolls over every due window, then releases expired reservations. Safe
+/// to run twice at once and alongside authorize and settle: every write is
+/// conditional on what was read.
+pub async fn reset<S: Store>(store: &S, now: DateTime<Utc>, settings: &Settings) -> ResetSummary {
+    let mut summary = ResetSummary {
+        started_at: crate::decision::rfc3339(now),
+        ..ResetSummary::default()
+    };
+    let clock = &settings.clock;
+    let mut cursor = None;
+    loop {
+        let (page, next) = match store.scan_entities(cursor).await {
+            Ok(p) => p,
+            Err(e) => {
+                summary.errors.push(e.to_string());
+                break;
+            }
+        };
+        for entity in page {
+            summary.entities_scanned += 1;
+            let mut current = entity;
+            for _ in 0..MAX_ATTEMPTS {
+                match store.roll_over(&current, now, clock).await {
+                    Ok(Some(n)) => {
+                        summary.windows_reset += n;
+                        break;
+                    }
+                    Ok(None) => {
+                        let due_before = current.windows.iter().filter(|w| w.is_due(now)).count();
+                        match store.load(&current.entity).await {
+                            Ok(Some(e)) => {
+                                let due_now = e.windows.iter().filter(|w| w.is_due(now)).count();
+                                summary.already_rolled += due_before.saturating_sub(due_now);
+                                current = e;
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                summary.errors.push(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        summary.errors.push(e.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        cursor = next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    const BATCH: usize = 500;
+    for _ in 0..100 {
+        let batch = match store.expired_reservations(now, BATCH).await {
+            Ok(b) => b,
+            Err(e) => {
+                summary.errors.push(e.to_string());
+                break;
+            }
+        };
+        let mut released_now = 0;
+        for r in &batch {
+            match expire(store, &r.id, now, settings).await {
+                Ok(true) => released_now += 1,
+                Ok(false) => {}
+                Err(e) => summary.errors.push(e.to_string()),
+            }
+        }
+        summary.reservations_released += released_now;
+        if batch.len() < BATCH || released_now == 0 {
+            break;
+        }
+    }
+    summary.finished_at = crate::decision::rfc3339(Utc::now().max(now));
+    summary
+}

@@ -1,0 +1,1297 @@
+//! The DynamoDB adapter. Every change of a counter is a conditional write:
+//! admission is the condition of the write that reserves, so there is no
+//! read-then-write gap for concurrent requests to slip through.
+//!
+//! Amounts are stored as integer nano-USD (exact in DynamoDB's decimal
+//! numbers and in any emulator); instants as epoch seconds.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
+};
+use aws_sdk_dynamodb::Client;
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{Map, Value};
+
+use super::table::{HELD_SHARDS, PARTITION_KEY, TTL_ATTRIBUTE};
+use super::{AdminWrite, Cursor, Finish, FinishWrite, ReserveWrite, Store, StoreError};
+use crate::duration::ResetClock;
+use crate::model::{
+    Chain, Entity, EntityKind, EntityRef, Hold, Reservation, ReservationState, Span, Window,
+};
+use crate::money::Money;
+
+/// Finished reservations stay this long, so a settle delivered again days
+/// later is still recognised; then DynamoDB's TTL removes them.
+const FINISHED_RETENTION_SECONDS: i64 = 7 * 24 * 3600;
+
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+/// The partition key of an entity.
+pub fn entity_pk(entity: &EntityRef) -> String {
+    format!("{}#{}", entity.kind.as_str(), entity.id)
+}
+
+pub fn reservation_pk(id: &str) -> String {
+    format!("res#{id}")
+}
+
+fn entity_ref_from_pk(pk: &str) -> Option<EntityRef> {
+    let (kind, id) = pk.split_once('#')?;
+    Some(EntityRef::new(EntityKind::parse(kind)?, id))
+}
+
+fn owner_index_pk(owner: &EntityRef) -> String {
+    format!("{}#keys", entity_pk(owner))
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> DynamoStore {
+        DynamoStore {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// A client from the standard AWS environment (`AWS_REGION`,
+    /// credentials, `AWS_ENDPOINT_URL_DYNAMODB` for an emulator), with a
+    /// deadline on every operation: past it, callers fail closed.
+    pub async fn client_from_env(timeout: Duration) -> Client {
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .operation_timeout(timeout)
+            .operation_attempt_timeout(timeout.mul_f32(0.6))
+            .connect_timeout(timeout.mul_f32(0.5).min(Duration::from_secs(1)))
+            .build();
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .load()
+            .await;
+        Client::new(&config)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+fn unavailable<E: std::error::Error + 'static>(what: &str, e: E) -> StoreError {
+    StoreError::Unavailable(format!("{what}: {}", DisplayErrorContext(&e)))
+}
+
+fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Unavailable(format!("request could not be built: {e}"))
+}
+
+/// What a cancelled transaction says about each of its items.
+enum TxOutcome {
+    Committed,
+    /// Per item: the cancellation code (`None` for items that passed).
+    Cancelled(Vec<Option<String>>),
+}
+
+async fn transact(client: &Client, items: Vec<TransactWriteItem>) -> Result<TxOutcome, StoreError> {
+    match client
+        .transact_write_items()
+        .set_transact_items(Some(items))
+        .send()
+        .await
+    {
+        Ok(_) => Ok(TxOutcome::Committed),
+        Err(SdkError::ServiceError(e)) => match e.into_err() {
+            TransactWriteItemsError::TransactionCanceledException(c) => Ok(TxOutcome::Cancelled(
+                c.cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code().filter(|c| *c != "None").map(str::to_string))
+                    .collect(),
+            )),
+            other => Err(unavailable("transaction", other)),
+        },
+        Err(e) => Err(unavailable("transaction", e)),
+    }
+}
+
+// ---------------------------------------------------------------- expressions
+
+/// Builds one expression's placeholders: every attribute name goes through
+/// `#nN` (window ids like `1d` are not valid bare names), every value
+/// through `:vN`.
+#[derive(Default)]
+struct Expr {
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+    by_name: HashMap<String, String>,
+}
+
+impl Expr {
+    fn name(&mut self, attr: &str) -> String {
+        if let Some(p) = self.by_name.get(attr) {
+            return p.clone();
+        }
+        let p = format!("#n{}", self.by_name.len());
+        self.by_name.insert(attr.to_string(), p.clone());
+        self.names.insert(p.clone(), attr.to_string());
+        p
+    }
+
+    fn path(&mut self, parts: &[&str]) -> String {
+        parts
+            .iter()
+            .map(|p| self.name(p))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    fn value(&mut self, v: AttributeValue) -> String {
+        let p = format!(":v{}", self.values.len());
+        self.values.insert(p.clone(), v);
+        p
+    }
+
+    fn names(&self) -> Option<HashMap<String, String>> {
+        (!self.names.is_empty()).then(|| self.names.clone())
+    }
+
+    fn values(&self) -> Option<HashMap<String, AttributeValue>> {
+        (!self.values.is_empty()).then(|| self.values.clone())
+    }
+}
+
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn money(m: Money) -> AttributeValue {
+    n(m.nanos())
+}
+
+fn epoch(t: DateTime<Utc>) -> AttributeValue {
+    n(t.timestamp())
+}
+
+fn key_of(pk: String) -> HashMap<String, AttributeValue> {
+    HashMap::from([(PARTITION_KEY.to_string(), s(pk))])
+}
+
+/// Paths of one window's attributes. Each placeholder is made only when
+/// asked for: DynamoDB refuses names and values an expression does not use.
+struct WindowPaths {
+    id: String,
+}
+
+impl WindowPaths {
+    fn new(window_id: &str) -> WindowPaths {
+        WindowPaths {
+            id: window_id.to_string(),
+        }
+    }
+
+    fn field(&self, ex: &mut Expr, name: &str) -> String {
+        ex.path(&["w", &self.id, name])
+    }
+}
+
+// ---------------------------------------------------------------- items
+
+fn window_item(w: &Window) -> AttributeValue {
+    let mut m = HashMap::from([
+        ("max".to_string(), money(w.max)),
+        ("spent".to_string(), money(w.spent)),
+        ("reserved".to_string(), money(w.reserved)),
+        (
+            "used".to_string(),
+            money(w.spent.saturating_add(w.reserved)),
+        ),
+        ("gen".to_string(), n(w.generation as i64)),
+        ("legacy".to_string(), AttributeValue::Bool(w.legacy)),
+    ]);
+    if let Some(at) = w.reset_at {
+        m.insert("reset_at".to_string(), epoch(at));
+    }
+    AttributeValue::M(m)
+}
+
+struct ItemReader<'a> {
+    pk: &'a str,
+}
+
+impl<'a> ItemReader<'a> {
+    fn corrupt(&self, message: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            pk: self.pk.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn opt_s(
+        &self,
+        m: &'a HashMap<String, AttributeValue>,
+        name: &str,
+    ) -> Result<Option<&'a str>, StoreError> {
+        match m.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(v)) => Ok(Some(v.as_str())),
+            Some(_) => Err(self.corrupt(format!("{name} is not a string"))),
+        }
+    }
+
+    fn opt_n(
+        &self,
+        m: &HashMap<String, AttributeValue>,
+        name: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        match m.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::N(v)) => v
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| self.corrupt(format!("{name} is not an integer: {v}"))),
+            Some(_) => Err(self.corrupt(format!("{name} is not a number"))),
+        }
+    }
+
+    fn n(&self, m: &HashMap<String, AttributeValue>, name: &str) -> Result<i64, StoreError> {
+        self.opt_n(m, name)?
+            .ok_or_else(|| self.corrupt(format!("{name} is missing")))
+    }
+
+    fn time(
+        &self,
+        m: &HashMap<String, AttributeValue>,
+        name: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match self.opt_n(m, name)? {
+            None => Ok(None),
+            Some(secs) => Utc
+                .timestamp_opt(secs, 0)
+                .single()
+                .map(Some)
+                .ok_or_else(|| self.corrupt(format!("{name} is out of range"))),
+        }
+    }
+
+    fn bool(&self, m: &HashMap<String, AttributeValue>, name: &str) -> bool {
+        matches!(m.get(name), Some(AttributeValue::Bool(true)))
+    }
+}
+
+fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
+    let mut item = key_of(entity_pk(&e.entity));
+    item.insert("kind".into(), s(e.entity.kind.as_str()));
+    item.insert("id".into(), s(e.entity.id.clone()));
+    item.insert("ver".into(), n(e.version as i64));
+    item.insert(
+        "w".into(),
+        AttributeValue::M(e.windows.iter().map(|w| (w.id(), window_item(w))).collect()),
+    );
+    item.extend(entity_config_attributes(e));
+    item.insert("key_count".into(), n(e.key_count));
+    item.insert("created_at".into(), epoch(e.created_at));
+    item
+}
+
+/// The attributes an admin update rewrites (everything but counters,
+/// windows, version and creation time). Absent optional values are
+/// `None`, to be REMOVEd.
+fn entity_config_attributes(e: &Entity) -> Vec<(String, AttributeValue)> {
+    let mut out = vec![
+        ("blocked".to_string(), AttributeValue::Bool(e.blocked)),
+        ("updated_at".to_string(), epoch(e.updated_at)),
+        (
+            "attrs".to_string(),
+            s(Value::Object(e.attributes.clone()).to_string()),
+        ),
+    ];
+    if let Some(u) = &e.user_id {
+        out.push(("user_id".into(), s(u.clone())));
+        if e.entity.kind == EntityKind::Key {
+            out.push((
+                "gsi1pk".into(),
+                s(owner_index_pk(&EntityRef::user(u.clone()))),
+            ));
+            out.push(("gsi1sk".into(), s(e.entity.id.clone())));
+        }
+    }
+    if let Some(t) = &e.team_id {
+        out.push(("team_id".into(), s(t.clone())));
+        if e.entity.kind == EntityKind::Key {
+            out.push((
+                "gsi2pk".into(),
+                s(owner_index_pk(&EntityRef::team(t.clone()))),
+            ));
+            out.push(("gsi2sk".into(), s(e.entity.id.clone())));
+        }
+    }
+    if let Some(x) = e.expires {
+        out.push(("expires".into(), epoch(x)));
+    }
+    out
+}
+
+/// Optional configuration attributes: removed when absent in the new form.
+const OPTIONAL_CONFIG: [&str; 7] = [
+    "user_id", "team_id", "expires", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk",
+];
+
+fn entity_from_item(item: &HashMap<String, AttributeValue>) -> Result<Entity, StoreError> {
+    let pk = match item.get(PARTITION_KEY) {
+        Some(AttributeValue::S(pk)) => pk.as_str(),
+        _ => "?",
+    };
+    let r = ItemReader { pk };
+    let entity = entity_ref_from_pk(pk).ok_or_else(|| r.corrupt("not an entity"))?;
+    let mut windows = Vec::new();
+    if let Some(AttributeValue::M(ws)) = item.get("w") {
+        for (id, w) in ws {
+            let AttributeValue::M(w) = w else {
+                return Err(r.corrupt(format!("window {id} is not a map")));
+            };
+            let span = Span::parse_id(id).ok_or_else(|| r.corrupt(format!("window id {id}")))?;
+            windows.push(Window {
+                span,
+                max: Money::from_nanos(r.n(w, "max")?),
+                spent: Money::from_nanos(r.n(w, "spent")?),
+                reserved: Money::from_nanos(r.n(w, "reserved")?),
+                reset_at: r.time(w, "reset_at")?,
+                generation: r.n(w, "gen")? as u64,
+                legacy: r.bool(w, "legacy"),
+            });
+        }
+    }
+    windows.sort_by_key(|w| w.span);
+    let attributes = match r.opt_s(item, "attrs")? {
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err(r.corrupt("attrs is not a JSON object")),
+        },
+        None => Map::new(),
+    };
+    let created_at = r.time(item, "created_at")?.unwrap_or_default();
+    Ok(Entity {
+        entity,
+        version: r.n(item, "ver")? as u64,
+        windows,
+        user_id: r.opt_s(item, "user_id")?.map(str::to_string),
+        team_id: r.opt_s(item, "team_id")?.map(str::to_string),
+        blocked: r.bool(item, "blocked"),
+        expires: r.time(item, "expires")?,
+        key_count: r.opt_n(item, "key_count")?.unwrap_or(0),
+        created_at,
+        updated_at: r.time(item, "updated_at")?.unwrap_or(created_at),
+        attributes,
+    })
+}
+
+fn held_shard(id: &str) -> u32 {
+    id.bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()))
+        % HELD_SHARDS
+}
+
+fn expiry_sort_key(t: DateTime<Utc>) -> String {
+    format!("{:012}", t.timestamp().max(0))
+}
+
+fn reservation_item(r: &Reservation) -> HashMap<String, AttributeValue> {
+    let mut item = key_of(reservation_pk(&r.id));
+    item.insert("kind".into(), s("reservation"));
+    item.insert("id".into(), s(r.id.clone()));
+    item.insert("state".into(), s(r.state.as_str()));
+    item.insert("amount".into(), money(r.amount));
+    item.insert(
+        "holds".into(),
+        AttributeValue::L(
+            r.holds
+                .iter()
+                .map(|h| {
+                    AttributeValue::M(HashMap::from([
+                        ("e".to_string(), s(entity_pk(&h.entity))),
+                        ("w".to_string(), s(h.window.clone())),
+                        ("g".to_string(), n(h.generation as i64)),
+                    ]))
+                })
+                .collect(),
+        ),
+    );
+    item.insert("key_hash".into(), s(r.key_hash.clone()));
+    if let Some(u) = &r.user_id {
+        item.insert("user_id".into(), s(u.clone()));
+    }
+    if let Some(t) = &r.team_id {
+        item.insert("team_id".into(), s(t.clone()));
+    }
+    item.insert("created_at".into(), epoch(r.created_at));
+    item.insert("expires_at".into(), epoch(r.expires_at));
+    item.insert(
+        TTL_ATTRIBUTE.into(),
+        n(r.expires_at.timestamp() + FINISHED_RETENTION_SECONDS),
+    );
+    if r.state == ReservationState::Held {
+        item.insert("gsi1pk".into(), s(format!("held#{}", held_shard(&r.id))));
+        item.insert("gsi1sk".into(), s(expiry_sort_key(r.expires_at)));
+    }
+    if let Some(c) = r.cost {
+        item.insert("cost".into(), money(c));
+    }
+    if let Some(t) = r.settled_at {
+        item.insert("settled_at".into(), epoch(t));
+    }
+    if let Some(t) = r.expired_at {
+        item.insert("expired_at".into(), epoch(t));
+    }
+    item
+}
+
+fn reservation_from_item(
+    item: &HashMap<String, AttributeValue>,
+) -> Result<Reservation, StoreError> {
+    let pk = match item.get(PARTITION_KEY) {
+        Some(AttributeValue::S(pk)) => pk.as_str(),
+        _ => "?",
+    };
+    let r = ItemReader { pk };
+    let mut holds = Vec::new();
+    if let Some(AttributeValue::L(list)) = item.get("holds") {
+        for h in list {
+            let AttributeValue::M(h) = h else {
+                return Err(r.corrupt("hold is not a map"));
+            };
+            let e = r
+                .opt_s(h, "e")?
+                .ok_or_else(|| r.corrupt("hold without entity"))?;
+            holds.push(Hold {
+                entity: entity_ref_from_pk(e).ok_or_else(|| r.corrupt("hold entity"))?,
+                window: r
+                    .opt_s(h, "w")?
+                    .ok_or_else(|| r.corrupt("hold without window"))?
+                    .to_string(),
+                generation: r.n(h, "g")? as u64,
+            });
+        }
+    }
+    let state = r
+        .opt_s(item, "state")?
+        .and_then(ReservationState::parse)
+        .ok_or_else(|| r.corrupt("state"))?;
+    Ok(Reservation {
+        id: r
+            .opt_s(item, "id")?
+            .ok_or_else(|| r.corrupt("id"))?
+            .to_string(),
+        amount: Money::from_nanos(r.n(item, "amount")?),
+        holds,
+        key_hash: r.opt_s(item, "key_hash")?.unwrap_or_default().to_string(),
+        user_id: r.opt_s(item, "user_id")?.map(str::to_string),
+        team_id: r.opt_s(item, "team_id")?.map(str::to_string),
+        state,
+        created_at: r.time(item, "created_at")?.unwrap_or_default(),
+        expires_at: r.time(item, "expires_at")?.unwrap_or_default(),
+        cost: r.opt_n(item, "cost")?.map(Money::from_nanos),
+        settled_at: r.time(item, "settled_at")?,
+        expired_at: r.time(item, "expired_at")?,
+    })
+}
+
+// ---------------------------------------------------------------- writes
+
+impl DynamoStore {
+    fn update(
+        &self,
+        pk: String,
+        sets: Vec<String>,
+        removes: Vec<String>,
+        conds: Vec<String>,
+        ex: &Expr,
+    ) -> Result<Update, StoreError> {
+        let mut expression = format!("SET {}", sets.join(", "));
+        if !removes.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
+        }
+        Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_of(pk)))
+            .update_expression(expression)
+            .set_condition_expression((!conds.is_empty()).then(|| conds.join(" AND ")))
+            .set_expression_attribute_names(ex.names())
+            .set_expression_attribute_values(ex.values())
+            .build()
+            .map_err(build_error)
+    }
+
+    fn condition_check(
+        &self,
+        pk: String,
+        conds: Vec<String>,
+        ex: &Expr,
+    ) -> Result<ConditionCheck, StoreError> {
+        ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_of(pk)))
+            .condition_expression(conds.join(" AND "))
+            .set_expression_attribute_names(ex.names())
+            .set_expression_attribute_values(ex.values())
+            .build()
+            .map_err(build_error)
+    }
+
+    fn put(
+        &self,
+        item: HashMap<String, AttributeValue>,
+        condition: &str,
+    ) -> Result<Put, StoreError> {
+        Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .build()
+            .map_err(build_error)
+    }
+
+    /// The reserve write for one entity: every window admits `e` and takes it.
+    fn reserve_entity(
+        &self,
+        entity: &Entity,
+        e: Money,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<Option<TransactWriteItem>, StoreError> {
+        let mut ex = Expr::default();
+        let ver = ex.name("ver");
+        let ver_value = ex.value(n(entity.version as i64));
+        let mut conds = vec![format!("{ver} = {ver_value}")];
+        let mut sets = Vec::new();
+        let mut e_value = None;
+        for w in &entity.windows {
+            let limit = w.max.saturating_sub(e);
+            if limit < Money::ZERO {
+                return Ok(None);
+            }
+            let p = WindowPaths::new(&w.id());
+            let (used, reserved) = (p.field(&mut ex, "used"), p.field(&mut ex, "reserved"));
+            let ev = e_value.get_or_insert_with(|| ex.value(money(e))).clone();
+            let limit = ex.value(money(limit));
+            if w.is_due(now) {
+                // Rolled over in this same write: the period's spend goes,
+                // reservations in flight stay.
+                let (spent, reset_at) = (p.field(&mut ex, "spent"), p.field(&mut ex, "reset_at"));
+                let old = ex.value(epoch(w.reset_at.unwrap_or(now)));
+                let next = ex.value(epoch(w.span.next_reset(now, clock).unwrap_or(now)));
+                let zero = ex.value(n(0));
+                conds.push(format!("{reset_at} = {old}"));
+                conds.push(format!("{reserved} <= {limit}"));
+                if e.is_zero() {
+                    let max = ex.value(money(w.max));
+                    conds.push(format!("{reserved} < {max}"));
+                }
+                sets.push(format!("{used} = {reserved} + {ev}"));
+                sets.push(format!("{reserved} = {reserved} + {ev}"));
+                sets.push(format!("{spent} = {zero}"));
+                sets.push(format!("{reset_at} = {next}"));
+            } else {
+                conds.push(format!("{used} <= {limit}"));
+                if e.is_zero() {
+                    let max = ex.value(money(w.max));
+                    conds.push(format!("{used} < {max}"));
+                }
+                sets.push(format!("{used} = {used} + {ev}"));
+                sets.push(format!("{reserved} = {reserved} + {ev}"));
+            }
+        }
+        let pk = entity_pk(&entity.entity);
+        if sets.is_empty() {
+            // No budget here: still check the configuration (a key blocked
+            // a moment ago must not pass).
+            let check = self.condition_check(pk, conds, &ex)?;
+            return Ok(Some(
+                TransactWriteItem::builder().condition_check(check).build(),
+            ));
+        }
+        let update = self.update(pk, sets, vec![], conds, &ex)?;
+        Ok(Some(TransactWriteItem::builder().update(update).build()))
+    }
+
+    /// The write that ends a reservation on one entity.
+    fn finish_entity(
+        &self,
+        reservation: &Reservation,
+        entity: &Entity,
+        finish: Finish,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<Option<TransactWriteItem>, StoreError> {
+        let mut ex = Expr::default();
+        let mut conds = Vec::new();
+        let mut sets = Vec::new();
+        let holds_budget = reservation.state.holds_budget();
+        for hold in reservation
+            .holds
+            .iter()
+            .filter(|h| h.entity == entity.entity)
+        {
+            let Some(w) = entity.window(&hold.window) else {
+                continue; // the window was removed: nothing left to charge
+            };
+            let release = if holds_budget && w.generation == hold.generation {
+                reservation.amount
+            } else {
+                Money::ZERO
+            };
+            let cost = match finish {
+                Finish::Settle(c) => c,
+                Finish::Expire => Money::ZERO,
+            };
+            if release.is_zero() && cost.is_zero() {
+                continue;
+            }
+            let p = WindowPaths::new(&w.id());
+            let (used, reserved, spent) = (
+                p.field(&mut ex, "used"),
+                p.field(&mut ex, "reserved"),
+                p.field(&mut ex, "spent"),
+            );
+            let gen_path = p.field(&mut ex, "gen");
+            let generation = ex.value(n(w.generation as i64));
+            conds.push(format!("{gen_path} = {generation}"));
+            let delta = ex.value(money(cost.saturating_sub(release)));
+            let release_value = ex.value(money(release));
+            let cost_value = ex.value(money(cost));
+            if w.is_due(now) && !cost.is_zero() {
+                // The cost belongs to the period current now: roll first.
+                let reset_at = p.field(&mut ex, "reset_at");
+                let old = ex.value(epoch(w.reset_at.unwrap_or(now)));
+                let next = ex.value(epoch(w.span.next_reset(now, clock).unwrap_or(now)));
+                conds.push(format!("{reset_at} = {old}"));
+                sets.push(format!("{used} = {reserved} + {delta}"));
+                sets.push(format!("{reserved} = {reserved} - {release_value}"));
+                sets.push(format!("{spent} = {cost_value}"));
+                sets.push(format!("{reset_at} = {next}"));
+            } else {
+                sets.push(format!("{used} = {used} + {delta}"));
+                sets.push(format!("{reserved} = {reserved} - {release_value}"));
+                sets.push(format!("{spent} = {spent} + {cost_value}"));
+            }
+        }
+        if sets.is_empty() {
+            return Ok(None);
+        }
+        let update = self.update(entity_pk(&entity.entity), sets, vec![], conds, &ex)?;
+        Ok(Some(TransactWriteItem::builder().update(update).build()))
+    }
+
+    async fn query_all(
+        &self,
+        index: &str,
+        pk_attr: &str,
+        pk: String,
+        sk_upper: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Cursor = None;
+        loop {
+            let mut ex = Expr::default();
+            let pk_name = ex.name(pk_attr);
+            let pk_value = ex.value(s(pk.clone()));
+            let mut condition = format!("{pk_name} = {pk_value}");
+            if let Some(upper) = &sk_upper {
+                let sk = ex.name("gsi1sk");
+                let v = ex.value(s(upper.clone()));
+                condition.push_str(&format!(" AND {sk} <= {v}"));
+            }
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .key_condition_expression(condition)
+                .set_expression_attribute_names(ex.names())
+                .set_expression_attribute_values(ex.values())
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| unavailable("query", e))?;
+            out.extend(page.items().iter().cloned());
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() || out.len() >= limit {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn load(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(entity_pk(entity))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("get item", e))?;
+        out.item().map(entity_from_item).transpose()
+    }
+
+    async fn load_many(&self, entities: &[EntityRef]) -> Result<Vec<Entity>, StoreError> {
+        if entities.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pending: Vec<HashMap<String, AttributeValue>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for e in entities {
+            let pk = entity_pk(e);
+            if seen.insert(pk.clone()) {
+                pending.push(key_of(pk));
+            }
+        }
+        let mut found = Vec::new();
+        // BatchGetItem may hand back unprocessed keys under load: ask again.
+        for _ in 0..10 {
+            if pending.is_empty() {
+                break;
+            }
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut pending)))
+                .consistent_read(true)
+                .build()
+                .map_err(build_error)?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(|e| unavailable("batch get", e))?;
+            if let Some(items) = out.responses().and_then(|r| r.get(&self.table)) {
+                for item in items {
+                    found.push(entity_from_item(item)?);
+                }
+            }
+            if let Some(rest) = out.unprocessed_keys().and_then(|u| u.get(&self.table)) {
+                pending = rest.keys().to_vec();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        if !pending.is_empty() {
+            return Err(StoreError::Unavailable(
+                "batch get left keys unprocessed".into(),
+            ));
+        }
+        found.sort_by(|a, b| a.entity.cmp(&b.entity));
+        Ok(found)
+    }
+
+    async fn load_chain(&self, key_hash: &str) -> Result<Option<Chain>, StoreError> {
+        let Some(key) = self.load(&EntityRef::key(key_hash)).await? else {
+            return Ok(None);
+        };
+        let mut owners = Vec::new();
+        if let Some(u) = &key.user_id {
+            owners.push(EntityRef::user(u.clone()));
+        }
+        if let Some(t) = &key.team_id {
+            owners.push(EntityRef::team(t.clone()));
+        }
+        let loaded = self.load_many(&owners).await?;
+        let mut user = None;
+        let mut team = None;
+        for e in loaded {
+            match e.entity.kind {
+                EntityKind::User => user = Some(e),
+                EntityKind::Team => team = Some(e),
+                EntityKind::Key => {}
+            }
+        }
+        Ok(Some(Chain { key, user, team }))
+    }
+
+    async fn reserve(
+        &self,
+        chain: &Chain,
+        reservation: &Reservation,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<ReserveWrite, StoreError> {
+        let mut items = Vec::new();
+        for entity in chain.entities() {
+            match self.reserve_entity(entity, reservation.amount, now, clock)? {
+                Some(item) => items.push(item),
+                None => return Ok(ReserveWrite::Stale),
+            }
+        }
+        let put = self.put(reservation_item(reservation), "attribute_not_exists(pk)")?;
+        items.push(TransactWriteItem::builder().put(put).build());
+        let last = items.len() - 1;
+        match transact(&self.client, items).await? {
+            TxOutcome::Committed => Ok(ReserveWrite::Reserved),
+            TxOutcome::Cancelled(codes) => {
+                if codes
+                    .iter()
+                    .any(|c| c.as_deref() == Some("TransactionConflict"))
+                {
+                    Ok(ReserveWrite::Conflict)
+                } else if codes.get(last).and_then(|c| c.as_deref())
+                    == Some("ConditionalCheckFailed")
+                {
+                    Ok(ReserveWrite::Duplicate)
+                } else if codes
+                    .iter()
+                    .any(|c| c.as_deref() == Some("ConditionalCheckFailed"))
+                {
+                    Ok(ReserveWrite::Stale)
+                } else {
+                    Err(StoreError::Unavailable(format!(
+                        "reservation cancelled: {codes:?}"
+                    )))
+                }
+            }
+        }
+    }
+
+    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(reservation_pk(id))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("get reservation", e))?;
+        match out.item() {
+            Some(item) if matches!(item.get("kind"), Some(AttributeValue::S(k)) if k == "reservation") => {
+                reservation_from_item(item).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn finish(
+        &self,
+        reservation: &Reservation,
+        entities: &[Entity],
+        finish: Finish,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<FinishWrite, StoreError> {
+        let mut items = Vec::new();
+        for entity in entities {
+            if let Some(item) = self.finish_entity(reservation, entity, finish, now, clock)? {
+                items.push(item);
+            }
+        }
+        let mut ex = Expr::default();
+        let state = ex.name("state");
+        let from = ex.value(s(reservation.state.as_str()));
+        let mut sets = Vec::new();
+        match finish {
+            Finish::Settle(cost) => {
+                let to = ex.value(s(ReservationState::Settled.as_str()));
+                let c = ex.value(money(cost));
+                let t = ex.value(epoch(now));
+                sets.push(format!("{state} = {to}"));
+                sets.push(format!("{} = {c}", ex.name("cost")));
+                sets.push(format!("{} = {t}", ex.name("settled_at")));
+            }
+            Finish::Expire => {
+                let to = ex.value(s(ReservationState::Expired.as_str()));
+                let t = ex.value(epoch(now));
+                sets.push(format!("{state} = {to}"));
+                sets.push(format!("{} = {t}", ex.name("expired_at")));
+            }
+        }
+        let removes = vec![ex.name("gsi1pk"), ex.name("gsi1sk")];
+        let conds = vec![format!("{state} = {from}")];
+        let update = self.update(reservation_pk(&reservation.id), sets, removes, conds, &ex)?;
+        items.push(TransactWriteItem::builder().update(update).build());
+        match transact(&self.client, items).await? {
+            TxOutcome::Committed => Ok(FinishWrite::Done),
+            TxOutcome::Cancelled(_) => Ok(FinishWrite::Stale),
+        }
+    }
+
+    async fn roll_over(
+        &self,
+        entity: &Entity,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<Option<usize>, StoreError> {
+        let mut ex = Expr::default();
+        let mut conds = Vec::new();
+        let mut sets = Vec::new();
+        let mut rolled = 0;
+        for w in entity.windows.iter().filter(|w| w.is_due(now)) {
+            let p = WindowPaths::new(&w.id());
+            let (used, reserved, spent, reset_at) = (
+                p.field(&mut ex, "used"),
+                p.field(&mut ex, "reserved"),
+                p.field(&mut ex, "spent"),
+                p.field(&mut ex, "reset_at"),
+            );
+            let old = ex.value(epoch(w.reset_at.unwrap_or(now)));
+            let next = ex.value(epoch(w.span.next_reset(now, clock).unwrap_or(now)));
+            let zero = ex.value(n(0));
+            conds.push(format!("{reset_at} = {old}"));
+            sets.push(format!("{used} = {reserved}"));
+            sets.push(format!("{spent} = {zero}"));
+            sets.push(format!("{reset_at} = {next}"));
+            rolled += 1;
+        }
+        if rolled == 0 {
+            return Ok(Some(0));
+        }
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(entity_pk(&entity.entity))))
+            .update_expression(format!("SET {}", sets.join(", ")))
+            .condition_expression(conds.join(" AND "))
+            .set_expression_attribute_names(ex.names())
+            .set_expression_attribute_values(ex.values())
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Some(rolled)),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(None)
+            }
+            Err(e) => Err(unavailable("roll over", e)),
+        }
+    }
+
+    async fn scan_entities(&self, cursor: Cursor) -> Result<(Vec<Entity>, Cursor), StoreError> {
+        let mut ex = Expr::default();
+        let kind = ex.name("kind");
+        let (k, u, t) = (ex.value(s("key")), ex.value(s("user")), ex.value(s("team")));
+        let page = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression(format!("{kind} IN ({k}, {u}, {t})"))
+            .set_expression_attribute_names(ex.names())
+            .set_expression_attribute_values(ex.values())
+            .consistent_read(true)
+            .set_exclusive_start_key(cursor)
+            .send()
+            .await
+            .map_err(|e| unavailable("scan", e))?;
+        let entities = page
+            .items()
+            .iter()
+            .map(entity_from_item)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((entities, page.last_evaluated_key().cloned()))
+    }
+
+    async fn expired_reservations(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Reservation>, StoreError> {
+        let mut out = Vec::new();
+        for shard in 0..HELD_SHARDS {
+            let items = self
+                .query_all(
+                    "gsi1",
+                    "gsi1pk",
+                    format!("held#{shard}"),
+                    Some(expiry_sort_key(now)),
+                    limit,
+                )
+                .await?;
+            for item in &items {
+                let r = reservation_from_item(item)?;
+                if r.state == ReservationState::Held && r.expires_at <= now {
+                    out.push(r);
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create(&self, entity: &Entity) -> Result<AdminWrite, StoreError> {
+        let put = self.put(entity_item(entity), "attribute_not_exists(pk)")?;
+        let mut items = vec![TransactWriteItem::builder().put(put).build()];
+        let mut owners = Vec::new();
+        if entity.entity.kind == EntityKind::Key {
+            owners.extend(entity.user_id.iter().map(|u| EntityRef::user(u.clone())));
+            owners.extend(entity.team_id.iter().map(|t| EntityRef::team(t.clone())));
+        }
+        for owner in &owners {
+            items.push(count_key(self, owner, 1)?);
+        }
+        match transact(&self.client, items).await? {
+            TxOutcome::Committed => Ok(AdminWrite::Done),
+            TxOutcome::Cancelled(codes) => Ok(admin_cancellation(
+                &codes,
+                &owners,
+                AdminWrite::AlreadyExists,
+            )),
+        }
+    }
+
+    async fn update(&self, old: &Entity, new: &Entity) -> Result<AdminWrite, StoreError> {
+        let mut ex = Expr::default();
+        let ver = ex.name("ver");
+        let old_ver = ex.value(n(old.version as i64));
+        let one = ex.value(n(1));
+        let conds = vec![format!("{ver} = {old_ver}")];
+        let mut sets = vec![format!("{ver} = {ver} + {one}")];
+        let mut removes = Vec::new();
+        let config = entity_config_attributes(new);
+        for (name, value) in &config {
+            let p = ex.name(name);
+            let v = ex.value(value.clone());
+            sets.push(format!("{p} = {v}"));
+        }
+        for name in OPTIONAL_CONFIG {
+            if !config.iter().any(|(n, _)| n == name) {
+                removes.push(ex.name(name));
+            }
+        }
+        for w in &new.windows {
+            match old.window(&w.id()) {
+                Some(_) => {
+                    let max = ex.path(&["w", &w.id(), "max"]);
+                    let legacy = ex.path(&["w", &w.id(), "legacy"]);
+                    let (mv, lv) = (
+                        ex.value(money(w.max)),
+                        ex.value(AttributeValue::Bool(w.legacy)),
+                    );
+                    sets.push(format!("{max} = {mv}"));
+                    sets.push(format!("{legacy} = {lv}"));
+                }
+                None => {
+                    let path = ex.path(&["w", &w.id()]);
+                    let v = ex.value(window_item(w));
+                    sets.push(format!("{path} = {v}"));
+                }
+            }
+        }
+        for w in &old.windows {
+            if new.window(&w.id()).is_none() {
+                removes.push(ex.path(&["w", &w.id()]));
+            }
+        }
+        let update = self.update(entity_pk(&old.entity), sets, removes, conds, &ex)?;
+        let mut items = vec![TransactWriteItem::builder().update(update).build()];
+        // A key that changes owner moves its count from the old to the new.
+        let mut added = Vec::new();
+        if old.entity.kind == EntityKind::Key {
+            let pairs = [
+                (
+                    old.user_id.as_ref().map(|u| EntityRef::user(u.clone())),
+                    new.user_id.as_ref().map(|u| EntityRef::user(u.clone())),
+                ),
+                (
+                    old.team_id.as_ref().map(|t| EntityRef::team(t.clone())),
+                    new.team_id.as_ref().map(|t| EntityRef::team(t.clone())),
+                ),
+            ];
+            for (before, after) in pairs {
+                if before == after {
+                    continue;
+                }
+                if let Some(b) = before {
+                    items.push(count_key_unchecked(self, &b, -1)?);
+                }
+                if let Some(a) = after {
+                    added.push((items.len(), a.clone()));
+                    items.push(count_key(self, &a, 1)?);
+                }
+            }
+        }
+        match transact(&self.client, items).await? {
+            TxOutcome::Committed => Ok(AdminWrite::Done),
+            TxOutcome::Cancelled(codes) => {
+                for (i, owner) in &added {
+                    if codes.get(*i).and_then(|c| c.as_deref()) == Some("ConditionalCheckFailed") {
+                        return Ok(AdminWrite::Missing(owner.clone()));
+                    }
+                }
+                Ok(AdminWrite::Conflict)
+            }
+        }
+    }
+
+    async fn delete(&self, entity: &Entity) -> Result<AdminWrite, StoreError> {
+        let mut ex = Expr::default();
+        let ver = ex.name("ver");
+        let v = ex.value(n(entity.version as i64));
+        let mut condition = format!("{ver} = {v}");
+        if entity.entity.kind != EntityKind::Key {
+            let kc = ex.name("key_count");
+            let zero = ex.value(n(0));
+            condition.push_str(&format!(
+                " AND ({kc} = {zero} OR attribute_not_exists({kc}))"
+            ));
+        }
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_of(entity_pk(&entity.entity))))
+            .condition_expression(condition)
+            .set_expression_attribute_names(ex.names())
+            .set_expression_attribute_values(ex.values())
+            .build()
+            .map_err(build_error)?;
+        let mut items = vec![TransactWriteItem::builder().delete(delete).build()];
+        if entity.entity.kind == EntityKind::Key {
+            for owner in entity
+                .user_id
+                .iter()
+                .map(|u| EntityRef::user(u.clone()))
+                .chain(entity.team_id.iter().map(|t| EntityRef::team(t.clone())))
+            {
+                items.push(count_key_unchecked(self, &owner, -1)?);
+            }
+        }
+        match transact(&self.client, items).await? {
+            TxOutcome::Committed => Ok(AdminWrite::Done),
+            TxOutcome::Cancelled(_) => Ok(AdminWrite::Conflict),
+        }
+    }
+
+    async fn keys_of(&self, owner: &EntityRef) -> Result<Vec<String>, StoreError> {
+        let (index, attr) = match owner.kind {
+            EntityKind::User => ("gsi1", "gsi1pk"),
+            EntityKind::Team => ("gsi2", "gsi2pk"),
+            EntityKind::Key => return Ok(Vec::new()),
+        };
+        let items = self
+            .query_all(index, attr, owner_index_pk(owner), None, usize::MAX)
+            .await?;
+        let mut keys: Vec<String> = items
+            .iter()
+            .filter_map(|i| match i.get("id") {
+                Some(AttributeValue::S(id)) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// `key_count += delta` on an owner that must exist.
+fn count_key(
+    store: &DynamoStore,
+    owner: &EntityRef,
+    delta: i64,
+) -> Result<TransactWriteItem, StoreError> {
+    let mut ex = Expr::default();
+    let kc = ex.name("key_count");
+    let d = ex.value(n(delta));
+    let zero = ex.value(n(0));
+    let pk = ex.name(PARTITION_KEY);
+    let update = store.update(
+        entity_pk(owner),
+        vec![format!("{kc} = if_not_exists({kc}, {zero}) + {d}")],
+        vec![],
+        vec![format!("attribute_exists({pk})")],
+        &ex,
+    )?;
+    Ok(TransactWriteItem::builder().update(update).build())
+}
+
+/// `key_count += delta` where the owner may be gone (never recreated by it).
+fn count_key_unchecked(
+    store: &DynamoStore,
+    owner: &EntityRef,
+    delta: i64,
+) -> Result<TransactWriteItem, StoreError> {
+    // Same write: an owner with keys cannot be deleted, so it exists.
+    count_key(store, owner, delta)
+}
+
+fn admin_cancellation(
+    codes: &[Option<String>],
+    owners: &[EntityRef],
+    first: AdminWrite,
+) -> AdminWrite {
+    if codes.first().and_then(|c| c.as_deref()) == Some("ConditionalCheckFailed") {
+        return first;
+    }
+    for (i, owner) in owners.iter().enumerate() {
+        if codes.get(i + 1).and_then(|c| c.as_deref()) == Some("ConditionalCheckFailed") {
+            return AdminWrite::Missing(owner.clone());
+        }
+    }
+    AdminWrite::Conflict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entity_items_round_trip() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap();
+        let clock = ResetClock::default();
+        let mut e = Entity::new(EntityRef::user("user-123"), now);
+        e.windows.push(Window::open(
+            Span::parse_id("1d").unwrap(),
+            Money::usd(150),
+            false,
+            now,
+            &clock,
+        ));
+        e.windows.push(Window::open(
+            Span::Lifetime,
+            Money::usd(1000),
+            true,
+            now,
+            &clock,
+        ));
+        e.windows.sort_by_key(|w| w.span);
+        e.attributes
+            .insert("metadata".into(), serde_json::json!({"team": "x"}));
+        let back = entity_from_item(&entity_item(&e)).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn reservation_items_round_trip() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap();
+        let r = Reservation {
+            id: "r1".into(),
+            amount: Money::from_nanos(5),
+            holds: vec![Hold {
+                entity: EntityRef::team("t"),
+                window: "1d".into(),
+                generation: 7,
+            }],
+            key_hash: "abc".into(),
+            user_id: None,
+            team_id: Some("t".into()),
+            state: ReservationState::Held,
+            created_at: now,
+            expires_at: now,
+            cost: None,
+            settled_at: None,
+            expired_at: None,
+        };
+        assert_eq!(reservation_from_item(&reservation_item(&r)).unwrap(), r);
+    }
+}

@@ -1,0 +1,155 @@
+//! The Store port: what the budget logic needs from persistence. The one
+//! implementation is [`dynamo::DynamoStore`]; every write it makes is a
+//! conditional atomic write, so concurrency can never overspend.
+
+pub mod dynamo;
+pub mod table;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::duration::ResetClock;
+use crate::model::{Chain, Entity, EntityRef, Reservation, ReservationState};
+use crate::money::Money;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or answered with an error: callers
+    /// fail closed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// An item in the table does not have the shape this code writes.
+    #[error("corrupt item {pk}: {message}")]
+    Corrupt { pk: String, message: String },
+}
+
+/// The outcome of one attempt at the atomic reserve write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveWrite {
+    /// Every window of every entity reserved the estimate.
+    Reserved,
+    /// A condition failed: a window is full, or the configuration or a
+    /// window boundary moved since the chain was read. Re-read and decide.
+    Stale,
+    /// A reservation with this id exists already (a retried request).
+    Duplicate,
+    /// Another transaction touched the same items at the same moment.
+    Conflict,
+}
+
+/// How a reservation ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The request's actual cost is known (cost 0 = release).
+    Settle(Money),
+    /// The reset job gives up on it: its amount is released, no spend.
+    Expire,
+}
+
+/// The outcome of one attempt at finishing a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishWrite {
+    Done,
+    /// The reservation or a window moved since they were read: re-read.
+    Stale,
+}
+
+/// Answer of an admin write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminWrite {
+    Done,
+    /// Create: the id is taken.
+    AlreadyExists,
+    /// An owner (user or team) named by a key does not exist, or an entity
+    /// to update or delete is gone.
+    Missing(EntityRef),
+    /// The entity changed since it was read (version), or (delete) still
+    /// has keys.
+    Conflict,
+}
+
+/// A page of a scan.
+pub type Cursor =
+    Option<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>;
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// One entity, strongly consistent.
+    async fn load(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError>;
+
+    /// Several entities in one request, strongly consistent; missing ones
+    /// are left out.
+    async fn load_many(&self, entities: &[EntityRef]) -> Result<Vec<Entity>, StoreError>;
+
+    /// A key and its user and team. `None` for an unknown key.
+    async fn load_chain(&self, key_hash: &str) -> Result<Option<Chain>, StoreError>;
+
+    /// The one atomic write of admission: every window of every entity of
+    /// `chain` (as read) admits `reservation.amount` and reserves it, a
+    /// window past its boundary is rolled over in the same write, and the
+    /// reservation is recorded — or nothing is written.
+    async fn reserve(
+        &self,
+        chain: &Chain,
+        reservation: &Reservation,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<ReserveWrite, StoreError>;
+
+    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError>;
+
+    /// Ends `reservation` (as read, in state `from`) on `entities` (as
+    /// read), in one atomic write.
+    async fn finish(
+        &self,
+        reservation: &Reservation,
+        entities: &[Entity],
+        finish: Finish,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<FinishWrite, StoreError>;
+
+    /// Rolls over every window of `entity` (as read) that is due at `now`,
+    /// conditional on its boundary not having moved. Returns how many
+    /// windows it rolled, `None` when the entity moved (re-read).
+    async fn roll_over(
+        &self,
+        entity: &Entity,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<Option<usize>, StoreError>;
+
+    /// A page of all keys, users and teams.
+    async fn scan_entities(&self, cursor: Cursor) -> Result<(Vec<Entity>, Cursor), StoreError>;
+
+    /// Held reservations whose expiry is at or before `now`.
+    async fn expired_reservations(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Reservation>, StoreError>;
+
+    /// Creates `entity`; a key also counts itself on its user and team,
+    /// which must exist.
+    async fn create(&self, entity: &Entity) -> Result<AdminWrite, StoreError>;
+
+    /// Writes the configuration of `new` over `old` (as read): limits,
+    /// owners, flags and attributes. Counters of windows that are kept are
+    /// left as they are in the table (requests may be moving them); new
+    /// windows start empty; removed windows go.
+    async fn update(&self, old: &Entity, new: &Entity) -> Result<AdminWrite, StoreError>;
+
+    /// Deletes `entity` (as read). A user or team with keys is refused
+    /// (`Conflict`); a key uncounts itself from its owners.
+    async fn delete(&self, entity: &Entity) -> Result<AdminWrite, StoreError>;
+
+    /// Hashes of the keys that belong to a user or team.
+    async fn keys_of(&self, owner: &EntityRef) -> Result<Vec<String>, StoreError>;
+}
+
+impl ReservationState {
+    /// Whether a reservation in this state still holds its amount.
+    pub fn holds_budget(self) -> bool {
+        self == ReservationState::Held
+    }
+}

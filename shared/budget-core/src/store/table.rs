@@ -1,0 +1,101 @@
+//! The table: its one definition. `template.yaml` declares the same
+//! (a test compares them), and local runs create it from here.
+//!
+//! Single table, partition key `pk` only:
+//! - `key#<sha256>`, `user#<id>`, `team#<id>`: an entity with its windows;
+//! - `res#<id>`: a reservation.
+//!
+//! Index `gsi1` (`gsi1pk`, `gsi1sk`): keys by user (`user#<id>#keys`), and
+//! held reservations by expiry (`held#<shard>`, expiry as zero-padded epoch
+//! seconds) for the reset job. Index `gsi2` (`gsi2pk`, `gsi2sk`): keys by
+//! team. TTL attribute `ttl` removes finished reservations after a week.
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
+use aws_sdk_dynamodb::Client;
+
+use super::StoreError;
+
+pub const PARTITION_KEY: &str = "pk";
+pub const TTL_ATTRIBUTE: &str = "ttl";
+/// `(index name, partition key, sort key)`, all string attributes, all
+/// projecting every attribute.
+pub const INDEXES: [(&str, &str, &str); 2] =
+    [("gsi1", "gsi1pk", "gsi1sk"), ("gsi2", "gsi2pk", "gsi2sk")];
+/// Held reservations are spread over this many index partitions, so the
+/// index never has one hot partition.
+pub const HELD_SHARDS: u32 = 16;
+
+/// Creates the table as AWS would from `template.yaml` (on-demand, the two
+/// indexes, TTL). An existing table is left alone.
+pub async fn create_table(client: &Client, name: &str) -> Result<bool, StoreError> {
+    let unavailable = |e: String| StoreError::Unavailable(e);
+    let s = |n: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| unavailable(e.to_string()))
+    };
+    let key = |n: &str, t: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(t)
+            .build()
+            .map_err(|e| unavailable(e.to_string()))
+    };
+    let mut attributes = vec![s(PARTITION_KEY)?];
+    let mut indexes = Vec::new();
+    for (index, pk, sk) in INDEXES {
+        attributes.push(s(pk)?);
+        attributes.push(s(sk)?);
+        indexes.push(
+            GlobalSecondaryIndex::builder()
+                .index_name(index)
+                .key_schema(key(pk, KeyType::Hash)?)
+                .key_schema(key(sk, KeyType::Range)?)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .map_err(|e| unavailable(e.to_string()))?,
+        );
+    }
+    let created = client
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .set_attribute_definitions(Some(attributes))
+        .key_schema(key(PARTITION_KEY, KeyType::Hash)?)
+        .set_global_secondary_indexes(Some(indexes))
+        .send()
+        .await;
+    match created {
+        Ok(_) => {}
+        Err(e) => {
+            let service = e.into_service_error();
+            if service.is_resource_in_use_exception() {
+                return Ok(false);
+            }
+            return Err(unavailable(format!("create table {name}: {service}")));
+        }
+    }
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name(TTL_ATTRIBUTE)
+                .enabled(true)
+                .build()
+                .map_err(|e| unavailable(e.to_string()))?,
+        )
+        .send()
+        .await
+        .map_err(|e| unavailable(format!("enable TTL on {name}: {}", e.into_service_error())))?;
+    Ok(true)
+}
