@@ -171,6 +171,7 @@ pub fn admit(
 mod tests {
     use super::*;
     use crate::duration::BudgetDuration;
+    use crate::model::EntityKind;
     use chrono::TimeZone;
 
     fn at(s: &str) -> DateTime<Utc> {
