@@ -82,10 +82,9 @@ impl TestTable {
                 .await
                 .expect("scan");
             for item in page.items() {
-                let mut pairs: Vec<String> =
-                    item.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-                pairs.sort();
-                items.push(pairs.join(","));
+                let map: std::collections::BTreeMap<&String, Value> =
+                    item.iter().map(|(k, v)| (k, canonical(v))).collect();
+                items.push(serde_json::to_string(&map).unwrap_or_default());
             }
             start = page.last_evaluated_key().cloned();
             if start.is_none() {
@@ -155,6 +154,24 @@ impl TestTable {
             .expect("load")
             .expect("entity exists");
         e.window(span).cloned().expect("window exists")
+    }
+}
+
+/// An attribute value as JSON with sorted maps, so equal items print equal.
+fn canonical(v: &aws_sdk_dynamodb::types::AttributeValue) -> Value {
+    use aws_sdk_dynamodb::types::AttributeValue as A;
+    match v {
+        A::S(s) => json!({"S": s}),
+        A::N(n) => json!({"N": n}),
+        A::Bool(b) => json!({"BOOL": b}),
+        A::Null(_) => json!({"NULL": true}),
+        A::L(l) => json!({"L": l.iter().map(canonical).collect::<Vec<_>>()}),
+        A::M(m) => {
+            let sorted: std::collections::BTreeMap<&String, Value> =
+                m.iter().map(|(k, v)| (k, canonical(v))).collect();
+            json!({"M": sorted})
+        }
+        other => json!({"other": format!("{other:?}")}),
     }
 }
 
