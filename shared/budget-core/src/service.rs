@@ -282,7 +282,7 @@ pub async fn settle<S: Store>(
     now: DateTime<Utc>,
     settings: &Settings,
 ) -> Result<SettleOutcome, StoreError> {
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
         let Some(reservation) = store.reservation(id).await? else {
             return Ok(SettleOutcome::NotFound);
         };
@@ -292,11 +292,17 @@ pub async fn settle<S: Store>(
                 duplicate: true,
             });
         }
-        let entities = store.load_many(&held_entities(&reservation)).await?;
+        // First try: no read of the entities (one request less); if a
+        // window moved or was removed, read them and decide again.
+        let entities = if attempt == 0 {
+            None
+        } else {
+            Some(store.load_many(&held_entities(&reservation)).await?)
+        };
         match store
             .finish(
                 &reservation,
-                &entities,
+                entities.as_deref(),
                 Finish::Settle(cost),
                 now,
                 &settings.clock,
@@ -337,18 +343,24 @@ pub async fn expire<S: Store>(
     now: DateTime<Utc>,
     settings: &Settings,
 ) -> Result<bool, StoreError> {
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
         let Some(reservation) = store.reservation(id).await? else {
             return Ok(false);
         };
         if reservation.state != ReservationState::Held || reservation.expires_at > now {
             return Ok(false);
         }
-        let entities = store.load_many(&held_entities(&reservation)).await?;
+        // First try: no read of the entities (one request less); if a
+        // window moved or was removed, read them and decide again.
+        let entities = if attempt == 0 {
+            None
+        } else {
+            Some(store.load_many(&held_entities(&reservation)).await?)
+        };
         match store
             .finish(
                 &reservation,
-                &entities,
+                entities.as_deref(),
                 Finish::Expire,
                 now,
                 &settings.clock,

@@ -631,6 +631,7 @@ impl DynamoStore {
         &self,
         reservation: &Reservation,
         entity: &Entity,
+        assume_open: bool,
         finish: Finish,
         now: DateTime<Utc>,
         clock: &ResetClock,
@@ -668,6 +669,12 @@ impl DynamoStore {
             let gen_path = p.field(&mut ex, "gen");
             let generation = ex.value(n(w.generation as i64));
             conds.push(format!("{gen_path} = {generation}"));
+            if assume_open && matches!(w.span, Span::Every(_)) {
+                // Not read: the write itself checks the period is current.
+                let reset_at = p.field(&mut ex, "reset_at");
+                let now_value = ex.value(epoch(now));
+                conds.push(format!("{reset_at} > {now_value}"));
+            }
             let delta = ex.value(money(cost.saturating_sub(release)));
             let release_value = ex.value(money(release));
             let cost_value = ex.value(money(cost));
@@ -887,14 +894,24 @@ impl Store for DynamoStore {
     async fn finish(
         &self,
         reservation: &Reservation,
-        entities: &[Entity],
+        entities: Option<&[Entity]>,
         finish: Finish,
         now: DateTime<Utc>,
         clock: &ResetClock,
     ) -> Result<FinishWrite, StoreError> {
         let mut items = Vec::new();
+        let assumed;
+        let (entities, assume_open) = match entities {
+            Some(read) => (read, false),
+            None => {
+                assumed = entities_as_held(reservation);
+                (assumed.as_slice(), true)
+            }
+        };
         for entity in entities {
-            if let Some(item) = self.finish_entity(reservation, entity, finish, now, clock)? {
+            if let Some(item) =
+                self.finish_entity(reservation, entity, assume_open, finish, now, clock)?
+            {
                 items.push(item);
             }
         }
@@ -1192,6 +1209,37 @@ impl Store for DynamoStore {
         keys.sort();
         Ok(keys)
     }
+}
+
+/// The entities a reservation holds, as far as the reservation knows them:
+/// its windows with their generations, assumed open (no boundary passed).
+/// Lets settle write without reading the entities first; the write's
+/// conditions check the assumption.
+fn entities_as_held(reservation: &Reservation) -> Vec<Entity> {
+    let mut out: Vec<Entity> = Vec::new();
+    for hold in &reservation.holds {
+        let Some(span) = Span::parse_id(&hold.window) else {
+            continue;
+        };
+        let window = Window {
+            span,
+            max: Money::ZERO,
+            spent: Money::ZERO,
+            reserved: Money::ZERO,
+            reset_at: None,
+            generation: hold.generation,
+            legacy: false,
+        };
+        match out.iter_mut().find(|e| e.entity == hold.entity) {
+            Some(e) => e.windows.push(window),
+            None => {
+                let mut e = Entity::new(hold.entity.clone(), reservation.created_at);
+                e.windows.push(window);
+                out.push(e);
+            }
+        }
+    }
+    out
 }
 
 /// `key_count += delta` on an owner that must exist.

@@ -98,12 +98,14 @@ pub trait Store: Send + Sync {
 
     async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError>;
 
-    /// Ends `reservation` (as read, in state `from`) on `entities` (as
-    /// read), in one atomic write.
+    /// Ends `reservation` (as read) on `entities` (as read), in one atomic
+    /// write. With `None`, writes without having read the entities: every
+    /// held window is assumed to exist and be in its current period, and
+    /// the write's conditions check that (`Stale` if not: read, retry).
     async fn finish(
         &self,
         reservation: &Reservation,
-        entities: &[Entity],
+        entities: Option<&[Entity]>,
         finish: Finish,
         now: DateTime<Utc>,
         clock: &ResetClock,
