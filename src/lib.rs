@@ -2,6 +2,8 @@
 //! DynamoDB emulator that `scripts/test.sh` started, and real API Gateway
 //! event shapes (the `aws_lambda_events` fixtures in `tests/fixtures/`).
 
+pub mod fault_proxy;
+
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
@@ -23,6 +25,24 @@ pub struct TestTable {
 }
 
 impl TestTable {
+    /// The same table through another endpoint (e.g. a fault proxy), with
+    /// the given operation deadline.
+    pub fn store_via(&self, endpoint: &str, timeout: Duration) -> DynamoStore {
+        let config = self
+            .client
+            .config()
+            .to_builder()
+            .endpoint_url(endpoint)
+            .timeout_config(
+                aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+                    .operation_timeout(timeout)
+                    .operation_attempt_timeout(timeout.mul_f32(0.6))
+                    .build(),
+            )
+            .build();
+        DynamoStore::new(Client::from_conf(config), self.store.table())
+    }
+
     pub async fn new() -> TestTable {
         TestTable::with_settings(&[]).await
     }
