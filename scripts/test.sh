@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # The test command: installs the DynamoDB emulator if missing, starts it,
-# runs every test of the workspace against it, and stops it.
+# runs every test of the workspace against it (or the cargo test arguments
+# given), and stops it.
 source "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
 cd "$ROOT"
 trap stop_emulator EXIT
 start_emulator
-cargo test --workspace --all-targets "$@"
+# With arguments, they go to cargo test as they are (e.g.
+# `scripts/test.sh -p edge-budget --test load`); without, everything runs.
+if [ "$#" -gt 0 ]; then
+    cargo test "$@"
+else
+    cargo test --workspace --all-targets
+fi

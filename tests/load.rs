@@ -1,0 +1,189 @@
+//! No overspend under load: 64 concurrent authorizer tasks, mixed
+//! estimates, the keys of one user spread over one team (and a key of the
+//! team alone), against budgets sized so they run out. Over every seeded
+//! run: reserved + spent never exceeds any window's max, every window holds
+//! exactly the sum of the estimates it admitted, and no denied request
+//! would have fitted at the end (the budgets were filled, not just kept).
+//!
+//! `LOAD_RUNS` (default 1) and `LOAD_REQUESTS` (default 768) set the size;
+//! `make reliability` runs 20 seeds of 2,048 requests.
+
+use std::sync::Arc;
+
+use budget_core::model::EntityRef;
+use budget_core::service::Authorizer;
+use budget_core::store::dynamo::DynamoStore;
+use budget_core::store::Store;
+use budget_core::Money;
+use edge_budget::{at, http_api_event, TestTable};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const TASKS: usize = 64;
+
+struct Outcome {
+    key: usize,
+    estimate: Money,
+    admitted: bool,
+}
+
+async fn run(seed: u64, requests: usize) -> (usize, usize) {
+    let t = TestTable::new().await;
+    let now = at("2026-11-28T15:08:00Z");
+    let team = EntityRef::team("team-load");
+    let user = EntityRef::user("user-load");
+    t.create(
+        team.clone(),
+        &[("1d", 150.0), ("7d", 400.0)],
+        None,
+        None,
+        now,
+    )
+    .await;
+    t.create(
+        user.clone(),
+        &[("1h", 90.0), ("1d", 120.0)],
+        None,
+        Some("team-load"),
+        now,
+    )
+    .await;
+    // Keys 0-3 of the user (two with caps of their own), key 4 of the team only.
+    let setups: [(&[(&str, f64)], Option<&str>); 5] = [
+        (&[("1d", 25.0)], Some("user-load")),
+        (&[("10m", 15.0), ("lifetime", 40.0)], Some("user-load")),
+        (&[], Some("user-load")),
+        (&[], Some("user-load")),
+        (&[("1d", 60.0)], None),
+    ];
+    let mut keys = Vec::new();
+    let mut chains: Vec<Vec<EntityRef>> = Vec::new();
+    for (windows, owner) in setups {
+        let key = t.key(windows, owner, Some("team-load"), now).await;
+        let mut chain = vec![
+            EntityRef::key(budget_core::keys::hash_key(&key)),
+            team.clone(),
+        ];
+        if owner.is_some() {
+            chain.push(user.clone());
+        }
+        keys.push(key);
+        chains.push(chain);
+    }
+    let keys = Arc::new(keys);
+    let estimates = [0.05, 0.25, 0.5, 1.0, 2.0, 3.5];
+    let per_task = requests / TASKS;
+    // 8 function instances, each shared by 8 tasks.
+    let instances: Vec<Arc<Authorizer<DynamoStore>>> = (0..8)
+        .map(|_| Arc::new(Authorizer::new(t.store.clone(), t.settings.clone())))
+        .collect();
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let a = instances[task % instances.len()].clone();
+        let keys = keys.clone();
+        let mut rng = StdRng::seed_from_u64(seed * 1000 + task as u64);
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in 0..per_task {
+                let key = rng.random_range(0..keys.len());
+                let e = estimates[rng.random_range(0..estimates.len())];
+                let event = http_api_event(
+                    &keys[key],
+                    Some(&e.to_string()),
+                    &format!("{seed}-{task}-{i}"),
+                );
+                let answer = authorize::handle(&a, event, now).await.expect("answer");
+                assert_ne!(answer["context"]["reason"], "unavailable", "{answer}");
+                out.push(Outcome {
+                    key,
+                    estimate: Money::from_f64(e).unwrap(),
+                    admitted: answer["isAuthorized"] == true,
+                });
+            }
+            out
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.extend(task.await.unwrap());
+    }
+
+    // Every window holds exactly what it admitted, within its max.
+    let mut entities = Vec::new();
+    for r in [team.clone(), user.clone()]
+        .into_iter()
+        .chain(chains.iter().map(|c| c[0].clone()))
+    {
+        entities.push(t.store.load(&r).await.unwrap().unwrap());
+    }
+    for e in &entities {
+        let admitted_here: Money = outcomes
+            .iter()
+            .filter(|o| o.admitted && chains[o.key].contains(&e.entity))
+            .fold(Money::ZERO, |sum, o| sum.saturating_add(o.estimate));
+        for w in &e.windows {
+            assert_eq!(w.spent, Money::ZERO);
+            assert_eq!(
+                w.reserved,
+                admitted_here,
+                "seed {seed}: {:?} {}",
+                e.entity,
+                w.id()
+            );
+            assert!(
+                w.reserved <= w.max,
+                "seed {seed}: overspent {:?} {}",
+                e.entity,
+                w.id()
+            );
+        }
+    }
+    // Budgets were filled: at the end, every denied request is still
+    // refused by some window of its chain.
+    for o in outcomes.iter().filter(|o| !o.admitted) {
+        let blocked = entities
+            .iter()
+            .filter(|e| chains[o.key].contains(&e.entity))
+            .any(|e| {
+                e.windows.iter().any(|w| {
+                    let used = w.spent.saturating_add(w.reserved);
+                    used >= w.max || used.saturating_add(o.estimate) > w.max
+                })
+            });
+        assert!(
+            blocked,
+            "seed {seed}: a request of {} was denied that would fit",
+            o.estimate
+        );
+    }
+    let admitted = outcomes.iter().filter(|o| o.admitted).count();
+    (outcomes.len(), admitted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_overspend_under_concurrent_load() {
+    let runs: u64 = std::env::var("LOAD_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let requests: usize = std::env::var("LOAD_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(768);
+    let started = std::time::Instant::now();
+    let (mut total, mut admitted) = (0, 0);
+    for seed in 0..runs {
+        let (n, a) = run(seed, requests).await;
+        total += n;
+        admitted += a;
+    }
+    println!(
+        "load: {runs} runs x {requests} requests by {TASKS} concurrent tasks: {total} authorizations, {admitted} admitted, {} denied, no window over its max, every window exact, in {:.1} s",
+        total - admitted,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        admitted > 0 && admitted < total,
+        "budgets ran out during the run"
+    );
+}
