@@ -1,0 +1,161 @@
+//! Keys are secrets: a full flow's logs (at TRACE, SDK included) never
+//! contain a plaintext key; a key only ever moves its own chain's budgets.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use budget_core::model::EntityRef;
+use budget_core::service::Authorizer;
+use budget_core::Money;
+use chrono::Duration;
+use edge_budget::{
+    at, hex_id, http_api_event, http_request, rest_token_event, schedule_event, TestTable,
+};
+use serde_json::json;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_of_a_full_flow_never_contain_a_key() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let t = TestTable::with_settings(&[("RESERVATION_TTL_SECONDS", "30")]).await;
+    let now = at("2026-11-28T15:08:00Z");
+    t.create(EntityRef::user("u-sec"), &[("1d", 5.0)], None, None, now)
+        .await;
+    let key = t.key(&[], Some("u-sec"), None, now).await;
+    let a = Authorizer::new(t.store.clone(), t.settings.clone());
+    let allowed = authorize::handle(&a, http_api_event(&key, Some("3"), &hex_id()), now)
+        .await
+        .unwrap();
+    assert_eq!(allowed["isAuthorized"], true);
+    let denied = authorize::handle(&a, http_api_event(&key, Some("3"), &hex_id()), now)
+        .await
+        .unwrap();
+    assert_eq!(denied["isAuthorized"], false);
+    let _ = authorize::handle(&a, rest_token_event(&format!("Bearer {key}")), now).await;
+    let unknown = "sk-this-key-does-not-exist-0123456789";
+    let _ = authorize::handle(&a, http_api_event(unknown, None, &hex_id()), now).await;
+    let id = allowed["context"]["reservation_id"].as_str().unwrap();
+    let body = json!({"reservation_id": id, "cost": 1.5}).to_string();
+    settle_spend::handle(
+        &t.store,
+        &t.settings,
+        http_request("POST", "/spend/settle", &body, &[]),
+        now,
+    )
+    .await;
+    reset::handle(
+        &t.store,
+        &t.settings,
+        schedule_event(),
+        now + Duration::seconds(60),
+    )
+    .await;
+
+    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
+    assert!(
+        logs.len() > 1000,
+        "the flow was logged ({} bytes)",
+        logs.len()
+    );
+    assert!(
+        logs.contains("allowed") && logs.contains("denied"),
+        "the decisions were logged"
+    );
+    for secret in [key.as_str(), unknown, &key[3..]] {
+        assert!(!logs.contains(secret), "a key appears in the logs");
+    }
+    println!(
+        "security: {} bytes of TRACE logs of a full flow, no plaintext key in them",
+        logs.len()
+    );
+}
+
+#[tokio::test]
+async fn a_key_moves_only_its_own_chain() {
+    let t = TestTable::new().await;
+    let now = at("2026-11-28T15:08:00Z");
+    t.create(EntityRef::team("t-a"), &[("1d", 100.0)], None, None, now)
+        .await;
+    t.create(EntityRef::team("t-b"), &[("1d", 100.0)], None, None, now)
+        .await;
+    t.create(
+        EntityRef::user("u-a"),
+        &[("1d", 50.0)],
+        None,
+        Some("t-a"),
+        now,
+    )
+    .await;
+    t.create(
+        EntityRef::user("u-b"),
+        &[("1d", 50.0)],
+        None,
+        Some("t-b"),
+        now,
+    )
+    .await;
+    let key_a = t.key(&[], Some("u-a"), Some("t-a"), now).await;
+    let key_b = t.key(&[("1d", 10.0)], Some("u-b"), Some("t-b"), now).await;
+    let b_before = [
+        t.window(&EntityRef::user("u-b"), "1d").await,
+        t.window(&EntityRef::team("t-b"), "1d").await,
+        t.window(&EntityRef::key(budget_core::keys::hash_key(&key_b)), "1d")
+            .await,
+    ];
+    let a = Authorizer::new(t.store.clone(), t.settings.clone());
+    for _ in 0..3 {
+        let answer = authorize::handle(&a, http_api_event(&key_a, Some("10"), &hex_id()), now)
+            .await
+            .unwrap();
+        assert_eq!(answer["isAuthorized"], true);
+        let id = answer["context"]["reservation_id"].as_str().unwrap();
+        let body = json!({"reservation_id": id, "cost": 10}).to_string();
+        settle_spend::handle(
+            &t.store,
+            &t.settings,
+            http_request("POST", "/spend/settle", &body, &[]),
+            now,
+        )
+        .await;
+    }
+    assert_eq!(
+        t.window(&EntityRef::user("u-a"), "1d").await.spent,
+        Money::usd(30)
+    );
+    assert_eq!(
+        t.window(&EntityRef::team("t-a"), "1d").await.spent,
+        Money::usd(30)
+    );
+    let b_after = [
+        t.window(&EntityRef::user("u-b"), "1d").await,
+        t.window(&EntityRef::team("t-b"), "1d").await,
+        t.window(&EntityRef::key(budget_core::keys::hash_key(&key_b)), "1d")
+            .await,
+    ];
+    assert_eq!(b_before, b_after, "user b's budgets were not touched");
+    // And the authorizer answer names only the key's own chain.
+    let answer = authorize::handle(&a, http_api_event(&key_a, Some("1"), &hex_id()), now)
+        .await
+        .unwrap();
+    assert_eq!(answer["context"]["user_id"], "u-a");
+    assert_eq!(answer["context"]["team_id"], "t-a");
+}
