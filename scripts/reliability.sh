@@ -9,4 +9,4 @@ start_emulator
 export LOAD_RUNS="${LOAD_RUNS:-20}" LOAD_REQUESTS="${LOAD_REQUESTS:-1024}"
 export CONSERVATION_SEEDS="${CONSERVATION_SEEDS:-20}" CONSERVATION_STEPS="${CONSERVATION_STEPS:-300}"
 export FUZZ_CASES="${FUZZ_CASES:-20000}"
-cargo test --release -p edge-budget --test load --test conservation --test fuzz --test faults -- --nocapture --test-threads 1
+cargo test -p edge-budget --test load --test conservation --test fuzz --test faults -- --nocapture --test-threads 1

@@ -7,6 +7,7 @@ pub mod config;
 pub mod decision;
 pub mod duration;
 pub mod keys;
+pub mod limits;
 pub mod model;
 pub mod money;
 pub mod service;
