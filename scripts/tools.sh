@@ -35,7 +35,10 @@ ensure_cargo_lambda() {
 # AWS_ENDPOINT_URL_DYNAMODB. The caller traps EXIT to stop it.
 start_emulator() {
     ensure_moto
-    local log="$TOOLS/emulator.log"
+    # A log of its own: two runs at once must not read each other's port.
+    local log
+    log="$(mktemp "$TOOLS/emulator.XXXXXX.log")"
+    EMULATOR_LOG="$log"
     local port="${1:-0}"
     "$VENV/bin/python" "$ROOT/scripts/dynamodb_emulator.py" "$port" >"$log" 2>&1 &
     EMULATOR_PID=$!
@@ -65,6 +68,7 @@ stop_emulator() {
         kill "$EMULATOR_PID" 2>/dev/null || true
         wait "$EMULATOR_PID" 2>/dev/null || true
         EMULATOR_PID=
+        rm -f "${EMULATOR_LOG:-}"
     fi
 }
 

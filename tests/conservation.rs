@@ -173,6 +173,9 @@ async fn check(t: &TestTable, model: &Model, now: DateTime<Utc>, step: usize, se
     }
 }
 
+/// A key's own windows and its user.
+type KeySetup = (&'static [(&'static str, f64)], Option<&'static str>);
+
 async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
     let t = TestTable::with_settings(&[("RESERVATION_TTL_SECONDS", "90")]).await;
     let clock = t.clock();
@@ -186,7 +189,7 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
     };
     let team = EntityRef::team("team-sim");
     let user = EntityRef::user("user-sim");
-    let mut add = |model: &mut Model, e: &EntityRef, windows: &[(&str, f64)]| {
+    let add = |model: &mut Model, e: &EntityRef, windows: &[(&str, f64)]| {
         for (span, max) in windows {
             let span_v = Span::parse_id(span).unwrap();
             model.windows.insert(
@@ -209,7 +212,7 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
         .await;
     add(&mut model, &user, &user_w);
     let mut keys = Vec::new();
-    let key_setups: [(&[(&str, f64)], Option<&str>); 3] = [
+    let key_setups: [KeySetup; 3] = [
         (&[("1m", 4.0)], Some("user-sim")),
         (&[], Some("user-sim")),
         (&[("lifetime", 30.0)], None),

@@ -27,6 +27,9 @@ struct Outcome {
     admitted: bool,
 }
 
+/// A key's own windows and its user.
+type KeySetup = (&'static [(&'static str, f64)], Option<&'static str>);
+
 async fn run(seed: u64, requests: usize) -> (usize, usize) {
     let t = TestTable::new().await;
     let now = at("2026-11-28T15:08:00Z");
@@ -49,7 +52,7 @@ async fn run(seed: u64, requests: usize) -> (usize, usize) {
     )
     .await;
     // Keys 0-3 of the user (two with caps of their own), key 4 of the team only.
-    let setups: [(&[(&str, f64)], Option<&str>); 5] = [
+    let setups: [KeySetup; 5] = [
         (&[("1d", 25.0)], Some("user-load")),
         (&[("10m", 15.0), ("lifetime", 40.0)], Some("user-load")),
         (&[], Some("user-load")),

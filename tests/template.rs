@@ -9,6 +9,9 @@ use budget_core::store::table::{INDEXES, PARTITION_KEY, TTL_ATTRIBUTE};
 use edge_budget::TestTable;
 use serde_yaml::Value;
 
+/// An index: name, key schema, projection.
+type Index = (String, Vec<(String, String)>, String);
+
 fn template() -> Value {
     let path = format!("{}/template.yaml", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).expect("template.yaml");
@@ -83,8 +86,7 @@ async fn the_template_declares_the_table_the_code_creates() {
     assert_eq!(template_attrs, code_attrs);
 
     // Indexes: names, keys, projection.
-    let template_indexes: BTreeSet<(String, Vec<(String, String)>, String)> = p
-        ["GlobalSecondaryIndexes"]
+    let template_indexes: BTreeSet<Index> = p["GlobalSecondaryIndexes"]
         .as_sequence()
         .unwrap()
         .iter()
@@ -96,7 +98,7 @@ async fn the_template_declares_the_table_the_code_creates() {
             )
         })
         .collect();
-    let code_indexes: BTreeSet<(String, Vec<(String, String)>, String)> = described
+    let code_indexes: BTreeSet<Index> = described
         .global_secondary_indexes()
         .iter()
         .map(|i| {

@@ -1132,7 +1132,7 @@ impl Store for DynamoStore {
                     continue;
                 }
                 if let Some(b) = before {
-                    items.push(count_key_unchecked(self, &b, -1)?);
+                    items.push(count_key(self, &b, -1)?);
                 }
                 if let Some(a) = after {
                     added.push((items.len(), a.clone()));
@@ -1181,7 +1181,7 @@ impl Store for DynamoStore {
                 .map(|u| EntityRef::user(u.clone()))
                 .chain(entity.team_id.iter().map(|t| EntityRef::team(t.clone())))
             {
-                items.push(count_key_unchecked(self, &owner, -1)?);
+                items.push(count_key(self, &owner, -1)?);
             }
         }
         match transact(&self.client, items).await? {
@@ -1261,16 +1261,6 @@ fn count_key(
         &ex,
     )?;
     Ok(TransactWriteItem::builder().update(update).build())
-}
-
-/// `key_count += delta` where the owner may be gone (never recreated by it).
-fn count_key_unchecked(
-    store: &DynamoStore,
-    owner: &EntityRef,
-    delta: i64,
-) -> Result<TransactWriteItem, StoreError> {
-    // Same write: an owner with keys cannot be deleted, so it exists.
-    count_key(store, owner, delta)
 }
 
 fn admin_cancellation(

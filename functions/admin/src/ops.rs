@@ -1,0 +1,453 @@
+//! The operations behind the routes. Each one checks the whole request
+//! before its first write, so a refused request writes nothing; updates
+//! are read-modify-write, conditional on the version read, retried a few
+//! times when another writer got there first.
+
+use std::time::Duration;
+
+use budget_core::api::{required_str, ApiError};
+use budget_core::keys::{generate_key, hash_key};
+use budget_core::limits::{self, BudgetPatch};
+use budget_core::model::{key_hash_prefix, Entity, EntityKind, EntityRef};
+use budget_core::store::{AdminWrite, Store, StoreError};
+use budget_core::Settings;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+use crate::fields::{self, attributes, bool_patch, expiry_patch, key_hash_of, str_patch};
+use crate::view;
+
+/// Attempts at a write that lost a race before giving up.
+const ATTEMPTS: u32 = 5;
+
+/// Key fields edge-budget acts on; every other field is kept as given.
+const KEY_FIELDS: &[&str] = &[
+    "key",
+    "token",
+    "user_id",
+    "team_id",
+    "max_budget",
+    "budget_duration",
+    "budget_limits",
+    "expires",
+    "duration",
+    "blocked",
+];
+
+pub(crate) struct Admin<'a, S> {
+    pub store: &'a S,
+    pub settings: &'a Settings,
+    pub now: DateTime<Utc>,
+}
+
+/// The id field of a user or team (`user_id`, `team_id`).
+pub(crate) fn id_field(kind: EntityKind) -> &'static str {
+    match kind {
+        EntityKind::User => "user_id",
+        EntityKind::Team => "team_id",
+        EntityKind::Key => "key",
+    }
+}
+
+fn owner_fields(kind: EntityKind) -> [&'static str; 4] {
+    [
+        id_field(kind),
+        "max_budget",
+        "budget_duration",
+        "budget_limits",
+    ]
+}
+
+fn unavailable(e: StoreError) -> ApiError {
+    ApiError::unavailable(format!("the budget store is unavailable; retry: {e}"))
+}
+
+fn with_param(mut e: ApiError, param: &str) -> ApiError {
+    e.param = Some(param.to_string());
+    e
+}
+
+/// How an entity is named in messages: keys by a hash prefix.
+fn named(r: &EntityRef) -> String {
+    match r.kind {
+        EntityKind::Key => format!("key {}", key_hash_prefix(&r.id)),
+        kind => format!("{kind} {}", r.id),
+    }
+}
+
+fn missing_owner(owner: &EntityRef) -> ApiError {
+    with_param(
+        ApiError::not_found(format!(
+            "{} does not exist: create it first (/{}/new)",
+            named(owner),
+            owner.kind
+        )),
+        id_field(owner.kind),
+    )
+}
+
+async fn backoff(attempt: u32) {
+    let base = 10u64 << attempt.min(4);
+    let jitter = rand::random::<u64>() % base;
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}
+
+/// A user or team may not be blocked here: admission only looks at keys'
+/// `blocked`, and accepting `true` would promise what is not enforced.
+fn refuse_owner_blocking(kind: EntityKind, body: &Map<String, Value>) -> Result<(), ApiError> {
+    match body.get("blocked") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
+        Some(Value::Bool(true)) => Err(ApiError::bad_request(
+            "blocked",
+            format!("blocking a {kind} is not supported: block its keys with /key/block"),
+        )),
+        Some(_) => Err(ApiError::bad_request(
+            "blocked",
+            "blocked must be true or false",
+        )),
+    }
+}
+
+/// The key a request names by `key` (plaintext or token) or `token`.
+fn named_key(body: &Map<String, Value>) -> Result<String, ApiError> {
+    let field = if body.get("key").is_some_and(|v| !v.is_null())
+        || body.get("token").is_none_or(Value::is_null)
+    {
+        "key"
+    } else {
+        "token"
+    };
+    Ok(key_hash_of(&required_str(body, field)?))
+}
+
+impl<S: Store> Admin<'_, S> {
+    fn show(&self, e: &Entity) -> Map<String, Value> {
+        view::entity(e, self.now, &self.settings.clock)
+    }
+
+    async fn create(&self, e: &Entity) -> Result<(), ApiError> {
+        for attempt in 0..ATTEMPTS {
+            match self.store.create(e).await.map_err(unavailable)? {
+                AdminWrite::Done => {
+                    tracing::info!(entity = %named(&e.entity), windows = e.windows.len(), "created");
+                    return Ok(());
+                }
+                AdminWrite::AlreadyExists => {
+                    let message = match e.entity.kind {
+                        EntityKind::Key => "this key exists already".to_string(),
+                        _ => format!(
+                            "{} exists already: use /{}/update",
+                            named(&e.entity),
+                            e.entity.kind
+                        ),
+                    };
+                    return Err(with_param(
+                        ApiError::conflict(message),
+                        id_field(e.entity.kind),
+                    ));
+                }
+                AdminWrite::Missing(owner) => return Err(missing_owner(&owner)),
+                AdminWrite::Conflict => backoff(attempt).await,
+            }
+        }
+        Err(ApiError::unavailable(
+            "the owners of this key are being changed by other requests; retry",
+        ))
+    }
+
+    async fn load(&self, r: &EntityRef, param: &str) -> Result<Entity, ApiError> {
+        match self.store.load(r).await.map_err(unavailable)? {
+            Some(e) => Ok(e),
+            None => Err(with_param(
+                ApiError::not_found(format!("{} not found", named(r))),
+                param,
+            )),
+        }
+    }
+
+    /// Read, change with `change`, write conditional on the version read;
+    /// again from a fresh read when another writer got there first.
+    async fn modify(
+        &self,
+        r: &EntityRef,
+        param: &str,
+        change: impl Fn(&Entity) -> Result<Entity, ApiError>,
+    ) -> Result<Entity, ApiError> {
+        for attempt in 0..ATTEMPTS {
+            let old = self.load(r, param).await?;
+            let mut new = change(&old)?;
+            new.updated_at = self.now;
+            match self.store.update(&old, &new).await.map_err(unavailable)? {
+                AdminWrite::Done => {
+                    tracing::info!(entity = %named(r), windows = new.windows.len(), "updated");
+                    new.version = old.version + 1;
+                    // Show what the table holds now (counters may have moved).
+                    return Ok(self.store.load(r).await.ok().flatten().unwrap_or(new));
+                }
+                AdminWrite::Missing(owner) => return Err(missing_owner(&owner)),
+                AdminWrite::AlreadyExists => {
+                    return Err(ApiError::conflict(format!("{} exists already", named(r))))
+                }
+                AdminWrite::Conflict => backoff(attempt).await,
+            }
+        }
+        Err(ApiError::conflict(format!(
+            "{} kept changing while it was being updated ({ATTEMPTS} attempts); try again",
+            named(r)
+        )))
+    }
+
+    /// Deletes one entity as read; `false` when it was gone already.
+    async fn delete_one(&self, mut current: Entity) -> Result<bool, ApiError> {
+        for attempt in 0..ATTEMPTS {
+            match self.store.delete(&current).await.map_err(unavailable)? {
+                AdminWrite::Done => {
+                    tracing::info!(entity = %named(&current.entity), "deleted");
+                    return Ok(true);
+                }
+                _ => match self
+                    .store
+                    .load(&current.entity)
+                    .await
+                    .map_err(unavailable)?
+                {
+                    None => return Ok(false),
+                    Some(e) if e.entity.kind != EntityKind::Key && e.key_count > 0 => {
+                        return Err(still_has_keys(&e))
+                    }
+                    Some(e) => {
+                        current = e;
+                        backoff(attempt).await;
+                    }
+                },
+            }
+        }
+        Err(ApiError::conflict(format!(
+            "{} kept changing while it was being deleted; try again",
+            named(&current.entity)
+        )))
+    }
+
+    pub async fn key_generate(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
+        let custom = fields::custom_key(body)?;
+        let user_id = str_patch(body, "user_id")?.apply(None);
+        let team_id = str_patch(body, "team_id")?.apply(None);
+        let limits = BudgetPatch::parse(body)?.resolve(&[])?;
+        let expires = expiry_patch(body, self.now)?.apply(None);
+        let blocked = bool_patch(body, "blocked")?.apply(None).unwrap_or(false);
+        let mut attrs = attributes(body, KEY_FIELDS)?;
+        let key = custom.unwrap_or_else(generate_key);
+        attrs.insert("key_name".into(), json!(fields::key_name(&key)));
+        let mut e = Entity::new(EntityRef::key(hash_key(&key)), self.now);
+        e.windows = limits::apply(&[], &limits, self.now, &self.settings.clock);
+        e.user_id = user_id;
+        e.team_id = team_id;
+        e.expires = expires;
+        e.blocked = blocked;
+        e.attributes = attrs;
+        self.create(&e).await?;
+        let mut out = self.show(&e);
+        out.insert("key".into(), json!(key));
+        Ok(Value::Object(out))
+    }
+
+    pub async fn key_update(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
+        let hash = named_key(body)?;
+        let budget = BudgetPatch::parse(body)?;
+        let user_id = str_patch(body, "user_id")?;
+        let team_id = str_patch(body, "team_id")?;
+        let expires = expiry_patch(body, self.now)?;
+        let blocked = bool_patch(body, "blocked")?;
+        let mut attrs = attributes(body, KEY_FIELDS)?;
+        // The key's name comes from the key itself, set once.
+        attrs.remove("key_name");
+        let (now, clock) = (self.now, &self.settings.clock);
+        let e = self
+            .modify(&EntityRef::key(hash), "key", |old| {
+                let limits = budget.resolve(&old.windows)?;
+                let mut new = old.clone();
+                new.windows = limits::apply(&old.windows, &limits, now, clock);
+                new.user_id = user_id.clone().apply(old.user_id.clone());
+                new.team_id = team_id.clone().apply(old.team_id.clone());
+                new.expires = expires.clone().apply(old.expires);
+                new.blocked = blocked.clone().apply(Some(old.blocked)).unwrap_or(false);
+                new.attributes.extend(attrs.clone());
+                Ok(new)
+            })
+            .await?;
+        Ok(Value::Object(self.show(&e)))
+    }
+
+    pub async fn key_block(
+        &self,
+        body: &Map<String, Value>,
+        blocked: bool,
+    ) -> Result<Value, ApiError> {
+        let hash = named_key(body)?;
+        let e = self
+            .modify(&EntityRef::key(hash), "key", |old| {
+                Ok(Entity {
+                    blocked,
+                    ..old.clone()
+                })
+            })
+            .await?;
+        Ok(Value::Object(self.show(&e)))
+    }
+
+    pub async fn key_info(&self, key: Option<String>) -> Result<Value, ApiError> {
+        let Some(key) = key.filter(|k| !k.trim().is_empty()) else {
+            return Err(ApiError::bad_request(
+                "key",
+                "key is required: /key/info?key=<sk-... or its token>",
+            ));
+        };
+        let e = self
+            .load(&EntityRef::key(key_hash_of(key.trim())), "key")
+            .await?;
+        Ok(json!({"key": e.entity.id, "info": self.show(&e)}))
+    }
+
+    pub async fn key_delete(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
+        match body.get("key_aliases") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(a)) if a.is_empty() => {}
+            Some(_) => return Err(ApiError::bad_request(
+                "key_aliases",
+                "deleting keys by alias is not supported: list the keys (or their tokens) in keys",
+            )),
+        }
+        let mut hashes: Vec<String> = Vec::new();
+        for k in fields::id_list(body, "keys")? {
+            let h = key_hash_of(k.trim());
+            if !hashes.contains(&h) {
+                hashes.push(h);
+            }
+        }
+        let refs: Vec<EntityRef> = hashes.iter().map(EntityRef::key).collect();
+        let found = self.store.load_many(&refs).await.map_err(unavailable)?;
+        let missing: Vec<String> = refs
+            .iter()
+            .filter(|r| !found.iter().any(|e| &e.entity == *r))
+            .map(|r| key_hash_prefix(&r.id))
+            .collect();
+        if !missing.is_empty() {
+            return Err(with_param(
+                ApiError::not_found(format!(
+                    "no key with token {}; nothing was deleted",
+                    missing.join(", ")
+                )),
+                "keys",
+            ));
+        }
+        for e in found {
+            self.delete_one(e).await?;
+        }
+        Ok(json!({"deleted_keys": hashes}))
+    }
+
+    pub async fn new_owner(
+        &self,
+        kind: EntityKind,
+        body: &Map<String, Value>,
+    ) -> Result<Value, ApiError> {
+        let field = id_field(kind);
+        let id = str_patch(body, field)?
+            .apply(None)
+            .unwrap_or_else(fields::new_id);
+        refuse_owner_blocking(kind, body)?;
+        let limits = BudgetPatch::parse(body)?.resolve(&[])?;
+        let attrs = attributes(body, &owner_fields(kind))?;
+        let mut e = Entity::new(EntityRef::new(kind, id), self.now);
+        e.windows = limits::apply(&[], &limits, self.now, &self.settings.clock);
+        e.attributes = attrs;
+        self.create(&e).await?;
+        Ok(Value::Object(self.show(&e)))
+    }
+
+    pub async fn update_owner(
+        &self,
+        kind: EntityKind,
+        body: &Map<String, Value>,
+    ) -> Result<Value, ApiError> {
+        let field = id_field(kind);
+        let id = required_str(body, field)?;
+        refuse_owner_blocking(kind, body)?;
+        let budget = BudgetPatch::parse(body)?;
+        let attrs = attributes(body, &owner_fields(kind))?;
+        let (now, clock) = (self.now, &self.settings.clock);
+        let e = self
+            .modify(&EntityRef::new(kind, id), field, |old| {
+                let limits = budget.resolve(&old.windows)?;
+                let mut new = old.clone();
+                new.windows = limits::apply(&old.windows, &limits, now, clock);
+                new.attributes.extend(attrs.clone());
+                Ok(new)
+            })
+            .await?;
+        Ok(Value::Object(self.show(&e)))
+    }
+
+    pub async fn info(&self, kind: EntityKind, id: Option<String>) -> Result<Value, ApiError> {
+        let field = id_field(kind);
+        let Some(id) = id.filter(|i| !i.trim().is_empty()) else {
+            return Err(ApiError::bad_request(
+                field,
+                format!("{field} is required: /{kind}/info?{field}=..."),
+            ));
+        };
+        let e = self.load(&EntityRef::new(kind, id.clone()), field).await?;
+        let keys = self.store.keys_of(&e.entity).await.map_err(unavailable)?;
+        let mut out = Map::new();
+        out.insert(field.into(), json!(id));
+        out.insert(format!("{kind}_info"), Value::Object(self.show(&e)));
+        out.insert("keys".into(), json!(keys));
+        Ok(Value::Object(out))
+    }
+
+    pub async fn delete_owners(
+        &self,
+        kind: EntityKind,
+        body: &Map<String, Value>,
+    ) -> Result<Value, ApiError> {
+        let field = format!("{}s", id_field(kind));
+        let ids = fields::id_list(body, &field)?;
+        let refs: Vec<EntityRef> = ids
+            .iter()
+            .map(|i| EntityRef::new(kind, i.clone()))
+            .collect();
+        let found = self.store.load_many(&refs).await.map_err(unavailable)?;
+        let missing: Vec<&str> = ids
+            .iter()
+            .filter(|i| !found.iter().any(|e| &e.entity.id == *i))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(with_param(
+                ApiError::not_found(format!(
+                    "no {kind} {}; nothing was deleted",
+                    missing.join(", ")
+                )),
+                &field,
+            ));
+        }
+        if let Some(e) = found.iter().find(|e| e.key_count > 0) {
+            return Err(with_param(still_has_keys(e), &field));
+        }
+        for e in found {
+            self.delete_one(e).await?;
+        }
+        Ok(json!({format!("deleted_{kind}s"): ids}))
+    }
+}
+
+fn still_has_keys(e: &Entity) -> ApiError {
+    let n = e.key_count;
+    ApiError::conflict(format!(
+        "{} still has {n} key{}: delete {} first (/key/delete); a {} is never deleted with its keys, and nothing was deleted",
+        named(&e.entity),
+        if n == 1 { "" } else { "s" },
+        if n == 1 { "it" } else { "them" },
+        e.entity.kind,
+    ))
+}

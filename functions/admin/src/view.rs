@@ -1,0 +1,99 @@
+//! How keys, users and teams are shown: LiteLLM's flat fields (`spend`,
+//! `max_budget`, `budget_duration`, `budget_reset_at`), the
+//! `budget_limits` echo, and every window in full, lazily rolled as of
+//! `now` (a window past its boundary shows spend 0 and its next reset).
+
+use budget_core::decision::rfc3339;
+use budget_core::duration::ResetClock;
+use budget_core::model::{Entity, EntityKind, Span, Window};
+use budget_core::Money;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+
+fn usd(m: Money) -> Value {
+    json!(m.as_f64())
+}
+
+fn time(t: Option<DateTime<Utc>>) -> Value {
+    t.map_or(Value::Null, |t| json!(rfc3339(t)))
+}
+
+/// One window: `budget_duration` (`"lifetime"` for a lifetime budget),
+/// `max_budget`, `spend`, `reserved`, `remaining`, `reset_at`, and
+/// whether it is the legacy `max_budget`/`budget_duration` window.
+pub fn window(w: &Window, now: DateTime<Utc>, clock: &ResetClock) -> Value {
+    let w = w.as_of(now, clock);
+    json!({
+        "budget_duration": w.id(),
+        "max_budget": usd(w.max),
+        "spend": usd(w.spent),
+        "reserved": usd(w.reserved),
+        "remaining": usd(w.remaining_at(now)),
+        "reset_at": time(w.reset_at),
+        "legacy": w.legacy,
+    })
+}
+
+/// The entity as the `info` answers and the writes show it: the
+/// attributes kept as given, overlaid with what edge-budget knows.
+pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String, Value> {
+    let mut m = e.attributes.clone();
+    match e.entity.kind {
+        EntityKind::Key => {
+            m.insert("token".into(), json!(e.entity.id));
+            m.insert("user_id".into(), json!(e.user_id));
+            m.insert("team_id".into(), json!(e.team_id));
+            m.insert("blocked".into(), json!(e.blocked));
+            m.insert("expires".into(), time(e.expires));
+        }
+        EntityKind::User => {
+            m.insert("user_id".into(), json!(e.entity.id));
+            m.insert("key_count".into(), json!(e.key_count));
+        }
+        EntityKind::Team => {
+            m.insert("team_id".into(), json!(e.entity.id));
+            m.insert("key_count".into(), json!(e.key_count));
+        }
+    }
+    let legacy = e
+        .windows
+        .iter()
+        .find(|w| w.legacy)
+        .map(|w| w.as_of(now, clock));
+    m.insert(
+        "spend".into(),
+        usd(legacy.as_ref().map_or(Money::ZERO, |w| w.spent)),
+    );
+    m.insert(
+        "max_budget".into(),
+        legacy.as_ref().map_or(Value::Null, |w| usd(w.max)),
+    );
+    m.insert(
+        "budget_duration".into(),
+        match legacy.as_ref().map(|w| w.span) {
+            Some(Span::Every(d)) => json!(d.to_string()),
+            _ => Value::Null,
+        },
+    );
+    m.insert(
+        "budget_reset_at".into(),
+        time(legacy.as_ref().and_then(|w| w.reset_at)),
+    );
+    m.insert(
+        "budget_limits".into(),
+        Value::Array(
+            e.windows
+                .iter()
+                .filter(|w| !w.legacy)
+                .map(|w| json!({"budget_duration": w.id(), "max_budget": usd(w.max)}))
+                .collect(),
+        ),
+    );
+    m.insert(
+        "windows".into(),
+        Value::Array(e.windows.iter().map(|w| window(w, now, clock)).collect()),
+    );
+    m.insert("created_at".into(), json!(rfc3339(e.created_at)));
+    m.insert("updated_at".into(), json!(rfc3339(e.updated_at)));
+    m
+}
