@@ -11,5 +11,6 @@ start_emulator
 if [ "$#" -gt 0 ]; then
     cargo test "$@"
 else
-    cargo test --workspace --all-targets
+    # Benches are not tests: `make bench` runs them.
+    cargo test --workspace --lib --bins --tests
 fi
