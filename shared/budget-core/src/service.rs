@@ -282,15 +282,66 @@ pub async fn settle<S: Store>(
     now: DateTime<Utc>,
     settings: &Settings,
 ) -> Result<SettleOutcome, StoreError> {
-    for attempt in 0..MAX_ATTEMPTS {
-        let Some(reservation) = store.reservation(id).await? else {
-            return Ok(SettleOutcome::NotFound);
-        };
-        if reservation.state == ReservationState::Settled {
-            return Ok(SettleOutcome::Settled {
+    let already = |r: &Reservation| r.state == ReservationState::Settled;
+    Ok(
+        match finish_once(store, id, Finish::Settle(cost), already, now, settings).await? {
+            Finished::NotFound => SettleOutcome::NotFound,
+            Finished::Skipped(reservation) => SettleOutcome::Settled {
                 reservation: Box::new(reservation),
                 duplicate: true,
-            });
+            },
+            Finished::Done(reservation) => SettleOutcome::Settled {
+                reservation: Box::new(Reservation {
+                    state: ReservationState::Settled,
+                    cost: Some(cost),
+                    settled_at: Some(now),
+                    ..reservation
+                }),
+                duplicate: false,
+            },
+        },
+    )
+}
+
+/// Releases one expired reservation (reset job). `true` when this call
+/// released it.
+pub async fn expire<S: Store>(
+    store: &S,
+    id: &str,
+    now: DateTime<Utc>,
+    settings: &Settings,
+) -> Result<bool, StoreError> {
+    let not_due = |r: &Reservation| r.state != ReservationState::Held || r.expires_at > now;
+    Ok(matches!(
+        finish_once(store, id, Finish::Expire, not_due, now, settings).await?,
+        Finished::Done(_)
+    ))
+}
+
+enum Finished {
+    NotFound,
+    /// `skip` said there is nothing to do (as read).
+    Skipped(Reservation),
+    /// This call wrote it (the reservation as it was before).
+    Done(Reservation),
+}
+
+/// Ends a reservation unless `skip` says otherwise, retrying from a fresh
+/// read whenever the write's conditions find that something moved.
+async fn finish_once<S: Store>(
+    store: &S,
+    id: &str,
+    finish: Finish,
+    skip: impl Fn(&Reservation) -> bool,
+    now: DateTime<Utc>,
+    settings: &Settings,
+) -> Result<Finished, StoreError> {
+    for attempt in 0..MAX_ATTEMPTS {
+        let Some(reservation) = store.reservation(id).await? else {
+            return Ok(Finished::NotFound);
+        };
+        if skip(&reservation) {
+            return Ok(Finished::Skipped(reservation));
         }
         // First try: no read of the entities (one request less); if a
         // window moved or was removed, read them and decide again.
@@ -299,28 +350,17 @@ pub async fn settle<S: Store>(
         } else {
             Some(store.load_many(&held_entities(&reservation)).await?)
         };
-        match store
+        let write = store
             .finish(
                 &reservation,
                 entities.as_deref(),
-                Finish::Settle(cost),
+                finish,
                 now,
                 &settings.clock,
             )
-            .await?
-        {
-            FinishWrite::Done => {
-                return Ok(SettleOutcome::Settled {
-                    reservation: Box::new(Reservation {
-                        state: ReservationState::Settled,
-                        cost: Some(cost),
-                        settled_at: Some(now),
-                        ..reservation
-                    }),
-                    duplicate: false,
-                })
-            }
-            FinishWrite::Stale => continue,
+            .await?;
+        if write == FinishWrite::Done {
+            return Ok(Finished::Done(reservation));
         }
     }
     Err(StoreError::Unavailable(
@@ -333,45 +373,6 @@ fn held_entities(r: &Reservation) -> Vec<EntityRef> {
     refs.sort();
     refs.dedup();
     refs
-}
-
-/// Releases one expired reservation (reset job). `true` when this call
-/// released it.
-pub async fn expire<S: Store>(
-    store: &S,
-    id: &str,
-    now: DateTime<Utc>,
-    settings: &Settings,
-) -> Result<bool, StoreError> {
-    for attempt in 0..MAX_ATTEMPTS {
-        let Some(reservation) = store.reservation(id).await? else {
-            return Ok(false);
-        };
-        if reservation.state != ReservationState::Held || reservation.expires_at > now {
-            return Ok(false);
-        }
-        // First try: no read of the entities (one request less); if a
-        // window moved or was removed, read them and decide again.
-        let entities = if attempt == 0 {
-            None
-        } else {
-            Some(store.load_many(&held_entities(&reservation)).await?)
-        };
-        match store
-            .finish(
-                &reservation,
-                entities.as_deref(),
-                Finish::Expire,
-                now,
-                &settings.clock,
-            )
-            .await?
-        {
-            FinishWrite::Done => return Ok(true),
-            FinishWrite::Stale => continue,
-        }
-    }
-    Err(StoreError::Unavailable("reservation kept moving".into()))
 }
 
 /// What one run of the reset job did.
