@@ -303,7 +303,80 @@ fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
     item.extend(entity_config_attributes(e));
     item.insert("key_count".into(), n(e.key_count));
     item.insert("created_at".into(), epoch(e.created_at));
+    if e.entity.kind == EntityKind::Key {
+        item.insert(OWNERS.into(), AttributeValue::M(HashMap::new()));
+    }
     item
+}
+
+/// Keys carry a snapshot of their user's and team's configuration (id,
+/// version, each window's limit and generation) under this attribute, so a
+/// cold authorizer learns the whole chain from the key item alone. It is
+/// only ever a hint: the reservation is conditional on the versions in it,
+/// and a window's counters and boundary are checked by the write itself.
+const OWNERS: &str = "owners";
+
+fn owner_snapshot(e: &Entity) -> AttributeValue {
+    AttributeValue::M(HashMap::from([
+        ("id".to_string(), s(e.entity.id.clone())),
+        ("ver".to_string(), n(e.version as i64)),
+        (
+            "w".to_string(),
+            AttributeValue::M(
+                e.windows
+                    .iter()
+                    .map(|w| {
+                        (
+                            w.id(),
+                            AttributeValue::M(HashMap::from([
+                                ("max".to_string(), money(w.max)),
+                                ("gen".to_string(), n(w.generation as i64)),
+                                ("legacy".to_string(), AttributeValue::Bool(w.legacy)),
+                            ])),
+                        )
+                    })
+                    .collect(),
+            ),
+        ),
+    ]))
+}
+
+/// The owner `kind` (`user`/`team`) with id `id` as the key's snapshot
+/// knows it: limits and generations, counters unknown (zero), boundaries
+/// unknown (`None`: the write checks them).
+fn owner_from_snapshot(
+    item: &HashMap<String, AttributeValue>,
+    kind: EntityKind,
+    id: &str,
+) -> Option<Entity> {
+    let AttributeValue::M(owners) = item.get(OWNERS)? else {
+        return None;
+    };
+    let AttributeValue::M(snap) = owners.get(kind.as_str())? else {
+        return None;
+    };
+    let r = ItemReader { pk: "owners" };
+    if r.opt_s(snap, "id").ok()?? != id {
+        return None;
+    }
+    let mut e = Entity::new(EntityRef::new(kind, id), Utc::now());
+    e.version = r.n(snap, "ver").ok()? as u64;
+    if let Some(AttributeValue::M(ws)) = snap.get("w") {
+        for (wid, w) in ws {
+            let AttributeValue::M(w) = w else { return None };
+            e.windows.push(Window {
+                span: Span::parse_id(wid)?,
+                max: Money::from_nanos(r.n(w, "max").ok()?),
+                spent: Money::ZERO,
+                reserved: Money::ZERO,
+                reset_at: None,
+                generation: r.n(w, "gen").ok()? as u64,
+                legacy: r.bool(w, "legacy"),
+            });
+        }
+    }
+    e.windows.sort_by_key(|w| w.span);
+    Some(e)
 }
 
 /// The attributes an admin update rewrites (everything but counters,
@@ -563,6 +636,93 @@ impl DynamoStore {
             .map_err(build_error)
     }
 
+    /// The snapshots of `owners` (as they are now) for a key item.
+    async fn owner_snapshots(&self, owners: &[EntityRef]) -> Result<AttributeValue, StoreError> {
+        let loaded = self.load_many(owners).await?;
+        Ok(AttributeValue::M(
+            loaded
+                .iter()
+                .map(|o| (o.entity.kind.as_str().to_string(), owner_snapshot(o)))
+                .collect(),
+        ))
+    }
+
+    /// After an admin update: a user or team refreshes the snapshot in
+    /// each of its keys (never replacing a newer one), a key re-reads its
+    /// owners. Best effort: a snapshot left stale costs a cold authorizer
+    /// one more read, never a wrong admission.
+    async fn refresh_snapshots(&self, old: &Entity, new: &Entity) {
+        let result = match new.entity.kind {
+            EntityKind::Key => match self.owner_snapshots(&key_owners(new)).await {
+                Ok(snapshots) => {
+                    let mut ex = Expr::default();
+                    let owners = ex.name(OWNERS);
+                    let v = ex.value(snapshots);
+                    let pk = ex.name(PARTITION_KEY);
+                    self.client
+                        .update_item()
+                        .table_name(&self.table)
+                        .set_key(Some(key_of(entity_pk(&new.entity))))
+                        .update_expression(format!("SET {owners} = {v}"))
+                        .condition_expression(format!("attribute_exists({pk})"))
+                        .set_expression_attribute_names(ex.names())
+                        .set_expression_attribute_values(ex.values())
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| unavailable("refresh key snapshot", e))
+                }
+                Err(e) => Err(e),
+            },
+            EntityKind::User | EntityKind::Team => {
+                // The stored form: kept windows keep their generation.
+                let mut stored = new.clone();
+                stored.version = old.version + 1;
+                for w in &mut stored.windows {
+                    if let Some(o) = old.window(&w.id()) {
+                        w.generation = o.generation;
+                    }
+                }
+                self.push_snapshot(&stored).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "owner snapshot not refreshed");
+        }
+    }
+
+    async fn push_snapshot(&self, owner: &Entity) -> Result<(), StoreError> {
+        let snapshot = owner_snapshot(owner);
+        for key in self.keys_of(&owner.entity).await? {
+            let mut ex = Expr::default();
+            let owners = ex.name(OWNERS);
+            let kind = ex.name(owner.entity.kind.as_str());
+            let ver = ex.name("ver");
+            let v = ex.value(n(owner.version as i64));
+            let snap = ex.value(snapshot.clone());
+            let result = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key_of(entity_pk(&EntityRef::key(key)))))
+                .update_expression(format!("SET {owners}.{kind} = {snap}"))
+                .condition_expression(format!(
+                    "attribute_exists({owners}) AND (attribute_not_exists({owners}.{kind}) OR {owners}.{kind}.{ver} < {v})"
+                ))
+                .set_expression_attribute_names(ex.names())
+                .set_expression_attribute_values(ex.values())
+                .send()
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() => {}
+                Err(e) => return Err(unavailable("push owner snapshot", e)),
+            }
+        }
+        Ok(())
+    }
+
     /// The reserve write for one entity: every window admits `e` and takes it.
     fn reserve_entity(
         &self,
@@ -609,6 +769,13 @@ impl DynamoStore {
                     let max = ex.value(money(w.max));
                     conds.push(format!("{used} < {max}"));
                 }
+                if w.reset_at.is_none() && matches!(w.span, Span::Every(_)) {
+                    // Known from an owner snapshot, not read: the write
+                    // itself checks that the period is still the current one.
+                    let reset_at = p.field(&mut ex, "reset_at");
+                    let now_value = ex.value(epoch(now));
+                    conds.push(format!("{reset_at} > {now_value}"));
+                }
                 sets.push(format!("{used} = {used} + {ev}"));
                 sets.push(format!("{reserved} = {reserved} + {ev}"));
             }
@@ -631,7 +798,6 @@ impl DynamoStore {
         &self,
         reservation: &Reservation,
         entity: &Entity,
-        assume_open: bool,
         finish: Finish,
         now: DateTime<Utc>,
         clock: &ResetClock,
@@ -669,7 +835,7 @@ impl DynamoStore {
             let gen_path = p.field(&mut ex, "gen");
             let generation = ex.value(n(w.generation as i64));
             conds.push(format!("{gen_path} = {generation}"));
-            if assume_open && matches!(w.span, Span::Every(_)) {
+            if w.reset_at.is_none() && matches!(w.span, Span::Every(_)) {
                 // Not read: the write itself checks the period is current.
                 let reset_at = p.field(&mut ex, "reset_at");
                 let now_value = ex.value(epoch(now));
@@ -830,6 +996,43 @@ impl Store for DynamoStore {
         Ok(Some(Chain { key, user, team }))
     }
 
+    async fn load_chain_quick(&self, key_hash: &str) -> Result<Option<Chain>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(entity_pk(&EntityRef::key(key_hash)))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("get item", e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let key = entity_from_item(item)?;
+        let mut chain = Chain {
+            user: None,
+            team: None,
+            key,
+        };
+        let mut missing = Vec::new();
+        for owner in key_owners(&chain.key) {
+            match owner_from_snapshot(item, owner.kind, &owner.id) {
+                Some(e) if owner.kind == EntityKind::User => chain.user = Some(e),
+                Some(e) => chain.team = Some(e),
+                None => missing.push(owner),
+            }
+        }
+        for e in self.load_many(&missing).await? {
+            match e.entity.kind {
+                EntityKind::User => chain.user = Some(e),
+                EntityKind::Team => chain.team = Some(e),
+                EntityKind::Key => {}
+            }
+        }
+        Ok(Some(chain))
+    }
+
     async fn reserve(
         &self,
         chain: &Chain,
@@ -901,17 +1104,15 @@ impl Store for DynamoStore {
     ) -> Result<FinishWrite, StoreError> {
         let mut items = Vec::new();
         let assumed;
-        let (entities, assume_open) = match entities {
-            Some(read) => (read, false),
+        let entities = match entities {
+            Some(read) => read,
             None => {
                 assumed = entities_as_held(reservation);
-                (assumed.as_slice(), true)
+                assumed.as_slice()
             }
         };
         for entity in entities {
-            if let Some(item) =
-                self.finish_entity(reservation, entity, assume_open, finish, now, clock)?
-            {
+            if let Some(item) = self.finish_entity(reservation, entity, finish, now, clock)? {
                 items.push(item);
             }
         }
@@ -1049,13 +1250,13 @@ impl Store for DynamoStore {
     }
 
     async fn create(&self, entity: &Entity) -> Result<AdminWrite, StoreError> {
-        let put = self.put(entity_item(entity), "attribute_not_exists(pk)")?;
-        let mut items = vec![TransactWriteItem::builder().put(put).build()];
-        let mut owners = Vec::new();
-        if entity.entity.kind == EntityKind::Key {
-            owners.extend(entity.user_id.iter().map(|u| EntityRef::user(u.clone())));
-            owners.extend(entity.team_id.iter().map(|t| EntityRef::team(t.clone())));
+        let mut item = entity_item(entity);
+        let owners = key_owners(entity);
+        if !owners.is_empty() {
+            item.insert(OWNERS.into(), self.owner_snapshots(&owners).await?);
         }
+        let put = self.put(item, "attribute_not_exists(pk)")?;
+        let mut items = vec![TransactWriteItem::builder().put(put).build()];
         for owner in &owners {
             items.push(count_key(self, owner, 1)?);
         }
@@ -1141,7 +1342,10 @@ impl Store for DynamoStore {
             }
         }
         match transact(&self.client, items).await? {
-            TxOutcome::Committed => Ok(AdminWrite::Done),
+            TxOutcome::Committed => {
+                self.refresh_snapshots(old, new).await;
+                Ok(AdminWrite::Done)
+            }
             TxOutcome::Cancelled(codes) => {
                 for (i, owner) in &added {
                     if codes.get(*i).and_then(|c| c.as_deref()) == Some("ConditionalCheckFailed") {
@@ -1240,6 +1444,19 @@ fn entities_as_held(reservation: &Reservation) -> Vec<Entity> {
         }
     }
     out
+}
+
+/// The user and team a key belongs to (none for users and teams).
+fn key_owners(entity: &Entity) -> Vec<EntityRef> {
+    if entity.entity.kind != EntityKind::Key {
+        return Vec::new();
+    }
+    entity
+        .user_id
+        .iter()
+        .map(|u| EntityRef::user(u.clone()))
+        .chain(entity.team_id.iter().map(|t| EntityRef::team(t.clone())))
+        .collect()
 }
 
 /// `key_count += delta` on an owner that must exist.

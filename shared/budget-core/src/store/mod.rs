@@ -84,6 +84,14 @@ pub trait Store: Send + Sync {
     /// A key and its user and team. `None` for an unknown key.
     async fn load_chain(&self, key_hash: &str) -> Result<Option<Chain>, StoreError>;
 
+    /// A key and its user and team in as few requests as possible: the
+    /// key item carries a snapshot of its owners' limits (one request);
+    /// their counters and boundaries are unknown, so the reservation's
+    /// conditions check them. Owners without a usable snapshot are read.
+    async fn load_chain_quick(&self, key_hash: &str) -> Result<Option<Chain>, StoreError> {
+        self.load_chain(key_hash).await
+    }
+
     /// The one atomic write of admission: every window of every entity of
     /// `chain` (as read) admits `reservation.amount` and reserves it, a
     /// window past its boundary is rolled over in the same write, and the
