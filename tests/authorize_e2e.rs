@@ -662,3 +662,42 @@ async fn bad_input_gets_clear_errors_and_writes_nothing() {
     );
     assert_eq!(t.snapshot().await, before, "nothing was written");
 }
+
+/// A replayed request id whose reservation is already settled gets a
+/// decision of its own: it cannot ride on the finished reservation.
+#[tokio::test]
+async fn a_replayed_request_id_after_settle_is_decided_afresh() {
+    let t = TestTable::new().await;
+    let now = at(NOW);
+    let a = authorizer(&t);
+    let key = t.key(&[("1d", 1.0)], None, None, now).await;
+    let first = authorize::handle(&a, http_api_event(&key, Some("0.6"), "req-replay"), now)
+        .await
+        .unwrap();
+    assert!(allowed(&first));
+    let id = first["context"]["reservation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = settle(&t, &id, 0.6, now).await;
+    assert_eq!(status, 200);
+    let replay = authorize::handle(&a, http_api_event(&key, Some("0.6"), "req-replay"), now)
+        .await
+        .unwrap();
+    assert!(!allowed(&replay), "{replay}");
+    assert_eq!(replay["context"]["reason"], "budget_exceeded");
+    let fits = authorize::handle(&a, http_api_event(&key, Some("0.4"), "req-replay"), now)
+        .await
+        .unwrap();
+    assert!(allowed(&fits), "{fits}");
+    assert_ne!(
+        fits["context"]["reservation_id"],
+        first["context"]["reservation_id"]
+    );
+    let hash = EntityRef::key(budget_core::keys::hash_key(&key));
+    let w = t.window(&hash, "1d").await;
+    assert_eq!(
+        (w.spent, w.reserved),
+        (Money::from_f64(0.6).unwrap(), Money::from_f64(0.4).unwrap())
+    );
+}

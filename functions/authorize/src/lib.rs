@@ -29,6 +29,21 @@ pub enum AuthorizeError {
     Malformed(String),
 }
 
+/// What the Lambda runtime reports: API Gateway reads `errorMessage`
+/// (`Unauthorized` → 401); `errorType` names the kind for logs.
+impl From<AuthorizeError> for lambda_runtime::Diagnostic {
+    fn from(e: AuthorizeError) -> lambda_runtime::Diagnostic {
+        let error_type = match e {
+            AuthorizeError::Unauthorized => "Unauthorized",
+            AuthorizeError::Malformed(_) => "MalformedEvent",
+        };
+        lambda_runtime::Diagnostic {
+            error_type: error_type.to_string(),
+            error_message: e.to_string(),
+        }
+    }
+}
+
 /// The three event shapes this function answers.
 #[derive(Debug)]
 enum Event {

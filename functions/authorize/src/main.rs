@@ -17,9 +17,7 @@ async fn main() -> Result<(), Error> {
     let authorizer = Authorizer::new(store, settings);
     let authorizer = &authorizer;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        handle(authorizer, event.payload, chrono::Utc::now())
-            .await
-            .map_err(Error::from)
+        handle(authorizer, event.payload, chrono::Utc::now()).await
     }))
     .await
 }

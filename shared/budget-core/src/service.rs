@@ -142,7 +142,7 @@ impl<S: Store> Authorizer<S> {
                 None => return Ok(AuthorizeOutcome::InvalidKey),
             },
         };
-        let id = reservation_id(&hash, request_id);
+        let mut id = reservation_id(&hash, request_id);
         for attempt in 0..MAX_ATTEMPTS {
             let verdict = check_key(&chain.key, now)
                 .map_err(AuthorizeOutcome::Refused)
@@ -179,16 +179,20 @@ impl<S: Store> Authorizer<S> {
                         duplicate: false,
                     });
                 }
-                ReserveWrite::Duplicate => {
-                    return Ok(match self.store.reservation(&id).await? {
-                        Some(first) => AuthorizeOutcome::Allowed {
+                ReserveWrite::Duplicate => match self.store.reservation(&id).await? {
+                    // A retry of a request whose answer was lost: the same
+                    // reservation, not a second one.
+                    Some(first) if first.state == ReservationState::Held => {
+                        return Ok(AuthorizeOutcome::Allowed {
                             reservation: Box::new(first),
                             admission,
                             duplicate: true,
-                        },
-                        None => AuthorizeOutcome::Unavailable("reservation vanished".into()),
-                    });
-                }
+                        });
+                    }
+                    // That request is over (settled or expired): a replay
+                    // gets a decision of its own, under a new id.
+                    _ => id = reservation_id(&hash, None),
+                },
                 ReserveWrite::Stale => {
                     match self.store.load_chain(&hash).await? {
                         Some(c) => chain = c,

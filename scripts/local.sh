@@ -1,0 +1,303 @@
+#!/usr/bin/env bash
+# `make local`: the whole stack on this machine, in one command.
+#
+#   1. installs what is missing into .tools/ (cargo-lambda, moto);
+#   2. builds the four functions and starts the DynamoDB emulator (port 8000,
+#      or a free one), and creates the table from its Rust definition;
+#   3. starts `cargo lambda watch` (the Lambda runtime API on port 9000, or a
+#      free one) and the four functions against it;
+#   4. creates a demo team, user and key through the admin API, writes
+#      ready-made authorizer events to .local/, and prints how to call each
+#      function.
+# Ctrl-C stops everything it started. With LOCAL_EXIT_AFTER_DEMO=1 it also
+# calls every function once, checks the answers, and exits (CI uses this).
+#
+# Settings come from the environment (defaults below and in docs/deploy.md):
+# TABLE_NAME, MASTER_KEY, RUST_LOG, BUDGET_TIMEZONE, BUDGET_RESET_TIME,
+# DEFAULT_RESERVATION_USD, MAX_RESERVATION_USD, RESERVATION_TTL_SECONDS,
+# STORE_TIMEOUT_MS; DYNAMODB_PORT and LAMBDA_PORT pick the preferred ports.
+source "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
+cd "$ROOT"
+
+FUNCTIONS=(authorize settle-spend reset admin)
+LOCAL_DIR="$ROOT/.local"
+LOG_DIR="$LOCAL_DIR/logs"
+STACK_ENV="$LOCAL_DIR/stack.env"
+EXIT_AFTER_DEMO="${LOCAL_EXIT_AFTER_DEMO:-0}"
+STARTED=$SECONDS
+
+export TABLE_NAME="${TABLE_NAME:-edge-budget-local}"
+export MASTER_KEY="${MASTER_KEY:-local-master-key}"
+export RUST_LOG="${RUST_LOG:-info}"
+export AWS_EC2_METADATA_DISABLED=true
+
+step() { printf '\n\033[1m==> %s\033[0m  (%ss)\n' "$*" "$((SECONDS - STARTED))"; }
+fail() {
+    echo "make local: $*" >&2
+    for f in "$LOG_DIR"/*.log; do
+        [ -s "$f" ] || continue
+        echo "--- last lines of ${f#"$ROOT"/}" >&2
+        tail -n 15 "$f" | cut -c1-300 >&2
+    done
+    exit 1
+}
+
+# ------------------------------------------------------------ process control
+FN_PIDS=() # parallel to FUNCTIONS
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if [ -f "$STACK_ENV" ] && grep -qx "STACK_PID=$$" "$STACK_ENV"; then
+        rm -f "$STACK_ENV"
+    fi
+    if [ -n "${TAIL_PID:-}" ]; then
+        kill "$TAIL_PID" 2>/dev/null || true
+    fi
+    local pid
+    for pid in ${FN_PIDS[@]+"${FN_PIDS[@]}"}; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in ${FN_PIDS[@]+"${FN_PIDS[@]}"}; do
+        wait "$pid" 2>/dev/null || true
+    done
+    stop_lambda_watch
+    stop_emulator
+    if [ "$EXIT_AFTER_DEMO" != 1 ]; then
+        echo "local stack stopped" >&2
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start_function INDEX: runs FUNCTIONS[INDEX] against the runtime API, as
+# Lambda would: it polls `.../.rt/<name>/2018-06-01/runtime/invocation/next`.
+start_function() {
+    local name="${FUNCTIONS[$1]}"
+    AWS_LAMBDA_FUNCTION_NAME="$name" \
+    AWS_LAMBDA_FUNCTION_VERSION=1 \
+    AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256 \
+    AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$LAMBDA_PORT/.rt/$name" \
+        "$BIN_DIR/$name" >>"$LOG_DIR/$name.log" 2>&1 &
+    FN_PIDS[$1]=$!
+}
+
+# ------------------------------------------------------------------ helpers
+# http METHOD URL [JSON]: sets HTTP_STATUS and HTTP_BODY. Never hangs.
+http() {
+    local method="$1" url="$2" data="${3:-}" out
+    out="$(mktemp)"
+    local args=(-sS -o "$out" -w '%{http_code}' --max-time 30 -X "$method"
+        -H "Authorization: Bearer $MASTER_KEY" -H 'Content-Type: application/json')
+    if [ -n "$data" ]; then
+        args+=(--data "$data")
+    fi
+    HTTP_STATUS="$(curl "${args[@]}" "$url")" || HTTP_STATUS=000
+    HTTP_BODY="$(cat "$out")"
+    rm -f "$out"
+}
+
+# json_get PATH: reads JSON on stdin, prints the value at a dotted path
+# (`a.b.0.c`); strings bare, anything else as JSON; empty if absent.
+json_get() {
+    python3 -c '
+import json, sys
+value = json.load(sys.stdin)
+for part in sys.argv[1].split("."):
+    if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+        value = value[int(part)]
+    elif isinstance(value, dict) and part in value:
+        value = value[part]
+    else:
+        sys.exit(0)
+print(value if isinstance(value, str) else json.dumps(value))
+' "$1"
+}
+
+# admin_call METHOD PATH [JSON]: the admin API; 200 or 409 (already there)
+# pass, anything else stops the script.
+admin_call() {
+    http "$1" "$LAMBDA_URL/lambda-url/admin$2" "${3:-}"
+    case "$HTTP_STATUS" in
+        200 | 201) ;;
+        409) echo "  (already exists)" ;;
+        *) fail "$1 $2 answered $HTTP_STATUS: $HTTP_BODY" ;;
+    esac
+}
+
+# write_event SRC DEST: an event fixture with the demo key filled in. The
+# request id is left out: the authorizer treats a repeated request id as a
+# retry of one request (same reservation), and these files are meant to be
+# invoked again and again, each time as a new request.
+write_event() {
+    python3 - "$1" "$2" "$DEMO_KEY" <<'PY'
+import json, sys
+src, dest, key = sys.argv[1:]
+event = json.loads(open(src).read().replace("sk-REPLACE-WITH-A-KEY", key))
+if isinstance(event.get("requestContext"), dict):
+    event["requestContext"].pop("requestId", None)
+open(dest, "w").write(json.dumps(event, indent=2) + "\n")
+PY
+}
+
+# ------------------------------------------------------------------- tools
+step "tools (.tools/)"
+ensure_cargo_lambda
+ensure_moto
+mkdir -p "$LOG_DIR"
+for f in "${FUNCTIONS[@]}" watch; do : >"$LOG_DIR/$f.log"; done
+
+step "build the functions (cargo build)"
+cargo build --bins -p budget-core -p authorize -p settle-spend -p reset -p admin ||
+    fail "the functions do not build"
+TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | json_get target_directory)"
+BIN_DIR="$TARGET_DIR/debug"
+for f in "${FUNCTIONS[@]}" create-table; do
+    [ -x "$BIN_DIR/$f" ] || fail "no binary $BIN_DIR/$f after the build"
+done
+
+# ---------------------------------------------------------------- DynamoDB
+step "DynamoDB emulator"
+DYNAMODB_PORT="$(pick_port "${DYNAMODB_PORT:-8000}")"
+start_emulator "$DYNAMODB_PORT" || fail "the DynamoDB emulator did not start"
+"$BIN_DIR/create-table" || fail "could not create table $TABLE_NAME"
+
+# ------------------------------------------------------------------ Lambda
+step "Lambda runtime API (cargo lambda watch) and the functions"
+LAMBDA_PORT="$(pick_port "${LAMBDA_PORT:-9000}")"
+LAMBDA_URL="http://127.0.0.1:$LAMBDA_PORT"
+# --only-lambda-apis: this script runs the functions it just built. (Left
+# to itself, `cargo lambda watch` starts them with `cargo run --bin <name>`,
+# which cannot see the function packages from the workspace root while
+# the root is a package of its own.)
+start_lambda_watch "$LAMBDA_PORT" "$LOG_DIR/watch.log" --only-lambda-apis --ignore-changes
+wait_for_port "$LAMBDA_PORT" 60 "$WATCH_PID" ||
+    fail "cargo lambda watch did not listen on port $LAMBDA_PORT within 60 s"
+for i in "${!FUNCTIONS[@]}"; do start_function "$i"; done
+
+# The first admin call doubles as the readiness check: the runtime API
+# holds it until the function polls for work.
+deadline=$((SECONDS + 60))
+while :; do
+    http GET "$LAMBDA_URL/lambda-url/admin/team/info?team_id=demo-team"
+    case "$HTTP_STATUS" in 200 | 404) break ;; esac
+    for i in "${!FUNCTIONS[@]}"; do
+        kill -0 "${FN_PIDS[$i]}" 2>/dev/null || fail "function ${FUNCTIONS[$i]} exited at start"
+    done
+    [ "$SECONDS" -lt "$deadline" ] || fail "the admin function did not answer within 60 s (last: $HTTP_STATUS $HTTP_BODY)"
+    sleep 0.5
+done
+
+# -------------------------------------------------------------------- demo
+step "demo team, user and key (admin API)"
+echo "POST /team/new demo-team"
+admin_call POST /team/new '{"team_id": "demo-team", "team_alias": "Demo team", "max_budget": 5000, "budget_duration": "30d"}'
+echo "POST /user/new demo-user"
+admin_call POST /user/new '{"user_id": "demo-user", "team_id": "demo-team", "max_budget": 1000, "budget_duration": "30d", "budget_limits": [{"budget_duration": "1d", "max_budget": 150}, {"budget_duration": "7d", "max_budget": 500}]}'
+echo "POST /key/generate for demo-user"
+admin_call POST /key/generate '{"key_alias": "demo-key", "user_id": "demo-user", "team_id": "demo-team"}'
+DEMO_KEY="$(printf '%s' "$HTTP_BODY" | json_get key)"
+[ -n "$DEMO_KEY" ] || fail "/key/generate answered without a key: $HTTP_BODY"
+
+write_event events/authorize-http-api.json "$LOCAL_DIR/authorize-http-api.json"
+write_event events/authorize-rest-request.json "$LOCAL_DIR/authorize-rest-request.json"
+write_event events/authorize-rest-token.json "$LOCAL_DIR/authorize-rest-token.json"
+cat >"$STACK_ENV" <<EOF
+# Written by scripts/local.sh while the local stack runs; removed when it stops.
+STACK_PID=$$
+LAMBDA_PORT=$LAMBDA_PORT
+LAMBDA_URL=$LAMBDA_URL
+AWS_ENDPOINT_URL_DYNAMODB=$AWS_ENDPOINT_URL_DYNAMODB
+TABLE_NAME=$TABLE_NAME
+MASTER_KEY=$MASTER_KEY
+DEMO_KEY=$DEMO_KEY
+EOF
+
+cat <<EOF
+
+edge-budget runs locally (ready in $((SECONDS - STARTED)) s):
+  DynamoDB emulator   $AWS_ENDPOINT_URL_DYNAMODB   table $TABLE_NAME
+  Lambda runtime API  $LAMBDA_URL   (cargo lambda watch; logs in .local/logs/)
+  master key          $MASTER_KEY
+  demo key            $DEMO_KEY   (user demo-user, team demo-team)
+
+Authorize (the API Gateway authorizer; events with the demo key are in .local/):
+  cargo lambda invoke -A 127.0.0.1 -P $LAMBDA_PORT authorize --data-file .local/authorize-http-api.json
+  cargo lambda invoke -A 127.0.0.1 -P $LAMBDA_PORT authorize --data-file .local/authorize-rest-request.json
+  cargo lambda invoke -A 127.0.0.1 -P $LAMBDA_PORT authorize --data-file .local/authorize-rest-token.json
+  (cargo-lambda is in .tools/venv/bin; or: curl -s $LAMBDA_URL/2015-03-31/functions/authorize/invocations -d @.local/authorize-http-api.json)
+
+Settle / release (put the reservation_id from an allow here):
+  curl -s $LAMBDA_URL/lambda-url/settle-spend/spend/settle -d '{"reservation_id": "RESERVATION_ID", "cost": 0.0123}'
+  curl -s $LAMBDA_URL/lambda-url/settle-spend/spend/release -d '{"reservation_id": "RESERVATION_ID"}'
+
+Reset job (what the EventBridge schedule does every minute):
+  cargo lambda invoke -A 127.0.0.1 -P $LAMBDA_PORT reset --data-file events/reset-schedule.json
+
+Admin (LiteLLM-style):
+  curl -s '$LAMBDA_URL/lambda-url/admin/user/info?user_id=demo-user' -H 'Authorization: Bearer $MASTER_KEY'
+  curl -s '$LAMBDA_URL/lambda-url/admin/team/info?team_id=demo-team' -H 'Authorization: Bearer $MASTER_KEY'
+  curl -s '$LAMBDA_URL/lambda-url/admin/key/info?key=$DEMO_KEY' -H 'Authorization: Bearer $MASTER_KEY'
+  curl -s $LAMBDA_URL/lambda-url/admin/key/generate -H 'Authorization: Bearer $MASTER_KEY' -d '{"user_id": "demo-user", "max_budget": 5, "budget_duration": "1h"}'
+
+Walkthrough (in another terminal):  make walkthrough
+EOF
+
+# ------------------------------------------------------------ smoke (CI)
+if [ "$EXIT_AFTER_DEMO" = 1 ]; then
+    step "calling every function once (LOCAL_EXIT_AFTER_DEMO=1)"
+    answer="$(cargo lambda invoke -A 127.0.0.1 -P "$LAMBDA_PORT" authorize \
+        --data-file "$LOCAL_DIR/authorize-http-api.json" --output-format json)" ||
+        fail "cargo lambda invoke authorize failed: $answer"
+    echo "authorize (HTTP API): $answer"
+    [ "$(printf '%s' "$answer" | json_get isAuthorized)" = true ] || fail "the demo key was not admitted"
+    reservation="$(printf '%s' "$answer" | json_get context.reservation_id)"
+
+    answer="$(curl -sS --max-time 30 "$LAMBDA_URL/2015-03-31/functions/authorize/invocations" \
+        -d @"$LOCAL_DIR/authorize-rest-token.json")"
+    echo "authorize (REST TOKEN): $answer"
+    [ "$(printf '%s' "$answer" | json_get policyDocument.Statement.0.Effect)" = Allow ] ||
+        fail "the REST TOKEN event was not allowed"
+    token_reservation="$(printf '%s' "$answer" | json_get context.reservation_id)"
+
+    http POST "$LAMBDA_URL/lambda-url/settle-spend/spend/settle" "{\"reservation_id\": \"$reservation\", \"cost\": 0.0123}"
+    echo "settle: $HTTP_STATUS $HTTP_BODY"
+    [ "$HTTP_STATUS" = 200 ] || fail "settle answered $HTTP_STATUS"
+    http POST "$LAMBDA_URL/lambda-url/settle-spend/spend/release" "{\"reservation_id\": \"$token_reservation\"}"
+    echo "release: $HTTP_STATUS $HTTP_BODY"
+    [ "$HTTP_STATUS" = 200 ] || fail "release answered $HTTP_STATUS"
+
+    answer="$(cargo lambda invoke -A 127.0.0.1 -P "$LAMBDA_PORT" reset \
+        --data-file events/reset-schedule.json --output-format json)" || fail "reset failed: $answer"
+    echo "reset: $answer"
+    [ -n "$(printf '%s' "$answer" | json_get windows_reset)" ] || fail "reset answered without a summary"
+
+    http GET "$LAMBDA_URL/lambda-url/admin/user/info?user_id=demo-user"
+    echo "user/info: $HTTP_STATUS $HTTP_BODY"
+    [ "$HTTP_STATUS" = 200 ] || fail "user/info answered $HTTP_STATUS"
+
+    step "all four functions answered; stopping (LOCAL_EXIT_AFTER_DEMO=1)"
+    exit 0
+fi
+
+# ------------------------------------------------------------------- serve
+echo
+echo "Function logs follow. Ctrl-C stops everything."
+tail -n 0 -F "$LOG_DIR"/authorize.log "$LOG_DIR"/settle-spend.log "$LOG_DIR"/reset.log "$LOG_DIR"/admin.log &
+TAIL_PID=$!
+restarts=0
+while :; do
+    sleep 1
+    kill -0 "$WATCH_PID" 2>/dev/null || fail "cargo lambda watch stopped"
+    for i in "${!FUNCTIONS[@]}"; do
+        if ! kill -0 "${FN_PIDS[$i]}" 2>/dev/null; then
+            wait "${FN_PIDS[$i]}" 2>/dev/null || true
+            restarts=$((restarts + 1))
+            [ "$restarts" -le 20 ] || fail "functions keep exiting; see .local/logs/"
+            echo "function ${FUNCTIONS[$i]} exited (see .local/logs/${FUNCTIONS[$i]}.log); restarting it, as Lambda would" >&2
+            start_function "$i"
+        fi
+    done
+done
