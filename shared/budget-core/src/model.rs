@@ -281,6 +281,15 @@ impl Chain {
             .chain(self.team.as_ref())
     }
 
+    /// Puts a user or team in its place in the chain (keys are ignored).
+    pub fn set_owner(&mut self, owner: Entity) {
+        match owner.entity.kind {
+            EntityKind::User => self.user = Some(owner),
+            EntityKind::Team => self.team = Some(owner),
+            EntityKind::Key => {}
+        }
+    }
+
     pub fn entities_mut(&mut self) -> impl Iterator<Item = &mut Entity> {
         std::iter::once(&mut self.key)
             .chain(self.user.as_mut())

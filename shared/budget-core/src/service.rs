@@ -143,7 +143,19 @@ impl<S: Store> Authorizer<S> {
             },
         };
         let mut id = reservation_id(&hash, request_id);
+        // Set when what we hold may be out of date: read the chain afresh.
+        let mut stale = false;
         for attempt in 0..MAX_ATTEMPTS {
+            if stale {
+                match self.store.load_chain(&hash).await? {
+                    Some(c) => chain = c,
+                    None => {
+                        self.remember(&hash, None);
+                        return Ok(AuthorizeOutcome::InvalidKey);
+                    }
+                }
+                (fresh, stale) = (true, false);
+            }
             let verdict = check_key(&chain.key, now)
                 .map_err(AuthorizeOutcome::Refused)
                 .and_then(|()| {
@@ -154,14 +166,7 @@ impl<S: Store> Authorizer<S> {
                 Ok(a) => a,
                 // What memory says may be out of date: only a fresh read denies.
                 Err(_) if !fresh => {
-                    match self.store.load_chain(&hash).await? {
-                        Some(c) => chain = c,
-                        None => {
-                            self.remember(&hash, None);
-                            return Ok(AuthorizeOutcome::InvalidKey);
-                        }
-                    }
-                    fresh = true;
+                    stale = true;
                     continue;
                 }
                 Err(outcome) => {
@@ -193,16 +198,7 @@ impl<S: Store> Authorizer<S> {
                     // gets a decision of its own, under a new id.
                     _ => id = reservation_id(&hash, None),
                 },
-                ReserveWrite::Stale => {
-                    match self.store.load_chain(&hash).await? {
-                        Some(c) => chain = c,
-                        None => {
-                            self.remember(&hash, None);
-                            return Ok(AuthorizeOutcome::InvalidKey);
-                        }
-                    }
-                    fresh = true;
-                }
+                ReserveWrite::Stale => stale = true,
                 ReserveWrite::Conflict => backoff(attempt).await,
             }
         }

@@ -976,24 +976,16 @@ impl Store for DynamoStore {
         let Some(key) = self.load(&EntityRef::key(key_hash)).await? else {
             return Ok(None);
         };
-        let mut owners = Vec::new();
-        if let Some(u) = &key.user_id {
-            owners.push(EntityRef::user(u.clone()));
+        let owners = self.load_many(&key_owners(&key)).await?;
+        let mut chain = Chain {
+            key,
+            user: None,
+            team: None,
+        };
+        for e in owners {
+            chain.set_owner(e);
         }
-        if let Some(t) = &key.team_id {
-            owners.push(EntityRef::team(t.clone()));
-        }
-        let loaded = self.load_many(&owners).await?;
-        let mut user = None;
-        let mut team = None;
-        for e in loaded {
-            match e.entity.kind {
-                EntityKind::User => user = Some(e),
-                EntityKind::Team => team = Some(e),
-                EntityKind::Key => {}
-            }
-        }
-        Ok(Some(Chain { key, user, team }))
+        Ok(Some(chain))
     }
 
     async fn load_chain_quick(&self, key_hash: &str) -> Result<Option<Chain>, StoreError> {
@@ -1018,17 +1010,12 @@ impl Store for DynamoStore {
         let mut missing = Vec::new();
         for owner in key_owners(&chain.key) {
             match owner_from_snapshot(item, owner.kind, &owner.id) {
-                Some(e) if owner.kind == EntityKind::User => chain.user = Some(e),
-                Some(e) => chain.team = Some(e),
+                Some(e) => chain.set_owner(e),
                 None => missing.push(owner),
             }
         }
         for e in self.load_many(&missing).await? {
-            match e.entity.kind {
-                EntityKind::User => chain.user = Some(e),
-                EntityKind::Team => chain.team = Some(e),
-                EntityKind::Key => {}
-            }
+            chain.set_owner(e);
         }
         Ok(Some(chain))
     }
