@@ -454,8 +454,8 @@ pub async fn reset<S: Store>(store: &S, now: DateTime<Utc>, settings: &Settings)
             }
         };
         let mut released_now = 0;
-        for r in &batch {
-            match expire(store, &r.id, now, settings).await {
+        for id in &batch {
+            match expire(store, id, now, settings).await {
                 Ok(true) => released_now += 1,
                 Ok(false) => {}
                 Err(e) => summary.errors.push(e.to_string()),

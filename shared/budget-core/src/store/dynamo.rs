@@ -1211,7 +1211,9 @@ impl Store for DynamoStore {
         &self,
         now: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<Reservation>, StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
+        // The index holds keys only (no write amplification on every
+        // counter update); the sort key already says the expiry is due.
         let mut out = Vec::new();
         for shard in 0..HELD_SHARDS {
             let items = self
@@ -1223,12 +1225,14 @@ impl Store for DynamoStore {
                     limit,
                 )
                 .await?;
-            for item in &items {
-                let r = reservation_from_item(item)?;
-                if r.state == ReservationState::Held && r.expires_at <= now {
-                    out.push(r);
-                }
-            }
+            out.extend(
+                items
+                    .iter()
+                    .filter_map(|item| match item.get(PARTITION_KEY) {
+                        Some(AttributeValue::S(pk)) => pk.strip_prefix("res#").map(str::to_string),
+                        _ => None,
+                    }),
+            );
             if out.len() >= limit {
                 break;
             }
@@ -1390,9 +1394,15 @@ impl Store for DynamoStore {
         let items = self
             .query_all(index, attr, owner_index_pk(owner), None, usize::MAX)
             .await?;
+        // The index's sort key is the key's hash (the index holds keys only).
+        let sort_key = if owner.kind == EntityKind::User {
+            "gsi1sk"
+        } else {
+            "gsi2sk"
+        };
         let mut keys: Vec<String> = items
             .iter()
-            .filter_map(|i| match i.get("id") {
+            .filter_map(|i| match i.get(sort_key) {
                 Some(AttributeValue::S(id)) => Some(id.clone()),
                 _ => None,
             })

@@ -132,12 +132,13 @@ pub trait Store: Send + Sync {
     /// A page of all keys, users and teams.
     async fn scan_entities(&self, cursor: Cursor) -> Result<(Vec<Entity>, Cursor), StoreError>;
 
-    /// Held reservations whose expiry is at or before `now`.
+    /// Ids of held reservations whose expiry is at or before `now` (read
+    /// from an index: check the reservation itself before acting).
     async fn expired_reservations(
         &self,
         now: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<Reservation>, StoreError>;
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Creates `entity`; a key also counts itself on its user and team,
     /// which must exist.

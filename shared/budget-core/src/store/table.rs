@@ -5,7 +5,7 @@
 //! - `key#<sha256>`, `user#<id>`, `team#<id>`: an entity with its windows;
 //! - `res#<id>`: a reservation.
 //!
-//! Index `gsi1` (`gsi1pk`, `gsi1sk`): keys by user (`user#<id>#keys`), and
+//! Indexes (keys only). `gsi1` (`gsi1pk`, `gsi1sk`): keys by user (`user#<id>#keys`), and
 //! held reservations by expiry (`held#<shard>`, expiry as zero-padded epoch
 //! seconds) for the reset job. Index `gsi2` (`gsi2pk`, `gsi2sk`): keys by
 //! team. TTL attribute `ttl` removes finished reservations after a week.
@@ -21,7 +21,8 @@ use super::StoreError;
 pub const PARTITION_KEY: &str = "pk";
 pub const TTL_ATTRIBUTE: &str = "ttl";
 /// `(index name, partition key, sort key)`, all string attributes, all
-/// projecting every attribute.
+/// projecting keys only: a counter update of a key item then never
+/// rewrites index entries (they would double its write cost).
 pub const INDEXES: [(&str, &str, &str); 2] =
     [("gsi1", "gsi1pk", "gsi1sk"), ("gsi2", "gsi2pk", "gsi2sk")];
 /// Held reservations are spread over this many index partitions, so the
@@ -58,7 +59,7 @@ pub async fn create_table(client: &Client, name: &str) -> Result<bool, StoreErro
                 .key_schema(key(sk, KeyType::Range)?)
                 .projection(
                     Projection::builder()
-                        .projection_type(ProjectionType::All)
+                        .projection_type(ProjectionType::KeysOnly)
                         .build(),
                 )
                 .build()

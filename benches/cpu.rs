@@ -1,0 +1,265 @@
+//! CPU time of one warm authorization, without I/O (criterion).
+//!
+//! The handler is reached whole — `authorize::handle`, the function's own
+//! entry point — over a store that answers from memory, so what is timed
+//! is exactly the function's CPU work: parsing the authorizer event into
+//! its `aws_lambda_events` type, reading the key and the estimate, hashing
+//! the key, the admission decision on the cached chain, the reservation,
+//! and building the response. Its parts are timed alone too, and one more
+//! figure adds the AWS SDK's share (building the `TransactWriteItems`
+//! request, JSON, SigV4 signing, parsing the answer) over an HTTP connector
+//! that answers at once.
+//!
+//! `scripts/bench.sh` (`make bench`) runs this first; `benches/latency.rs`
+//! then prints the medians in its table.
+
+use std::hint::black_box;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region, RuntimeComponents};
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::orchestrator::{HttpRequest, HttpResponse};
+use aws_smithy_runtime_api::http::StatusCode;
+use aws_smithy_types::body::SdkBody;
+use budget_core::decision::admit;
+use budget_core::duration::ResetClock;
+use budget_core::keys::{generate_key, hash_key};
+use budget_core::model::{Chain, Entity, EntityRef, Reservation, Span, Window};
+use budget_core::service::Authorizer;
+use budget_core::store::dynamo::DynamoStore;
+use budget_core::store::{
+    AdminWrite, Cursor, Finish, FinishWrite, ReserveWrite, Store, StoreError,
+};
+use budget_core::{Money, Settings};
+use chrono::{DateTime, Utc};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use serde_json::Value;
+
+/// Three windows on each of key, user and team, far from full.
+fn chain(key_hash: &str, now: DateTime<Utc>, clock: &ResetClock) -> Chain {
+    let entity = |r: EntityRef| {
+        let mut e = Entity::new(r, now);
+        for (span, max) in [("1d", 1.0e6), ("7d", 5.0e6), ("30d", 1.0e7)] {
+            let mut w = Window::open(
+                Span::parse_id(span).expect("span"),
+                Money::from_f64(max).expect("max"),
+                false,
+                now,
+                clock,
+            );
+            w.spent = Money::usd(12);
+            w.reserved = Money::usd(3);
+            e.windows.push(w);
+        }
+        e.windows.sort_by_key(|w| w.span);
+        e
+    };
+    let mut key = entity(EntityRef::key(key_hash));
+    key.user_id = Some("user-bench".into());
+    key.team_id = Some("team-bench".into());
+    Chain {
+        key,
+        user: Some(entity(EntityRef::user("user-bench"))),
+        team: Some(entity(EntityRef::team("team-bench"))),
+    }
+}
+
+fn unused<T>() -> Result<T, StoreError> {
+    Err(StoreError::Unavailable("not used by this bench".into()))
+}
+
+/// Answers the chain from memory; `reserve` succeeds at once, or goes
+/// through `sdk` (a real `DynamoStore` over an instant connector).
+struct MemoryStore {
+    chain: Chain,
+    sdk: Option<DynamoStore>,
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load(&self, _: &EntityRef) -> Result<Option<Entity>, StoreError> {
+        unused()
+    }
+    async fn load_many(&self, _: &[EntityRef]) -> Result<Vec<Entity>, StoreError> {
+        unused()
+    }
+    async fn load_chain(&self, _: &str) -> Result<Option<Chain>, StoreError> {
+        Ok(Some(self.chain.clone()))
+    }
+    async fn reserve(
+        &self,
+        chain: &Chain,
+        reservation: &Reservation,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<ReserveWrite, StoreError> {
+        match &self.sdk {
+            Some(store) => store.reserve(chain, reservation, now, clock).await,
+            None => Ok(ReserveWrite::Reserved),
+        }
+    }
+    async fn reservation(&self, _: &str) -> Result<Option<Reservation>, StoreError> {
+        unused()
+    }
+    async fn finish(
+        &self,
+        _: &Reservation,
+        _: Option<&[Entity]>,
+        _: Finish,
+        _: DateTime<Utc>,
+        _: &ResetClock,
+    ) -> Result<FinishWrite, StoreError> {
+        unused()
+    }
+    async fn roll_over(
+        &self,
+        _: &Entity,
+        _: DateTime<Utc>,
+        _: &ResetClock,
+    ) -> Result<Option<usize>, StoreError> {
+        unused()
+    }
+    async fn scan_entities(&self, _: Cursor) -> Result<(Vec<Entity>, Cursor), StoreError> {
+        unused()
+    }
+    async fn expired_reservations(
+        &self,
+        _: DateTime<Utc>,
+        _: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        unused()
+    }
+    async fn create(&self, _: &Entity) -> Result<AdminWrite, StoreError> {
+        unused()
+    }
+    async fn update(&self, _: &Entity, _: &Entity) -> Result<AdminWrite, StoreError> {
+        unused()
+    }
+    async fn delete(&self, _: &Entity) -> Result<AdminWrite, StoreError> {
+        unused()
+    }
+    async fn keys_of(&self, _: &EntityRef) -> Result<Vec<String>, StoreError> {
+        unused()
+    }
+}
+
+/// An HTTP client whose every request succeeds at once with `{}` (what
+/// DynamoDB answers a committed `TransactWriteItems`).
+#[derive(Debug, Clone)]
+struct InstantDynamo;
+
+impl HttpConnector for InstantDynamo {
+    fn call(&self, _request: HttpRequest) -> HttpConnectorFuture {
+        let status = StatusCode::try_from(200u16).expect("status");
+        HttpConnectorFuture::ready(Ok(HttpResponse::new(status, SdkBody::from("{}"))))
+    }
+}
+
+impl HttpClient for InstantDynamo {
+    fn http_connector(
+        &self,
+        _: &HttpConnectorSettings,
+        _: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        SharedHttpConnector::new(self.clone())
+    }
+}
+
+fn offline_dynamo() -> DynamoStore {
+    let config = aws_sdk_dynamodb::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("AKIDBENCH", "secret", None, None, "bench"))
+        .http_client(InstantDynamo)
+        .build();
+    DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(config), "edge-budget")
+}
+
+fn settings() -> Settings {
+    Settings::from_lookup(|name| (name == "TABLE_NAME").then(|| "edge-budget".to_string()))
+        .expect("settings")
+}
+
+fn authorize_cpu(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let settings = settings();
+    let clock = settings.clock;
+    let now = Utc::now();
+    let key = generate_key();
+    let chain = chain(&hash_key(&key), now, &clock);
+    // What the Lambda runtime hands the function: the event's bytes.
+    let event_bytes = serde_json::to_vec(&edge_budget::http_api_event(&key, Some("0.05"), "req-1"))
+        .expect("event");
+    let event: Value = serde_json::from_slice(&event_bytes).expect("event");
+
+    let memory = Authorizer::new(
+        MemoryStore {
+            chain: chain.clone(),
+            sdk: None,
+        },
+        settings.clone(),
+    );
+    let with_sdk = Authorizer::new(
+        MemoryStore {
+            chain: chain.clone(),
+            sdk: Some(offline_dynamo()),
+        },
+        settings.clone(),
+    );
+    // Warm both: the chain is in the authorizer's memory from here on.
+    for a in [&memory, &with_sdk] {
+        let answer = rt
+            .block_on(authorize::handle(a, event.clone(), now))
+            .expect("answer");
+        assert_eq!(answer["isAuthorized"], Value::Bool(true), "{answer}");
+    }
+    let answer = rt
+        .block_on(authorize::handle(&memory, event.clone(), now))
+        .expect("answer");
+
+    let mut g = c.benchmark_group("authorize_cpu");
+    g.bench_function("event_json", |b| {
+        b.iter(|| serde_json::from_slice::<Value>(black_box(&event_bytes)).expect("json"))
+    });
+    let estimate = Money::parse_decimal("0.05").expect("estimate");
+    g.bench_function("admit_3x3", |b| {
+        b.iter(|| admit(black_box(&chain), black_box(estimate), now, &clock))
+    });
+    g.bench_function("response_json", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&answer)).expect("json"))
+    });
+    g.bench_function("handler_memory_store", |b| {
+        b.iter_batched(
+            || event.clone(),
+            |e| rt.block_on(authorize::handle(&memory, e, now)),
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("bytes_to_bytes_memory_store", |b| {
+        b.iter(|| {
+            let e: Value = serde_json::from_slice(black_box(&event_bytes)).expect("json");
+            let answer = rt
+                .block_on(authorize::handle(&memory, e, now))
+                .expect("answer");
+            serde_json::to_vec(&answer).expect("json")
+        })
+    });
+    g.bench_function("bytes_to_bytes_with_sdk", |b| {
+        b.iter(|| {
+            let e: Value = serde_json::from_slice(black_box(&event_bytes)).expect("json");
+            let answer = rt
+                .block_on(authorize::handle(&with_sdk, e, now))
+                .expect("answer");
+            serde_json::to_vec(&answer).expect("json")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, authorize_cpu);
+criterion_main!(benches);
