@@ -104,7 +104,7 @@ fn ops(list: &[&str]) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn cold_authorize_is_two_requests_warm_is_one_settle_is_two() {
+async fn cold_authorize_is_two_requests_warm_is_one_settle_is_one() {
     let t = TestTable::new().await;
     let now = at(NOW);
     let key = chain(&t, now, "user-rt", "team-rt").await;
@@ -151,11 +151,12 @@ async fn cold_authorize_is_two_requests_warm_is_one_settle_is_two() {
     assert_eq!(answer["duplicate"], json!(false));
     assert_eq!(
         log.take(),
-        ops(&["GetItem", "TransactWriteItems"]),
-        "settle: read the reservation, write without reading the entities"
+        ops(&["TransactWriteItems"]),
+        "settle: one write, built from the receipt in the reservation id"
     );
 
-    // The same settle again: one read finds it settled; nothing is written.
+    // The same settle again: the receipt's write is refused (no longer
+    // held), one read finds it settled; nothing is written.
     let (status, answer) = response_json(
         settle_spend::handle(
             &store,
@@ -167,10 +168,65 @@ async fn cold_authorize_is_two_requests_warm_is_one_settle_is_two() {
     );
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["duplicate"], json!(true));
-    assert_eq!(log.take(), ops(&["GetItem"]));
+    assert_eq!(log.take(), ops(&["TransactWriteItems", "GetItem"]));
+
+    // A bare id (no receipt) still settles: read, then write.
+    let third = authorize(&authorizer, &key, "1", now).await;
+    let bare = budget_core::receipt::base_id(third["context"]["reservation_id"].as_str().unwrap())
+        .to_string();
+    log.take();
+    let body = json!({"reservation_id": bare, "cost": 0}).to_string();
+    let (status, answer) = response_json(
+        settle_spend::handle(
+            &store,
+            &t.settings,
+            http_request("POST", "/spend/release", &body, &[]),
+            now,
+        )
+        .await,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(log.take(), ops(&["GetItem", "TransactWriteItems"]));
+
+    // A forged receipt (another amount) on a real id changes nothing: its
+    // write is refused by the digest, and the stored reservation is used.
+    let fourth = authorize(&authorizer, &key, "1", now).await;
+    let real = fourth["context"]["reservation_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut forged = budget_core::receipt::from_receipt(&real, now).unwrap();
+    forged.amount = Money::usd(5);
+    forged.receipt_digest = Some("x".into());
+    let forged_id = format!(
+        "{}.{}",
+        forged.id,
+        budget_core::receipt::external_id(&forged)
+            .split_once('.')
+            .unwrap()
+            .1
+    );
+    assert_ne!(forged_id, real);
+    log.take();
+    let body = json!({"reservation_id": forged_id, "cost": 0}).to_string();
+    let (status, answer) = response_json(
+        settle_spend::handle(
+            &store,
+            &t.settings,
+            http_request("POST", "/spend/settle", &body, &[]),
+            now,
+        )
+        .await,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        log.take(),
+        ops(&["TransactWriteItems", "GetItem", "TransactWriteItems"])
+    );
 
     let user = t.window(&EntityRef::user("user-rt"), "1d").await;
     assert_eq!(user.spent, Money::parse_decimal("0.25").unwrap());
+    // 6 held before; the third and fourth reservations (1 each) released.
     assert_eq!(user.reserved, Money::usd(6));
 }
 

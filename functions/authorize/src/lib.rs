@@ -214,7 +214,11 @@ fn answer(outcome: &AuthorizeOutcome, now: DateTime<Utc>) -> (bool, String, Map<
             admission,
             ..
         } => {
-            c.insert("reservation_id".into(), json!(reservation.id));
+            // The id with its receipt: settle can then write without reading.
+            c.insert(
+                "reservation_id".into(),
+                json!(budget_core::receipt::external_id(reservation)),
+            );
             c.insert(
                 "key_hash".into(),
                 json!(key_hash_prefix(&reservation.key_hash)),

@@ -3,7 +3,7 @@
 //! `{"reservation_id"}` (cost 0). Called by the upstream service or a
 //! queue consumer, never by end users (the template puts IAM in front).
 
-use budget_core::api::{json_object, money_value, required_str, ApiError};
+use budget_core::api::{json_object, money_value, required_str_max, ApiError};
 use budget_core::decision::rfc3339;
 use budget_core::model::Reservation;
 use budget_core::service::{settle, SettleOutcome};
@@ -60,7 +60,8 @@ async fn route<S: Store>(
         ));
     }
     let body = json_object(request.body().as_ref())?;
-    let id = required_str(&body, "reservation_id")?;
+    // Ids carry their receipt (see budget_core::receipt): up to ~1.3 KB.
+    let id = required_str_max(&body, "reservation_id", 2048)?;
     let cost = match operation {
         Operation::Release => match body.get("cost") {
             None | Some(Value::Null) => Money::ZERO,
@@ -85,7 +86,7 @@ async fn route<S: Store>(
             duplicate,
         }) => {
             tracing::info!(reservation_id = %id, cost = %cost, duplicate, "settled");
-            Ok(answer(&reservation, duplicate))
+            Ok(answer(&id, &reservation, duplicate))
         }
         Ok(SettleOutcome::NotFound) => Err(ApiError::not_found(format!(
             "unknown reservation_id \"{id}\""
@@ -96,9 +97,9 @@ async fn route<S: Store>(
     }
 }
 
-fn answer(r: &Reservation, duplicate: bool) -> Value {
+fn answer(id: &str, r: &Reservation, duplicate: bool) -> Value {
     json!({
-        "reservation_id": r.id,
+        "reservation_id": id,
         "state": r.state.as_str(),
         "reserved": r.amount.as_f64(),
         "cost": r.cost.unwrap_or(Money::ZERO).as_f64(),

@@ -100,11 +100,20 @@ pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 
 /// A required, non-empty string field of at most 256 characters.
 pub fn required_str(body: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
+    required_str_max(body, field, 256)
+}
+
+/// A required, non-empty string field of at most `max` characters.
+pub fn required_str_max(
+    body: &Map<String, Value>,
+    field: &str,
+    max: usize,
+) -> Result<String, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => {
             Err(ApiError::bad_request(field, format!("{field} is required")))
         }
-        Some(v) => optional_str_value(field, v)?
+        Some(v) => str_value(field, v, max)?
             .ok_or_else(|| ApiError::bad_request(field, format!("{field} is required"))),
     }
 }
@@ -114,19 +123,19 @@ pub fn required_str(body: &Map<String, Value>, field: &str) -> Result<String, Ap
 pub fn optional_str(body: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => optional_str_value(field, v),
+        Some(v) => str_value(field, v, 256),
     }
 }
 
-fn optional_str_value(field: &str, v: &Value) -> Result<Option<String>, ApiError> {
+fn str_value(field: &str, v: &Value, max: usize) -> Result<Option<String>, ApiError> {
     match v {
         Value::String(s) if s.trim().is_empty() => Err(ApiError::bad_request(
             field,
             format!("{field} must not be empty"),
         )),
-        Value::String(s) if s.chars().count() > 256 => Err(ApiError::bad_request(
+        Value::String(s) if s.chars().count() > max => Err(ApiError::bad_request(
             field,
-            format!("{field} must be at most 256 characters"),
+            format!("{field} must be at most {max} characters"),
         )),
         Value::String(s) if s.chars().any(char::is_control) => Err(ApiError::bad_request(
             field,

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod limits;
 pub mod model;
 pub mod money;
+pub mod receipt;
 pub mod service;
 pub mod store;
 pub mod telemetry;

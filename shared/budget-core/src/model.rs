@@ -350,4 +350,7 @@ pub struct Reservation {
     pub settled_at: Option<DateTime<Utc>>,
     /// The reset job released it before it was settled.
     pub expired_at: Option<DateTime<Utc>>,
+    /// Digest of the receipt handed out with the id (see `receipt`): a
+    /// settle that builds its write from the receipt is conditional on it.
+    pub receipt_digest: Option<String>,
 }

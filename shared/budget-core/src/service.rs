@@ -222,7 +222,7 @@ fn new_reservation(
     now: DateTime<Utc>,
     settings: &Settings,
 ) -> Reservation {
-    let holds = chain
+    let holds: Vec<Hold> = chain
         .entities()
         .flat_map(|e| {
             e.windows.iter().map(|w| Hold {
@@ -235,7 +235,6 @@ fn new_reservation(
     Reservation {
         id: id.to_string(),
         amount: estimate,
-        holds,
         key_hash: hash.to_string(),
         user_id: chain.key.user_id.clone(),
         team_id: chain.key.team_id.clone(),
@@ -245,6 +244,8 @@ fn new_reservation(
         cost: None,
         settled_at: None,
         expired_at: None,
+        receipt_digest: crate::receipt::digest_for(estimate, &holds),
+        holds,
     }
 }
 
@@ -338,6 +339,19 @@ async fn finish_once<S: Store>(
     now: DateTime<Utc>,
     settings: &Settings,
 ) -> Result<Finished, StoreError> {
+    // With a receipt: one write, no read (conditional on the receipt's
+    // digest and on the reservation still being held).
+    if let Some(from_receipt) = crate::receipt::from_receipt(id, now) {
+        if !skip(&from_receipt) {
+            let write = store
+                .finish(&from_receipt, None, finish, now, &settings.clock)
+                .await?;
+            if write == FinishWrite::Done {
+                return Ok(Finished::Done(from_receipt));
+            }
+        }
+    }
+    let id = crate::receipt::base_id(id);
     for attempt in 0..MAX_ATTEMPTS {
         let Some(reservation) = store.reservation(id).await? else {
             return Ok(Finished::NotFound);

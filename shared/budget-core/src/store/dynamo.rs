@@ -528,6 +528,9 @@ fn reservation_item(r: &Reservation) -> HashMap<String, AttributeValue> {
     if let Some(t) = r.expired_at {
         item.insert("expired_at".into(), epoch(t));
     }
+    if let Some(d) = &r.receipt_digest {
+        item.insert("digest".into(), s(d.clone()));
+    }
     item
 }
 
@@ -578,6 +581,7 @@ fn reservation_from_item(
         cost: r.opt_n(item, "cost")?.map(Money::from_nanos),
         settled_at: r.time(item, "settled_at")?,
         expired_at: r.time(item, "expired_at")?,
+        receipt_digest: r.opt_s(item, "digest")?.map(str::to_string),
     })
 }
 
@@ -1124,7 +1128,13 @@ impl Store for DynamoStore {
             }
         }
         let removes = vec![ex.name("gsi1pk"), ex.name("gsi1sk")];
-        let conds = vec![format!("{state} = {from}")];
+        let mut conds = vec![format!("{state} = {from}")];
+        if let Some(d) = &reservation.receipt_digest {
+            // Built from a receipt: it must be this reservation's.
+            let digest = ex.name("digest");
+            let value = ex.value(s(d.clone()));
+            conds.push(format!("{digest} = {value}"));
+        }
         let update = self.update(reservation_pk(&reservation.id), sets, removes, conds, &ex)?;
         items.push(TransactWriteItem::builder().update(update).build());
         match transact(&self.client, items).await? {
@@ -1543,6 +1553,7 @@ mod tests {
             cost: None,
             settled_at: None,
             expired_at: None,
+            receipt_digest: Some("d".into()),
         };
         assert_eq!(reservation_from_item(&reservation_item(&r)).unwrap(), r);
     }
