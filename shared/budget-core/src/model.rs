@@ -353,4 +353,7 @@ pub struct Reservation {
     /// Digest of the receipt handed out with the id (see `receipt`): a
     /// settle that builds its write from the receipt is conditional on it.
     pub receipt_digest: Option<String>,
+    /// The receipt itself, when this process made it (not stored: the id
+    /// handed out carries it).
+    pub receipt: Option<String>,
 }

@@ -27,7 +27,9 @@ struct Body {
     h: Vec<(String, String, String, u64)>,
 }
 
-fn encode(amount: Money, holds: &[Hold]) -> Option<String> {
+/// The receipt of a reservation of `amount` holding `holds` (`None` when
+/// it would be too long to hand out).
+pub fn encode(amount: Money, holds: &[Hold]) -> Option<String> {
     let body = Body {
         a: amount.nanos(),
         h: holds
@@ -51,16 +53,15 @@ pub fn digest(receipt: &str) -> String {
     hex::encode(&Sha256::digest(receipt.as_bytes())[..16])
 }
 
-/// The receipt's digest for a new reservation (`None` when it gets none).
-pub fn digest_for(amount: Money, holds: &[Hold]) -> Option<String> {
-    encode(amount, holds).map(|r| digest(&r))
-}
-
-/// The id handed to callers: `<id>.<receipt>` (or the bare id).
+/// The id handed to callers: `<id>.<receipt>` (or the bare id, for a
+/// reservation made without one).
 pub fn external_id(r: &Reservation) -> String {
-    match (&r.receipt_digest, encode(r.amount, &r.holds)) {
-        (Some(_), Some(receipt)) => format!("{}.{receipt}", r.id),
-        _ => r.id.clone(),
+    if r.receipt_digest.is_none() {
+        return r.id.clone();
+    }
+    match r.receipt.clone().or_else(|| encode(r.amount, &r.holds)) {
+        Some(receipt) => format!("{}.{receipt}", r.id),
+        None => r.id.clone(),
     }
 }
 
@@ -107,6 +108,7 @@ pub fn from_receipt(external: &str, now: DateTime<Utc>) -> Option<Reservation> {
         settled_at: None,
         expired_at: None,
         receipt_digest: Some(digest(receipt)),
+        receipt: Some(receipt.to_string()),
     })
 }
 
@@ -142,7 +144,8 @@ mod tests {
             cost: None,
             settled_at: None,
             expired_at: None,
-            receipt_digest: digest_for(Money::from_nanos(5), &holds),
+            receipt_digest: encode(Money::from_nanos(5), &holds).map(|r| digest(&r)),
+            receipt: None,
         };
         let id = external_id(&r);
         assert!(id.starts_with("r-1."));

@@ -232,6 +232,7 @@ fn new_reservation(
             })
         })
         .collect();
+    let receipt = crate::receipt::encode(estimate, &holds);
     Reservation {
         id: id.to_string(),
         amount: estimate,
@@ -244,7 +245,8 @@ fn new_reservation(
         cost: None,
         settled_at: None,
         expired_at: None,
-        receipt_digest: crate::receipt::digest_for(estimate, &holds),
+        receipt_digest: receipt.as_deref().map(crate::receipt::digest),
+        receipt,
         holds,
     }
 }

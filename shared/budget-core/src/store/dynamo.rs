@@ -582,6 +582,7 @@ fn reservation_from_item(
         settled_at: r.time(item, "settled_at")?,
         expired_at: r.time(item, "expired_at")?,
         receipt_digest: r.opt_s(item, "digest")?.map(str::to_string),
+        receipt: None,
     })
 }
 
@@ -1554,6 +1555,7 @@ mod tests {
             settled_at: None,
             expired_at: None,
             receipt_digest: Some("d".into()),
+            receipt: None,
         };
         assert_eq!(reservation_from_item(&reservation_item(&r)).unwrap(), r);
     }
