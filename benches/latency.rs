@@ -308,6 +308,8 @@ fn floor_items(template: &TransactWriteItemsInput, id: &str) -> Vec<TransactWrit
 }
 
 async fn delete_reservation(client: &Client, table: &str, id: &str) {
+    // Ids handed out carry a receipt: the item's key is the bare id.
+    let id = budget_core::receipt::base_id(id);
     let _ = client
         .delete_item()
         .table_name(table)
