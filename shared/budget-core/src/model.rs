@@ -222,6 +222,16 @@ pub struct Entity {
     /// every reservation is conditional on it, so a cached copy can never
     /// admit against limits that have since changed.
     pub version: u64,
+    /// Drawn at random when the entity is created and never changed: a
+    /// deleted and re-created key, user or team (whose `version` starts
+    /// again at 1) is never mistaken for the one before it. Every
+    /// conditional write checks it. 0 only for items written before
+    /// incarnations existed (the attribute is absent).
+    pub incarnation: u64,
+    /// The least a request charged to this entity reserves, whatever the
+    /// client asks (`reservation_floor`, an edge-budget extension field);
+    /// `None`: the deployment's floor.
+    pub reservation_floor: Option<Money>,
     pub windows: Vec<Window>,
     /// Keys: the owning user and team.
     pub user_id: Option<String>,
@@ -244,6 +254,8 @@ impl Entity {
         Entity {
             entity,
             version: 1,
+            incarnation: new_incarnation(),
+            reservation_floor: None,
             windows: Vec::new(),
             user_id: None,
             team_id: None,
@@ -263,6 +275,12 @@ impl Entity {
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         matches!(self.expires, Some(at) if at <= now)
     }
+}
+
+/// A fresh incarnation: random, non-zero, below 2^53 (exact as a DynamoDB
+/// number, in JSON and in an `i64`).
+pub fn new_incarnation() -> u64 {
+    (rand::random::<u64>() >> 11).max(1)
 }
 
 /// What a request is charged to: its key and, where the key has them, its
@@ -301,6 +319,9 @@ impl Chain {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
     pub entity: EntityRef,
+    /// The incarnation of the entity that was charged: a re-created entity
+    /// of the same id is not this one, and is left alone.
+    pub incarnation: u64,
     pub window: String,
     pub generation: u64,
 }

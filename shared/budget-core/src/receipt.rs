@@ -23,8 +23,8 @@ const MAX_RECEIPT: usize = 1200;
 struct Body {
     /// Amount in nano-USD.
     a: i64,
-    /// Holds: entity kind, entity id, window id, generation.
-    h: Vec<(String, String, String, u64)>,
+    /// Holds: entity kind, entity id, window id, generation, incarnation.
+    h: Vec<(String, String, String, u64, u64)>,
 }
 
 /// The receipt of a reservation of `amount` holding `holds` (`None` when
@@ -40,6 +40,7 @@ pub fn encode(amount: Money, holds: &[Hold]) -> Option<String> {
                     h.entity.id.clone(),
                     h.window.clone(),
                     h.generation,
+                    h.incarnation,
                 )
             })
             .collect(),
@@ -78,7 +79,7 @@ pub fn from_receipt(external: &str, now: DateTime<Utc>) -> Option<Reservation> {
     let body: Body = serde_json::from_slice(&json).ok()?;
     let mut holds = Vec::new();
     let (mut user_id, mut team_id, mut key_hash) = (None, None, String::new());
-    for (kind, id, window, generation) in body.h {
+    for (kind, id, window, generation, incarnation) in body.h {
         let kind = EntityKind::parse(&kind)?;
         match kind {
             EntityKind::Key => key_hash = id.clone(),
@@ -87,6 +88,7 @@ pub fn from_receipt(external: &str, now: DateTime<Utc>) -> Option<Reservation> {
         }
         holds.push(Hold {
             entity: EntityRef::new(kind, id),
+            incarnation,
             window,
             generation,
         });
@@ -121,11 +123,13 @@ mod tests {
         let holds = vec![
             Hold {
                 entity: EntityRef::key("ab"),
+                incarnation: 3,
                 window: "1d".into(),
                 generation: 7,
             },
             Hold {
                 entity: EntityRef::user("u.1"),
+                incarnation: 4,
                 window: "lifetime".into(),
                 generation: 9,
             },

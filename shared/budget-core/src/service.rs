@@ -227,6 +227,7 @@ fn new_reservation(
         .flat_map(|e| {
             e.windows.iter().map(|w| Hold {
                 entity: e.entity.clone(),
+                incarnation: e.incarnation,
                 window: w.id(),
                 generation: w.generation,
             })

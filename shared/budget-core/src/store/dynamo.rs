@@ -296,6 +296,9 @@ fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
     item.insert("kind".into(), s(e.entity.kind.as_str()));
     item.insert("id".into(), s(e.entity.id.clone()));
     item.insert("ver".into(), n(e.version as i64));
+    if e.incarnation != 0 {
+        item.insert(INCARNATION.into(), n(e.incarnation as i64));
+    }
     item.insert(
         "w".into(),
         AttributeValue::M(e.windows.iter().map(|w| (w.id(), window_item(w))).collect()),
@@ -316,10 +319,27 @@ fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
 /// and a window's counters and boundary are checked by the write itself.
 const OWNERS: &str = "owners";
 
+/// The attribute that holds an entity's incarnation (see
+/// [`Entity::incarnation`]).
+const INCARNATION: &str = "inc";
+
+/// The condition "this item is the incarnation `incarnation`" (an item
+/// written before incarnations existed has none: incarnation 0).
+fn incarnation_is(ex: &mut Expr, incarnation: u64) -> String {
+    let inc = ex.name(INCARNATION);
+    if incarnation == 0 {
+        format!("attribute_not_exists({inc})")
+    } else {
+        let v = ex.value(n(incarnation as i64));
+        format!("{inc} = {v}")
+    }
+}
+
 fn owner_snapshot(e: &Entity) -> AttributeValue {
-    AttributeValue::M(HashMap::from([
+    let mut snapshot = HashMap::from([
         ("id".to_string(), s(e.entity.id.clone())),
         ("ver".to_string(), n(e.version as i64)),
+        (INCARNATION.to_string(), n(e.incarnation as i64)),
         (
             "w".to_string(),
             AttributeValue::M(
@@ -338,8 +358,15 @@ fn owner_snapshot(e: &Entity) -> AttributeValue {
                     .collect(),
             ),
         ),
-    ]))
+    ]);
+    if let Some(floor) = e.reservation_floor {
+        snapshot.insert(FLOOR.to_string(), money(floor));
+    }
+    AttributeValue::M(snapshot)
 }
+
+/// The attribute of an entity's reservation floor (nano-USD).
+const FLOOR: &str = "floor";
 
 /// The owner `kind` (`user`/`team`) with id `id` as the key's snapshot
 /// knows it: limits and generations, counters unknown (zero), boundaries
@@ -361,6 +388,8 @@ fn owner_from_snapshot(
     }
     let mut e = Entity::new(EntityRef::new(kind, id), Utc::now());
     e.version = r.n(snap, "ver").ok()? as u64;
+    e.incarnation = r.n(snap, INCARNATION).ok()? as u64;
+    e.reservation_floor = r.opt_n(snap, FLOOR).ok()?.map(Money::from_nanos);
     if let Some(AttributeValue::M(ws)) = snap.get("w") {
         for (wid, w) in ws {
             let AttributeValue::M(w) = w else { return None };
@@ -414,12 +443,15 @@ fn entity_config_attributes(e: &Entity) -> Vec<(String, AttributeValue)> {
     if let Some(x) = e.expires {
         out.push(("expires".into(), epoch(x)));
     }
+    if let Some(floor) = e.reservation_floor {
+        out.push((FLOOR.into(), money(floor)));
+    }
     out
 }
 
 /// Optional configuration attributes: removed when absent in the new form.
-const OPTIONAL_CONFIG: [&str; 7] = [
-    "user_id", "team_id", "expires", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk",
+const OPTIONAL_CONFIG: [&str; 8] = [
+    "user_id", "team_id", "expires", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", FLOOR,
 ];
 
 fn entity_from_item(item: &HashMap<String, AttributeValue>) -> Result<Entity, StoreError> {
@@ -459,6 +491,8 @@ fn entity_from_item(item: &HashMap<String, AttributeValue>) -> Result<Entity, St
     Ok(Entity {
         entity,
         version: r.n(item, "ver")? as u64,
+        incarnation: r.opt_n(item, INCARNATION)?.unwrap_or(0) as u64,
+        reservation_floor: r.opt_n(item, FLOOR)?.map(Money::from_nanos),
         windows,
         user_id: r.opt_s(item, "user_id")?.map(str::to_string),
         team_id: r.opt_s(item, "team_id")?.map(str::to_string),
@@ -495,6 +529,7 @@ fn reservation_item(r: &Reservation) -> HashMap<String, AttributeValue> {
                 .map(|h| {
                     AttributeValue::M(HashMap::from([
                         ("e".to_string(), s(entity_pk(&h.entity))),
+                        ("i".to_string(), n(h.incarnation as i64)),
                         ("w".to_string(), s(h.window.clone())),
                         ("g".to_string(), n(h.generation as i64)),
                     ]))
@@ -553,6 +588,7 @@ fn reservation_from_item(
                 .ok_or_else(|| r.corrupt("hold without entity"))?;
             holds.push(Hold {
                 entity: entity_ref_from_pk(e).ok_or_else(|| r.corrupt("hold entity"))?,
+                incarnation: r.opt_n(h, "i")?.unwrap_or(0) as u64,
                 window: r
                     .opt_s(h, "w")?
                     .ok_or_else(|| r.corrupt("hold without window"))?
@@ -704,6 +740,8 @@ impl DynamoStore {
             let kind = ex.name(owner.entity.kind.as_str());
             let ver = ex.name("ver");
             let v = ex.value(n(owner.version as i64));
+            let inc = ex.name(INCARNATION);
+            let inc_value = ex.value(n(owner.incarnation as i64));
             let snap = ex.value(snapshot.clone());
             let result = self
                 .client
@@ -712,7 +750,7 @@ impl DynamoStore {
                 .set_key(Some(key_of(entity_pk(&EntityRef::key(key)))))
                 .update_expression(format!("SET {owners}.{kind} = {snap}"))
                 .condition_expression(format!(
-                    "attribute_exists({owners}) AND (attribute_not_exists({owners}.{kind}) OR {owners}.{kind}.{ver} < {v})"
+                    "attribute_exists({owners}) AND (attribute_not_exists({owners}.{kind}) OR {owners}.{kind}.{ver} < {v} OR {owners}.{kind}.{inc} <> {inc_value} OR attribute_not_exists({owners}.{kind}.{inc}))"
                 ))
                 .set_expression_attribute_names(ex.names())
                 .set_expression_attribute_values(ex.values())
@@ -739,7 +777,10 @@ impl DynamoStore {
         let mut ex = Expr::default();
         let ver = ex.name("ver");
         let ver_value = ex.value(n(entity.version as i64));
-        let mut conds = vec![format!("{ver} = {ver_value}")];
+        let mut conds = vec![
+            format!("{ver} = {ver_value}"),
+            incarnation_is(&mut ex, entity.incarnation),
+        ];
         let mut sets = Vec::new();
         let mut e_value = None;
         for w in &entity.windows {
@@ -814,7 +855,9 @@ impl DynamoStore {
         for hold in reservation
             .holds
             .iter()
-            .filter(|h| h.entity == entity.entity)
+            // Another incarnation of the same id (deleted and re-created)
+            // never took this reservation: it is left alone.
+            .filter(|h| h.entity == entity.entity && h.incarnation == entity.incarnation)
         {
             let Some(w) = entity.window(&hold.window) else {
                 continue; // the window was removed: nothing left to charge
@@ -868,6 +911,7 @@ impl DynamoStore {
         if sets.is_empty() {
             return Ok(None);
         }
+        conds.push(incarnation_is(&mut ex, entity.incarnation));
         let update = self.update(entity_pk(&entity.entity), sets, vec![], conds, &ex)?;
         Ok(Some(TransactWriteItem::builder().update(update).build()))
     }
@@ -1277,7 +1321,10 @@ impl Store for DynamoStore {
         let ver = ex.name("ver");
         let old_ver = ex.value(n(old.version as i64));
         let one = ex.value(n(1));
-        let conds = vec![format!("{ver} = {old_ver}")];
+        let conds = vec![
+            format!("{ver} = {old_ver}"),
+            incarnation_is(&mut ex, old.incarnation),
+        ];
         let mut sets = vec![format!("{ver} = {ver} + {one}")];
         let mut removes = Vec::new();
         let config = entity_config_attributes(new);
@@ -1363,7 +1410,8 @@ impl Store for DynamoStore {
         let mut ex = Expr::default();
         let ver = ex.name("ver");
         let v = ex.value(n(entity.version as i64));
-        let mut condition = format!("{ver} = {v}");
+        let inc = incarnation_is(&mut ex, entity.incarnation);
+        let mut condition = format!("{ver} = {v} AND {inc}");
         if entity.entity.kind != EntityKind::Key {
             let kc = ex.name("key_count");
             let zero = ex.value(n(0));
@@ -1442,10 +1490,14 @@ fn entities_as_held(reservation: &Reservation) -> Vec<Entity> {
             generation: hold.generation,
             legacy: false,
         };
-        match out.iter_mut().find(|e| e.entity == hold.entity) {
+        match out
+            .iter_mut()
+            .find(|e| e.entity == hold.entity && e.incarnation == hold.incarnation)
+        {
             Some(e) => e.windows.push(window),
             None => {
                 let mut e = Entity::new(hold.entity.clone(), reservation.created_at);
+                e.incarnation = hold.incarnation;
                 e.windows.push(window);
                 out.push(e);
             }
@@ -1542,6 +1594,7 @@ mod tests {
             amount: Money::from_nanos(5),
             holds: vec![Hold {
                 entity: EntityRef::team("t"),
+                incarnation: 11,
                 window: "1d".into(),
                 generation: 7,
             }],
