@@ -36,6 +36,8 @@ pub enum MoneyError {
     TooLarge,
     #[error("is not a decimal amount of USD (e.g. 0.25)")]
     Malformed,
+    #[error("is longer than {MAX_DECIMAL_CHARS} characters")]
+    TooLong,
 }
 
 impl Money {
@@ -59,85 +61,20 @@ impl Money {
         if !value.is_finite() {
             return Err(MoneyError::NotANumber);
         }
-        // `{}` prints the shortest decimal that reads back as the same f64:
-        // the number as it was written in the JSON.
-        Money::parse_decimal(&format!("{value}"))
+        // `{:e}` prints the shortest digits that read back as the same f64
+        // (the number as it was written in the JSON), in scientific form:
+        // short whatever the magnitude (`1e300`, `1e-300`).
+        Money::parse_decimal(&format!("{value:e}"))
     }
 
     /// Reads a decimal string such as `"0.25"` or `"150"` (also `1e-3`).
+    ///
+    /// Work is bounded by the input's length, whatever it says: text longer
+    /// than [`MAX_DECIMAL_CHARS`] is refused before it is looked at, and the
+    /// exponent only moves the decimal point (no loop runs over it).
     pub fn parse_decimal(text: &str) -> Result<Money, MoneyError> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Err(MoneyError::Malformed);
-        }
-        let lower = text.to_ascii_lowercase();
-        if lower == "nan" || lower.contains("inf") {
-            return Err(MoneyError::NotANumber);
-        }
-        let (mantissa, exponent) = match lower.split_once('e') {
-            Some((m, e)) => (m, e.parse::<i32>().map_err(|_| MoneyError::Malformed)?),
-            None => (lower.as_str(), 0),
-        };
-        let (negative, mantissa) = match mantissa.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, mantissa.strip_prefix('+').unwrap_or(mantissa)),
-        };
-        let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-        if int_part.is_empty() && frac_part.is_empty()
-            || !int_part.bytes().all(|b| b.is_ascii_digit())
-            || !frac_part.bytes().all(|b| b.is_ascii_digit())
-        {
-            return Err(MoneyError::Malformed);
-        }
-        // All digits, and where the decimal point sits relative to them.
-        let digits: Vec<u8> = int_part
-            .bytes()
-            .chain(frac_part.bytes())
-            .map(|b| b - b'0')
-            .collect();
-        let point = int_part.len() as i64 + i64::from(exponent);
-        // Value = 0.d1d2d3... * 10^point. Nanos = digits up to point+9, rounded.
-        let keep = point + 9;
-        let mut nanos: i128 = 0;
-        for (i, d) in digits.iter().enumerate() {
-            if (i as i64) >= keep {
-                break;
-            }
-            nanos = nanos * 10 + i128::from(*d);
-            if nanos > i128::from(MAX_USD) * i128::from(NANOS_PER_USD) * 10 {
-                return Err(if negative {
-                    MoneyError::Negative
-                } else {
-                    MoneyError::TooLarge
-                });
-            }
-        }
-        // Digits missing before the point count as zeros.
-        let present = digits.len() as i64;
-        if keep > present {
-            for _ in present..keep {
-                nanos *= 10;
-                if nanos > i128::from(MAX_USD) * i128::from(NANOS_PER_USD) * 10 {
-                    return Err(if negative {
-                        MoneyError::Negative
-                    } else {
-                        MoneyError::TooLarge
-                    });
-                }
-            }
-        }
-        if keep >= 0 && (keep as usize) < digits.len() && digits[keep as usize] >= 5 {
-            nanos += 1;
-        }
-        if negative && nanos != 0 {
-            return Err(MoneyError::Negative);
-        }
-        if nanos > i128::from(MAX_USD) * i128::from(NANOS_PER_USD) {
-            return Err(MoneyError::TooLarge);
-        }
-        Ok(Money(nanos as i64))
+        parse_decimal_counted(text).0
     }
-
     /// For JSON answers: the nearest f64 (exact for every amount up to
     /// about 9 million dollars at nano resolution).
     pub fn as_f64(self) -> f64 {
@@ -172,6 +109,92 @@ impl Money {
         }
         format!("${int}.{frac}")
     }
+}
+
+/// The longest decimal text read as an amount (after trimming): far more
+/// than any real amount needs (`1000000000.000000001` is 20).
+pub const MAX_DECIMAL_CHARS: usize = 64;
+
+/// [`Money::parse_decimal`], and the number of digit steps it took (tests
+/// show the work stays within a constant times the input's length).
+fn parse_decimal_counted(text: &str) -> (Result<Money, MoneyError>, usize) {
+    let mut steps = 0usize;
+    let result = parse_bounded(text, &mut steps);
+    (result, steps)
+}
+
+fn parse_bounded(text: &str, steps: &mut usize) -> Result<Money, MoneyError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(MoneyError::Malformed);
+    }
+    if text.len() > MAX_DECIMAL_CHARS {
+        return Err(MoneyError::TooLong);
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower == "nan" || lower.contains("inf") {
+        return Err(MoneyError::NotANumber);
+    }
+    let (mantissa, exponent) = match lower.split_once('e') {
+        Some((m, e)) => (m, e.parse::<i32>().map_err(|_| MoneyError::Malformed)?),
+        None => (lower.as_str(), 0),
+    };
+    let (negative, mantissa) = match mantissa.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, mantissa.strip_prefix('+').unwrap_or(mantissa)),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int_part.is_empty() && frac_part.is_empty()
+        || !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(MoneyError::Malformed);
+    }
+    // The significant digits (leading zeros dropped) and where the decimal
+    // point sits before the first of them: value = 0.d1d2d3... * 10^point.
+    let mut point = int_part.len() as i64 + i64::from(exponent);
+    let mut digits = Vec::with_capacity(int_part.len() + frac_part.len());
+    for b in int_part.bytes().chain(frac_part.bytes()) {
+        *steps += 1;
+        if digits.is_empty() && b == b'0' {
+            point -= 1;
+        } else {
+            digits.push(b - b'0');
+        }
+    }
+    if digits.is_empty() {
+        return Ok(Money::ZERO); // 0, -0, 0e2147483647
+    }
+    let too_large = if negative {
+        MoneyError::Negative
+    } else {
+        MoneyError::TooLarge
+    };
+    // 10^10 USD and more: above MAX_USD whatever the digits are.
+    if point > 10 {
+        return Err(too_large);
+    }
+    // Nanos = the digits up to position point+9, rounded half away from zero.
+    let keep = point + 9;
+    if keep < 0 {
+        return Ok(Money::ZERO); // below half a nano-dollar
+    }
+    let keep = keep as usize; // at most 19
+    let mut nanos: i128 = 0;
+    for i in 0..keep {
+        *steps += 1;
+        nanos = nanos * 10 + i128::from(digits.get(i).copied().unwrap_or(0));
+    }
+    if digits.get(keep).is_some_and(|d| *d >= 5) {
+        nanos += 1;
+    }
+    if negative && nanos != 0 {
+        return Err(MoneyError::Negative);
+    }
+    if nanos > i128::from(MAX_USD) * i128::from(NANOS_PER_USD) {
+        return Err(too_large);
+    }
+    Ok(Money(nanos as i64))
 }
 
 /// Plain decimal, no trailing zeros: `150`, `0.0123`, `-0.5`.
@@ -252,6 +275,8 @@ mod tests {
             Err(MoneyError::Malformed)
         );
         assert!(Money::from_f64(1e9).is_ok());
+        assert_eq!(Money::from_f64(1e-300), Ok(Money::ZERO));
+        assert_eq!(Money::from_f64(-1e300), Err(MoneyError::Negative));
         assert_eq!(Money::from_f64(-0.0), Ok(Money::ZERO));
     }
 
@@ -273,7 +298,42 @@ mod tests {
         assert!(serde_json::from_str::<Money>("\"1\"").is_err());
     }
 
+    #[test]
+    fn hostile_amounts_answer_in_work_bounded_by_their_length() {
+        let huge_digits = "9".repeat(100_000);
+        let long_zeros = format!("0.{}1", "0".repeat(60));
+        let cases: Vec<(&str, Result<Money, MoneyError>)> = vec![
+            ("0e2147483647", Ok(Money::ZERO)),
+            ("1e2147483647", Err(MoneyError::TooLarge)),
+            ("1e-2147483648", Ok(Money::ZERO)),
+            ("-1e2147483647", Err(MoneyError::Negative)),
+            ("0.000000000000000000000000000001e25", Ok(Money::from_nanos(10_000))),
+            ("1e-12", Ok(Money::ZERO)),
+            ("5e-10", Ok(Money::from_nanos(1))),
+            ("999999999.9999999995", Ok(Money::usd(1_000_000_000))),
+            ("1000000000.0000000005", Err(MoneyError::TooLarge)),
+            ("1000000000", Ok(Money::usd(1_000_000_000))),
+            ("1e9", Ok(Money::usd(1_000_000_000))),
+            ("1.000000000000000001e9", Err(MoneyError::TooLarge)),
+            ("1.0000000000000000001e9", Ok(Money::usd(1_000_000_000))),
+            (huge_digits.as_str(), Err(MoneyError::TooLong)),
+            (long_zeros.as_str(), Ok(Money::ZERO)),
+        ];
+        for (text, expected) in cases {
+            let (result, steps) = parse_decimal_counted(text);
+            assert_eq!(result, expected, "{}", &text[..text.len().min(40)]);
+            // A constant times the length (at most 64 characters are read).
+            assert!(steps <= 2 * MAX_DECIMAL_CHARS, "{steps} steps");
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn work_is_linear_in_the_length(text in "[-+0-9.eE]{0,80}") {
+            let (_, steps) = parse_decimal_counted(&text);
+            proptest::prop_assert!(steps <= 2 * text.trim().len() + 20);
+        }
+
         #[test]
         fn decimal_text_round_trips(nanos in 0i64..=MAX_USD * NANOS_PER_USD) {
             let m = Money::from_nanos(nanos);
