@@ -14,7 +14,7 @@ use aws_lambda_events::http::HeaderMap;
 use aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
 use budget_core::decision::{rfc3339, Denial};
 use budget_core::model::key_hash_prefix;
-use budget_core::service::{estimate_from_header, AuthorizeOutcome, Authorizer};
+use budget_core::service::{requested_from_header, AuthorizeOutcome, Authorizer};
 use budget_core::store::Store;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -85,10 +85,12 @@ fn parse_event(event: Value) -> Result<Event, AuthorizeError> {
 }
 
 /// `Authorization: Bearer <key>` or `x-api-key: <key>` (names are
-/// case-insensitive; `HeaderMap` already is).
+/// case-insensitive; `HeaderMap` already is). Only a `Bearer` credential
+/// is a key: another scheme (`Basic`, a SigV4 signature) falls through to
+/// `x-api-key`.
 fn key_from_headers(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        if let Some(key) = strip_bearer(v) {
+        if let Some(key) = bearer(v) {
             return Some(key);
         }
     }
@@ -100,14 +102,23 @@ fn key_from_headers(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-fn strip_bearer(value: &str) -> Option<String> {
+/// The credential of `Bearer <credential>` (scheme case-insensitive).
+fn bearer(value: &str) -> Option<String> {
+    let (scheme, rest) = value.trim().split_once(char::is_whitespace)?;
+    let key = rest.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then(|| key.to_string())
+}
+
+/// A TOKEN authorizer's token: `Bearer <key>`, or the bare key when the
+/// identity source is a header that carries only the key (`x-api-key`).
+/// Any other scheme is no key.
+fn token_key(value: &str) -> Option<String> {
     let value = value.trim();
-    let key = match value.split_once(char::is_whitespace) {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-        _ if value.eq_ignore_ascii_case("bearer") => "",
-        _ => value,
-    };
-    (!key.is_empty()).then(|| key.to_string())
+    if value.contains(char::is_whitespace) {
+        bearer(value)
+    } else {
+        (!value.is_empty()).then(|| value.to_string())
+    }
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -133,18 +144,18 @@ pub async fn handle<S: Store>(
             e.request_context.request_id.clone(),
         ),
         Event::RestToken(e) => (
-            e.authorization_token.as_deref().and_then(strip_bearer),
+            e.authorization_token.as_deref().and_then(token_key),
             None,
             None,
         ),
     };
     let outcome = match key {
         None => AuthorizeOutcome::InvalidKey,
-        Some(key) => match estimate_from_header(estimate_header.as_deref(), &authorizer.settings) {
+        Some(key) => match requested_from_header(estimate_header.as_deref()) {
             Err(message) => AuthorizeOutcome::InvalidEstimate(message),
-            Ok(estimate) => {
+            Ok(requested) => {
                 authorizer
-                    .authorize(&key, estimate, request_id.as_deref(), now)
+                    .authorize(&key, requested, request_id.as_deref(), now)
                     .await
             }
         },
@@ -346,7 +357,18 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer ".parse().unwrap());
         assert_eq!(key_from_headers(&h), None);
-        assert_eq!(strip_bearer("sk-raw").as_deref(), Some("sk-raw"));
+        // Another scheme is not a key: x-api-key is used instead.
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Basic dXNlcjpwYXNz".parse().unwrap());
+        assert_eq!(key_from_headers(&h), None);
+        h.insert("x-api-key", "sk-xyz".parse().unwrap());
+        assert_eq!(key_from_headers(&h).as_deref(), Some("sk-xyz"));
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "sk-bare".parse().unwrap());
+        assert_eq!(key_from_headers(&h), None);
+        assert_eq!(token_key("sk-raw").as_deref(), Some("sk-raw"));
+        assert_eq!(token_key("Bearer sk-raw").as_deref(), Some("sk-raw"));
+        assert_eq!(token_key("Basic sk-raw"), None);
     }
 
     #[test]

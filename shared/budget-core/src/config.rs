@@ -24,6 +24,16 @@ pub struct Settings {
     pub default_reservation: Money,
     /// `MAX_RESERVATION_USD` (default 10): estimates are capped here.
     pub max_reservation: Money,
+    /// `MIN_RESERVATION_USD` (default: `DEFAULT_RESERVATION_USD`): the
+    /// deployment's reservation floor. No header lowers a reservation below
+    /// it (nor below the floor of any entity of the chain), so with floor
+    /// `f` at most ⌊remaining / f⌋ requests are in flight on a window.
+    pub min_reservation: Money,
+    /// `AUTHORIZE_DEADLINE_MS` (default 2500): everything one authorization
+    /// does — reads, writes, retries, backoff — ends within it; past it the
+    /// request is denied `unavailable`. Keep it well under the authorize
+    /// function's timeout (template.yaml, checked by tests/template.rs).
+    pub authorize_deadline_ms: u64,
     /// `RESERVATION_TTL_SECONDS` (default 900): after this an unsettled
     /// reservation is released by the reset job.
     pub reservation_ttl_seconds: i64,
@@ -63,6 +73,18 @@ impl Settings {
         };
         let default_reservation = money("DEFAULT_RESERVATION_USD", "0.05")?;
         let max_reservation = money("MAX_RESERVATION_USD", "10")?;
+        let min_reservation = match get("MIN_RESERVATION_USD") {
+            Some(_) => money("MIN_RESERVATION_USD", "0")?,
+            None => default_reservation.min(max_reservation),
+        };
+        if min_reservation > max_reservation {
+            return Err(ConfigError::Invalid {
+                name: "MIN_RESERVATION_USD",
+                message: format!(
+                    "{min_reservation} is above MAX_RESERVATION_USD ({max_reservation})"
+                ),
+            });
+        }
         let int =
             |name: &'static str, default: i64, min: i64, max: i64| -> Result<i64, ConfigError> {
                 match get(name) {
@@ -80,11 +102,16 @@ impl Settings {
             };
         let reservation_ttl_seconds = int("RESERVATION_TTL_SECONDS", 900, 1, 7 * 24 * 3600)?;
         let store_timeout_ms = int("STORE_TIMEOUT_MS", 2000, 50, 60_000)? as u64;
+        let authorize_deadline_ms = int("AUTHORIZE_DEADLINE_MS", 2500, 50, 30_000)? as u64;
         Ok(Settings {
             table_name,
             clock,
-            default_reservation: default_reservation.min(max_reservation),
+            default_reservation: default_reservation
+                .min(max_reservation)
+                .max(min_reservation),
             max_reservation,
+            min_reservation,
+            authorize_deadline_ms,
             reservation_ttl_seconds,
             store_timeout_ms,
         })
@@ -111,6 +138,10 @@ mod tests {
         assert_eq!(s.default_reservation, Money::parse_decimal("0.05").unwrap());
         assert_eq!(s.max_reservation, Money::usd(10));
         assert_eq!(s.reservation_ttl_seconds, 900);
+        assert_eq!(s.min_reservation, s.default_reservation);
+        assert_eq!(s.authorize_deadline_ms, 2500);
+        let s = settings(&[("TABLE_NAME", "t"), ("MIN_RESERVATION_USD", "0.5")]).unwrap();
+        assert_eq!(s.default_reservation, Money::parse_decimal("0.5").unwrap());
     }
 
     #[test]
@@ -127,6 +158,11 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "MAX_RESERVATION_USD: \"-3\" must not be negative"
+        );
+        let e = settings(&[("TABLE_NAME", "t"), ("MIN_RESERVATION_USD", "11")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "MIN_RESERVATION_USD: 11 is above MAX_RESERVATION_USD (10)"
         );
         let e = settings(&[("TABLE_NAME", "t"), ("RESERVATION_TTL_SECONDS", "0")]).unwrap_err();
         assert!(e.to_string().starts_with("RESERVATION_TTL_SECONDS"), "{e}");

@@ -139,9 +139,15 @@ impl BudgetDuration {
     ///
     /// [`DurationError::Invalid`] for anything outside the grammar.
     pub fn parse(s: &str) -> Result<BudgetDuration, DurationError> {
+        // Bounded work and a bounded message whatever the input's length:
+        // no valid duration is longer than a few characters.
+        const MAX_CHARS: usize = 16;
         let invalid = || DurationError::Invalid {
-            input: s.to_owned(),
+            input: s.chars().take(MAX_CHARS).collect(),
         };
+        if s.len() > MAX_CHARS {
+            return Err(invalid());
+        }
         let alias = |n, unit| Ok(BudgetDuration { n, unit });
         match s {
             "hourly" => return alias(1, Unit::Hour),

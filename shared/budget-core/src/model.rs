@@ -377,4 +377,9 @@ pub struct Reservation {
     /// The receipt itself, when this process made it (not stored: the id
     /// handed out carries it).
     pub receipt: Option<String>,
+    /// What authorize answered when it took this reservation (headroom of
+    /// the tightest window after it, and that window), so a retry of the
+    /// same request is answered the same.
+    pub remaining: Option<Money>,
+    pub tightest: Option<(EntityRef, Span)>,
 }

@@ -307,7 +307,10 @@ mod tests {
             ("1e2147483647", Err(MoneyError::TooLarge)),
             ("1e-2147483648", Ok(Money::ZERO)),
             ("-1e2147483647", Err(MoneyError::Negative)),
-            ("0.000000000000000000000000000001e25", Ok(Money::from_nanos(10_000))),
+            (
+                "0.000000000000000000000000000001e25",
+                Ok(Money::from_nanos(10_000)),
+            ),
             ("1e-12", Ok(Money::ZERO)),
             ("5e-10", Ok(Money::from_nanos(1))),
             ("999999999.9999999995", Ok(Money::usd(1_000_000_000))),

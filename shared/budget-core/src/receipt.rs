@@ -111,6 +111,8 @@ pub fn from_receipt(external: &str, now: DateTime<Utc>) -> Option<Reservation> {
         expired_at: None,
         receipt_digest: Some(digest(receipt)),
         receipt: Some(receipt.to_string()),
+        remaining: None,
+        tightest: None,
     })
 }
 
@@ -150,6 +152,8 @@ mod tests {
             expired_at: None,
             receipt_digest: encode(Money::from_nanos(5), &holds).map(|r| digest(&r)),
             receipt: None,
+            remaining: None,
+            tightest: None,
         };
         let id = external_id(&r);
         assert!(id.starts_with("r-1."));

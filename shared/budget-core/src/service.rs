@@ -21,6 +21,9 @@ use crate::store::{Finish, FinishWrite, ReserveWrite, Store, StoreError};
 const MAX_ATTEMPTS: usize = 8;
 /// Chains kept in memory per function instance.
 const CACHE_CAPACITY: usize = 10_000;
+/// A presented key longer than this cannot be one (custom keys have at
+/// most 256 characters): refused before it is hashed or looked up.
+pub const MAX_KEY_BYTES: usize = 256;
 
 /// What authorize decided.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,14 +43,33 @@ pub enum AuthorizeOutcome {
     Unavailable(String),
 }
 
-/// The estimate to reserve: the header's amount capped at the maximum, or
-/// the default without a header.
-pub fn estimate_from_header(header: Option<&str>, settings: &Settings) -> Result<Money, String> {
+/// What a client asked to reserve. Only ever a request: the reservation
+/// is this capped at `MAX_RESERVATION_USD` and raised to the floor (see
+/// [`Authorizer::reservation_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requested {
+    /// No `x-budget-reserve`: the deployment's default.
+    Default,
+    Amount(Money),
+}
+
+impl From<Money> for Requested {
+    fn from(m: Money) -> Requested {
+        Requested::Amount(m)
+    }
+}
+
+/// Reads `x-budget-reserve`. A negative amount asks for nothing (and gets
+/// the floor); an amount past `MAX_USD` asks for the most; text that is
+/// not a decimal amount is refused with a message that quotes at most 40
+/// characters of it.
+pub fn requested_from_header(header: Option<&str>) -> Result<Requested, String> {
     match header.map(str::trim) {
-        None | Some("") => Ok(settings.default_reservation),
+        None | Some("") => Ok(Requested::Default),
         Some(text) => match Money::parse_decimal(text) {
-            Ok(m) => Ok(m.min(settings.max_reservation)),
-            Err(MoneyError::TooLarge) => Ok(settings.max_reservation),
+            Ok(m) => Ok(Requested::Amount(m)),
+            Err(MoneyError::Negative) => Ok(Requested::Amount(Money::ZERO)),
+            Err(MoneyError::TooLarge) => Ok(Requested::Amount(Money::from_nanos(i64::MAX))),
             Err(e) => Err(format!("x-budget-reserve \"{}\" {e}", truncate(text, 40))),
         },
     }
@@ -109,28 +131,54 @@ impl<S: Store> Authorizer<S> {
         }
     }
 
-    /// Checks every window of the key's chain and reserves `estimate` in
-    /// one atomic write.
+    /// What a request reserves: what it asked for (or the default),
+    /// capped at the maximum, and never below the floor — the deployment's
+    /// or the highest floor of any entity of the chain.
+    pub fn reservation_for(&self, requested: Requested, chain: &Chain) -> Money {
+        let asked = match requested {
+            Requested::Default => self.settings.default_reservation,
+            Requested::Amount(m) => m.min(self.settings.max_reservation),
+        };
+        chain
+            .entities()
+            .filter_map(|e| e.reservation_floor)
+            .fold(self.settings.min_reservation, Money::max)
+            .max(asked)
+    }
+
+    /// Checks every window of the key's chain and reserves what the request
+    /// asked for (see [`Authorizer::reservation_for`]) in one atomic write.
+    /// Everything it does ends within `AUTHORIZE_DEADLINE_MS`; past it, the
+    /// request is denied `unavailable`.
     pub async fn authorize(
         &self,
         key: &str,
-        estimate: Money,
+        requested: impl Into<Requested>,
         request_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> AuthorizeOutcome {
-        match self.try_authorize(key, estimate, request_id, now).await {
-            Ok(outcome) => outcome,
-            Err(e) => AuthorizeOutcome::Unavailable(e.to_string()),
+        let deadline = Duration::from_millis(self.settings.authorize_deadline_ms);
+        let attempt = self.try_authorize(key, requested.into(), request_id, now);
+        match tokio::time::timeout(deadline, attempt).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(e)) => AuthorizeOutcome::Unavailable(e.to_string()),
+            Err(_) => AuthorizeOutcome::Unavailable(format!(
+                "no decision within the authorization deadline ({} ms)",
+                self.settings.authorize_deadline_ms
+            )),
         }
     }
 
     async fn try_authorize(
         &self,
         key: &str,
-        estimate: Money,
+        requested: Requested,
         request_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<AuthorizeOutcome, StoreError> {
+        if key.len() > MAX_KEY_BYTES {
+            return Ok(AuthorizeOutcome::InvalidKey);
+        }
         let hash = hash_key(key);
         let clock = &self.settings.clock;
         let (mut chain, mut fresh) = match self.cached(&hash) {
@@ -142,7 +190,8 @@ impl<S: Store> Authorizer<S> {
                 None => return Ok(AuthorizeOutcome::InvalidKey),
             },
         };
-        let mut id = reservation_id(&hash, request_id);
+        let retry_of = request_id.filter(|r| !r.is_empty());
+        let mut id = reservation_id(&hash, retry_of);
         // Set when what we hold may be out of date: read the chain afresh.
         let mut stale = false;
         for attempt in 0..MAX_ATTEMPTS {
@@ -156,6 +205,7 @@ impl<S: Store> Authorizer<S> {
                 }
                 (fresh, stale) = (true, false);
             }
+            let estimate = self.reservation_for(requested, &chain);
             let verdict = check_key(&chain.key, now)
                 .map_err(AuthorizeOutcome::Refused)
                 .and_then(|()| {
@@ -171,10 +221,21 @@ impl<S: Store> Authorizer<S> {
                 }
                 Err(outcome) => {
                     self.remember(&hash, Some(chain));
+                    // A retry of a request that was admitted is recognised
+                    // before it is judged: its own reservation may be what
+                    // fills the window now.
+                    if retry_of.is_some() {
+                        if let Some(first) = self.held(&id).await? {
+                            return Ok(first);
+                        }
+                    }
                     return Ok(outcome);
                 }
             };
-            let reservation = new_reservation(&id, &hash, &chain, estimate, now, &self.settings);
+            let mut reservation =
+                new_reservation(&id, &hash, &chain, estimate, now, &self.settings);
+            reservation.remaining = admission.remaining;
+            reservation.tightest = admission.tightest.clone();
             match self.store.reserve(&chain, &reservation, now, clock).await? {
                 ReserveWrite::Reserved => {
                     self.remember(&hash, Some(apply_reservation(chain, estimate, now, clock)));
@@ -184,19 +245,13 @@ impl<S: Store> Authorizer<S> {
                         duplicate: false,
                     });
                 }
-                ReserveWrite::Duplicate => match self.store.reservation(&id).await? {
+                ReserveWrite::Duplicate => match self.held(&id).await? {
                     // A retry of a request whose answer was lost: the same
-                    // reservation, not a second one.
-                    Some(first) if first.state == ReservationState::Held => {
-                        return Ok(AuthorizeOutcome::Allowed {
-                            reservation: Box::new(first),
-                            admission,
-                            duplicate: true,
-                        });
-                    }
+                    // reservation and the same answer, not a second one.
+                    Some(first) => return Ok(first),
                     // That request is over (settled or expired): a replay
                     // gets a decision of its own, under a new id.
-                    _ => id = reservation_id(&hash, None),
+                    None => id = reservation_id(&hash, None),
                 },
                 ReserveWrite::Stale => stale = true,
                 ReserveWrite::Conflict => backoff(attempt).await,
@@ -205,6 +260,24 @@ impl<S: Store> Authorizer<S> {
         Ok(AuthorizeOutcome::Unavailable(
             "budget counters too contended, try again".into(),
         ))
+    }
+
+    /// The answer already given for reservation `id`, if it still holds.
+    async fn held(&self, id: &str) -> Result<Option<AuthorizeOutcome>, StoreError> {
+        Ok(match self.store.reservation(id).await? {
+            Some(first) if first.state == ReservationState::Held => {
+                let admission = Admission {
+                    tightest: first.tightest.clone(),
+                    remaining: first.remaining,
+                };
+                Some(AuthorizeOutcome::Allowed {
+                    reservation: Box::new(first),
+                    admission,
+                    duplicate: true,
+                })
+            }
+            _ => None,
+        })
     }
 }
 
@@ -249,6 +322,8 @@ fn new_reservation(
         receipt_digest: receipt.as_deref().map(crate::receipt::digest),
         receipt,
         holds,
+        remaining: None,
+        tightest: None,
     }
 }
 

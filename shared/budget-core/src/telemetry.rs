@@ -5,16 +5,53 @@ use crate::config::Settings;
 
 /// Plain-text logs to stdout (CloudWatch adds the time), level from
 /// `RUST_LOG` (default `info`). Nothing logged anywhere contains a key:
-/// keys are named by a hash prefix.
+/// keys are named by a hash prefix. Other crates (the Lambda runtime, the
+/// AWS SDK, hyper) log raw events, headers and bodies at debug and trace —
+/// an authorizer event carries the key, an admin request the master key —
+/// so they never log below `info`, whatever `RUST_LOG` says.
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(false)
         .without_time()
-        .with_target(false)
+        .with_target(false);
+    let _ = tracing_subscriber::registry()
+        .with(env_filter(std::env::var("RUST_LOG").ok().as_deref()))
+        .with(secrets_filter())
+        .with(fmt)
         .try_init();
+}
+
+/// The level filter of `RUST_LOG` (default `info`; a malformed value is
+/// `info` too).
+pub fn env_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    rust_log
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// Our own crates log at any level; every other crate at `info` and above.
+pub fn secrets_filter() -> tracing_subscriber::filter::FilterFn {
+    tracing_subscriber::filter::FilterFn::new(allowed)
+}
+
+fn allowed(meta: &tracing::Metadata<'_>) -> bool {
+    is_ours(meta.target()) || *meta.level() <= tracing::Level::INFO
+}
+
+/// Targets of edge-budget's own crates (none of which logs a secret).
+pub fn is_ours(target: &str) -> bool {
+    const OURS: [&str; 6] = [
+        "budget_core",
+        "authorize",
+        "settle_spend",
+        "reset",
+        "admin",
+        "edge_budget",
+    ];
+    let krate = target.split("::").next().unwrap_or(target);
+    OURS.contains(&krate)
 }
 
 /// The settings, or the process ends with the message naming the setting

@@ -266,6 +266,24 @@ impl<'a> ItemReader<'a> {
         }
     }
 
+    /// A counter (`spent`, `reserved`): DynamoDB's numbers have 38 digits,
+    /// so a sum of accepted amounts can pass `i64` (~9.2 billion USD in
+    /// nanos). Read saturated, so such an item stays readable (and over
+    /// any budget) instead of corrupt.
+    fn counter(
+        &self,
+        m: &HashMap<String, AttributeValue>,
+        name: &str,
+    ) -> Result<Money, StoreError> {
+        match m.get(name) {
+            Some(AttributeValue::N(v)) => Ok(Money::from_nanos(
+                saturating_integer(v)
+                    .ok_or_else(|| self.corrupt(format!("{name} is not an integer: {v}")))?,
+            )),
+            _ => self.n(m, name).map(Money::from_nanos),
+        }
+    }
+
     fn n(&self, m: &HashMap<String, AttributeValue>, name: &str) -> Result<i64, StoreError> {
         self.opt_n(m, name)?
             .ok_or_else(|| self.corrupt(format!("{name} is missing")))
@@ -289,6 +307,23 @@ impl<'a> ItemReader<'a> {
     fn bool(&self, m: &HashMap<String, AttributeValue>, name: &str) -> bool {
         matches!(m.get(name), Some(AttributeValue::Bool(true)))
     }
+}
+
+/// An integer in DynamoDB's number form, clamped to `i64`; `None` if it
+/// is not an integer.
+fn saturating_integer(text: &str) -> Option<i64> {
+    if let Ok(v) = text.parse::<i64>() {
+        return Some(v);
+    }
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(if text.starts_with('-') {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
 }
 
 fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
@@ -471,8 +506,8 @@ fn entity_from_item(item: &HashMap<String, AttributeValue>) -> Result<Entity, St
             windows.push(Window {
                 span,
                 max: Money::from_nanos(r.n(w, "max")?),
-                spent: Money::from_nanos(r.n(w, "spent")?),
-                reserved: Money::from_nanos(r.n(w, "reserved")?),
+                spent: r.counter(w, "spent")?,
+                reserved: r.counter(w, "reserved")?,
                 reset_at: r.time(w, "reset_at")?,
                 generation: r.n(w, "gen")? as u64,
                 legacy: r.bool(w, "legacy"),
@@ -566,6 +601,13 @@ fn reservation_item(r: &Reservation) -> HashMap<String, AttributeValue> {
     if let Some(d) = &r.receipt_digest {
         item.insert("digest".into(), s(d.clone()));
     }
+    if let Some(m) = r.remaining {
+        item.insert("remaining".into(), money(m));
+    }
+    if let Some((e, span)) = &r.tightest {
+        item.insert("tight_e".into(), s(entity_pk(e)));
+        item.insert("tight_w".into(), s(span.id()));
+    }
     item
 }
 
@@ -619,6 +661,11 @@ fn reservation_from_item(
         expired_at: r.time(item, "expired_at")?,
         receipt_digest: r.opt_s(item, "digest")?.map(str::to_string),
         receipt: None,
+        remaining: r.opt_n(item, "remaining")?.map(Money::from_nanos),
+        tightest: match (r.opt_s(item, "tight_e")?, r.opt_s(item, "tight_w")?) {
+            (Some(e), Some(w)) => entity_ref_from_pk(e).zip(Span::parse_id(w)),
+            _ => None,
+        },
     })
 }
 
@@ -1587,6 +1634,47 @@ mod tests {
     }
 
     #[test]
+    fn counters_past_i64_read_saturated_not_corrupt() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap();
+        let clock = ResetClock::default();
+        let mut e = Entity::new(EntityRef::user("u"), now);
+        e.windows.push(Window::open(
+            Span::parse_id("1d").unwrap(),
+            Money::usd(1),
+            false,
+            now,
+            &clock,
+        ));
+        let mut item = entity_item(&e);
+        let Some(AttributeValue::M(ws)) = item.get_mut("w") else {
+            unreachable!()
+        };
+        let Some(AttributeValue::M(w)) = ws.get_mut("1d") else {
+            unreachable!()
+        };
+        // Ten settles of $1e9: 1e19 nano-USD, past i64::MAX.
+        w.insert("spent".into(), n_text("10000000000000000000"));
+        w.insert("reserved".into(), n_text("-99999999999999999999999"));
+        let back = entity_from_item(&item).unwrap();
+        assert_eq!(back.windows[0].spent, Money::from_nanos(i64::MAX));
+        assert_eq!(back.windows[0].reserved, Money::from_nanos(i64::MIN));
+        w_insert_bad(&mut item);
+        assert!(entity_from_item(&item).is_err());
+    }
+
+    fn n_text(v: &str) -> AttributeValue {
+        AttributeValue::N(v.to_string())
+    }
+
+    fn w_insert_bad(item: &mut HashMap<String, AttributeValue>) {
+        if let Some(AttributeValue::M(ws)) = item.get_mut("w") {
+            if let Some(AttributeValue::M(w)) = ws.get_mut("1d") {
+                w.insert("spent".into(), n_text("1.5"));
+            }
+        }
+    }
+
+    #[test]
     fn reservation_items_round_trip() {
         let now = Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap();
         let r = Reservation {
@@ -1609,6 +1697,8 @@ mod tests {
             expired_at: None,
             receipt_digest: Some("d".into()),
             receipt: None,
+            remaining: None,
+            tightest: None,
         };
         assert_eq!(reservation_from_item(&reservation_item(&r)).unwrap(), r);
     }
