@@ -159,3 +159,37 @@ async fn a_key_moves_only_its_own_chain() {
     assert_eq!(answer["context"]["user_id"], "u-a");
     assert_eq!(answer["context"]["team_id"], "t-a");
 }
+
+#[tokio::test]
+async fn at_rust_log_trace_other_crates_cannot_log_a_key() {
+    use tracing_subscriber::layer::SubscriberExt;
+    // The filters `init_logging` installs, with RUST_LOG=trace.
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::registry()
+        .with(budget_core::telemetry::env_filter(Some("trace")))
+        .with(budget_core::telemetry::secrets_filter())
+        .with(tracing_subscriber::fmt::layer().with_writer(move || writer.clone()));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let t = TestTable::new().await;
+    let now = at("2026-11-28T15:08:00Z");
+    let key = t.key(&[("1d", 5.0)], None, None, now).await;
+    let event = http_api_event(&key, Some("1"), &hex_id());
+    // What the Lambda runtime and the SDK do at debug and trace: log the
+    // raw event (with the key) and the requests they send.
+    tracing::trace!(target: "lambda_runtime::layers::api_client", "incoming event {event}");
+    tracing::debug!(target: "lambda_runtime", "invoking handler with {event}");
+    tracing::debug!(target: "aws_smithy_runtime::client::http", "request body {key}");
+    tracing::info!(target: "lambda_runtime", "runtime info lines still pass");
+    let a = Authorizer::new(t.store.clone(), t.settings.clone());
+    let answer = authorize::handle(&a, event, now).await.unwrap();
+    assert_eq!(answer["isAuthorized"], true);
+    tracing::trace!(target: "budget_core::service", "our own trace lines pass");
+
+    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
+    assert!(logs.contains("runtime info lines still pass"), "{logs}");
+    assert!(logs.contains("our own trace lines pass"), "{logs}");
+    assert!(logs.contains("allowed"), "{logs}");
+    assert!(!logs.contains(&key[3..]), "a key appears in the logs");
+}

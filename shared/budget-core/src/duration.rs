@@ -141,7 +141,7 @@ impl BudgetDuration {
     pub fn parse(s: &str) -> Result<BudgetDuration, DurationError> {
         // Bounded work and a bounded message whatever the input's length:
         // no valid duration is longer than a few characters.
-        const MAX_CHARS: usize = 16;
+        const MAX_CHARS: usize = 64;
         let invalid = || DurationError::Invalid {
             input: s.chars().take(MAX_CHARS).collect(),
         };
@@ -562,6 +562,18 @@ mod tests {
         assert_eq!(dur("01h"), dur("1h"));
         assert_eq!(dur("0001mo"), dur("1mo"));
         assert_eq!(dur("000000000000000000000000000000005m"), dur("5m"));
+    }
+
+    #[test]
+    fn long_input_is_refused_at_once_with_a_short_message() {
+        let long = format!("{}d", "0".repeat(100_000));
+        let err = BudgetDuration::parse(&long).unwrap_err();
+        assert_eq!(
+            err,
+            DurationError::Invalid {
+                input: "0".repeat(64)
+            }
+        );
     }
 
     #[test]
