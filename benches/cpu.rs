@@ -240,6 +240,21 @@ fn authorize_cpu(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // Hostile estimates: before the hardening `0e2147483647` took 2.4 s of
+    // CPU; now the whole handler answers it like any request.
+    let mut hostile = event.clone();
+    hostile["headers"]["x-budget-reserve"] = Value::from("0e2147483647");
+    g.bench_function("handler_hostile_estimate_0e2147483647", |b| {
+        b.iter_batched(
+            || hostile.clone(),
+            |e| rt.block_on(authorize::handle(&memory, e, now)),
+            BatchSize::SmallInput,
+        )
+    });
+    let digits = "9".repeat(100_000);
+    g.bench_function("parse_amount_100kb_of_digits", |b| {
+        b.iter(|| Money::parse_decimal(black_box(&digits)))
+    });
     g.bench_function("bytes_to_bytes_memory_store", |b| {
         b.iter(|| {
             let e: Value = serde_json::from_slice(black_box(&event_bytes)).expect("json");

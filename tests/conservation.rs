@@ -177,7 +177,15 @@ async fn check(t: &TestTable, model: &Model, now: DateTime<Utc>, step: usize, se
 type KeySetup = (&'static [(&'static str, f64)], Option<&'static str>);
 
 async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
-    let t = TestTable::with_settings(&[("RESERVATION_TTL_SECONDS", "90")]).await;
+    // Odd seeds with the default floor ($0.05), even ones with none, so
+    // both a zero reservation and one raised to the floor are exercised.
+    let floor = if seed % 2 == 0 { "0" } else { "0.05" };
+    let t = TestTable::with_settings(&[
+        ("RESERVATION_TTL_SECONDS", "90"),
+        ("MIN_RESERVATION_USD", floor),
+    ])
+    .await;
+    let floor = Money::parse_decimal(floor).unwrap();
     let clock = t.clock();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut now = at("2026-11-28T23:41:00Z");
@@ -243,7 +251,8 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
             0..=4 => {
                 let key = &keys[rng.random_range(0..keys.len())];
                 let e = estimates[rng.random_range(0..estimates.len())];
-                let estimate = Money::from_f64(e).unwrap();
+                // The model's rule: what was asked, raised to the floor.
+                let estimate = Money::from_f64(e).unwrap().max(floor);
                 let expected = model.admits(key, estimate);
                 let a = &instances[rng.random_range(0..2)];
                 let request_id = format!("req-{seed}-{step}");

@@ -276,7 +276,7 @@ async fn a_lowered_limit_denies_the_very_next_warm_request() {
     assert_eq!(
         log.take(),
         ops(&["TransactWriteItems", "GetItem", "BatchGetItem"]),
-        "stale cache: the refused write, then a fresh read of the chain"
+        "stale cache: the refused write, then a fresh read of the chain (and of the request's own reservation, if a retry)"
     );
     assert_eq!(t.window(&team, "1d").await.reserved, Money::usd(20));
 

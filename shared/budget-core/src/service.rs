@@ -61,8 +61,7 @@ impl From<Money> for Requested {
 
 /// Reads `x-budget-reserve`. A negative amount asks for nothing (and gets
 /// the floor); an amount past `MAX_USD` asks for the most; text that is
-/// not a decimal amount is refused with a message that quotes at most 40
-/// characters of it.
+/// not a decimal amount is refused with a message that does not quote it.
 pub fn requested_from_header(header: Option<&str>) -> Result<Requested, String> {
     match header.map(str::trim) {
         None | Some("") => Ok(Requested::Default),
@@ -70,13 +69,11 @@ pub fn requested_from_header(header: Option<&str>) -> Result<Requested, String> 
             Ok(m) => Ok(Requested::Amount(m)),
             Err(MoneyError::Negative) => Ok(Requested::Amount(Money::ZERO)),
             Err(MoneyError::TooLarge) => Ok(Requested::Amount(Money::from_nanos(i64::MAX))),
-            Err(e) => Err(format!("x-budget-reserve \"{}\" {e}", truncate(text, 40))),
+            // No client text in the message: the REST API's 429 template
+            // substitutes it into a JSON body without escaping.
+            Err(e) => Err(format!("x-budget-reserve {e}")),
         },
     }
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    text.chars().take(max).collect()
 }
 
 /// The reservation id: derived from the gateway's request id when there is
@@ -194,16 +191,22 @@ impl<S: Store> Authorizer<S> {
         let mut id = reservation_id(&hash, retry_of);
         // Set when what we hold may be out of date: read the chain afresh.
         let mut stale = false;
+        // This request's own reservation, as the last fresh read found it.
+        let mut own = None;
         for attempt in 0..MAX_ATTEMPTS {
             if stale {
-                match self.store.load_chain(&hash).await? {
+                let (read, reservation) = match retry_of {
+                    Some(_) => self.store.load_chain_and_reservation(&hash, &id).await?,
+                    None => (self.store.load_chain(&hash).await?, None),
+                };
+                match read {
                     Some(c) => chain = c,
                     None => {
                         self.remember(&hash, None);
                         return Ok(AuthorizeOutcome::InvalidKey);
                     }
                 }
-                (fresh, stale) = (true, false);
+                (fresh, stale, own) = (true, false, reservation);
             }
             let estimate = self.reservation_for(requested, &chain);
             let verdict = check_key(&chain.key, now)
@@ -224,10 +227,8 @@ impl<S: Store> Authorizer<S> {
                     // A retry of a request that was admitted is recognised
                     // before it is judged: its own reservation may be what
                     // fills the window now.
-                    if retry_of.is_some() {
-                        if let Some(first) = self.held(&id).await? {
-                            return Ok(first);
-                        }
+                    if let Some(first) = own.take().and_then(answer_of) {
+                        return Ok(first);
                     }
                     return Ok(outcome);
                 }
@@ -264,21 +265,24 @@ impl<S: Store> Authorizer<S> {
 
     /// The answer already given for reservation `id`, if it still holds.
     async fn held(&self, id: &str) -> Result<Option<AuthorizeOutcome>, StoreError> {
-        Ok(match self.store.reservation(id).await? {
-            Some(first) if first.state == ReservationState::Held => {
-                let admission = Admission {
-                    tightest: first.tightest.clone(),
-                    remaining: first.remaining,
-                };
-                Some(AuthorizeOutcome::Allowed {
-                    reservation: Box::new(first),
-                    admission,
-                    duplicate: true,
-                })
-            }
-            _ => None,
-        })
+        Ok(self.store.reservation(id).await?.and_then(answer_of))
     }
+}
+
+/// The answer given when `first` was taken, if it still holds.
+fn answer_of(first: Reservation) -> Option<AuthorizeOutcome> {
+    if first.state != ReservationState::Held {
+        return None;
+    }
+    let admission = Admission {
+        tightest: first.tightest.clone(),
+        remaining: first.remaining,
+    };
+    Some(AuthorizeOutcome::Allowed {
+        reservation: Box::new(first),
+        admission,
+        duplicate: true,
+    })
 }
 
 async fn backoff(attempt: usize) {

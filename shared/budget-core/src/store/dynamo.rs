@@ -963,6 +963,54 @@ impl DynamoStore {
         Ok(Some(TransactWriteItem::builder().update(update).build()))
     }
 
+    /// The items of `pks` (duplicates asked once; missing ones left out),
+    /// strongly consistent, in one BatchGetItem unless DynamoDB hands keys
+    /// back unprocessed.
+    async fn batch_get(
+        &self,
+        pks: Vec<String>,
+    ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let mut pending: Vec<HashMap<String, AttributeValue>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for pk in pks {
+            if seen.insert(pk.clone()) {
+                pending.push(key_of(pk));
+            }
+        }
+        let mut found = Vec::new();
+        // BatchGetItem may hand back unprocessed keys under load: ask again.
+        for _ in 0..10 {
+            if pending.is_empty() {
+                break;
+            }
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(std::mem::take(&mut pending)))
+                .consistent_read(true)
+                .build()
+                .map_err(build_error)?;
+            let out = self
+                .client
+                .batch_get_item()
+                .request_items(&self.table, request)
+                .send()
+                .await
+                .map_err(|e| unavailable("batch get", e))?;
+            if let Some(items) = out.responses().and_then(|r| r.get(&self.table)) {
+                found.extend(items.iter().cloned());
+            }
+            if let Some(rest) = out.unprocessed_keys().and_then(|u| u.get(&self.table)) {
+                pending = rest.keys().to_vec();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        if !pending.is_empty() {
+            return Err(StoreError::Unavailable(
+                "batch get left keys unprocessed".into(),
+            ));
+        }
+        Ok(found)
+    }
+
     async fn query_all(
         &self,
         index: &str,
@@ -1020,50 +1068,13 @@ impl Store for DynamoStore {
     }
 
     async fn load_many(&self, entities: &[EntityRef]) -> Result<Vec<Entity>, StoreError> {
-        if entities.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pending: Vec<HashMap<String, AttributeValue>> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for e in entities {
-            let pk = entity_pk(e);
-            if seen.insert(pk.clone()) {
-                pending.push(key_of(pk));
-            }
-        }
-        let mut found = Vec::new();
-        // BatchGetItem may hand back unprocessed keys under load: ask again.
-        for _ in 0..10 {
-            if pending.is_empty() {
-                break;
-            }
-            let request = KeysAndAttributes::builder()
-                .set_keys(Some(std::mem::take(&mut pending)))
-                .consistent_read(true)
-                .build()
-                .map_err(build_error)?;
-            let out = self
-                .client
-                .batch_get_item()
-                .request_items(&self.table, request)
-                .send()
-                .await
-                .map_err(|e| unavailable("batch get", e))?;
-            if let Some(items) = out.responses().and_then(|r| r.get(&self.table)) {
-                for item in items {
-                    found.push(entity_from_item(item)?);
-                }
-            }
-            if let Some(rest) = out.unprocessed_keys().and_then(|u| u.get(&self.table)) {
-                pending = rest.keys().to_vec();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        if !pending.is_empty() {
-            return Err(StoreError::Unavailable(
-                "batch get left keys unprocessed".into(),
-            ));
-        }
+        let items = self
+            .batch_get(entities.iter().map(entity_pk).collect())
+            .await?;
+        let mut found = items
+            .iter()
+            .map(entity_from_item)
+            .collect::<Result<Vec<_>, _>>()?;
         found.sort_by(|a, b| a.entity.cmp(&b.entity));
         Ok(found)
     }
@@ -1082,6 +1093,33 @@ impl Store for DynamoStore {
             chain.set_owner(e);
         }
         Ok(Some(chain))
+    }
+
+    async fn load_chain_and_reservation(
+        &self,
+        key_hash: &str,
+        id: &str,
+    ) -> Result<(Option<Chain>, Option<Reservation>), StoreError> {
+        let Some(key) = self.load(&EntityRef::key(key_hash)).await? else {
+            return Ok((None, None));
+        };
+        // The owners and the reservation in one BatchGetItem.
+        let mut pks: Vec<String> = key_owners(&key).iter().map(entity_pk).collect();
+        pks.push(reservation_pk(id));
+        let mut chain = Chain {
+            key,
+            user: None,
+            team: None,
+        };
+        let mut reservation = None;
+        for item in self.batch_get(pks).await? {
+            if matches!(item.get("kind"), Some(AttributeValue::S(k)) if k == "reservation") {
+                reservation = Some(reservation_from_item(&item)?);
+            } else {
+                chain.set_owner(entity_from_item(&item)?);
+            }
+        }
+        Ok((Some(chain), reservation))
     }
 
     async fn load_chain_quick(&self, key_hash: &str) -> Result<Option<Chain>, StoreError> {

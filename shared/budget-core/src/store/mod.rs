@@ -84,6 +84,22 @@ pub trait Store: Send + Sync {
     /// A key and its user and team. `None` for an unknown key.
     async fn load_chain(&self, key_hash: &str) -> Result<Option<Chain>, StoreError>;
 
+    /// [`Store::load_chain`], and the reservation `id` (if any) with it,
+    /// in as many requests as the chain alone where the store can: a
+    /// denial looks for the request's own reservation (a retry) for free.
+    async fn load_chain_and_reservation(
+        &self,
+        key_hash: &str,
+        id: &str,
+    ) -> Result<(Option<Chain>, Option<Reservation>), StoreError> {
+        let chain = self.load_chain(key_hash).await?;
+        let reservation = match chain {
+            Some(_) => self.reservation(id).await?,
+            None => None,
+        };
+        Ok((chain, reservation))
+    }
+
     /// A key and its user and team in as few requests as possible: the
     /// key item carries a snapshot of its owners' limits (one request);
     /// their counters and boundaries are unknown, so the reservation's
