@@ -179,7 +179,7 @@ type KeySetup = (&'static [(&'static str, f64)], Option<&'static str>);
 async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
     // Odd seeds with the default floor ($0.05), even ones with none, so
     // both a zero reservation and one raised to the floor are exercised.
-    let floor = if seed % 2 == 0 { "0" } else { "0.05" };
+    let floor = if seed.is_multiple_of(2) { "0" } else { "0.05" };
     let t = TestTable::with_settings(&[
         ("RESERVATION_TTL_SECONDS", "90"),
         ("MIN_RESERVATION_USD", floor),
