@@ -1,12 +1,18 @@
 //! `template.yaml` declares the table the code creates (`store::table`):
 //! create it in the emulator from the code's definition, describe it, and
 //! compare with the template's `BudgetTable`. Also: every function in the
-//! template is a binary of this workspace.
+//! template is a binary of this workspace; the upstream receives the gateway
+//! secret and the authorizer's reservation id, never the client's; the
+//! authorizer's deadlines fit its timeout and its decisions are never cached;
+//! the REST denial body is JSON for every value the authorizer can send.
 
 use std::collections::BTreeSet;
 
+use budget_core::model::{Entity, EntityRef};
+use budget_core::service::Authorizer;
 use budget_core::store::table::{INDEXES, PARTITION_KEY, TTL_ATTRIBUTE};
-use edge_budget::TestTable;
+use budget_core::store::Store;
+use edge_budget::{at, hex_id, rest_request_event, TestTable};
 use serde_yaml::Value;
 
 /// An index: name, key schema, projection.
@@ -166,5 +172,470 @@ fn every_function_in_the_template_is_a_workspace_binary() {
     for bin in &binaries {
         let main = format!("{}/functions/{bin}/src/main.rs", env!("CARGO_MANIFEST_DIR"));
         assert!(std::path::Path::new(&main).exists(), "{main}");
+    }
+}
+
+/// The value of a `!Ref`, `!Sub`, … tag (`name` without the `!`).
+fn tagged<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    match v {
+        Value::Tagged(t) if t.tag == name => Some(&t.value),
+        _ => None,
+    }
+}
+
+fn resources_of_type<'a>(t: &'a Value, kind: &str) -> Vec<(String, &'a Value)> {
+    t["Resources"]
+        .as_mapping()
+        .expect("Resources")
+        .iter()
+        .filter(|(_, r)| s(&r["Type"]) == kind)
+        .map(|(name, r)| (s(name), r))
+        .collect()
+}
+
+/// Every value a setting can take, in ms: a literal, or a `!Ref` to a
+/// Number parameter (its default and its MaxValue, which must be set).
+fn setting_bounds_ms(t: &Value, v: &Value, what: &str) -> Vec<(String, u64)> {
+    if let Some(n) = v.as_u64() {
+        return vec![(format!("{what} literal"), n)];
+    }
+    let param = tagged(v, "Ref")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{what} is neither a number nor a !Ref: {v:?}"));
+    let p = &t["Parameters"][param];
+    assert_eq!(s(&p["Type"]), "Number", "{param}");
+    let num = |field: &str| {
+        p[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{param}.{field} must be set (a number)"))
+    };
+    vec![
+        (format!("{param}.Default"), num("Default")),
+        (format!("{param}.MaxValue"), num("MaxValue")),
+    ]
+}
+
+/// The authorize function answers before Lambda kills it: the deadline of
+/// the whole authorization and the timeout of one store operation are at
+/// most half its Timeout, for every value the parameters allow; and the
+/// Timeout is under API Gateway's 10 s for an authorizer.
+#[test]
+fn the_authorize_deadlines_are_well_under_the_function_timeout() {
+    let t = template();
+    let f = &t["Resources"]["AuthorizeFunction"]["Properties"];
+    let timeout_s = f["Timeout"]
+        .as_u64()
+        .expect("AuthorizeFunction.Timeout is a literal number of seconds");
+    assert!(
+        timeout_s < 10,
+        "API Gateway waits at most 10 s for an authorizer; Timeout is {timeout_s} s"
+    );
+    let half_ms = timeout_s * 1000 / 2;
+    let env = |name: &str| -> Value {
+        let own = &f["Environment"]["Variables"][name];
+        if !own.is_null() {
+            return own.clone();
+        }
+        t["Globals"]["Function"]["Environment"]["Variables"][name].clone()
+    };
+    for name in ["AUTHORIZE_DEADLINE_MS", "STORE_TIMEOUT_MS"] {
+        let v = env(name);
+        assert!(!v.is_null(), "the authorize function must set {name}");
+        for (source, ms) in setting_bounds_ms(&t, &v, name) {
+            assert!(
+                ms <= half_ms,
+                "{name} can be {ms} ms ({source}): more than half the authorize function's {timeout_s} s timeout"
+            );
+        }
+    }
+    assert_eq!(
+        setting_bounds_ms(&t, &env("AUTHORIZE_DEADLINE_MS"), "deadline")[0].1,
+        2500,
+        "AUTHORIZE_DEADLINE_MS defaults to 2500 ms"
+    );
+}
+
+/// Each authorization reserves budget: a cached decision would let requests
+/// through without reserving. Every authorizer of both APIs has caching off.
+#[test]
+fn authorizer_decisions_are_never_cached() {
+    let t = template();
+    let http = resources_of_type(&t, "AWS::ApiGatewayV2::Authorizer");
+    assert!(!http.is_empty(), "the HTTP API has an authorizer");
+    for (name, a) in http {
+        assert_eq!(
+            a["Properties"]["AuthorizerResultTtlInSeconds"].as_u64(),
+            Some(0),
+            "{name}: AuthorizerResultTtlInSeconds must be 0"
+        );
+    }
+    assert!(
+        resources_of_type(&t, "AWS::Serverless::HttpApi").is_empty(),
+        "the HTTP API is declared resource by resource"
+    );
+    let rest = resources_of_type(&t, "AWS::Serverless::Api");
+    assert!(!rest.is_empty(), "the REST API variant exists");
+    for (name, api) in rest {
+        let authorizers = api["Properties"]["Auth"]["Authorizers"]
+            .as_mapping()
+            .expect("REST authorizers");
+        for (aname, a) in authorizers {
+            assert_eq!(
+                a["Identity"]["ReauthorizeEvery"].as_u64(),
+                Some(0),
+                "{name}.{}: Identity.ReauthorizeEvery must be 0",
+                s(aname)
+            );
+        }
+    }
+    let raw: Vec<String> = resources_of_type(&t, "AWS::ApiGateway::Authorizer")
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        raw.is_empty(),
+        "{raw:?}: declare REST authorizers in BudgetRestApi (tested here)"
+    );
+}
+
+/// The header mappings of the upstream integration of each API.
+fn http_upstream_mappings(t: &Value) -> &serde_yaml::Mapping {
+    let i = &t["Resources"]["UpstreamIntegration"];
+    assert_eq!(s(&i["Type"]), "AWS::ApiGatewayV2::Integration");
+    assert_eq!(s(&i["Properties"]["IntegrationType"]), "HTTP_PROXY");
+    i["Properties"]["RequestParameters"]
+        .as_mapping()
+        .expect("UpstreamIntegration.RequestParameters")
+}
+
+fn rest_upstream_mappings(t: &Value) -> &serde_yaml::Mapping {
+    t["Resources"]["BudgetRestApi"]["Properties"]["DefinitionBody"]["paths"]["/{proxy+}"]
+        ["x-amazon-apigateway-any-method"]["x-amazon-apigateway-integration"]["requestParameters"]
+        .as_mapping()
+        .expect("REST requestParameters")
+}
+
+fn sub_text(v: &Value) -> String {
+    tagged(v, "Sub")
+        .map(s)
+        .unwrap_or_else(|| panic!("expected a !Sub, got {v:?}"))
+}
+
+/// What reaches the upstream: the authorizer's reservation id and the
+/// gateway secret whatever the client sent; not the client's estimate or
+/// x-api-key. The upstream route is behind the budget authorizer, and the
+/// HTTP API has no imported body where a mapping could be dropped.
+#[test]
+fn the_upstream_gets_the_gateway_secret_and_the_authorizers_reservation_id() {
+    let t = template();
+    let secret_ref = "{{resolve:secretsmanager:${GatewaySecret}:SecretString}}";
+    assert_eq!(
+        s(&t["Resources"]["GatewaySecret"]["Type"]),
+        "AWS::SecretsManager::Secret"
+    );
+    assert_eq!(
+        t["Resources"]["GatewaySecret"]["Properties"]["GenerateSecretString"]["ExcludePunctuation"],
+        Value::Bool(true),
+        "letters and digits only: the REST API quotes it as a static value"
+    );
+
+    let http = http_upstream_mappings(&t);
+    let get = |m: &serde_yaml::Mapping, k: &str| -> Value {
+        m.get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("missing mapping {k}"))
+    };
+    assert_eq!(
+        s(&get(http, "overwrite:header.x-budget-reservation-id")),
+        "$context.authorizer.reservation_id"
+    );
+    assert_eq!(
+        sub_text(&get(http, "overwrite:header.x-edge-budget-gateway")),
+        secret_ref
+    );
+    for removed in ["x-budget-reserve", "x-api-key"] {
+        get(http, &format!("remove:header.{removed}"));
+    }
+    for k in http.keys() {
+        let k = s(k);
+        assert!(
+            k.starts_with("overwrite:header.") || k.starts_with("remove:header."),
+            "{k}: append would keep the client's value beside ours"
+        );
+    }
+    for (name, api) in resources_of_type(&t, "AWS::ApiGatewayV2::Api") {
+        assert!(
+            api["Properties"]["Body"].is_null() && api["Properties"]["BodyS3Location"].is_null(),
+            "{name}: no imported OpenAPI body (it would replace the declared routes)"
+        );
+    }
+    let routes = resources_of_type(&t, "AWS::ApiGatewayV2::Route");
+    let upstream: Vec<_> = routes
+        .iter()
+        .filter(|(_, r)| {
+            sub_text(&r["Properties"]["Target"]) == "integrations/${UpstreamIntegration}"
+        })
+        .collect();
+    assert_eq!(upstream.len(), 1, "one route goes to the upstream");
+    for (name, r) in upstream {
+        assert_eq!(s(&r["Properties"]["AuthorizationType"]), "CUSTOM", "{name}");
+        assert_eq!(
+            tagged(&r["Properties"]["AuthorizerId"], "Ref")
+                .map(s)
+                .as_deref(),
+            Some("BudgetAuthorizer"),
+            "{name}"
+        );
+    }
+    for (name, r) in &routes {
+        let auth = s(&r["Properties"]["AuthorizationType"]);
+        assert!(auth == "CUSTOM" || auth == "AWS_IAM", "{name}: {auth}");
+    }
+
+    let rest = rest_upstream_mappings(&t);
+    assert_eq!(
+        s(&get(
+            rest,
+            "integration.request.header.x-budget-reservation-id"
+        )),
+        "context.authorizer.reservation_id"
+    );
+    assert_eq!(
+        sub_text(&get(
+            rest,
+            "integration.request.header.x-edge-budget-gateway"
+        )),
+        format!("'{secret_ref}'")
+    );
+    // REST cannot remove a header: these carry the authorizer's values.
+    assert_eq!(
+        s(&get(rest, "integration.request.header.x-budget-reserve")),
+        "context.authorizer.reserved"
+    );
+    assert_eq!(
+        s(&get(rest, "integration.request.header.x-api-key")),
+        "context.authorizer.key_hash"
+    );
+}
+
+/// Every `context.authorizer.<name>` the mappings forward is a field the
+/// authorizer sets on an allowed request (a missing one would send an
+/// empty header, or fail the request).
+#[tokio::test]
+async fn the_mapped_authorizer_fields_are_in_an_allowed_answer() {
+    let t = template();
+    let mut fields = BTreeSet::new();
+    let mappings = http_upstream_mappings(&t)
+        .values()
+        .chain(rest_upstream_mappings(&t).values());
+    for v in mappings {
+        if let Some(text) = v.as_str() {
+            if let Some(field) = text
+                .strip_prefix("$context.authorizer.")
+                .or_else(|| text.strip_prefix("context.authorizer."))
+            {
+                fields.insert(field.to_string());
+            }
+        }
+    }
+    assert!(fields.contains("reservation_id"), "{fields:?}");
+
+    let tt = TestTable::new().await;
+    let now = at("2026-03-10T12:00:00Z");
+    let key = tt.key(&[("1d", 10.0)], None, None, now).await;
+    let a = Authorizer::new(tt.store.clone(), tt.settings.clone());
+    let answer = authorize::handle(&a, rest_request_event(&key, Some("0.2"), &hex_id()), now)
+        .await
+        .expect("an answer");
+    assert_eq!(answer["policyDocument"]["Statement"][0]["Effect"], "Allow");
+    for field in &fields {
+        let v = &answer["context"][field.as_str()];
+        assert!(
+            v.is_string() || v.is_number(),
+            "the authorizer does not send {field}: {answer}"
+        );
+    }
+}
+
+/// The REST API's ACCESS_DENIED body template.
+fn rest_denial_template(t: &Value) -> String {
+    s(
+        &t["Resources"]["BudgetRestApi"]["Properties"]["GatewayResponses"]["ACCESS_DENIED"]
+            ["ResponseTemplates"]["application/json"],
+    )
+}
+
+/// What API Gateway does with a gateway response template: substitutes
+/// `$context.authorizer.<name>` (names of letters, digits and `_`) with the
+/// context's value as text, no escaping; a missing value becomes "".
+fn render(template: &str, context: &serde_json::Value) -> String {
+    const VAR: &str = "$context.authorizer.";
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(i) = rest.find(VAR) {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + VAR.len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        match &context[&rest[..end]] {
+            serde_json::Value::String(text) => out.push_str(text),
+            serde_json::Value::Null => {}
+            other => out.push_str(&other.to_string()),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Renders the denial body with `context` and checks it is JSON holding
+/// the context's values unchanged.
+fn assert_denial_body_is_json(template: &str, context: &serde_json::Value) {
+    let body = render(template, context);
+    let parsed: serde_json::Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {body}\ncontext: {context}"));
+    let error = &parsed["error"];
+    for (field, source) in [
+        ("message", "message"),
+        ("type", "reason"),
+        ("entity_id", "entity_id"),
+    ] {
+        let expected = match &context[source] {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        assert_eq!(
+            error[field].as_str(),
+            Some(expected.as_str()),
+            "{field} in {body}"
+        );
+    }
+}
+
+/// Ids restricted to ASCII letters, digits and `. _ - : @ +`, numbers, and
+/// messages built from those, cannot break the REST denial body.
+#[test]
+fn the_rest_denial_body_is_json_for_adversarial_but_allowed_values() {
+    let t = template();
+    let template = rest_denial_template(&t);
+    assert!(template.contains("$context.authorizer.message"));
+    let ids = [
+        "a",
+        "user.name_1-2:3@example.com+tag",
+        "::@@++..__--",
+        "+",
+        "@",
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-:@+",
+        "0123456789ab",
+    ];
+    for id in ids {
+        for (max, spend) in [(150.0, 150.0), (0.0, 1e-9), (1e12, 0.123456789)] {
+            let context = serde_json::json!({
+                "reason": "budget_exceeded",
+                "entity": "team",
+                "entity_id": id,
+                "budget_duration": "30d",
+                "max_budget": max,
+                "spend": spend,
+                "reserved": 0.05,
+                "reset_at": "2026-11-29T00:00:00Z",
+                "retry_after": 86399,
+                "message": format!(
+                    "Budget exceeded: team={id} over 30d budget. Spend=${spend:.4} (+$0.0500 reserved), Limit=${max:.2}, resets 2026-11-29T00:00:00Z"
+                ),
+            });
+            assert_denial_body_is_json(&template, &context);
+        }
+    }
+    // A denial with only a reason and a message (store unavailable, key
+    // blocked or expired): the other fields render as "".
+    assert_denial_body_is_json(
+        &template,
+        &serde_json::json!({"reason": "unavailable", "message": "Budget store unavailable; request refused (fail closed). Try again."}),
+    );
+}
+
+/// The same with the authorizer's own denials: budget exceeded for a user
+/// and a team whose ids use every allowed punctuation character, and a
+/// blocked key.
+#[tokio::test]
+async fn the_rest_denial_body_is_json_for_the_authorizers_denials() {
+    let t = template();
+    let template = rest_denial_template(&t);
+    let tt = TestTable::new().await;
+    let now = at("2026-03-10T12:00:00Z");
+    let a = Authorizer::new(tt.store.clone(), tt.settings.clone());
+    let suffix = hex_id();
+    let user = format!("u.s_e-r:1@example.com+{suffix}");
+    let team = format!("T-e.a_m:2@x+{suffix}");
+    tt.create(EntityRef::user(&user), &[("1d", 1.0)], None, None, now)
+        .await;
+    tt.create(
+        EntityRef::team(&team),
+        &[("lifetime", 2.0)],
+        None,
+        None,
+        now,
+    )
+    .await;
+    let mut contexts = Vec::new();
+    for estimate in ["1.5", "3"] {
+        let key = tt
+            .key(&[("1h", 100.0)], Some(&user), Some(&team), now)
+            .await;
+        let answer =
+            authorize::handle(&a, rest_request_event(&key, Some(estimate), &hex_id()), now)
+                .await
+                .expect("an answer");
+        assert_eq!(answer["context"]["reason"], "budget_exceeded", "{answer}");
+        contexts.push(answer["context"].clone());
+    }
+    let entities: BTreeSet<String> = contexts
+        .iter()
+        .map(|c| c["entity_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        entities.contains(&user) || entities.contains(&team),
+        "{entities:?}"
+    );
+
+    let key = budget_core::keys::generate_key();
+    let mut blocked = Entity::new(EntityRef::key(budget_core::keys::hash_key(&key)), now);
+    blocked.blocked = true;
+    tt.store.create(&blocked).await.expect("create blocked key");
+    let answer = authorize::handle(&a, rest_request_event(&key, None, &hex_id()), now)
+        .await
+        .expect("an answer");
+    assert_eq!(answer["policyDocument"]["Statement"][0]["Effect"], "Deny");
+    contexts.push(answer["context"].clone());
+
+    for context in &contexts {
+        assert_denial_body_is_json(&template, context);
+    }
+}
+
+/// An `x-budget-reserve` the authorizer cannot read is denied with a message
+/// that quotes the header (`x-budget-reserve "…" is not …`): inside the
+/// REST denial body those quotes, and whatever the client wrote, end the
+/// JSON string. Ignored until the authorize code stops echoing the header
+/// into `message` (or escapes it into the allowed characters).
+#[tokio::test]
+#[ignore = "fails: the invalid_request message quotes the client's header; fix is in the authorize code"]
+async fn the_rest_denial_body_is_json_for_an_unreadable_estimate() {
+    let t = template();
+    let template = rest_denial_template(&t);
+    let tt = TestTable::new().await;
+    let now = at("2026-03-10T12:00:00Z");
+    let a = Authorizer::new(tt.store.clone(), tt.settings.clone());
+    let key = tt.key(&[("1d", 10.0)], None, None, now).await;
+    for estimate in ["abc", r#"1", "type": "allowed"#, "\\", "{}"] {
+        let answer =
+            authorize::handle(&a, rest_request_event(&key, Some(estimate), &hex_id()), now)
+                .await
+                .expect("an answer");
+        assert_eq!(answer["context"]["reason"], "invalid_request", "{answer}");
+        assert_denial_body_is_json(&template, &answer["context"]);
     }
 }
