@@ -161,7 +161,7 @@ pub async fn handle<S: Store>(
         },
     };
     log_outcome(&outcome);
-    let (allowed, principal, context) = answer(&outcome, now);
+    let (allowed, principal, context) = answer(&outcome);
     match event {
         Event::HttpApi(_) => {
             let mut response = ApiGatewayV2CustomAuthorizerSimpleResponse::<Value>::default();
@@ -217,7 +217,7 @@ fn usd(m: budget_core::Money) -> Value {
 
 /// Allowed?, the principal, and the flat context (strings and numbers only,
 /// as API Gateway requires).
-fn answer(outcome: &AuthorizeOutcome, now: DateTime<Utc>) -> (bool, String, Map<String, Value>) {
+fn answer(outcome: &AuthorizeOutcome) -> (bool, String, Map<String, Value>) {
     let mut c = Map::new();
     match outcome {
         AuthorizeOutcome::Allowed {
@@ -264,7 +264,7 @@ fn answer(outcome: &AuthorizeOutcome, now: DateTime<Utc>) -> (bool, String, Map<
             (true, principal, c)
         }
         AuthorizeOutcome::Denied(d) => {
-            deny_context(&mut c, d, now);
+            deny_context(&mut c, d);
             (false, d.entity.display_id(), c)
         }
         AuthorizeOutcome::Refused(r) => {
@@ -297,7 +297,7 @@ fn answer(outcome: &AuthorizeOutcome, now: DateTime<Utc>) -> (bool, String, Map<
     }
 }
 
-fn deny_context(c: &mut Map<String, Value>, d: &Denial, _now: DateTime<Utc>) {
+fn deny_context(c: &mut Map<String, Value>, d: &Denial) {
     c.insert("reason".into(), json!("budget_exceeded"));
     c.insert("entity".into(), json!(d.entity.kind.as_str()));
     c.insert("entity_id".into(), json!(d.entity.display_id()));
@@ -329,10 +329,16 @@ fn log_outcome(outcome: &AuthorizeOutcome) {
             duplicate,
             "allowed"
         ),
-        AuthorizeOutcome::Denied(d) => tracing::info!(message = %d.message(), "denied"),
+        AuthorizeOutcome::Denied(d) => tracing::info!(
+            entity = %d.entity.kind,
+            entity_id = %d.entity.display_id(),
+            window = %d.span.id(),
+            denial = %d.message(),
+            "denied"
+        ),
         AuthorizeOutcome::Refused(r) => tracing::info!(reason = r.reason(), "refused"),
         AuthorizeOutcome::InvalidKey => tracing::info!("invalid key"),
-        AuthorizeOutcome::InvalidEstimate(m) => tracing::info!(message = %m, "invalid estimate"),
+        AuthorizeOutcome::InvalidEstimate(m) => tracing::info!(problem = %m, "invalid estimate"),
         AuthorizeOutcome::Unavailable(e) => {
             tracing::error!(error = %e, "store unavailable: denied")
         }

@@ -25,12 +25,25 @@ struct Body {
     a: i64,
     /// Holds: entity kind, entity id, window id, generation, incarnation.
     h: Vec<(String, String, String, u64, u64)>,
+    /// The key's user and team, also when they hold no window (so a settle
+    /// answered from the receipt names them, as one read from the record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    u: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    t: Option<String>,
 }
 
-/// The receipt of a reservation of `amount` holding `holds` (`None` when
-/// it would be too long to hand out).
-pub fn encode(amount: Money, holds: &[Hold]) -> Option<String> {
+/// The receipt of a reservation of `amount` holding `holds`, for a key of
+/// `user` and `team` (`None` when it would be too long to hand out).
+pub fn encode(
+    amount: Money,
+    holds: &[Hold],
+    user: Option<&str>,
+    team: Option<&str>,
+) -> Option<String> {
     let body = Body {
+        u: user.map(str::to_string),
+        t: team.map(str::to_string),
         a: amount.nanos(),
         h: holds
             .iter()
@@ -60,7 +73,12 @@ pub fn external_id(r: &Reservation) -> String {
     if r.receipt_digest.is_none() {
         return r.id.clone();
     }
-    match r.receipt.clone().or_else(|| encode(r.amount, &r.holds)) {
+    let (user, team) = (r.user_id.as_deref(), r.team_id.as_deref());
+    match r
+        .receipt
+        .clone()
+        .or_else(|| encode(r.amount, &r.holds, user, team))
+    {
         Some(receipt) => format!("{}.{receipt}", r.id),
         None => r.id.clone(),
     }
@@ -78,7 +96,7 @@ pub fn from_receipt(external: &str, now: DateTime<Utc>) -> Option<Reservation> {
     let json = URL_SAFE_NO_PAD.decode(receipt).ok()?;
     let body: Body = serde_json::from_slice(&json).ok()?;
     let mut holds = Vec::new();
-    let (mut user_id, mut team_id, mut key_hash) = (None, None, String::new());
+    let (mut user_id, mut team_id, mut key_hash) = (body.u, body.t, String::new());
     for (kind, id, window, generation, incarnation) in body.h {
         let kind = EntityKind::parse(&kind)?;
         match kind {
@@ -143,14 +161,15 @@ mod tests {
             holds: holds.clone(),
             key_hash: "ab".into(),
             user_id: Some("u.1".into()),
-            team_id: None,
+            team_id: Some("team-9".into()),
             state: ReservationState::Held,
             created_at: now,
             expires_at: now,
             cost: None,
             settled_at: None,
             expired_at: None,
-            receipt_digest: encode(Money::from_nanos(5), &holds).map(|r| digest(&r)),
+            receipt_digest: encode(Money::from_nanos(5), &holds, Some("u.1"), Some("team-9"))
+                .map(|r| digest(&r)),
             receipt: None,
             remaining: None,
             tightest: None,
@@ -159,9 +178,10 @@ mod tests {
         assert!(id.starts_with("r-1."));
         assert_eq!(base_id(&id), "r-1");
         let back = from_receipt(&id, now).unwrap();
+        // The team holds no window, and is still named.
         assert_eq!(
-            (back.amount, back.holds, back.user_id),
-            (r.amount, holds, r.user_id)
+            (back.amount, back.holds, back.user_id, back.team_id),
+            (r.amount, holds, r.user_id, r.team_id)
         );
         assert_eq!(back.receipt_digest, r.receipt_digest);
         assert!(from_receipt("r-1", now).is_none());

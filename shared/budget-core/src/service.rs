@@ -310,7 +310,12 @@ fn new_reservation(
             })
         })
         .collect();
-    let receipt = crate::receipt::encode(estimate, &holds);
+    let receipt = crate::receipt::encode(
+        estimate,
+        &holds,
+        chain.key.user_id.as_deref(),
+        chain.key.team_id.as_deref(),
+    );
     Reservation {
         id: id.to_string(),
         amount: estimate,

@@ -1016,7 +1016,7 @@ impl DynamoStore {
         index: &str,
         pk_attr: &str,
         pk: String,
-        sk_upper: Option<String>,
+        sk_upper: Option<(&str, String)>,
         limit: usize,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
         let mut out = Vec::new();
@@ -1026,8 +1026,8 @@ impl DynamoStore {
             let pk_name = ex.name(pk_attr);
             let pk_value = ex.value(s(pk.clone()));
             let mut condition = format!("{pk_name} = {pk_value}");
-            if let Some(upper) = &sk_upper {
-                let sk = ex.name("gsi1sk");
+            if let Some((sk_attr, upper)) = &sk_upper {
+                let sk = ex.name(sk_attr);
                 let v = ex.value(s(upper.clone()));
                 condition.push_str(&format!(" AND {sk} <= {v}"));
             }
@@ -1361,7 +1361,7 @@ impl Store for DynamoStore {
                     "gsi1",
                     "gsi1pk",
                     format!("held#{shard}"),
-                    Some(expiry_sort_key(now)),
+                    Some(("gsi1sk", expiry_sort_key(now))),
                     limit,
                 )
                 .await?;
