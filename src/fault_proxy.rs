@@ -328,7 +328,10 @@ fn injected_response(answer: &Answer, body: &serde_json::Value) -> Vec<u8> {
             "Message": "The transaction with the given request token is already in progress.",
         })),
         Answer::Unprocessed => {
-            let tables = body["RequestItems"].as_object().cloned().unwrap_or_default();
+            let tables = body["RequestItems"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
             let responses: serde_json::Map<String, serde_json::Value> =
                 tables.keys().map(|t| (t.clone(), json!([]))).collect();
             response(

@@ -110,7 +110,11 @@ async fn throttled_items_are_retried_then_admitted() {
     );
     proxy.inject(
         "TransactWriteItems",
-        Answer::Cancelled(vec![Reason::None, Reason::None, Reason::TransactionConflict]),
+        Answer::Cancelled(vec![
+            Reason::None,
+            Reason::None,
+            Reason::TransactionConflict,
+        ]),
         1,
     );
     let a = Authorizer::new(store, t.settings.clone());
@@ -163,7 +167,10 @@ async fn a_validation_error_denies_at_once_and_writes_nothing() {
     // Every transaction would be refused: the first refusal is the answer.
     proxy.inject(
         "TransactWriteItems",
-        Answer::Cancelled(vec![Reason::ConditionalCheckFailed, Reason::ValidationError]),
+        Answer::Cancelled(vec![
+            Reason::ConditionalCheckFailed,
+            Reason::ValidationError,
+        ]),
         100,
     );
     let answer = authorize::handle(&a, http_api_event(&key, Some("2"), &hex_id()), at(NOW))
@@ -185,7 +192,11 @@ async fn a_validation_error_denies_at_once_and_writes_nothing() {
     }
     assert_eq!(proxy.seen("TransactWriteItems"), 2);
     // A plain ValidationException on a read: the same.
-    proxy.inject("GetItem", Answer::ValidationException(KEY_TOO_LONG.into()), 100);
+    proxy.inject(
+        "GetItem",
+        Answer::ValidationException(KEY_TOO_LONG.into()),
+        100,
+    );
     let cold = Authorizer::new(t.store_via(&proxy.endpoint(), DEADLINE), t.settings.clone());
     match cold
         .authorize(&key, Money::usd(2), Some(&hex_id()), at(NOW))
@@ -225,7 +236,11 @@ async fn settle_answers_500_on_a_validation_error_and_keeps_the_reservation() {
     assert_eq!(t.snapshot().await, before, "nothing written");
 
     // A plain ValidationException (e.g. a key past 2,048 bytes) on the read.
-    proxy.inject("GetItem", Answer::ValidationException(KEY_TOO_LONG.into()), 100);
+    proxy.inject(
+        "GetItem",
+        Answer::ValidationException(KEY_TOO_LONG.into()),
+        100,
+    );
     let plain = format!("{}-x", budget_core::receipt::base_id(&id));
     let (status, answer, retry_after) = settle_via(&t, &store, &plain, 1.25).await;
     assert_eq!(status, 500, "{answer}");
@@ -359,9 +374,18 @@ async fn admin_answers_a_refused_write_with_400_and_writes_nothing() {
     assert_eq!(t.snapshot().await, before);
 
     // A read refused: 500 store_rejected, no retry signal.
-    proxy.inject("GetItem", Answer::ValidationException(KEY_TOO_LONG.into()), 100);
-    let (status, answer) =
-        admin_call(&store, &t, &format!("/user/info?user_id={user}"), Value::Null).await;
+    proxy.inject(
+        "GetItem",
+        Answer::ValidationException(KEY_TOO_LONG.into()),
+        100,
+    );
+    let (status, answer) = admin_call(
+        &store,
+        &t,
+        &format!("/user/info?user_id={user}"),
+        Value::Null,
+    )
+    .await;
     assert_eq!(status, 500, "{answer}");
     assert_eq!(answer["error"]["type"], "store_rejected");
 }

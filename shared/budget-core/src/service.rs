@@ -470,14 +470,18 @@ pub async fn reset<S: Store>(store: &S, now: DateTime<Utc>, settings: &Settings)
                                 break;
                             }
                             Err(e) => {
-                                summary.errors.push(format!("{name}: windows not rolled: {e}"));
+                                summary
+                                    .errors
+                                    .push(format!("{name}: windows not rolled: {e}"));
                                 finished = true;
                                 break;
                             }
                         }
                     }
                     Err(e) => {
-                        summary.errors.push(format!("{name}: windows not rolled: {e}"));
+                        summary
+                            .errors
+                            .push(format!("{name}: windows not rolled: {e}"));
                         finished = true;
                         break;
                     }

@@ -148,7 +148,9 @@ fn classify(code: &str, message: Option<&str>) -> Option<Refusal> {
         | "ThrottlingException"
         | "ProvisionedThroughputExceededException"
         | "RequestLimitExceeded" => Refusal::Throttled,
-        "ValidationError" | "ValidationException" | "ItemCollectionSizeLimitExceeded"
+        "ValidationError"
+        | "ValidationException"
+        | "ItemCollectionSizeLimitExceeded"
         | "ItemCollectionSizeLimitExceededException" => Refusal::Validation(described(code)),
         other => Refusal::Other(described(other)),
     })
@@ -184,7 +186,9 @@ fn cancelled(reasons: Vec<Option<Refusal>>) -> Result<TxOutcome, StoreError> {
         .flatten()
         .find(|r| matches!(r, Refusal::Other(_)))
     {
-        return Err(StoreError::Unavailable(format!("transaction cancelled: {m}")));
+        return Err(StoreError::Unavailable(format!(
+            "transaction cancelled: {m}"
+        )));
     }
     if reasons
         .iter()
@@ -1724,6 +1728,54 @@ mod tests {
             .insert("metadata".into(), serde_json::json!({"team": "x"}));
         let back = entity_from_item(&entity_item(&e)).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn cancellation_reasons_are_classified_with_precedence() {
+        let r = |codes: &[&str]| {
+            cancelled(codes.iter().map(|c| classify(c, Some("because"))).collect())
+        };
+        assert!(matches!(
+            r(&["None", "ThrottlingError"]),
+            Ok(TxOutcome::Busy)
+        ));
+        assert!(matches!(
+            r(&["ProvisionedThroughputExceeded"]),
+            Ok(TxOutcome::Busy)
+        ));
+        assert!(matches!(
+            r(&["ConditionalCheckFailed", "TransactionConflict"]),
+            Ok(TxOutcome::Busy)
+        ));
+        match r(&["None", "ConditionalCheckFailed"]) {
+            Ok(TxOutcome::Failed(f)) => assert_eq!(f, vec![false, true]),
+            other => panic!("{other:?}"),
+        }
+        match r(&[
+            "ConditionalCheckFailed",
+            "ValidationError",
+            "ThrottlingError",
+        ]) {
+            Err(StoreError::Rejected(m)) => assert!(m.contains("ValidationError: because"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            r(&["ItemCollectionSizeLimitExceeded"]),
+            Err(StoreError::Rejected(_))
+        ));
+        assert!(matches!(
+            r(&["SomethingNew", "ThrottlingError"]),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            r(&["None", "None"]),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert_eq!(
+            classify("TransactionInProgressException", None),
+            Some(Refusal::Conflict)
+        );
+        assert_eq!(classify("None", None), None);
     }
 
     #[test]
