@@ -24,8 +24,10 @@
 //! | `/team/delete` | POST | `team_ids: [...]` |
 //!
 //! Errors are `{"error": {"message", "type", "param"}}`: 400 invalid (the
-//! param names the field), 401, 404, 405, 409, 503 (store unavailable,
-//! retry). A refused request writes nothing.
+//! param names the field, or none when DynamoDB refused the write itself),
+//! 401, 404, 405, 409, 500 `store_rejected` (DynamoDB refused a read: not
+//! retryable), 503 (store unavailable, retry). A refused request writes
+//! nothing.
 
 pub mod fields;
 mod ops;

@@ -58,8 +58,30 @@ fn owner_fields(kind: EntityKind) -> [&'static str; 4] {
     ]
 }
 
+/// A failed read: 503 to retry, or 500 when DynamoDB refused the request
+/// itself (retrying will not help).
 fn unavailable(e: StoreError) -> ApiError {
-    ApiError::unavailable(format!("the budget store is unavailable; retry: {e}"))
+    match e {
+        StoreError::Rejected(_) => ApiError::store_rejected(format!(
+            "the budget store refused this read; retrying will not help: {e}"
+        )),
+        e => ApiError::unavailable(format!("the budget store is unavailable; retry: {e}")),
+    }
+}
+
+/// A failed write: as [`unavailable`], except that a write DynamoDB refuses
+/// (an item past 400 KB, a key past 2,048 bytes) is made of this request's
+/// content: 400, nothing written.
+fn write_failed(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Rejected(_) => ApiError {
+            status: 400,
+            message: format!("the budget store refused this write, nothing was written: {e}"),
+            kind: "invalid_request_error",
+            param: None,
+        },
+        e => unavailable(e),
+    }
 }
 
 fn with_param(mut e: ApiError, param: &str) -> ApiError {
@@ -127,7 +149,7 @@ impl<S: Store> Admin<'_, S> {
 
     async fn create(&self, e: &Entity) -> Result<(), ApiError> {
         for attempt in 0..ATTEMPTS {
-            match self.store.create(e).await.map_err(unavailable)? {
+            match self.store.create(e).await.map_err(write_failed)? {
                 AdminWrite::Done => {
                     tracing::info!(entity = %named(&e.entity), windows = e.windows.len(), "created");
                     return Ok(());
@@ -177,7 +199,7 @@ impl<S: Store> Admin<'_, S> {
             let old = self.load(r, param).await?;
             let mut new = change(&old)?;
             new.updated_at = self.now;
-            match self.store.update(&old, &new).await.map_err(unavailable)? {
+            match self.store.update(&old, &new).await.map_err(write_failed)? {
                 AdminWrite::Done => {
                     tracing::info!(entity = %named(r), windows = new.windows.len(), "updated");
                     new.version = old.version + 1;
@@ -200,7 +222,7 @@ impl<S: Store> Admin<'_, S> {
     /// Deletes one entity as read; `false` when it was gone already.
     async fn delete_one(&self, mut current: Entity) -> Result<bool, ApiError> {
         for attempt in 0..ATTEMPTS {
-            match self.store.delete(&current).await.map_err(unavailable)? {
+            match self.store.delete(&current).await.map_err(write_failed)? {
                 AdminWrite::Done => {
                     tracing::info!(entity = %named(&current.entity), "deleted");
                     return Ok(true);

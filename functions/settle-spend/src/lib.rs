@@ -7,7 +7,7 @@ use budget_core::api::{json_object, money_value, required_str_max, ApiError};
 use budget_core::decision::rfc3339;
 use budget_core::model::Reservation;
 use budget_core::service::{settle, SettleOutcome};
-use budget_core::store::Store;
+use budget_core::store::{Store, StoreError};
 use budget_core::{Money, Settings};
 use chrono::{DateTime, Utc};
 use lambda_http::{Body, Request, Response};
@@ -90,6 +90,10 @@ async fn route<S: Store>(
         }
         Ok(SettleOutcome::NotFound) => Err(ApiError::not_found(format!(
             "unknown reservation_id \"{id}\""
+        ))),
+        // Sending it again would be refused again: say so, no retry signal.
+        Err(e @ StoreError::Rejected(_)) => Err(ApiError::store_rejected(format!(
+            "could not record the settlement, nothing was written; retrying will not help: {e}"
         ))),
         Err(e) => Err(ApiError::unavailable(format!(
             "could not record the settlement, nothing was lost; retry: {e}"

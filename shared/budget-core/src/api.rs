@@ -62,6 +62,17 @@ impl ApiError {
         }
     }
 
+    /// The store refused the request as invalid (DynamoDB's validation):
+    /// not retryable, so not a 503, and no `Retry-After`.
+    pub fn store_rejected(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: 500,
+            message: message.into(),
+            kind: "store_rejected",
+            param: None,
+        }
+    }
+
     pub fn method_not_allowed(method: &str, path: &str) -> ApiError {
         ApiError {
             status: 405,

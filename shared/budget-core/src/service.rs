@@ -416,8 +416,10 @@ enum Finished {
     Done(Reservation),
 }
 
-/// Ends a reservation unless `skip` says otherwise, retrying from a fresh
-/// read whenever the write's conditions find that something moved.
+/// Ends a reservation unless `skip` says otherwise: from a fresh read of
+/// the entities whenever the write's conditions find that something moved
+/// (`Stale`), after a jittered pause when another transaction held an item
+/// or DynamoDB throttled one (`Busy`: nothing moved that we know of).
 async fn finish_once<S: Store>(
     store: &S,
     id: &str,
@@ -428,32 +430,43 @@ async fn finish_once<S: Store>(
 ) -> Result<Finished, StoreError> {
     // With a receipt: one write, no read (conditional on the receipt's
     // digest and on the reservation still being held).
+    let mut busy = 0;
     if let Some(from_receipt) = crate::receipt::from_receipt(id, now) {
         if !skip(&from_receipt) {
-            let write = store
+            match store
                 .finish(&from_receipt, None, finish, now, &settings.clock)
-                .await?;
-            if write == FinishWrite::Done {
-                return Ok(Finished::Done(from_receipt));
+                .await?
+            {
+                FinishWrite::Done => return Ok(Finished::Done(from_receipt)),
+                FinishWrite::Busy => {
+                    backoff(busy).await;
+                    busy += 1;
+                }
+                // Not as the receipt says (finished, or a window moved):
+                // read the reservation.
+                FinishWrite::Stale => {}
             }
         }
     }
     let id = crate::receipt::base_id(id);
-    for attempt in 0..MAX_ATTEMPTS {
+    // First: no read of the entities (one request less); once a window
+    // moved or was removed, read them before every write.
+    let mut read_entities = false;
+    for _ in 0..MAX_ATTEMPTS {
+        // Read every time: a transaction that held us up may have been a
+        // second delivery of this same settle, which finished it.
         let Some(reservation) = store.reservation(id).await? else {
             return Ok(Finished::NotFound);
         };
         if skip(&reservation) {
             return Ok(Finished::Skipped(reservation));
         }
-        // First try: no read of the entities (one request less); if a
-        // window moved or was removed, read them and decide again.
-        let entities = if attempt == 0 {
-            None
-        } else {
+        let entities = if read_entities {
             Some(store.load_many(&held_entities(&reservation)).await?)
+        } else {
+            None
         };
-        let write = store
+        match store
             .finish(
                 &reservation,
                 entities.as_deref(),
@@ -461,9 +474,14 @@ async fn finish_once<S: Store>(
                 now,
                 &settings.clock,
             )
-            .await?;
-        if write == FinishWrite::Done {
-            return Ok(Finished::Done(reservation));
+            .await?
+        {
+            FinishWrite::Done => return Ok(Finished::Done(reservation)),
+            FinishWrite::Stale => read_entities = true,
+            FinishWrite::Busy => {
+                backoff(busy).await;
+                busy += 1;
+            }
         }
     }
     Err(StoreError::Unavailable(
@@ -505,17 +523,22 @@ pub async fn reset<S: Store>(store: &S, now: DateTime<Utc>, settings: &Settings)
         let (page, next) = match store.scan_entities(cursor).await {
             Ok(p) => p,
             Err(e) => {
-                summary.errors.push(e.to_string());
+                summary
+                    .errors
+                    .push(format!("scan stopped, entities left unchecked: {e}"));
                 break;
             }
         };
         for entity in page {
             summary.entities_scanned += 1;
+            let name = format!("{} {}", entity.entity.kind, entity.entity.display_id());
             let mut current = entity;
+            let mut finished = false;
             for _ in 0..MAX_ATTEMPTS {
                 match store.roll_over(&current, now, clock).await {
                     Ok(Some(n)) => {
                         summary.windows_reset += n;
+                        finished = true;
                         break;
                     }
                     Ok(None) => {
@@ -526,18 +549,32 @@ pub async fn reset<S: Store>(store: &S, now: DateTime<Utc>, settings: &Settings)
                                 summary.already_rolled += due_before.saturating_sub(due_now);
                                 current = e;
                             }
-                            Ok(None) => break,
+                            Ok(None) => {
+                                finished = true;
+                                break;
+                            }
                             Err(e) => {
-                                summary.errors.push(e.to_string());
+                                summary
+                                    .errors
+                                    .push(format!("{name}: windows not rolled: {e}"));
+                                finished = true;
                                 break;
                             }
                         }
                     }
                     Err(e) => {
-                        summary.errors.push(e.to_string());
+                        summary
+                            .errors
+                            .push(format!("{name}: windows not rolled: {e}"));
+                        finished = true;
                         break;
                     }
                 }
+            }
+            if !finished {
+                summary.errors.push(format!(
+                    "{name}: windows not rolled: it kept moving ({MAX_ATTEMPTS} attempts)"
+                ));
             }
         }
         cursor = next;
@@ -546,11 +583,16 @@ pub async fn reset<S: Store>(store: &S, now: DateTime<Utc>, settings: &Settings)
         }
     }
     const BATCH: usize = 500;
-    for _ in 0..100 {
+    const BATCHES: usize = 100;
+    let mut ended = false;
+    for _ in 0..BATCHES {
         let batch = match store.expired_reservations(now, BATCH).await {
             Ok(b) => b,
             Err(e) => {
-                summary.errors.push(e.to_string());
+                summary
+                    .errors
+                    .push(format!("expired reservations not listed: {e}"));
+                ended = true; // and said why
                 break;
             }
         };
@@ -559,13 +601,22 @@ pub async fn reset<S: Store>(store: &S, now: DateTime<Utc>, settings: &Settings)
             match expire(store, id, now, settings).await {
                 Ok(true) => released_now += 1,
                 Ok(false) => {}
-                Err(e) => summary.errors.push(e.to_string()),
+                Err(e) => summary
+                    .errors
+                    .push(format!("reservation {id}: not released: {e}")),
             }
         }
         summary.reservations_released += released_now;
         if batch.len() < BATCH || released_now == 0 {
+            ended = true;
             break;
         }
+    }
+    if !ended {
+        summary.errors.push(format!(
+            "more than {} expired reservations: the rest are left to the next run",
+            BATCH * BATCHES
+        ));
     }
     summary.finished_at = crate::decision::rfc3339(Utc::now().max(now));
     summary

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, ConditionCheck, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
@@ -87,19 +87,127 @@ impl DynamoStore {
     }
 }
 
-fn unavailable<E: std::error::Error + 'static>(what: &str, e: E) -> StoreError {
-    StoreError::Unavailable(format!("{what}: {}", DisplayErrorContext(&e)))
+/// A failed call as a [`StoreError`]: a `ValidationException` is
+/// [`StoreError::Rejected`] (sending it again cannot help), anything else
+/// [`StoreError::Unavailable`] (fail closed, retry later).
+fn unavailable<E>(what: &str, e: E) -> StoreError
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+{
+    match classify(e.code().unwrap_or_default(), e.message()) {
+        Some(Refusal::Validation(message)) => StoreError::Rejected(format!("{what}: {message}")),
+        _ => StoreError::Unavailable(format!("{what}: {}", DisplayErrorContext(&e))),
+    }
 }
 
 fn build_error(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
     StoreError::Unavailable(format!("request could not be built: {e}"))
 }
 
-/// What a cancelled transaction says about each of its items.
+/// Why DynamoDB refused an item of a transaction (a cancellation reason's
+/// `Code`) or a whole request (an error's code). Every answer is read here,
+/// once; the table in docs/reliability.md lists what each becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// `ConditionalCheckFailed`: the item is not as it was read. Re-read.
+    Condition,
+    /// `TransactionConflict` (another transaction holds the item),
+    /// `TransactionConflictException` (a plain write met a transaction),
+    /// `TransactionInProgressException` (the same transaction, sent again
+    /// while the first is still running). Back off, send again.
+    Conflict,
+    /// `ThrottlingError`, `ProvisionedThroughputExceeded`: an item of a
+    /// transaction was throttled (the SDK does not retry those). Back off,
+    /// send again. The request-level `ThrottlingException` and
+    /// `ProvisionedThroughputExceededException` are the SDK's to retry
+    /// (with its own backoff, within the deadline); past that the store is
+    /// unavailable.
+    Throttled,
+    /// `ValidationError`, `ItemCollectionSizeLimitExceeded`,
+    /// `ValidationException`: the request itself is refused (an item past
+    /// 400 KB, a key past 2,048 bytes). Never retried.
+    Validation(String),
+    /// Any other code: the store failed. Fail closed.
+    Other(String),
+}
+
+/// `None` for an item that passed (code `None`) or an empty code.
+fn classify(code: &str, message: Option<&str>) -> Option<Refusal> {
+    let described = |code: &str| match message {
+        Some(m) if !m.is_empty() => format!("{code}: {m}"),
+        _ => code.to_string(),
+    };
+    Some(match code {
+        "" | "None" => return None,
+        "ConditionalCheckFailed" | "ConditionalCheckFailedException" => Refusal::Condition,
+        "TransactionConflict"
+        | "TransactionConflictException"
+        | "TransactionInProgressException" => Refusal::Conflict,
+        "ThrottlingError"
+        | "ProvisionedThroughputExceeded"
+        | "ThrottlingException"
+        | "ProvisionedThroughputExceededException"
+        | "RequestLimitExceeded" => Refusal::Throttled,
+        "ValidationError"
+        | "ValidationException"
+        | "ItemCollectionSizeLimitExceeded"
+        | "ItemCollectionSizeLimitExceededException" => Refusal::Validation(described(code)),
+        other => Refusal::Other(described(other)),
+    })
+}
+
+/// The outcome of one transaction, after validation errors and unknown
+/// codes became errors.
+#[derive(Debug)]
 enum TxOutcome {
     Committed,
-    /// Per item: the cancellation code (`None` for items that passed).
-    Cancelled(Vec<Option<String>>),
+    /// Some condition failed: per item, whether it was that item's.
+    /// Re-read and decide.
+    Failed(Vec<bool>),
+    /// No condition failed, but an item was held by another transaction or
+    /// throttled (or the request was): back off, send again.
+    Busy,
+}
+
+/// What a cancelled transaction's reasons mean, in order of precedence: a
+/// validation error (nothing will ever commit), an unknown code, a
+/// conflict or throttle (the conditions of those items were not decided:
+/// try the same write again), then failed conditions.
+fn cancelled(reasons: Vec<Option<Refusal>>) -> Result<TxOutcome, StoreError> {
+    if let Some(Refusal::Validation(m)) = reasons
+        .iter()
+        .flatten()
+        .find(|r| matches!(r, Refusal::Validation(_)))
+    {
+        return Err(StoreError::Rejected(format!("transaction: {m}")));
+    }
+    if let Some(Refusal::Other(m)) = reasons
+        .iter()
+        .flatten()
+        .find(|r| matches!(r, Refusal::Other(_)))
+    {
+        return Err(StoreError::Unavailable(format!(
+            "transaction cancelled: {m}"
+        )));
+    }
+    if reasons
+        .iter()
+        .flatten()
+        .any(|r| matches!(r, Refusal::Conflict | Refusal::Throttled))
+    {
+        return Ok(TxOutcome::Busy);
+    }
+    let failed: Vec<bool> = reasons
+        .iter()
+        .map(|r| r == &Some(Refusal::Condition))
+        .collect();
+    if failed.iter().any(|f| *f) {
+        Ok(TxOutcome::Failed(failed))
+    } else {
+        Err(StoreError::Unavailable(
+            "transaction cancelled without a reason".into(),
+        ))
+    }
 }
 
 async fn transact(client: &Client, items: Vec<TransactWriteItem>) -> Result<TxOutcome, StoreError> {
@@ -111,16 +219,63 @@ async fn transact(client: &Client, items: Vec<TransactWriteItem>) -> Result<TxOu
     {
         Ok(_) => Ok(TxOutcome::Committed),
         Err(SdkError::ServiceError(e)) => match e.into_err() {
-            TransactWriteItemsError::TransactionCanceledException(c) => Ok(TxOutcome::Cancelled(
+            TransactWriteItemsError::TransactionCanceledException(c) => cancelled(
                 c.cancellation_reasons()
                     .iter()
-                    .map(|r| r.code().filter(|c| *c != "None").map(str::to_string))
+                    .map(|r| classify(r.code().unwrap_or_default(), r.message()))
                     .collect(),
-            )),
-            other => Err(unavailable("transaction", other)),
+            ),
+            other => match classify(other.code().unwrap_or_default(), other.message()) {
+                // TransactionInProgressException: the SDK sent it again with
+                // the same token while the first was running; once the SDK
+                // gives up, a new attempt (a new token) decides afresh.
+                Some(Refusal::Conflict) => Ok(TxOutcome::Busy),
+                _ => Err(unavailable("transaction", other)),
+            },
         },
         Err(e) => Err(unavailable("transaction", e)),
     }
+}
+
+/// DynamoDB's limit of keys in one BatchGetItem.
+const BATCH_GET_KEYS: usize = 100;
+/// Answers with unprocessed keys a batch read accepts before giving up.
+const BATCH_GET_ROUNDS: usize = 8;
+
+/// Attempts at a plain (non-transactional) write that keeps meeting a
+/// transaction on its item.
+const PLAIN_ATTEMPTS: usize = 6;
+
+/// Sends a plain write, and again after a jittered pause while DynamoDB
+/// answers `TransactionConflictException` (the item is in a transaction
+/// right now; the SDK does not retry that).
+async fn send_plain<T, E, R, F, Fut>(mut send: F) -> Result<T, SdkError<E, R>>
+where
+    E: ProvideErrorMetadata,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SdkError<E, R>>>,
+{
+    let mut attempt = 0;
+    loop {
+        match send().await {
+            Err(SdkError::ServiceError(e))
+                if attempt + 1 < PLAIN_ATTEMPTS
+                    && classify(e.err().code().unwrap_or_default(), None)
+                        == Some(Refusal::Conflict) =>
+            {
+                backoff(attempt).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A jittered exponential pause: 5–10 ms, 10–20 ms, … up to 160–320 ms.
+async fn backoff(attempt: usize) {
+    let base = 5u64 << attempt.min(5);
+    let jitter = rand::random::<u64>() % base;
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
 }
 
 // ---------------------------------------------------------------- expressions
@@ -747,15 +902,16 @@ impl DynamoStore {
                     let owners = ex.name(OWNERS);
                     let v = ex.value(snapshots);
                     let pk = ex.name(PARTITION_KEY);
-                    self.client
+                    let request = self
+                        .client
                         .update_item()
                         .table_name(&self.table)
                         .set_key(Some(key_of(entity_pk(&new.entity))))
                         .update_expression(format!("SET {owners} = {v}"))
                         .condition_expression(format!("attribute_exists({pk})"))
                         .set_expression_attribute_names(ex.names())
-                        .set_expression_attribute_values(ex.values())
-                        .send()
+                        .set_expression_attribute_values(ex.values());
+                    send_plain(|| request.clone().send())
                         .await
                         .map(|_| ())
                         .map_err(|e| unavailable("refresh key snapshot", e))
@@ -790,7 +946,7 @@ impl DynamoStore {
             let inc = ex.name(INCARNATION);
             let inc_value = ex.value(n(owner.incarnation as i64));
             let snap = ex.value(snapshot.clone());
-            let result = self
+            let request = self
                 .client
                 .update_item()
                 .table_name(&self.table)
@@ -800,9 +956,8 @@ impl DynamoStore {
                     "attribute_exists({owners}) AND (attribute_not_exists({owners}.{kind}) OR {owners}.{kind}.{ver} < {v} OR {owners}.{kind}.{inc} <> {inc_value} OR attribute_not_exists({owners}.{kind}.{inc}))"
                 ))
                 .set_expression_attribute_names(ex.names())
-                .set_expression_attribute_values(ex.values())
-                .send()
-                .await;
+                .set_expression_attribute_values(ex.values());
+            let result = send_plain(|| request.clone().send()).await;
             match result {
                 Ok(_) => {}
                 Err(SdkError::ServiceError(e))
@@ -978,13 +1133,14 @@ impl DynamoStore {
             }
         }
         let mut found = Vec::new();
-        // BatchGetItem may hand back unprocessed keys under load: ask again.
-        for _ in 0..10 {
-            if pending.is_empty() {
-                break;
-            }
+        // BatchGetItem takes at most 100 keys, and answers at most 16 MB:
+        // what it did not read comes back as unprocessed keys (also under
+        // throttling), to ask for again after a pause.
+        let mut rounds_short = 0;
+        while !pending.is_empty() {
+            let rest = pending.split_off(pending.len().min(BATCH_GET_KEYS));
             let request = KeysAndAttributes::builder()
-                .set_keys(Some(std::mem::take(&mut pending)))
+                .set_keys(Some(std::mem::replace(&mut pending, rest)))
                 .consistent_read(true)
                 .build()
                 .map_err(build_error)?;
@@ -999,14 +1155,18 @@ impl DynamoStore {
                 found.extend(items.iter().cloned());
             }
             if let Some(rest) = out.unprocessed_keys().and_then(|u| u.get(&self.table)) {
-                pending = rest.keys().to_vec();
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                if !rest.keys().is_empty() {
+                    if rounds_short == BATCH_GET_ROUNDS {
+                        return Err(StoreError::Unavailable(format!(
+                            "batch get left {} keys unprocessed after {BATCH_GET_ROUNDS} retries",
+                            rest.keys().len() + pending.len()
+                        )));
+                    }
+                    pending.extend(rest.keys().iter().cloned());
+                    backoff(rounds_short).await;
+                    rounds_short += 1;
+                }
             }
-        }
-        if !pending.is_empty() {
-            return Err(StoreError::Unavailable(
-                "batch get left keys unprocessed".into(),
-            ));
         }
         Ok(found)
     }
@@ -1173,27 +1333,12 @@ impl Store for DynamoStore {
         let last = items.len() - 1;
         match transact(&self.client, items).await? {
             TxOutcome::Committed => Ok(ReserveWrite::Reserved),
-            TxOutcome::Cancelled(codes) => {
-                if codes
-                    .iter()
-                    .any(|c| c.as_deref() == Some("TransactionConflict"))
-                {
-                    Ok(ReserveWrite::Conflict)
-                } else if codes.get(last).and_then(|c| c.as_deref())
-                    == Some("ConditionalCheckFailed")
-                {
-                    Ok(ReserveWrite::Duplicate)
-                } else if codes
-                    .iter()
-                    .any(|c| c.as_deref() == Some("ConditionalCheckFailed"))
-                {
-                    Ok(ReserveWrite::Stale)
-                } else {
-                    Err(StoreError::Unavailable(format!(
-                        "reservation cancelled: {codes:?}"
-                    )))
-                }
+            TxOutcome::Busy => Ok(ReserveWrite::Conflict),
+            // The reservation's own put: its id exists already.
+            TxOutcome::Failed(failed) if failed.get(last) == Some(&true) => {
+                Ok(ReserveWrite::Duplicate)
             }
+            TxOutcome::Failed(_) => Ok(ReserveWrite::Stale),
         }
     }
 
@@ -1269,7 +1414,8 @@ impl Store for DynamoStore {
         items.push(TransactWriteItem::builder().update(update).build());
         match transact(&self.client, items).await? {
             TxOutcome::Committed => Ok(FinishWrite::Done),
-            TxOutcome::Cancelled(_) => Ok(FinishWrite::Stale),
+            TxOutcome::Busy => Ok(FinishWrite::Busy),
+            TxOutcome::Failed(_) => Ok(FinishWrite::Stale),
         }
     }
 
@@ -1303,7 +1449,7 @@ impl Store for DynamoStore {
         if rolled == 0 {
             return Ok(Some(0));
         }
-        let result = self
+        let request = self
             .client
             .update_item()
             .table_name(&self.table)
@@ -1311,9 +1457,8 @@ impl Store for DynamoStore {
             .update_expression(format!("SET {}", sets.join(", ")))
             .condition_expression(conds.join(" AND "))
             .set_expression_attribute_names(ex.names())
-            .set_expression_attribute_values(ex.values())
-            .send()
-            .await;
+            .set_expression_attribute_values(ex.values());
+        let result = send_plain(|| request.clone().send()).await;
         match result {
             Ok(_) => Ok(Some(rolled)),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
@@ -1393,8 +1538,9 @@ impl Store for DynamoStore {
         }
         match transact(&self.client, items).await? {
             TxOutcome::Committed => Ok(AdminWrite::Done),
-            TxOutcome::Cancelled(codes) => Ok(admin_cancellation(
-                &codes,
+            TxOutcome::Busy => Ok(AdminWrite::Conflict),
+            TxOutcome::Failed(failed) => Ok(admin_cancellation(
+                &failed,
                 &owners,
                 AdminWrite::AlreadyExists,
             )),
@@ -1480,9 +1626,10 @@ impl Store for DynamoStore {
                 self.refresh_snapshots(old, new).await;
                 Ok(AdminWrite::Done)
             }
-            TxOutcome::Cancelled(codes) => {
+            TxOutcome::Busy => Ok(AdminWrite::Conflict),
+            TxOutcome::Failed(failed) => {
                 for (i, owner) in &added {
-                    if codes.get(*i).and_then(|c| c.as_deref()) == Some("ConditionalCheckFailed") {
+                    if failed.get(*i) == Some(&true) {
                         return Ok(AdminWrite::Missing(owner.clone()));
                     }
                 }
@@ -1525,7 +1672,7 @@ impl Store for DynamoStore {
         }
         match transact(&self.client, items).await? {
             TxOutcome::Committed => Ok(AdminWrite::Done),
-            TxOutcome::Cancelled(_) => Ok(AdminWrite::Conflict),
+            TxOutcome::Busy | TxOutcome::Failed(_) => Ok(AdminWrite::Conflict),
         }
     }
 
@@ -1625,16 +1772,13 @@ fn count_key(
     Ok(TransactWriteItem::builder().update(update).build())
 }
 
-fn admin_cancellation(
-    codes: &[Option<String>],
-    owners: &[EntityRef],
-    first: AdminWrite,
-) -> AdminWrite {
-    if codes.first().and_then(|c| c.as_deref()) == Some("ConditionalCheckFailed") {
+/// What failed conditions (per item) mean for a create.
+fn admin_cancellation(failed: &[bool], owners: &[EntityRef], first: AdminWrite) -> AdminWrite {
+    if failed.first() == Some(&true) {
         return first;
     }
     for (i, owner) in owners.iter().enumerate() {
-        if codes.get(i + 1).and_then(|c| c.as_deref()) == Some("ConditionalCheckFailed") {
+        if failed.get(i + 1) == Some(&true) {
             return AdminWrite::Missing(owner.clone());
         }
     }
@@ -1710,6 +1854,54 @@ mod tests {
                 w.insert("spent".into(), n_text("1.5"));
             }
         }
+    }
+
+    #[test]
+    fn cancellation_reasons_are_classified_with_precedence() {
+        let r = |codes: &[&str]| {
+            cancelled(codes.iter().map(|c| classify(c, Some("because"))).collect())
+        };
+        assert!(matches!(
+            r(&["None", "ThrottlingError"]),
+            Ok(TxOutcome::Busy)
+        ));
+        assert!(matches!(
+            r(&["ProvisionedThroughputExceeded"]),
+            Ok(TxOutcome::Busy)
+        ));
+        assert!(matches!(
+            r(&["ConditionalCheckFailed", "TransactionConflict"]),
+            Ok(TxOutcome::Busy)
+        ));
+        match r(&["None", "ConditionalCheckFailed"]) {
+            Ok(TxOutcome::Failed(f)) => assert_eq!(f, vec![false, true]),
+            other => panic!("{other:?}"),
+        }
+        match r(&[
+            "ConditionalCheckFailed",
+            "ValidationError",
+            "ThrottlingError",
+        ]) {
+            Err(StoreError::Rejected(m)) => assert!(m.contains("ValidationError: because"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            r(&["ItemCollectionSizeLimitExceeded"]),
+            Err(StoreError::Rejected(_))
+        ));
+        assert!(matches!(
+            r(&["SomethingNew", "ThrottlingError"]),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            r(&["None", "None"]),
+            Err(StoreError::Unavailable(_))
+        ));
+        assert_eq!(
+            classify("TransactionInProgressException", None),
+            Some(Refusal::Conflict)
+        );
+        assert_eq!(classify("None", None), None);
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub enum StoreError {
     /// fail closed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// DynamoDB refused the request as invalid (`ValidationException`, a
+    /// `ValidationError` cancellation reason: an item past 400 KB, a key
+    /// past 2,048 bytes). Nothing was written, and sending it again will
+    /// not help: callers answer a non-retryable error.
+    #[error("store rejected the request: {0}")]
+    Rejected(String),
     /// An item in the table does not have the shape this code writes.
     #[error("corrupt item {pk}: {message}")]
     Corrupt { pk: String, message: String },
@@ -33,7 +39,8 @@ pub enum ReserveWrite {
     Stale,
     /// A reservation with this id exists already (a retried request).
     Duplicate,
-    /// Another transaction touched the same items at the same moment.
+    /// Another transaction touched the same items at the same moment, or
+    /// DynamoDB throttled an item: back off, then try again.
     Conflict,
 }
 
@@ -52,6 +59,9 @@ pub enum FinishWrite {
     Done,
     /// The reservation or a window moved since they were read: re-read.
     Stale,
+    /// Another transaction held an item, or DynamoDB throttled one; no
+    /// condition failed: back off, then try again.
+    Busy,
 }
 
 /// Answer of an admin write.
