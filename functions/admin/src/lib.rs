@@ -5,9 +5,12 @@
 //! Every route requires `Authorization: Bearer <MASTER_KEY>` (or, as in
 //! LiteLLM, `x-litellm-api-key: <MASTER_KEY>`: behind IAM authorization the
 //! `Authorization` header holds the SigV4 signature), compared in constant
-//! time before anything else is looked at. Routes are matched on
-//! the end of the path, so API Gateway stage prefixes and a Function URL's
-//! prefix work alike:
+//! time before anything else is looked at. A route matches by method and
+//! its whole path, optionally after ONE prefix: an API Gateway stage
+//! segment (`/prod/key/info`; letters, digits, `-`, `_`, and not `key`,
+//! `user` or `team`) or `cargo lambda watch`'s Function URL prefix
+//! `/lambda-url/<function>` (see `budget_core::routes`). Any other path is
+//! a 404 and writes nothing (`/key/x/team/delete` is not `/team/delete`):
 //!
 //! | route | method | body / query |
 //! |---|---|---|
@@ -100,6 +103,21 @@ const ROUTES: &[(&str, Method, Op)] = &[
     ("/team/delete", Method::POST, Op::Delete(EntityKind::Team)),
 ];
 
+/// The route a request path names (`/key/info`, `/prod/key/info`,
+/// `/lambda-url/admin/key/info`), if any.
+fn route_path(path: &str) -> Option<&'static str> {
+    const PATHS: [&str; ROUTES.len()] = {
+        let mut out = [""; ROUTES.len()];
+        let mut i = 0;
+        while i < ROUTES.len() {
+            out[i] = ROUTES[i].0;
+            i += 1;
+        }
+        out
+    };
+    budget_core::routes::route_of(path, &PATHS)
+}
+
 /// Answers one HTTP request. Never fails: every problem is an HTTP answer.
 pub async fn handle<S: Store>(
     store: &S,
@@ -135,7 +153,8 @@ async fn route<S: Store>(
             "missing or wrong master key: send Authorization: Bearer <MASTER_KEY> (or x-litellm-api-key: <MASTER_KEY>)",
         ));
     }
-    let Some((_, method, op)) = ROUTES.iter().find(|(suffix, _, _)| path.ends_with(suffix)) else {
+    let found = route_path(path).and_then(|p| ROUTES.iter().find(|(r, _, _)| *r == p));
+    let Some((_, method, op)) = found else {
         return Err(ApiError::not_found(format!(
             "no route {path}: the admin API has /key/generate|update|info|delete|block|unblock, /user/new|update|info|delete and /team/new|update|info|delete"
         )));
@@ -241,8 +260,10 @@ mod tests {
     }
 
     #[test]
-    fn routes_match_on_the_path_suffix() {
-        let find = |p: &str| ROUTES.iter().find(|(s, _, _)| p.ends_with(s)).map(|r| r.2);
+    fn routes_match_the_whole_path_after_at_most_one_prefix() {
+        let find = |p: &str| {
+            route_path(p).and_then(|r| ROUTES.iter().find(|(s, _, _)| *s == r).map(|r| r.2))
+        };
         assert_eq!(find("/key/generate"), Some(Op::KeyGenerate));
         assert_eq!(find("/prod/key/info"), Some(Op::KeyInfo));
         assert_eq!(
@@ -252,5 +273,9 @@ mod tests {
         assert_eq!(find("/key/unblock"), Some(Op::KeyBlock(false)));
         assert_eq!(find("/key/block"), Some(Op::KeyBlock(true)));
         assert_eq!(find("/keys/generatex"), None);
+        assert_eq!(find("/key/x/team/delete"), None);
+        assert_eq!(find("/key/team/delete"), None);
+        assert_eq!(find("/user/team/delete"), None);
+        assert_eq!(find("/a/b/user/info"), None);
     }
 }

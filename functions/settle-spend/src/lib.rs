@@ -2,10 +2,16 @@
 //! `{"reservation_id", "cost"}` and `POST /spend/release`
 //! `{"reservation_id"}` (cost 0). Called by the upstream service or a
 //! queue consumer, never by end users (the template puts IAM in front).
+//!
+//! Routes match by their whole path, optionally after one stage segment
+//! (`/prod/spend/settle`) or `cargo lambda watch`'s
+//! `/lambda-url/<function>` prefix (see `budget_core::routes`); any other
+//! path is a 404 (`/x/y/spend/settle` is not `/spend/settle`).
 
 use budget_core::api::{json_object, money_value, required_str_max, ApiError};
 use budget_core::decision::rfc3339;
 use budget_core::model::Reservation;
+use budget_core::routes::route_of;
 use budget_core::service::{settle, SettleOutcome};
 use budget_core::store::Store;
 use budget_core::{Money, Settings};
@@ -43,15 +49,16 @@ async fn route<S: Store>(
     request: &Request,
     now: DateTime<Utc>,
 ) -> Result<Value, ApiError> {
-    let path = request.uri().path().trim_end_matches('/');
-    let operation = if path.ends_with("/spend/settle") {
-        Operation::Settle
-    } else if path.ends_with("/spend/release") {
-        Operation::Release
-    } else {
-        return Err(ApiError::not_found(format!(
-            "no route {path}: use POST /spend/settle or POST /spend/release"
-        )));
+    let path = request.uri().path();
+    let operation = match route_of(path, &["/spend/settle", "/spend/release"]) {
+        Some("/spend/settle") => Operation::Settle,
+        Some(_) => Operation::Release,
+        None => {
+            return Err(ApiError::not_found(format!(
+                "no route {}: use POST /spend/settle or POST /spend/release",
+                path.chars().take(200).collect::<String>()
+            )))
+        }
     };
     if request.method() != lambda_http::http::Method::POST {
         return Err(ApiError::method_not_allowed(

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod model;
 pub mod money;
 pub mod receipt;
+pub mod routes;
 pub mod service;
 pub mod store;
 pub mod telemetry;
