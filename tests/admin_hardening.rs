@@ -39,6 +39,22 @@ async fn get(t: &TestTable, path: &str) -> Value {
     answer
 }
 
+/// Asserts a 400 naming `param` whose message contains `message`, and that
+/// the table is unchanged.
+async fn refused(t: &TestTable, method: &str, path: &str, body: Value, param: &str, message: &str) {
+    let before = t.snapshot().await;
+    let (status, answer) = call(t, method, path, body.clone()).await;
+    assert_eq!(status, 400, "{method} {path} {body}: {answer}");
+    assert_eq!(answer["error"]["param"], param, "{answer}");
+    let text = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(text.contains(message), "{text:?} lacks {message:?}");
+    assert_eq!(
+        t.snapshot().await,
+        before,
+        "a refused request wrote nothing"
+    );
+}
+
 async fn settle_call(t: &TestTable, path: &str, body: Value) -> (u16, Value) {
     let request = http_request("POST", path, &body.to_string(), &[]);
     response_json(settle_spend::handle(&t.store, &t.settings, request, now()).await)
@@ -128,4 +144,130 @@ async fn settle_paths_with_a_foreign_prefix_are_404_and_write_nothing() {
         );
     }
     assert_eq!(t.snapshot().await, before);
+}
+
+// ---- 2. no silent typos ----
+
+#[tokio::test]
+async fn a_user_with_a_typo_in_budget_limits_is_400_with_the_field_it_meant() {
+    let t = TestTable::new().await;
+    refused(
+        &t,
+        "POST",
+        "/user/new",
+        json!({"user_id": "u", "budget_limit": [{"budget_duration": "1d", "max_budget": 5}]}),
+        "budget_limit",
+        "unknown field \"budget_limit\": did you mean \"budget_limits\"?",
+    )
+    .await;
+    let (status, _) = call(&t, "GET", "/user/info?user_id=u", Value::Null).await;
+    assert_eq!(status, 404, "no uncapped user was stored");
+}
+
+#[tokio::test]
+async fn a_team_with_max_budgets_is_400_with_the_field_it_meant() {
+    let t = TestTable::new().await;
+    refused(
+        &t,
+        "POST",
+        "/team/new",
+        json!({"team_id": "team-a", "max_budgets": 10}),
+        "max_budgets",
+        "unknown field \"max_budgets\": did you mean \"max_budget\"?",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn typos_on_updates_deletes_and_blocks_are_400_too() {
+    let t = TestTable::new().await;
+    post(
+        &t,
+        "/team/new",
+        json!({"team_id": "team-a", "max_budget": 5}),
+    )
+    .await;
+    let key = post(&t, "/key/generate", json!({"team_id": "team-a"})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    refused(
+        &t,
+        "POST",
+        "/team/update",
+        json!({"team_id": "team-a", "max_budegt": 1000}),
+        "max_budegt",
+        "did you mean \"max_budget\"?",
+    )
+    .await;
+    refused(
+        &t,
+        "POST",
+        "/key/update",
+        json!({"key": key, "budget_limts": []}),
+        "budget_limts",
+        "did you mean \"budget_limits\"?",
+    )
+    .await;
+    refused(
+        &t,
+        "POST",
+        "/key/delete",
+        json!({"key": [key]}),
+        "key",
+        "did you mean \"keys\"?",
+    )
+    .await;
+    refused(
+        &t,
+        "POST",
+        "/team/delete",
+        json!({"team_id": ["team-a"]}),
+        "team_id",
+        "did you mean \"team_ids\"?",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn litellm_fields_edge_budget_does_not_act_on_are_still_accepted_and_kept() {
+    let t = TestTable::new().await;
+    let team = post(
+        &t,
+        "/team/new",
+        json!({"team_id": "team-a", "team_alias": "A", "soft_budget": 5, "models": ["gpt-4o"],
+               "metadata": {"cost_center": "42"}, "tpm_limit": 4,
+               "members_with_roles": [], "tags": ["x"]}),
+    )
+    .await;
+    assert_eq!(team["soft_budget"], 5);
+    let user = post(
+        &t,
+        "/user/new",
+        json!({"user_id": "user-a", "user_email": "a@example.com", "user_role": "internal_user",
+               "models": [], "metadata": {}, "auto_create_key": false, "max_parallel_requests": 2}),
+    )
+    .await;
+    assert_eq!(user["user_email"], "a@example.com");
+    let key = post(
+        &t,
+        "/key/generate",
+        json!({"user_id": "user-a", "team_id": "team-a", "key_alias": "ci", "duration": "30d",
+               "models": ["gpt-4o"], "metadata": {"env": "prod"}, "max_parallel_requests": 8,
+               "soft_budget": 1, "tpm_limit": 1000, "rpm_limit": 10, "key_type": "llm_api",
+               "allowed_routes": [], "budget_id": null}),
+    )
+    .await;
+    assert_eq!(key["key_alias"], "ci");
+    assert_eq!(key["max_parallel_requests"], 8);
+    assert!(key["expires"].is_string(), "duration still sets expires");
+    let updated = post(
+        &t,
+        "/key/update",
+        json!({"key": key["key"], "key_alias": "ci-2", "soft_budget": 2,
+               "temp_budget_increase": null, "metadata": {"env": "dev"}}),
+    )
+    .await;
+    assert_eq!(updated["key_alias"], "ci-2");
+    assert_eq!(updated["metadata"], json!({"env": "dev"}));
 }

@@ -19,8 +19,9 @@ pub const MAX_IDS_PER_DELETE: usize = 100;
 
 /// JSON types of LiteLLM fields that edge-budget keeps without acting on
 /// them. A value of another type is a 400 naming the field (a typo caught
-/// now, not a surprise later); `null` is always accepted. Fields not listed
-/// are kept whatever their type.
+/// now, not a surprise later); `null` is always accepted. Other LiteLLM
+/// fields are kept whatever their type; a field that is not LiteLLM's nor
+/// ours never gets here (`known::check` refused it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Str,
@@ -56,6 +57,8 @@ const LITELLM_FIELDS: &[(&str, Kind)] = &[
     ("rpm_limit", Kind::Int),
     ("max_parallel_requests", Kind::Int),
     ("soft_budget", Kind::Number),
+    ("team_member_budget", Kind::Number),
+    ("temp_budget_increase", Kind::Number),
     ("spend", Kind::Number),
     ("send_invite_email", Kind::Bool),
     ("auto_create_key", Kind::Bool),
@@ -338,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_kept_and_known_ones_type_checked() {
+    fn fields_not_acted_on_are_kept_and_litellm_ones_type_checked() {
         let b =
             body(json!({"user_id": "u", "models": ["gpt-4o"], "whatever": {"x": 1}, "tags": null}));
         let a = attributes(&b, &["user_id"]).unwrap();

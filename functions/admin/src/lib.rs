@@ -31,6 +31,7 @@
 //! retry). A refused request writes nothing.
 
 pub mod fields;
+pub mod known;
 mod ops;
 pub mod view;
 
@@ -187,6 +188,19 @@ async fn route<S: Store>(
         ));
     }
     let body = budget_core::api::json_object(raw)?;
+    let form = match *op {
+        Op::KeyGenerate => known::Form::KeyGenerate,
+        Op::KeyUpdate => known::Form::KeyUpdate,
+        Op::KeyDelete => known::Form::KeyDelete,
+        Op::KeyBlock(_) => known::Form::KeyBlock,
+        Op::New(kind) => known::Form::New(kind),
+        Op::Update(kind) => known::Form::Update(kind),
+        Op::Delete(kind) => known::Form::Delete(kind),
+        Op::KeyInfo | Op::Info(_) => {
+            return Err(ApiError::not_found(format!("no route POST {path}")))
+        }
+    };
+    known::check(form, &body)?;
     match *op {
         Op::KeyGenerate => admin.key_generate(&body).await,
         Op::KeyUpdate => admin.key_update(&body).await,
