@@ -271,3 +271,228 @@ async fn litellm_fields_edge_budget_does_not_act_on_are_still_accepted_and_kept(
     assert_eq!(updated["key_alias"], "ci-2");
     assert_eq!(updated["metadata"], json!({"env": "dev"}));
 }
+
+// ---- 3. ids safe everywhere ----
+
+/// Ids no user or team may have: 3 KB, a quote, a backslash, a space,
+/// non-ASCII, empty.
+fn bad_ids() -> Vec<String> {
+    vec![
+        "u".repeat(3 * 1024),
+        "a\"b".into(),
+        "a\\b".into(),
+        "a b".into(),
+        "ü".into(),
+        "".into(),
+    ]
+}
+
+#[tokio::test]
+async fn creating_a_user_or_team_with_a_bad_id_is_400_and_writes_nothing() {
+    let t = TestTable::new().await;
+    for id in bad_ids() {
+        refused(
+            &t,
+            "POST",
+            "/user/new",
+            json!({"user_id": id}),
+            "user_id",
+            "user_id must be 1 to 128",
+        )
+        .await;
+        refused(
+            &t,
+            "POST",
+            "/team/new",
+            json!({"team_id": id, "max_budget": 5}),
+            "team_id",
+            "team_id must be 1 to 128",
+        )
+        .await;
+        refused(
+            &t,
+            "POST",
+            "/user/new",
+            json!({"user_id": "u", "team_id": id}),
+            "team_id",
+            "team_id must be 1 to 128",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_key_for_a_bad_owner_id_is_400_and_writes_nothing() {
+    let t = TestTable::new().await;
+    post(&t, "/user/new", json!({"user_id": "u"})).await;
+    let key = post(&t, "/key/generate", json!({"user_id": "u"})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for id in bad_ids() {
+        refused(
+            &t,
+            "POST",
+            "/key/generate",
+            json!({"user_id": id}),
+            "user_id",
+            "user_id must be",
+        )
+        .await;
+        refused(
+            &t,
+            "POST",
+            "/key/generate",
+            json!({"team_id": id}),
+            "team_id",
+            "team_id must be",
+        )
+        .await;
+        refused(
+            &t,
+            "POST",
+            "/key/update",
+            json!({"key": key, "user_id": id}),
+            "user_id",
+            "user_id must be",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn updating_reading_or_deleting_by_a_bad_id_is_400() {
+    let t = TestTable::new().await;
+    post(&t, "/user/new", json!({"user_id": "u"})).await;
+    for id in ["u".repeat(3 * 1024), "a\"b".to_string()] {
+        refused(
+            &t,
+            "POST",
+            "/user/update",
+            json!({"user_id": id, "max_budget": 1}),
+            "user_id",
+            "user_id must be",
+        )
+        .await;
+        refused(
+            &t,
+            "POST",
+            "/team/update",
+            json!({"team_id": id}),
+            "team_id",
+            "team_id must be",
+        )
+        .await;
+        refused(
+            &t,
+            "POST",
+            "/user/delete",
+            json!({"user_ids": ["u", id]}),
+            "user_ids",
+            "user_ids[1] must be",
+        )
+        .await;
+        refused(
+            &t,
+            "POST",
+            "/team/delete",
+            json!({"team_ids": [id]}),
+            "team_ids",
+            "team_ids[0] must be",
+        )
+        .await;
+    }
+    let long = "u".repeat(3 * 1024);
+    refused(
+        &t,
+        "GET",
+        &format!("/user/info?user_id={long}"),
+        Value::Null,
+        "user_id",
+        "user_id must be",
+    )
+    .await;
+    refused(
+        &t,
+        "GET",
+        "/team/info?team_id=a%22b",
+        Value::Null,
+        "team_id",
+        "team_id must be",
+    )
+    .await;
+    assert_eq!(get(&t, "/user/info?user_id=u").await["user_id"], "u");
+}
+
+#[tokio::test]
+async fn generated_and_email_like_ids_are_accepted() {
+    let t = TestTable::new().await;
+    let user = post(&t, "/user/new", json!({})).await;
+    let id = user["user_id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 36, "a UUID");
+    post(&t, "/team/new", json!({"team_id": "org:team.a+b_c-d"})).await;
+    post(
+        &t,
+        "/user/new",
+        json!({"user_id": "alice@example.com", "team_id": "org:team.a+b_c-d"}),
+    )
+    .await;
+    let key = post(
+        &t,
+        "/key/generate",
+        json!({"user_id": id, "team_id": "org:team.a+b_c-d"}),
+    )
+    .await;
+    assert_eq!(key["user_id"], json!(id));
+}
+
+#[tokio::test]
+async fn a_key_longer_than_256_characters_is_400_on_info_update_delete_and_block() {
+    let t = TestTable::new().await;
+    let long = format!("sk-{}", "a".repeat(300));
+    refused(
+        &t,
+        "GET",
+        &format!("/key/info?key={long}"),
+        Value::Null,
+        "key",
+        "at most 256 characters",
+    )
+    .await;
+    refused(
+        &t,
+        "POST",
+        "/key/update",
+        json!({"key": long, "max_budget": 1}),
+        "key",
+        "at most 256 characters",
+    )
+    .await;
+    refused(
+        &t,
+        "POST",
+        "/key/block",
+        json!({"key": long}),
+        "key",
+        "at most 256 characters",
+    )
+    .await;
+    refused(
+        &t,
+        "POST",
+        "/key/unblock",
+        json!({"token": long}),
+        "token",
+        "at most 256 characters",
+    )
+    .await;
+    refused(
+        &t,
+        "POST",
+        "/key/delete",
+        json!({"keys": [long]}),
+        "keys",
+        "at most 256 characters",
+    )
+    .await;
+}

@@ -5,6 +5,7 @@
 
 use budget_core::api::{optional_str, ApiError};
 use budget_core::duration::{BudgetDuration, Unit};
+use budget_core::ids::check_id;
 use budget_core::keys::{hash_key, is_key_hash};
 use budget_core::limits::Patch;
 use chrono::{DateTime, Months, Utc};
@@ -120,6 +121,57 @@ pub fn str_patch(body: &Map<String, Value>, field: &str) -> Result<Patch<String>
         Some(Value::Null) => Ok(Patch::Null),
         Some(_) => Ok(optional_str(body, field)?.map_or(Patch::Null, Patch::Value)),
     }
+}
+
+/// A user or team id field (`user_id`, `team_id`): absent, `null`, or an
+/// id valid by `budget_core::ids` (1 to 128 bytes of ASCII letters,
+/// digits and `. _ - : @ +`).
+pub fn id_patch(body: &Map<String, Value>, field: &str) -> Result<Patch<String>, ApiError> {
+    match body.get(field) {
+        None => Ok(Patch::Absent),
+        Some(Value::Null) => Ok(Patch::Null),
+        Some(Value::String(id)) => {
+            check_id(field, id)?;
+            Ok(Patch::Value(id.clone()))
+        }
+        Some(_) => Err(ApiError::bad_request(
+            field,
+            format!("{field} must be a string"),
+        )),
+    }
+}
+
+/// A required user or team id field.
+pub fn required_id(body: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
+    match id_patch(body, field)? {
+        Patch::Value(id) => Ok(id),
+        _ => Err(ApiError::bad_request(field, format!("{field} is required"))),
+    }
+}
+
+/// A list of user or team ids (`user_ids`, `team_ids`), as [`id_list`],
+/// each entry a valid id.
+pub fn owner_id_list(body: &Map<String, Value>, field: &str) -> Result<Vec<String>, ApiError> {
+    let ids = id_list(body, field)?;
+    for (i, id) in ids.iter().enumerate() {
+        check_id(&format!("{field}[{i}]"), id).map_err(|mut e| {
+            e.param = Some(field.to_string());
+            e
+        })?;
+    }
+    Ok(ids)
+}
+
+/// A key named by plaintext or token, checked before it is hashed: at
+/// most [`MAX_CUSTOM_KEY_CHARS`] characters (no key is longer).
+pub fn check_named_key(field: &str, key: &str) -> Result<(), ApiError> {
+    if key.chars().count() > MAX_CUSTOM_KEY_CHARS {
+        return Err(ApiError::bad_request(
+            field,
+            format!("{field} must be at most {MAX_CUSTOM_KEY_CHARS} characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// A boolean field: absent, `null`, or `true`/`false`.

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use budget_core::api::{required_str, ApiError};
+use budget_core::ids::check_id;
 use budget_core::keys::{generate_key, hash_key};
 use budget_core::limits::{self, BudgetPatch};
 use budget_core::model::{key_hash_prefix, Entity, EntityKind, EntityRef};
@@ -14,7 +15,7 @@ use budget_core::Settings;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::fields::{self, attributes, bool_patch, expiry_patch, key_hash_of, str_patch};
+use crate::fields::{self, attributes, bool_patch, expiry_patch, id_patch, key_hash_of};
 use crate::view;
 
 /// Attempts at a write that lost a race before giving up.
@@ -106,6 +107,15 @@ fn refuse_owner_blocking(kind: EntityKind, body: &Map<String, Value>) -> Result<
             "blocked must be true or false",
         )),
     }
+}
+
+/// A user's `team_id` (LiteLLM's "add to team", kept as a field) is an
+/// id like any other.
+fn check_owner_fields(kind: EntityKind, body: &Map<String, Value>) -> Result<(), ApiError> {
+    if kind == EntityKind::User {
+        id_patch(body, "team_id")?;
+    }
+    Ok(())
 }
 
 /// The key a request names by `key` (plaintext or token) or `token`.
@@ -230,8 +240,8 @@ impl<S: Store> Admin<'_, S> {
 
     pub async fn key_generate(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
         let custom = fields::custom_key(body)?;
-        let user_id = str_patch(body, "user_id")?.apply(None);
-        let team_id = str_patch(body, "team_id")?.apply(None);
+        let user_id = id_patch(body, "user_id")?.apply(None);
+        let team_id = id_patch(body, "team_id")?.apply(None);
         let limits = BudgetPatch::parse(body)?.resolve(&[])?;
         let expires = expiry_patch(body, self.now)?.apply(None);
         let blocked = bool_patch(body, "blocked")?.apply(None).unwrap_or(false);
@@ -254,8 +264,8 @@ impl<S: Store> Admin<'_, S> {
     pub async fn key_update(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
         let hash = named_key(body)?;
         let budget = BudgetPatch::parse(body)?;
-        let user_id = str_patch(body, "user_id")?;
-        let team_id = str_patch(body, "team_id")?;
+        let user_id = id_patch(body, "user_id")?;
+        let team_id = id_patch(body, "team_id")?;
         let expires = expiry_patch(body, self.now)?;
         let blocked = bool_patch(body, "blocked")?;
         let mut attrs = attributes(body, KEY_FIELDS)?;
@@ -302,9 +312,9 @@ impl<S: Store> Admin<'_, S> {
                 "key is required: /key/info?key=<sk-... or its token>",
             ));
         };
-        let e = self
-            .load(&EntityRef::key(key_hash_of(key.trim())), "key")
-            .await?;
+        let key = key.trim();
+        fields::check_named_key("key", key)?;
+        let e = self.load(&EntityRef::key(key_hash_of(key)), "key").await?;
         Ok(json!({"key": e.entity.id, "info": self.show(&e)}))
     }
 
@@ -352,9 +362,10 @@ impl<S: Store> Admin<'_, S> {
         body: &Map<String, Value>,
     ) -> Result<Value, ApiError> {
         let field = id_field(kind);
-        let id = str_patch(body, field)?
+        let id = id_patch(body, field)?
             .apply(None)
             .unwrap_or_else(fields::new_id);
+        check_owner_fields(kind, body)?;
         refuse_owner_blocking(kind, body)?;
         let limits = BudgetPatch::parse(body)?.resolve(&[])?;
         let attrs = attributes(body, &owner_fields(kind))?;
@@ -371,7 +382,8 @@ impl<S: Store> Admin<'_, S> {
         body: &Map<String, Value>,
     ) -> Result<Value, ApiError> {
         let field = id_field(kind);
-        let id = required_str(body, field)?;
+        let id = fields::required_id(body, field)?;
+        check_owner_fields(kind, body)?;
         refuse_owner_blocking(kind, body)?;
         let budget = BudgetPatch::parse(body)?;
         let attrs = attributes(body, &owner_fields(kind))?;
@@ -396,6 +408,7 @@ impl<S: Store> Admin<'_, S> {
                 format!("{field} is required: /{kind}/info?{field}=..."),
             ));
         };
+        check_id(field, &id)?;
         let e = self.load(&EntityRef::new(kind, id.clone()), field).await?;
         let keys = self.store.keys_of(&e.entity).await.map_err(unavailable)?;
         let mut out = Map::new();
@@ -411,7 +424,7 @@ impl<S: Store> Admin<'_, S> {
         body: &Map<String, Value>,
     ) -> Result<Value, ApiError> {
         let field = format!("{}s", id_field(kind));
-        let ids = fields::id_list(body, &field)?;
+        let ids = fields::owner_id_list(body, &field)?;
         let refs: Vec<EntityRef> = ids
             .iter()
             .map(|i| EntityRef::new(kind, i.clone()))

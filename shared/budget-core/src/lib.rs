@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod decision;
 pub mod duration;
+pub mod ids;
 pub mod keys;
 pub mod limits;
 pub mod model;
