@@ -531,7 +531,7 @@ async fn existing_ids_are_409_unknown_ones_404_and_nothing_is_written() {
     let t = TestTable::new().await;
     post(&t, "/user/new", seed()).await;
     post(&t, "/team/new", json!({"team_id": "team-1"})).await;
-    let custom = "sk-custom-key-for-tests-0001";
+    let custom = "sk-custom-key-for-tests-0001-abcd";
     post(
         &t,
         "/key/generate",
@@ -1003,7 +1003,7 @@ async fn key_info_by_plaintext_and_by_token_keeps_litellm_fields() {
     assert_eq!(info["expires"], Value::Null);
 
     // A custom key is hashed the same way and found by plaintext.
-    let custom = "sk-my-own-key-0123456789";
+    let custom = "sk-my-own-key-0123456789-abcdefgh";
     let c = post(&t, "/key/generate", json!({"key": custom})).await;
     assert_eq!(c["key"], custom);
     assert_eq!(

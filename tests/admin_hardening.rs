@@ -496,3 +496,53 @@ async fn a_key_longer_than_256_characters_is_400_on_info_update_delete_and_block
     )
     .await;
 }
+
+// ---- 4. custom keys ----
+
+#[tokio::test]
+async fn a_custom_key_shorter_than_32_characters_is_400_and_not_echoed() {
+    let t = TestTable::new().await;
+    let short = "sk-0123456789abcdefghijklmnopqr"; // 31
+    refused(
+        &t,
+        "POST",
+        "/key/generate",
+        json!({"key": short}),
+        "key",
+        "32 to 256 characters",
+    )
+    .await;
+    let (_, answer) = call(&t, "POST", "/key/generate", json!({"key": short})).await;
+    assert!(!answer.to_string().contains(short));
+    let ok = "sk-0123456789abcdefghijklmnopqrs"; // 32
+    assert_eq!(
+        post(&t, "/key/generate", json!({"key": ok})).await["key"],
+        ok
+    );
+}
+
+#[tokio::test]
+async fn a_custom_key_of_fewer_than_8_distinct_characters_is_400_and_not_echoed() {
+    let t = TestTable::new().await;
+    for weak in [
+        format!("sk-{}", "a".repeat(40)),
+        format!("sk-{}", "1234567".repeat(6)),
+    ] {
+        refused(
+            &t,
+            "POST",
+            "/key/generate",
+            json!({"key": weak}),
+            "key",
+            "at least 8 distinct characters after sk-",
+        )
+        .await;
+        let (_, answer) = call(&t, "POST", "/key/generate", json!({"key": weak})).await;
+        assert!(!answer.to_string().contains(&weak));
+    }
+    let ok = format!("sk-{}", "12345678".repeat(5));
+    assert_eq!(
+        post(&t, "/key/generate", json!({"key": ok})).await["key"],
+        json!(ok)
+    );
+}

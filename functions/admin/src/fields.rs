@@ -12,7 +12,10 @@ use chrono::{DateTime, Months, Utc};
 use serde_json::{Map, Value};
 
 /// Shortest custom key accepted (the `sk-` prefix included).
-pub const MIN_CUSTOM_KEY_CHARS: usize = 20;
+pub const MIN_CUSTOM_KEY_CHARS: usize = 32;
+/// Fewest distinct characters after `sk-` in a custom key: a key of few
+/// distinct characters can be brute-forced from its hash prefix in logs.
+pub const MIN_CUSTOM_KEY_DISTINCT: usize = 8;
 /// Longest custom key accepted.
 pub const MAX_CUSTOM_KEY_CHARS: usize = 256;
 /// Most ids in one delete request.
@@ -252,9 +255,9 @@ pub fn expiry_from_duration(text: &str, now: DateTime<Utc>) -> Result<DateTime<U
     at.ok_or_else(|| ApiError::bad_request("duration", "duration is too long"))
 }
 
-/// A custom key given to `/key/generate`: `sk-`, then at least 17 more
-/// printable ASCII characters, at most 256 in all. The message never
-/// contains the key.
+/// A custom key given to `/key/generate`: `sk-`, then at least 29 more
+/// printable ASCII characters (32 to 256 in all), at least 8 of them
+/// distinct. The message never contains the key.
 pub fn custom_key(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     let key = match body.get("key") {
         None | Some(Value::Null) => return Ok(None),
@@ -285,6 +288,18 @@ pub fn custom_key(body: &Map<String, Value>) -> Result<Option<String>, ApiError>
         return Err(ApiError::bad_request(
             "key",
             "a custom key may only contain printable ASCII characters without spaces",
+        ));
+    }
+    let mut distinct: Vec<u8> = key.as_bytes()[3..].to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < MIN_CUSTOM_KEY_DISTINCT {
+        return Err(ApiError::bad_request(
+            "key",
+            format!(
+                "a custom key must have at least {MIN_CUSTOM_KEY_DISTINCT} distinct characters after sk- (it has {}): a key that simple can be guessed; better, let /key/generate make one",
+                distinct.len()
+            ),
         ));
     }
     Ok(Some(key.clone()))
@@ -461,7 +476,8 @@ mod tests {
     #[test]
     fn custom_keys() {
         assert_eq!(custom_key(&body(json!({}))).unwrap(), None);
-        let ok = "sk-custom-0123456789abcdef";
+        let ok = "sk-custom-0123456789abcdef-ghijk";
+        assert_eq!(ok.len(), MIN_CUSTOM_KEY_CHARS);
         assert_eq!(
             custom_key(&body(json!({"key": ok}))).unwrap().as_deref(),
             Some(ok)
@@ -469,7 +485,10 @@ mod tests {
         for bad in [
             json!("pk-0123456789abcdefghij"),
             json!("sk-short"),
-            json!("sk-with space 0123456789"),
+            json!("sk-with space 0123456789abcdefghij"),
+            json!("sk-custom-0123456789abcdef-ghij"),
+            json!(format!("sk-{}", "ab".repeat(40))),
+            json!(format!("sk-{}", "abcdefg".repeat(10))),
             json!(5),
         ] {
             let e = custom_key(&body(json!({"key": bad}))).unwrap_err();
