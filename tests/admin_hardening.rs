@@ -5,6 +5,9 @@
 //! the DynamoDB emulator. Run with
 //! `bash scripts/test.sh -p edge-budget --test admin_hardening`.
 
+use budget_core::model::{EntityKind, EntityRef};
+use budget_core::store::Store;
+use budget_core::Money;
 use chrono::{DateTime, Utc};
 use edge_budget::{at, http_request, response_json, TestTable};
 use serde_json::{json, Value};
@@ -545,4 +548,137 @@ async fn a_custom_key_of_fewer_than_8_distinct_characters_is_400_and_not_echoed(
         post(&t, "/key/generate", json!({"key": ok})).await["key"],
         json!(ok)
     );
+}
+
+// ---- 5. the reservation floor ----
+
+#[tokio::test]
+async fn the_reservation_floor_round_trips_through_new_update_and_info() {
+    let t = TestTable::new().await;
+    let stored = |kind: EntityKind, id: String| {
+        let store = &t.store;
+        async move {
+            store
+                .load(&EntityRef::new(kind, id))
+                .await
+                .unwrap()
+                .unwrap()
+                .reservation_floor
+        }
+    };
+    let team = post(
+        &t,
+        "/team/new",
+        json!({"team_id": "team-a", "reservation_floor": 0.5}),
+    )
+    .await;
+    assert_eq!(team["reservation_floor"], 0.5);
+    let user = post(&t, "/user/new", json!({"user_id": "user-a"})).await;
+    assert_eq!(user["reservation_floor"], Value::Null, "unset is null");
+    let key = post(
+        &t,
+        "/key/generate",
+        json!({"user_id": "user-a", "team_id": "team-a", "reservation_floor": 0.0123}),
+    )
+    .await;
+    assert_eq!(key["reservation_floor"], 0.0123);
+    let token = key["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        stored(EntityKind::Key, token.clone()).await,
+        Some(Money::from_nanos(12_300_000)),
+        "exact nanos in the table"
+    );
+    assert_eq!(
+        get(&t, "/team/info?team_id=team-a").await["team_info"]["reservation_floor"],
+        0.5
+    );
+    assert_eq!(
+        get(&t, &format!("/key/info?key={token}")).await["info"]["reservation_floor"],
+        0.0123
+    );
+
+    // Set, changed, kept when absent, cleared by null.
+    post(
+        &t,
+        "/user/update",
+        json!({"user_id": "user-a", "reservation_floor": 2}),
+    )
+    .await;
+    assert_eq!(
+        get(&t, "/user/info?user_id=user-a").await["user_info"]["reservation_floor"],
+        2.0
+    );
+    post(
+        &t,
+        "/user/update",
+        json!({"user_id": "user-a", "max_budget": 10}),
+    )
+    .await;
+    assert_eq!(
+        stored(EntityKind::User, "user-a".into()).await,
+        Some(Money::usd(2))
+    );
+    let k = post(
+        &t,
+        "/key/update",
+        json!({"key": token, "reservation_floor": 1}),
+    )
+    .await;
+    assert_eq!(k["reservation_floor"], 1.0);
+    let k = post(&t, "/key/block", json!({"key": token})).await;
+    assert_eq!(k["reservation_floor"], 1.0, "blocking keeps the floor");
+    post(
+        &t,
+        "/team/update",
+        json!({"team_id": "team-a", "reservation_floor": null}),
+    )
+    .await;
+    assert_eq!(
+        get(&t, "/team/info?team_id=team-a").await["team_info"]["reservation_floor"],
+        Value::Null
+    );
+    assert_eq!(stored(EntityKind::Team, "team-a".into()).await, None);
+}
+
+#[tokio::test]
+async fn a_reservation_floor_that_is_not_a_number_up_to_a_million_is_400() {
+    let t = TestTable::new().await;
+    post(&t, "/team/new", json!({"team_id": "team-a"})).await;
+    for bad in [json!(1_000_000.5), json!(-0.01), json!("0.5"), json!({})] {
+        refused(
+            &t,
+            "POST",
+            "/team/update",
+            json!({"team_id": "team-a", "reservation_floor": bad}),
+            "reservation_floor",
+            "reservation_floor",
+        )
+        .await;
+        refused(
+            &t,
+            "POST",
+            "/key/generate",
+            json!({"reservation_floor": bad}),
+            "reservation_floor",
+            "reservation_floor",
+        )
+        .await;
+        refused(
+            &t,
+            "POST",
+            "/user/new",
+            json!({"user_id": "u", "reservation_floor": bad}),
+            "reservation_floor",
+            "reservation_floor",
+        )
+        .await;
+    }
+    let (status, answer) = call(
+        &t,
+        "POST",
+        "/team/update",
+        json!({"team_id": "team-a", "reservation_floor": 1_000_000}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
 }

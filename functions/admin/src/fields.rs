@@ -3,11 +3,12 @@
 //! them (`attributes`). Every problem is a 400 naming the field; nothing
 //! here ever echoes a key.
 
-use budget_core::api::{optional_str, ApiError};
+use budget_core::api::{money_value, optional_str, ApiError};
 use budget_core::duration::{BudgetDuration, Unit};
 use budget_core::ids::check_id;
 use budget_core::keys::{hash_key, is_key_hash};
 use budget_core::limits::Patch;
+use budget_core::Money;
 use chrono::{DateTime, Months, Utc};
 use serde_json::{Map, Value};
 
@@ -175,6 +176,31 @@ pub fn check_named_key(field: &str, key: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The largest `reservation_floor` accepted, in USD.
+pub const MAX_RESERVATION_FLOOR_USD: i64 = 1_000_000;
+
+/// `reservation_floor` (an edge-budget extension): the least a request
+/// charged to this entity reserves. Absent, `null` (cleared: the
+/// deployment's floor applies), or a JSON number of USD, 0 to
+/// [`MAX_RESERVATION_FLOOR_USD`].
+pub fn floor_patch(body: &Map<String, Value>) -> Result<Patch<Money>, ApiError> {
+    const FIELD: &str = "reservation_floor";
+    match body.get(FIELD) {
+        None => Ok(Patch::Absent),
+        Some(Value::Null) => Ok(Patch::Null),
+        Some(v) => {
+            let floor = money_value(FIELD, v)?;
+            if floor > Money::usd(MAX_RESERVATION_FLOOR_USD) {
+                return Err(ApiError::bad_request(
+                    FIELD,
+                    format!("{FIELD} must be at most {MAX_RESERVATION_FLOOR_USD} USD"),
+                ));
+            }
+            Ok(Patch::Value(floor))
+        }
+    }
 }
 
 /// A boolean field: absent, `null`, or `true`/`false`.
@@ -426,6 +452,33 @@ mod tests {
                 attributes(&body(b), &[]).unwrap_err().param.as_deref(),
                 Some(field)
             );
+        }
+    }
+
+    #[test]
+    fn reservation_floors() {
+        assert_eq!(floor_patch(&body(json!({}))).unwrap(), Patch::Absent);
+        assert_eq!(
+            floor_patch(&body(json!({"reservation_floor": null}))).unwrap(),
+            Patch::Null
+        );
+        assert_eq!(
+            floor_patch(&body(json!({"reservation_floor": 0.25}))).unwrap(),
+            Patch::Value(Money::from_nanos(250_000_000))
+        );
+        assert_eq!(
+            floor_patch(&body(json!({"reservation_floor": 1_000_000}))).unwrap(),
+            Patch::Value(Money::usd(1_000_000))
+        );
+        for bad in [
+            json!(1_000_000.01),
+            json!(-1),
+            json!("0.5"),
+            json!(true),
+            json!([1]),
+        ] {
+            let e = floor_patch(&body(json!({"reservation_floor": bad}))).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("reservation_floor"), "{bad}");
         }
     }
 

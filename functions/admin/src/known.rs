@@ -201,9 +201,9 @@ const DELETE_TEAM_REQUEST: &[&str] = &["team_ids"];
 
 /// edge-budget's own fields on keys (`expires` as RFC 3339 beside
 /// LiteLLM's `duration`).
-const OURS_KEY: &[&str] = &["budget_limits", "expires"];
+const OURS_KEY: &[&str] = &["budget_limits", "reservation_floor", "expires"];
 /// edge-budget's own fields on users and teams.
-const OURS_OWNER: &[&str] = &["budget_limits"];
+const OURS_OWNER: &[&str] = &["budget_limits", "reservation_floor"];
 /// Naming a key by its token (the hash) instead of its plaintext.
 const OURS_TOKEN: &[&str] = &["token"];
 
@@ -335,6 +335,11 @@ mod tests {
             (Form::New(EntityKind::Team), "max_budgets", "max_budget"),
             (Form::KeyGenerate, "Max_Budget", "max_budget"),
             (Form::KeyUpdate, "budget_limts", "budget_limits"),
+            (
+                Form::New(EntityKind::Team),
+                "reservation_flor",
+                "reservation_floor",
+            ),
             (
                 Form::Update(EntityKind::Team),
                 "budget_durations",

@@ -14,15 +14,15 @@
 //!
 //! | route | method | body / query |
 //! |---|---|---|
-//! | `/key/generate` | POST | `key_alias`, `user_id`, `team_id`, `max_budget`, `budget_duration`, `budget_limits`, `duration`, `expires`, `blocked`, `metadata`, `key`, … |
+//! | `/key/generate` | POST | `key_alias`, `user_id`, `team_id`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, `duration`, `expires`, `blocked`, `metadata`, `key`, … |
 //! | `/key/update` | POST | `key` or `token`, then any field of `/key/generate` |
 //! | `/key/info` | GET | `?key=` plaintext or token |
 //! | `/key/delete` | POST | `keys: [...]` plaintexts or tokens |
 //! | `/key/block`, `/key/unblock` | POST | `key` |
-//! | `/user/new`, `/user/update` | POST | `user_id`, `max_budget`, `budget_duration`, `budget_limits`, … |
+//! | `/user/new`, `/user/update` | POST | `user_id`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, … |
 //! | `/user/info` | GET | `?user_id=` |
 //! | `/user/delete` | POST | `user_ids: [...]` |
-//! | `/team/new`, `/team/update` | POST | `team_id`, `team_alias`, `max_budget`, `budget_duration`, `budget_limits`, … |
+//! | `/team/new`, `/team/update` | POST | `team_id`, `team_alias`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, … |
 //! | `/team/info` | GET | `?team_id=` |
 //! | `/team/delete` | POST | `team_ids: [...]` |
 //!

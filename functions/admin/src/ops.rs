@@ -33,6 +33,7 @@ const KEY_FIELDS: &[&str] = &[
     "expires",
     "duration",
     "blocked",
+    "reservation_floor",
 ];
 
 pub(crate) struct Admin<'a, S> {
@@ -50,12 +51,13 @@ pub(crate) fn id_field(kind: EntityKind) -> &'static str {
     }
 }
 
-fn owner_fields(kind: EntityKind) -> [&'static str; 4] {
+fn owner_fields(kind: EntityKind) -> [&'static str; 5] {
     [
         id_field(kind),
         "max_budget",
         "budget_duration",
         "budget_limits",
+        "reservation_floor",
     ]
 }
 
@@ -245,6 +247,7 @@ impl<S: Store> Admin<'_, S> {
         let limits = BudgetPatch::parse(body)?.resolve(&[])?;
         let expires = expiry_patch(body, self.now)?.apply(None);
         let blocked = bool_patch(body, "blocked")?.apply(None).unwrap_or(false);
+        let floor = fields::floor_patch(body)?.apply(None);
         let mut attrs = attributes(body, KEY_FIELDS)?;
         let key = custom.unwrap_or_else(generate_key);
         attrs.insert("key_name".into(), json!(fields::key_name(&key)));
@@ -254,6 +257,7 @@ impl<S: Store> Admin<'_, S> {
         e.team_id = team_id;
         e.expires = expires;
         e.blocked = blocked;
+        e.reservation_floor = floor;
         e.attributes = attrs;
         self.create(&e).await?;
         let mut out = self.show(&e);
@@ -268,6 +272,7 @@ impl<S: Store> Admin<'_, S> {
         let team_id = id_patch(body, "team_id")?;
         let expires = expiry_patch(body, self.now)?;
         let blocked = bool_patch(body, "blocked")?;
+        let floor = fields::floor_patch(body)?;
         let mut attrs = attributes(body, KEY_FIELDS)?;
         // The key's name comes from the key itself, set once.
         attrs.remove("key_name");
@@ -281,6 +286,7 @@ impl<S: Store> Admin<'_, S> {
                 new.team_id = team_id.clone().apply(old.team_id.clone());
                 new.expires = expires.clone().apply(old.expires);
                 new.blocked = blocked.clone().apply(Some(old.blocked)).unwrap_or(false);
+                new.reservation_floor = floor.clone().apply(old.reservation_floor);
                 new.attributes.extend(attrs.clone());
                 Ok(new)
             })
@@ -368,9 +374,11 @@ impl<S: Store> Admin<'_, S> {
         check_owner_fields(kind, body)?;
         refuse_owner_blocking(kind, body)?;
         let limits = BudgetPatch::parse(body)?.resolve(&[])?;
+        let floor = fields::floor_patch(body)?.apply(None);
         let attrs = attributes(body, &owner_fields(kind))?;
         let mut e = Entity::new(EntityRef::new(kind, id), self.now);
         e.windows = limits::apply(&[], &limits, self.now, &self.settings.clock);
+        e.reservation_floor = floor;
         e.attributes = attrs;
         self.create(&e).await?;
         Ok(Value::Object(self.show(&e)))
@@ -386,6 +394,7 @@ impl<S: Store> Admin<'_, S> {
         check_owner_fields(kind, body)?;
         refuse_owner_blocking(kind, body)?;
         let budget = BudgetPatch::parse(body)?;
+        let floor = fields::floor_patch(body)?;
         let attrs = attributes(body, &owner_fields(kind))?;
         let (now, clock) = (self.now, &self.settings.clock);
         let e = self
@@ -393,6 +402,7 @@ impl<S: Store> Admin<'_, S> {
                 let limits = budget.resolve(&old.windows)?;
                 let mut new = old.clone();
                 new.windows = limits::apply(&old.windows, &limits, now, clock);
+                new.reservation_floor = floor.clone().apply(old.reservation_floor);
                 new.attributes.extend(attrs.clone());
                 Ok(new)
             })
