@@ -5,10 +5,13 @@
 //! the DynamoDB emulator. Run with
 //! `bash scripts/test.sh -p edge-budget --test admin_hardening`.
 
+use std::time::Duration;
+
 use budget_core::model::{EntityKind, EntityRef};
 use budget_core::store::Store;
 use budget_core::Money;
 use chrono::{DateTime, Utc};
+use edge_budget::fault_proxy::FaultProxy;
 use edge_budget::{at, http_request, response_json, TestTable};
 use serde_json::{json, Value};
 
@@ -681,4 +684,57 @@ async fn a_reservation_floor_that_is_not_a_number_up_to_a_million_is_400() {
     )
     .await;
     assert_eq!(status, 200, "{answer}");
+}
+
+// ---- 6. reservation ids checked before the store ----
+
+#[tokio::test]
+async fn malformed_reservation_ids_are_404_without_a_store_request() {
+    let t = TestTable::new().await;
+    let emulator = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("run through scripts/test.sh");
+    let proxy = FaultProxy::start(&emulator).await;
+    let store = t.store_via(&proxy.endpoint(), Duration::from_secs(5));
+    let before = t.snapshot().await;
+    let base = format!("r-{}", "0123456789abcdef".repeat(2));
+    let huge = "r".repeat(3000);
+    for (id, shown) in [
+        ("r-unknown".to_string(), "r-unknown".to_string()),
+        (huge.clone(), format!("{}…", "r".repeat(40))),
+        (base.to_uppercase(), base.to_uppercase()),
+        (
+            format!("{base}.{}", "A".repeat(1401)),
+            format!("{base}.AAAAA…"),
+        ),
+        (format!("{base}.not/base64"), format!("{base}.not/b…")),
+        (format!("{base}\"x"), format!("{base}\"x")),
+    ] {
+        for (path, body) in [
+            ("/spend/settle", json!({"reservation_id": id, "cost": 1})),
+            ("/spend/release", json!({"reservation_id": id})),
+        ] {
+            let request = http_request("POST", path, &body.to_string(), &[]);
+            let (status, answer) =
+                response_json(settle_spend::handle(&store, &t.settings, request, now()).await);
+            assert_eq!(status, 404, "{path} {id}: {answer}");
+            assert_eq!(
+                answer["error"]["message"],
+                format!("unknown reservation_id \"{shown}\""),
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!(proxy.counts().0, 0, "no store request was made");
+    assert_eq!(t.snapshot().await, before, "nothing was written");
+
+    // An id of the right form does reach the store (and is unknown there).
+    let request = http_request(
+        "POST",
+        "/spend/settle",
+        &json!({"reservation_id": base, "cost": 1}).to_string(),
+        &[],
+    );
+    let (status, _) =
+        response_json(settle_spend::handle(&store, &t.settings, request, now()).await);
+    assert_eq!(status, 404);
+    assert!(proxy.counts().0 > 0, "the proxy counts store requests");
 }
