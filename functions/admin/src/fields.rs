@@ -3,15 +3,20 @@
 //! them (`attributes`). Every problem is a 400 naming the field; nothing
 //! here ever echoes a key.
 
-use budget_core::api::{optional_str, ApiError};
+use budget_core::api::{money_value, optional_str, ApiError};
 use budget_core::duration::{BudgetDuration, Unit};
+use budget_core::ids::check_id;
 use budget_core::keys::{hash_key, is_key_hash};
 use budget_core::limits::Patch;
+use budget_core::Money;
 use chrono::{DateTime, Months, Utc};
 use serde_json::{Map, Value};
 
 /// Shortest custom key accepted (the `sk-` prefix included).
-pub const MIN_CUSTOM_KEY_CHARS: usize = 20;
+pub const MIN_CUSTOM_KEY_CHARS: usize = 32;
+/// Fewest distinct characters after `sk-` in a custom key: a key of few
+/// distinct characters can be brute-forced from its hash prefix in logs.
+pub const MIN_CUSTOM_KEY_DISTINCT: usize = 8;
 /// Longest custom key accepted.
 pub const MAX_CUSTOM_KEY_CHARS: usize = 256;
 /// Most ids in one delete request.
@@ -19,8 +24,9 @@ pub const MAX_IDS_PER_DELETE: usize = 100;
 
 /// JSON types of LiteLLM fields that edge-budget keeps without acting on
 /// them. A value of another type is a 400 naming the field (a typo caught
-/// now, not a surprise later); `null` is always accepted. Fields not listed
-/// are kept whatever their type.
+/// now, not a surprise later); `null` is always accepted. Other LiteLLM
+/// fields are kept whatever their type; a field that is not LiteLLM's nor
+/// ours never gets here (`known::check` refused it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Str,
@@ -56,6 +62,8 @@ const LITELLM_FIELDS: &[(&str, Kind)] = &[
     ("rpm_limit", Kind::Int),
     ("max_parallel_requests", Kind::Int),
     ("soft_budget", Kind::Number),
+    ("team_member_budget", Kind::Number),
+    ("temp_budget_increase", Kind::Number),
     ("spend", Kind::Number),
     ("send_invite_email", Kind::Bool),
     ("auto_create_key", Kind::Bool),
@@ -116,6 +124,82 @@ pub fn str_patch(body: &Map<String, Value>, field: &str) -> Result<Patch<String>
         None => Ok(Patch::Absent),
         Some(Value::Null) => Ok(Patch::Null),
         Some(_) => Ok(optional_str(body, field)?.map_or(Patch::Null, Patch::Value)),
+    }
+}
+
+/// A user or team id field (`user_id`, `team_id`): absent, `null`, or an
+/// id valid by `budget_core::ids` (1 to 128 bytes of ASCII letters,
+/// digits and `. _ - : @ +`).
+pub fn id_patch(body: &Map<String, Value>, field: &str) -> Result<Patch<String>, ApiError> {
+    match body.get(field) {
+        None => Ok(Patch::Absent),
+        Some(Value::Null) => Ok(Patch::Null),
+        Some(Value::String(id)) => {
+            check_id(field, id)?;
+            Ok(Patch::Value(id.clone()))
+        }
+        Some(_) => Err(ApiError::bad_request(
+            field,
+            format!("{field} must be a string"),
+        )),
+    }
+}
+
+/// A required user or team id field.
+pub fn required_id(body: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
+    match id_patch(body, field)? {
+        Patch::Value(id) => Ok(id),
+        _ => Err(ApiError::bad_request(field, format!("{field} is required"))),
+    }
+}
+
+/// A list of user or team ids (`user_ids`, `team_ids`), as [`id_list`],
+/// each entry a valid id.
+pub fn owner_id_list(body: &Map<String, Value>, field: &str) -> Result<Vec<String>, ApiError> {
+    let ids = id_list(body, field)?;
+    for (i, id) in ids.iter().enumerate() {
+        check_id(&format!("{field}[{i}]"), id).map_err(|mut e| {
+            e.param = Some(field.to_string());
+            e
+        })?;
+    }
+    Ok(ids)
+}
+
+/// A key named by plaintext or token, checked before it is hashed: at
+/// most [`MAX_CUSTOM_KEY_CHARS`] characters (no key is longer).
+pub fn check_named_key(field: &str, key: &str) -> Result<(), ApiError> {
+    if key.chars().count() > MAX_CUSTOM_KEY_CHARS {
+        return Err(ApiError::bad_request(
+            field,
+            format!("{field} must be at most {MAX_CUSTOM_KEY_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// The largest `reservation_floor` accepted, in USD.
+pub const MAX_RESERVATION_FLOOR_USD: i64 = 1_000_000;
+
+/// `reservation_floor` (an edge-budget extension): the least a request
+/// charged to this entity reserves. Absent, `null` (cleared: the
+/// deployment's floor applies), or a JSON number of USD, 0 to
+/// [`MAX_RESERVATION_FLOOR_USD`].
+pub fn floor_patch(body: &Map<String, Value>) -> Result<Patch<Money>, ApiError> {
+    const FIELD: &str = "reservation_floor";
+    match body.get(FIELD) {
+        None => Ok(Patch::Absent),
+        Some(Value::Null) => Ok(Patch::Null),
+        Some(v) => {
+            let floor = money_value(FIELD, v)?;
+            if floor > Money::usd(MAX_RESERVATION_FLOOR_USD) {
+                return Err(ApiError::bad_request(
+                    FIELD,
+                    format!("{FIELD} must be at most {MAX_RESERVATION_FLOOR_USD} USD"),
+                ));
+            }
+            Ok(Patch::Value(floor))
+        }
     }
 }
 
@@ -197,9 +281,9 @@ pub fn expiry_from_duration(text: &str, now: DateTime<Utc>) -> Result<DateTime<U
     at.ok_or_else(|| ApiError::bad_request("duration", "duration is too long"))
 }
 
-/// A custom key given to `/key/generate`: `sk-`, then at least 17 more
-/// printable ASCII characters, at most 256 in all. The message never
-/// contains the key.
+/// A custom key given to `/key/generate`: `sk-`, then at least 29 more
+/// printable ASCII characters (32 to 256 in all), at least 8 of them
+/// distinct. The message never contains the key.
 pub fn custom_key(body: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     let key = match body.get("key") {
         None | Some(Value::Null) => return Ok(None),
@@ -230,6 +314,18 @@ pub fn custom_key(body: &Map<String, Value>) -> Result<Option<String>, ApiError>
         return Err(ApiError::bad_request(
             "key",
             "a custom key may only contain printable ASCII characters without spaces",
+        ));
+    }
+    let mut distinct: Vec<u8> = key.as_bytes()[3..].to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < MIN_CUSTOM_KEY_DISTINCT {
+        return Err(ApiError::bad_request(
+            "key",
+            format!(
+                "a custom key must have at least {MIN_CUSTOM_KEY_DISTINCT} distinct characters after sk- (it has {}): a key that simple can be guessed; better, let /key/generate make one",
+                distinct.len()
+            ),
         ));
     }
     Ok(Some(key.clone()))
@@ -338,7 +434,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_kept_and_known_ones_type_checked() {
+    fn fields_not_acted_on_are_kept_and_litellm_ones_type_checked() {
         let b =
             body(json!({"user_id": "u", "models": ["gpt-4o"], "whatever": {"x": 1}, "tags": null}));
         let a = attributes(&b, &["user_id"]).unwrap();
@@ -356,6 +452,33 @@ mod tests {
                 attributes(&body(b), &[]).unwrap_err().param.as_deref(),
                 Some(field)
             );
+        }
+    }
+
+    #[test]
+    fn reservation_floors() {
+        assert_eq!(floor_patch(&body(json!({}))).unwrap(), Patch::Absent);
+        assert_eq!(
+            floor_patch(&body(json!({"reservation_floor": null}))).unwrap(),
+            Patch::Null
+        );
+        assert_eq!(
+            floor_patch(&body(json!({"reservation_floor": 0.25}))).unwrap(),
+            Patch::Value(Money::from_nanos(250_000_000))
+        );
+        assert_eq!(
+            floor_patch(&body(json!({"reservation_floor": 1_000_000}))).unwrap(),
+            Patch::Value(Money::usd(1_000_000))
+        );
+        for bad in [
+            json!(1_000_000.01),
+            json!(-1),
+            json!("0.5"),
+            json!(true),
+            json!([1]),
+        ] {
+            let e = floor_patch(&body(json!({"reservation_floor": bad}))).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("reservation_floor"), "{bad}");
         }
     }
 
@@ -406,7 +529,8 @@ mod tests {
     #[test]
     fn custom_keys() {
         assert_eq!(custom_key(&body(json!({}))).unwrap(), None);
-        let ok = "sk-custom-0123456789abcdef";
+        let ok = "sk-custom-0123456789abcdef-ghijk";
+        assert_eq!(ok.len(), MIN_CUSTOM_KEY_CHARS);
         assert_eq!(
             custom_key(&body(json!({"key": ok}))).unwrap().as_deref(),
             Some(ok)
@@ -414,7 +538,10 @@ mod tests {
         for bad in [
             json!("pk-0123456789abcdefghij"),
             json!("sk-short"),
-            json!("sk-with space 0123456789"),
+            json!("sk-with space 0123456789abcdefghij"),
+            json!("sk-custom-0123456789abcdef-ghij"),
+            json!(format!("sk-{}", "ab".repeat(40))),
+            json!(format!("sk-{}", "abcdefg".repeat(10))),
             json!(5),
         ] {
             let e = custom_key(&body(json!({"key": bad}))).unwrap_err();

@@ -5,21 +5,24 @@
 //! Every route requires `Authorization: Bearer <MASTER_KEY>` (or, as in
 //! LiteLLM, `x-litellm-api-key: <MASTER_KEY>`: behind IAM authorization the
 //! `Authorization` header holds the SigV4 signature), compared in constant
-//! time before anything else is looked at. Routes are matched on
-//! the end of the path, so API Gateway stage prefixes and a Function URL's
-//! prefix work alike:
+//! time before anything else is looked at. A route matches by method and
+//! its whole path, optionally after ONE prefix: an API Gateway stage
+//! segment (`/prod/key/info`; letters, digits, `-`, `_`, and not `key`,
+//! `user` or `team`) or `cargo lambda watch`'s Function URL prefix
+//! `/lambda-url/<function>` (see `budget_core::routes`). Any other path is
+//! a 404 and writes nothing (`/key/x/team/delete` is not `/team/delete`):
 //!
 //! | route | method | body / query |
 //! |---|---|---|
-//! | `/key/generate` | POST | `key_alias`, `user_id`, `team_id`, `max_budget`, `budget_duration`, `budget_limits`, `duration`, `expires`, `blocked`, `metadata`, `key`, … |
+//! | `/key/generate` | POST | `key_alias`, `user_id`, `team_id`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, `duration`, `expires`, `blocked`, `metadata`, `key`, … |
 //! | `/key/update` | POST | `key` or `token`, then any field of `/key/generate` |
 //! | `/key/info` | GET | `?key=` plaintext or token |
 //! | `/key/delete` | POST | `keys: [...]` plaintexts or tokens |
 //! | `/key/block`, `/key/unblock` | POST | `key` |
-//! | `/user/new`, `/user/update` | POST | `user_id`, `max_budget`, `budget_duration`, `budget_limits`, … |
+//! | `/user/new`, `/user/update` | POST | `user_id`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, … |
 //! | `/user/info` | GET | `?user_id=` |
 //! | `/user/delete` | POST | `user_ids: [...]` |
-//! | `/team/new`, `/team/update` | POST | `team_id`, `team_alias`, `max_budget`, `budget_duration`, `budget_limits`, … |
+//! | `/team/new`, `/team/update` | POST | `team_id`, `team_alias`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, … |
 //! | `/team/info` | GET | `?team_id=` |
 //! | `/team/delete` | POST | `team_ids: [...]` |
 //!
@@ -30,6 +33,7 @@
 //! nothing.
 
 pub mod fields;
+pub mod known;
 mod ops;
 pub mod view;
 
@@ -102,6 +106,21 @@ const ROUTES: &[(&str, Method, Op)] = &[
     ("/team/delete", Method::POST, Op::Delete(EntityKind::Team)),
 ];
 
+/// The route a request path names (`/key/info`, `/prod/key/info`,
+/// `/lambda-url/admin/key/info`), if any.
+fn route_path(path: &str) -> Option<&'static str> {
+    const PATHS: [&str; ROUTES.len()] = {
+        let mut out = [""; ROUTES.len()];
+        let mut i = 0;
+        while i < ROUTES.len() {
+            out[i] = ROUTES[i].0;
+            i += 1;
+        }
+        out
+    };
+    budget_core::routes::route_of(path, &PATHS)
+}
+
 /// Answers one HTTP request. Never fails: every problem is an HTTP answer.
 pub async fn handle<S: Store>(
     store: &S,
@@ -137,7 +156,8 @@ async fn route<S: Store>(
             "missing or wrong master key: send Authorization: Bearer <MASTER_KEY> (or x-litellm-api-key: <MASTER_KEY>)",
         ));
     }
-    let Some((_, method, op)) = ROUTES.iter().find(|(suffix, _, _)| path.ends_with(suffix)) else {
+    let found = route_path(path).and_then(|p| ROUTES.iter().find(|(r, _, _)| *r == p));
+    let Some((_, method, op)) = found else {
         return Err(ApiError::not_found(format!(
             "no route {path}: the admin API has /key/generate|update|info|delete|block|unblock, /user/new|update|info|delete and /team/new|update|info|delete"
         )));
@@ -170,6 +190,19 @@ async fn route<S: Store>(
         ));
     }
     let body = budget_core::api::json_object(raw)?;
+    let form = match *op {
+        Op::KeyGenerate => known::Form::KeyGenerate,
+        Op::KeyUpdate => known::Form::KeyUpdate,
+        Op::KeyDelete => known::Form::KeyDelete,
+        Op::KeyBlock(_) => known::Form::KeyBlock,
+        Op::New(kind) => known::Form::New(kind),
+        Op::Update(kind) => known::Form::Update(kind),
+        Op::Delete(kind) => known::Form::Delete(kind),
+        Op::KeyInfo | Op::Info(_) => {
+            return Err(ApiError::not_found(format!("no route POST {path}")))
+        }
+    };
+    known::check(form, &body)?;
     match *op {
         Op::KeyGenerate => admin.key_generate(&body).await,
         Op::KeyUpdate => admin.key_update(&body).await,
@@ -243,8 +276,10 @@ mod tests {
     }
 
     #[test]
-    fn routes_match_on_the_path_suffix() {
-        let find = |p: &str| ROUTES.iter().find(|(s, _, _)| p.ends_with(s)).map(|r| r.2);
+    fn routes_match_the_whole_path_after_at_most_one_prefix() {
+        let find = |p: &str| {
+            route_path(p).and_then(|r| ROUTES.iter().find(|(s, _, _)| *s == r).map(|r| r.2))
+        };
         assert_eq!(find("/key/generate"), Some(Op::KeyGenerate));
         assert_eq!(find("/prod/key/info"), Some(Op::KeyInfo));
         assert_eq!(
@@ -254,5 +289,9 @@ mod tests {
         assert_eq!(find("/key/unblock"), Some(Op::KeyBlock(false)));
         assert_eq!(find("/key/block"), Some(Op::KeyBlock(true)));
         assert_eq!(find("/keys/generatex"), None);
+        assert_eq!(find("/key/x/team/delete"), None);
+        assert_eq!(find("/key/team/delete"), None);
+        assert_eq!(find("/user/team/delete"), None);
+        assert_eq!(find("/a/b/user/info"), None);
     }
 }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use budget_core::api::{required_str, ApiError};
+use budget_core::ids::check_id;
 use budget_core::keys::{generate_key, hash_key};
 use budget_core::limits::{self, BudgetPatch};
 use budget_core::model::{key_hash_prefix, Entity, EntityKind, EntityRef};
@@ -14,7 +15,7 @@ use budget_core::Settings;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::fields::{self, attributes, bool_patch, expiry_patch, key_hash_of, str_patch};
+use crate::fields::{self, attributes, bool_patch, expiry_patch, id_patch, key_hash_of};
 use crate::view;
 
 /// Attempts at a write that lost a race before giving up.
@@ -32,6 +33,7 @@ const KEY_FIELDS: &[&str] = &[
     "expires",
     "duration",
     "blocked",
+    "reservation_floor",
 ];
 
 pub(crate) struct Admin<'a, S> {
@@ -49,12 +51,13 @@ pub(crate) fn id_field(kind: EntityKind) -> &'static str {
     }
 }
 
-fn owner_fields(kind: EntityKind) -> [&'static str; 4] {
+fn owner_fields(kind: EntityKind) -> [&'static str; 5] {
     [
         id_field(kind),
         "max_budget",
         "budget_duration",
         "budget_limits",
+        "reservation_floor",
     ]
 }
 
@@ -128,6 +131,15 @@ fn refuse_owner_blocking(kind: EntityKind, body: &Map<String, Value>) -> Result<
             "blocked must be true or false",
         )),
     }
+}
+
+/// A user's `team_id` (LiteLLM's "add to team", kept as a field) is an
+/// id like any other.
+fn check_owner_fields(kind: EntityKind, body: &Map<String, Value>) -> Result<(), ApiError> {
+    if kind == EntityKind::User {
+        id_patch(body, "team_id")?;
+    }
+    Ok(())
 }
 
 /// The key a request names by `key` (plaintext or token) or `token`.
@@ -252,11 +264,12 @@ impl<S: Store> Admin<'_, S> {
 
     pub async fn key_generate(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
         let custom = fields::custom_key(body)?;
-        let user_id = str_patch(body, "user_id")?.apply(None);
-        let team_id = str_patch(body, "team_id")?.apply(None);
+        let user_id = id_patch(body, "user_id")?.apply(None);
+        let team_id = id_patch(body, "team_id")?.apply(None);
         let limits = BudgetPatch::parse(body)?.resolve(&[])?;
         let expires = expiry_patch(body, self.now)?.apply(None);
         let blocked = bool_patch(body, "blocked")?.apply(None).unwrap_or(false);
+        let floor = fields::floor_patch(body)?.apply(None);
         let mut attrs = attributes(body, KEY_FIELDS)?;
         let key = custom.unwrap_or_else(generate_key);
         attrs.insert("key_name".into(), json!(fields::key_name(&key)));
@@ -266,6 +279,7 @@ impl<S: Store> Admin<'_, S> {
         e.team_id = team_id;
         e.expires = expires;
         e.blocked = blocked;
+        e.reservation_floor = floor;
         e.attributes = attrs;
         self.create(&e).await?;
         let mut out = self.show(&e);
@@ -276,10 +290,11 @@ impl<S: Store> Admin<'_, S> {
     pub async fn key_update(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
         let hash = named_key(body)?;
         let budget = BudgetPatch::parse(body)?;
-        let user_id = str_patch(body, "user_id")?;
-        let team_id = str_patch(body, "team_id")?;
+        let user_id = id_patch(body, "user_id")?;
+        let team_id = id_patch(body, "team_id")?;
         let expires = expiry_patch(body, self.now)?;
         let blocked = bool_patch(body, "blocked")?;
+        let floor = fields::floor_patch(body)?;
         let mut attrs = attributes(body, KEY_FIELDS)?;
         // The key's name comes from the key itself, set once.
         attrs.remove("key_name");
@@ -293,6 +308,7 @@ impl<S: Store> Admin<'_, S> {
                 new.team_id = team_id.clone().apply(old.team_id.clone());
                 new.expires = expires.clone().apply(old.expires);
                 new.blocked = blocked.clone().apply(Some(old.blocked)).unwrap_or(false);
+                new.reservation_floor = floor.clone().apply(old.reservation_floor);
                 new.attributes.extend(attrs.clone());
                 Ok(new)
             })
@@ -324,9 +340,9 @@ impl<S: Store> Admin<'_, S> {
                 "key is required: /key/info?key=<sk-... or its token>",
             ));
         };
-        let e = self
-            .load(&EntityRef::key(key_hash_of(key.trim())), "key")
-            .await?;
+        let key = key.trim();
+        fields::check_named_key("key", key)?;
+        let e = self.load(&EntityRef::key(key_hash_of(key)), "key").await?;
         Ok(json!({"key": e.entity.id, "info": self.show(&e)}))
     }
 
@@ -374,14 +390,17 @@ impl<S: Store> Admin<'_, S> {
         body: &Map<String, Value>,
     ) -> Result<Value, ApiError> {
         let field = id_field(kind);
-        let id = str_patch(body, field)?
+        let id = id_patch(body, field)?
             .apply(None)
             .unwrap_or_else(fields::new_id);
+        check_owner_fields(kind, body)?;
         refuse_owner_blocking(kind, body)?;
         let limits = BudgetPatch::parse(body)?.resolve(&[])?;
+        let floor = fields::floor_patch(body)?.apply(None);
         let attrs = attributes(body, &owner_fields(kind))?;
         let mut e = Entity::new(EntityRef::new(kind, id), self.now);
         e.windows = limits::apply(&[], &limits, self.now, &self.settings.clock);
+        e.reservation_floor = floor;
         e.attributes = attrs;
         self.create(&e).await?;
         Ok(Value::Object(self.show(&e)))
@@ -393,9 +412,11 @@ impl<S: Store> Admin<'_, S> {
         body: &Map<String, Value>,
     ) -> Result<Value, ApiError> {
         let field = id_field(kind);
-        let id = required_str(body, field)?;
+        let id = fields::required_id(body, field)?;
+        check_owner_fields(kind, body)?;
         refuse_owner_blocking(kind, body)?;
         let budget = BudgetPatch::parse(body)?;
+        let floor = fields::floor_patch(body)?;
         let attrs = attributes(body, &owner_fields(kind))?;
         let (now, clock) = (self.now, &self.settings.clock);
         let e = self
@@ -403,6 +424,7 @@ impl<S: Store> Admin<'_, S> {
                 let limits = budget.resolve(&old.windows)?;
                 let mut new = old.clone();
                 new.windows = limits::apply(&old.windows, &limits, now, clock);
+                new.reservation_floor = floor.clone().apply(old.reservation_floor);
                 new.attributes.extend(attrs.clone());
                 Ok(new)
             })
@@ -418,6 +440,7 @@ impl<S: Store> Admin<'_, S> {
                 format!("{field} is required: /{kind}/info?{field}=..."),
             ));
         };
+        check_id(field, &id)?;
         let e = self.load(&EntityRef::new(kind, id.clone()), field).await?;
         let keys = self.store.keys_of(&e.entity).await.map_err(unavailable)?;
         let mut out = Map::new();
@@ -433,7 +456,7 @@ impl<S: Store> Admin<'_, S> {
         body: &Map<String, Value>,
     ) -> Result<Value, ApiError> {
         let field = format!("{}s", id_field(kind));
-        let ids = fields::id_list(body, &field)?;
+        let ids = fields::owner_id_list(body, &field)?;
         let refs: Vec<EntityRef> = ids
             .iter()
             .map(|i| EntityRef::new(kind, i.clone()))

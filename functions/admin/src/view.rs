@@ -35,7 +35,8 @@ pub fn window(w: &Window, now: DateTime<Utc>, clock: &ResetClock) -> Value {
 }
 
 /// The entity as the `info` answers and the writes show it: the
-/// attributes kept as given, overlaid with what edge-budget knows.
+/// attributes kept as given, overlaid with what edge-budget knows
+/// (`reservation_floor` included, null when unset).
 pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String, Value> {
     let mut m = e.attributes.clone();
     match e.entity.kind {
@@ -92,6 +93,10 @@ pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String,
     m.insert(
         "windows".into(),
         Value::Array(e.windows.iter().map(|w| window(w, now, clock)).collect()),
+    );
+    m.insert(
+        "reservation_floor".into(),
+        e.reservation_floor.map_or(Value::Null, usd),
     );
     m.insert("created_at".into(), json!(rfc3339(e.created_at)));
     m.insert("updated_at".into(), json!(rfc3339(e.updated_at)));

@@ -2,10 +2,16 @@
 //! `{"reservation_id", "cost"}` and `POST /spend/release`
 //! `{"reservation_id"}` (cost 0). Called by the upstream service or a
 //! queue consumer, never by end users (the template puts IAM in front).
+//!
+//! Routes match by their whole path, optionally after one stage segment
+//! (`/prod/spend/settle`) or `cargo lambda watch`'s
+//! `/lambda-url/<function>` prefix (see `budget_core::routes`); any other
+//! path is a 404 (`/x/y/spend/settle` is not `/spend/settle`).
 
-use budget_core::api::{json_object, money_value, required_str_max, ApiError};
+use budget_core::api::{json_object, money_value, ApiError};
 use budget_core::decision::rfc3339;
 use budget_core::model::Reservation;
+use budget_core::routes::route_of;
 use budget_core::service::{settle, SettleOutcome};
 use budget_core::store::{Store, StoreError};
 use budget_core::{Money, Settings};
@@ -43,15 +49,16 @@ async fn route<S: Store>(
     request: &Request,
     now: DateTime<Utc>,
 ) -> Result<Value, ApiError> {
-    let path = request.uri().path().trim_end_matches('/');
-    let operation = if path.ends_with("/spend/settle") {
-        Operation::Settle
-    } else if path.ends_with("/spend/release") {
-        Operation::Release
-    } else {
-        return Err(ApiError::not_found(format!(
-            "no route {path}: use POST /spend/settle or POST /spend/release"
-        )));
+    let path = request.uri().path();
+    let operation = match route_of(path, &["/spend/settle", "/spend/release"]) {
+        Some("/spend/settle") => Operation::Settle,
+        Some(_) => Operation::Release,
+        None => {
+            return Err(ApiError::not_found(format!(
+                "no route {}: use POST /spend/settle or POST /spend/release",
+                path.chars().take(200).collect::<String>()
+            )))
+        }
     };
     if request.method() != lambda_http::http::Method::POST {
         return Err(ApiError::method_not_allowed(
@@ -60,8 +67,26 @@ async fn route<S: Store>(
         ));
     }
     let body = json_object(request.body().as_ref())?;
-    // Ids carry their receipt (see budget_core::receipt): up to ~1.3 KB.
-    let id = required_str_max(&body, "reservation_id", 2048)?;
+    let id = match body.get("reservation_id") {
+        Some(Value::String(id)) if !id.trim().is_empty() => id.clone(),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err(ApiError::bad_request(
+                "reservation_id",
+                "reservation_id is required",
+            ))
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "reservation_id",
+                "reservation_id must be a string",
+            ))
+        }
+    };
+    // An id that authorize cannot have handed out is unknown without
+    // asking the store.
+    if !is_reservation_id(&id) {
+        return Err(unknown(&id));
+    }
     let cost = match operation {
         Operation::Release => match body.get("cost") {
             None | Some(Value::Null) => Money::ZERO,
@@ -88,9 +113,7 @@ async fn route<S: Store>(
             tracing::info!(reservation_id = %id, cost = %cost, duplicate, "settled");
             Ok(answer(&id, &reservation, duplicate))
         }
-        Ok(SettleOutcome::NotFound) => Err(ApiError::not_found(format!(
-            "unknown reservation_id \"{id}\""
-        ))),
+        Ok(SettleOutcome::NotFound) => Err(unknown(&id)),
         // Sending it again would be refused again: say so, no retry signal.
         Err(e @ StoreError::Rejected(_)) => Err(ApiError::store_rejected(format!(
             "could not record the settlement, nothing was written; retrying will not help: {e}"
@@ -99,6 +122,38 @@ async fn route<S: Store>(
             "could not record the settlement, nothing was lost; retry: {e}"
         ))),
     }
+}
+
+/// Longest receipt part of a reservation id accepted (authorize hands
+/// out at most 1200 characters).
+pub const MAX_RECEIPT_CHARS: usize = 1400;
+
+/// Whether `id` has the form authorize hands out: `r-` and 32 lowercase
+/// hex digits, optionally `.` and a receipt of 1 to [`MAX_RECEIPT_CHARS`]
+/// base64url characters (see `budget_core::receipt`).
+pub fn is_reservation_id(id: &str) -> bool {
+    let (base, receipt) = match id.split_once('.') {
+        Some((base, receipt)) => (base, Some(receipt)),
+        None => (id, None),
+    };
+    let base_ok = base.len() == 34
+        && base.starts_with("r-")
+        && base[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let receipt_ok = receipt.is_none_or(|r| {
+        (1..=MAX_RECEIPT_CHARS).contains(&r.len())
+            && r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    base_ok && receipt_ok
+}
+
+/// The 404 of an unknown id, echoing at most its first 40 characters.
+fn unknown(id: &str) -> ApiError {
+    let shown: String = id.chars().take(40).collect();
+    let more = if id.chars().count() > 40 { "…" } else { "" };
+    ApiError::not_found(format!("unknown reservation_id \"{shown}{more}\""))
 }
 
 fn answer(id: &str, r: &Reservation, duplicate: bool) -> Value {
@@ -130,4 +185,47 @@ fn respond(status: u16, body: &Value) -> Response<Body> {
         );
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservation_ids_have_the_form_authorize_hands_out() {
+        let base = format!("r-{}", "0123456789abcdef".repeat(2));
+        for ok in [
+            base.clone(),
+            format!("{base}.eyJhIjoxfQ"),
+            format!("{base}.{}", "A-_z".repeat(350)),
+            budget_core::service::reservation_id("h", Some("req-1")),
+            budget_core::service::reservation_id("h", None),
+        ] {
+            assert!(is_reservation_id(&ok), "{ok}");
+        }
+        for bad in [
+            "r-unknown".to_string(),
+            "".into(),
+            format!("r-{}", "0123456789ABCDEF".repeat(2)),
+            format!("r-{}0", "0123456789abcdef".repeat(2)),
+            format!("x-{}", "0123456789abcdef".repeat(2)),
+            format!("{base}."),
+            format!("{base}.a.b"),
+            format!("{base}.a=b"),
+            format!("{base}.{}", "A".repeat(1401)),
+            format!("{base}\"}},\"x\":\""),
+        ] {
+            assert!(!is_reservation_id(&bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_ids_are_echoed_up_to_40_characters() {
+        assert_eq!(unknown("r-1").message, "unknown reservation_id \"r-1\"");
+        let long = "x".repeat(3000);
+        assert_eq!(
+            unknown(&long).message,
+            format!("unknown reservation_id \"{}…\"", "x".repeat(40))
+        );
+    }
 }
