@@ -241,7 +241,8 @@ async fn settle_answers_500_on_a_validation_error_and_keeps_the_reservation() {
         Answer::ValidationException(KEY_TOO_LONG.into()),
         100,
     );
-    let plain = format!("{}-x", budget_core::receipt::base_id(&id));
+    // (The bare id: it is read from the store, not built from a receipt.)
+    let plain = budget_core::receipt::base_id(&id).to_string();
     let (status, answer, retry_after) = settle_via(&t, &store, &plain, 1.25).await;
     assert_eq!(status, 500, "{answer}");
     assert_eq!(answer["error"]["type"], "store_rejected");

@@ -27,7 +27,8 @@ pub struct Settings {
     /// `MIN_RESERVATION_USD` (default: `DEFAULT_RESERVATION_USD`): the
     /// deployment's reservation floor. No header lowers a reservation below
     /// it (nor below the floor of any entity of the chain), so with floor
-    /// `f` at most ⌊remaining / f⌋ requests are in flight on a window.
+    /// `f` at most ⌊remaining / f⌋ requests are in flight on a window. 0
+    /// turns that bound off (a client may then reserve nothing).
     pub min_reservation: Money,
     /// `AUTHORIZE_DEADLINE_MS` (default 2500): everything one authorization
     /// does — reads, writes, retries, backoff — ends within it; past it the
@@ -73,15 +74,23 @@ impl Settings {
         };
         let default_reservation = money("DEFAULT_RESERVATION_USD", "0.05")?;
         let max_reservation = money("MAX_RESERVATION_USD", "10")?;
-        let min_reservation = match get("MIN_RESERVATION_USD") {
-            Some(_) => money("MIN_RESERVATION_USD", "0")?,
-            None => default_reservation.min(max_reservation),
-        };
+        // The floor defaults to the default reservation (a request that
+        // names no estimate reserves exactly the floor).
+        let default_text = default_reservation.min(max_reservation).to_string();
+        let min_reservation = money("MIN_RESERVATION_USD", &default_text)?;
         if min_reservation > max_reservation {
             return Err(ConfigError::Invalid {
                 name: "MIN_RESERVATION_USD",
                 message: format!(
                     "{min_reservation} is above MAX_RESERVATION_USD ({max_reservation})"
+                ),
+            });
+        }
+        if get("DEFAULT_RESERVATION_USD").is_some() && default_reservation < min_reservation {
+            return Err(ConfigError::Invalid {
+                name: "DEFAULT_RESERVATION_USD",
+                message: format!(
+                    "{default_reservation} is below MIN_RESERVATION_USD ({min_reservation}): it would never be reserved"
                 ),
             });
         }
@@ -163,6 +172,17 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "MIN_RESERVATION_USD: 11 is above MAX_RESERVATION_USD (10)"
+        );
+        let e = settings(&[
+            ("TABLE_NAME", "t"),
+            ("DEFAULT_RESERVATION_USD", "0.01"),
+            ("MIN_RESERVATION_USD", "0.05"),
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("DEFAULT_RESERVATION_USD: 0.01 is below"),
+            "{e}"
         );
         let e = settings(&[("TABLE_NAME", "t"), ("RESERVATION_TTL_SECONDS", "0")]).unwrap_err();
         assert!(e.to_string().starts_with("RESERVATION_TTL_SECONDS"), "{e}");

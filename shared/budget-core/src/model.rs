@@ -218,7 +218,8 @@ impl Window {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entity {
     pub entity: EntityRef,
-    /// Bumped by every change of configuration (limits, blocking, owner);
+    /// Bumped by every change of configuration (limits, blocking, owner,
+    /// reservation floor — a cached floor is only current because of it);
     /// every reservation is conditional on it, so a cached copy can never
     /// admit against limits that have since changed.
     pub version: u64,

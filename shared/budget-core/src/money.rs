@@ -136,7 +136,7 @@ fn parse_bounded(text: &str, steps: &mut usize) -> Result<Money, MoneyError> {
         return Err(MoneyError::NotANumber);
     }
     let (mantissa, exponent) = match lower.split_once('e') {
-        Some((m, e)) => (m, e.parse::<i32>().map_err(|_| MoneyError::Malformed)?),
+        Some((m, e)) => (m, exponent_of(e)?),
         None => (lower.as_str(), 0),
     };
     let (negative, mantissa) = match mantissa.strip_prefix('-') {
@@ -195,6 +195,20 @@ fn parse_bounded(text: &str, steps: &mut usize) -> Result<Money, MoneyError> {
         return Err(too_large);
     }
     Ok(Money(nanos as i64))
+}
+
+/// An exponent's value; one past `i32` counts as `i32::MAX` or `i32::MIN`
+/// (its sign decides: far too large, or far below a nano-dollar).
+fn exponent_of(text: &str) -> Result<i32, MoneyError> {
+    let digits = text.strip_prefix(['+', '-']).unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(MoneyError::Malformed);
+    }
+    Ok(text.parse::<i32>().unwrap_or(if text.starts_with('-') {
+        i32::MIN
+    } else {
+        i32::MAX
+    }))
 }
 
 /// Plain decimal, no trailing zeros: `150`, `0.0123`, `-0.5`.
@@ -272,8 +286,11 @@ mod tests {
         assert_eq!(Money::parse_decimal("nan"), Err(MoneyError::NotANumber));
         assert_eq!(
             Money::parse_decimal("1e99999999999"),
-            Err(MoneyError::Malformed)
+            Err(MoneyError::TooLarge)
         );
+        assert_eq!(Money::parse_decimal("1e-99999999999"), Ok(Money::ZERO));
+        assert_eq!(Money::parse_decimal("1e"), Err(MoneyError::Malformed));
+        assert_eq!(Money::parse_decimal("1e+-2"), Err(MoneyError::Malformed));
         assert!(Money::from_f64(1e9).is_ok());
         assert_eq!(Money::from_f64(1e-300), Ok(Money::ZERO));
         assert_eq!(Money::from_f64(-1e300), Err(MoneyError::Negative));
@@ -332,7 +349,9 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn work_is_linear_in_the_length(text in "[-+0-9.eE]{0,80}") {
+        fn work_is_linear_in_the_length(
+            text in "[+-]?[0-9]{0,40}(\\.[0-9]{0,20})?([eE][+-]?[0-9]{1,12})?"
+        ) {
             let (_, steps) = parse_decimal_counted(&text);
             proptest::prop_assert!(steps <= 2 * text.trim().len() + 20);
         }
