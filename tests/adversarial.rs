@@ -414,3 +414,26 @@ async fn one_authorization_ends_within_its_deadline() {
     assert_eq!(answer["context"]["reason"], "unavailable");
     proxy.set(Fault::Pass);
 }
+
+#[tokio::test]
+async fn a_retry_after_the_key_was_blocked_is_refused() {
+    let t = TestTable::new().await;
+    let now = at(NOW);
+    let key = t.key(&[("1d", 5.0)], None, None, now).await;
+    let a = Authorizer::new(t.store.clone(), t.settings.clone());
+    let event = http_api_event(&key, Some("1"), &hex_id());
+    let first = authorize::handle(&a, event.clone(), now).await.unwrap();
+    assert_eq!(first["isAuthorized"], true);
+    let key_ref = EntityRef::key(budget_core::keys::hash_key(&key));
+    let old = t.store.load(&key_ref).await.unwrap().unwrap();
+    let blocked = Entity {
+        blocked: true,
+        ..old.clone()
+    };
+    assert_eq!(
+        t.store.update(&old, &blocked).await.unwrap(),
+        AdminWrite::Done
+    );
+    let retry = authorize::handle(&a, event, now).await.unwrap();
+    assert_eq!(retry["context"]["reason"], "key_blocked", "{retry}");
+}

@@ -226,9 +226,12 @@ impl<S: Store> Authorizer<S> {
                     self.remember(&hash, Some(chain));
                     // A retry of a request that was admitted is recognised
                     // before it is judged: its own reservation may be what
-                    // fills the window now.
-                    if let Some(first) = own.take().and_then(answer_of) {
-                        return Ok(first);
+                    // fills the window now. Only the budget is forgiven: a
+                    // key blocked (or expired) since is refused, retry or not.
+                    if matches!(outcome, AuthorizeOutcome::Denied(_)) {
+                        if let Some(first) = own.take().and_then(answer_of) {
+                            return Ok(first);
+                        }
                     }
                     return Ok(outcome);
                 }
@@ -246,14 +249,23 @@ impl<S: Store> Authorizer<S> {
                         duplicate: false,
                     });
                 }
-                ReserveWrite::Duplicate => match self.held(&id).await? {
-                    // A retry of a request whose answer was lost: the same
-                    // reservation and the same answer, not a second one.
-                    Some(first) => return Ok(first),
-                    // That request is over (settled or expired): a replay
-                    // gets a decision of its own, under a new id.
-                    None => id = reservation_id(&hash, None),
-                },
+                // The write's other conditions may have failed too (a key
+                // blocked since): judge the retry on a fresh read first.
+                ReserveWrite::Duplicate if !fresh => stale = true,
+                ReserveWrite::Duplicate => {
+                    let first = match own.take() {
+                        Some(read) => answer_of(read),
+                        None => self.held(&id).await?,
+                    };
+                    match first {
+                        // A retry of a request whose answer was lost: the
+                        // same reservation and the same answer, not a second.
+                        Some(first) => return Ok(first),
+                        // That request is over (settled or expired): a
+                        // replay gets a decision of its own, under a new id.
+                        None => id = reservation_id(&hash, None),
+                    }
+                }
                 ReserveWrite::Stale => stale = true,
                 ReserveWrite::Conflict => backoff(attempt).await,
             }
