@@ -11,6 +11,7 @@ pub mod keys;
 pub mod limits;
 pub mod model;
 pub mod money;
+pub mod plan;
 pub mod receipt;
 pub mod routes;
 pub mod service;

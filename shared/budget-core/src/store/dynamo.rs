@@ -25,6 +25,7 @@ use crate::model::{
     Chain, Entity, EntityKind, EntityRef, Hold, Reservation, ReservationState, Span, Window,
 };
 use crate::money::Money;
+use crate::plan::{self, Change, Counter, EntityWrite, Guard, ReservationEnd, ReservationGuard};
 
 /// Finished reservations stay this long, so a settle delivered again days
 /// later is still recognised; then DynamoDB's TTL removes them.
@@ -359,6 +360,93 @@ impl WindowPaths {
 
     fn field(&self, ex: &mut Expr, name: &str) -> String {
         ex.path(&["w", &self.id, name])
+    }
+}
+
+/// A plan's guards and changes as condition and SET clauses (no rule
+/// here: each guard and change has one rendering).
+fn render(ex: &mut Expr, write: &EntityWrite) -> (Vec<String>, Vec<String>) {
+    let conds = write.guards.iter().map(|g| render_guard(ex, g)).collect();
+    let sets = write.changes.iter().map(|c| render_change(ex, c)).collect();
+    (conds, sets)
+}
+
+fn counter_name(c: Counter) -> &'static str {
+    match c {
+        Counter::Used => "used",
+        Counter::Spent => "spent",
+        Counter::Reserved => "reserved",
+    }
+}
+
+fn render_guard(ex: &mut Expr, guard: &Guard) -> String {
+    match guard {
+        Guard::Version(v) => {
+            let (ver, value) = (ex.name("ver"), ex.value(n(*v as i64)));
+            format!("{ver} = {value}")
+        }
+        Guard::Incarnation(i) => incarnation_is(ex, *i),
+        Guard::AtMost(w, c, m) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, counter_name(*c)),
+                ex.value(money(*m)),
+            );
+            format!("{path} <= {value}")
+        }
+        Guard::Below(w, c, m) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, counter_name(*c)),
+                ex.value(money(*m)),
+            );
+            format!("{path} < {value}")
+        }
+        Guard::ResetAtIs(w, at) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, "reset_at"),
+                ex.value(epoch(*at)),
+            );
+            format!("{path} = {value}")
+        }
+        Guard::ResetAfter(w, now) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, "reset_at"),
+                ex.value(epoch(*now)),
+            );
+            format!("{path} > {value}")
+        }
+        Guard::Generation(w, g) => {
+            let (path, value) = (WindowPaths::new(w).field(ex, "gen"), ex.value(n(*g as i64)));
+            format!("{path} = {value}")
+        }
+    }
+}
+
+fn render_change(ex: &mut Expr, change: &Change) -> String {
+    match change {
+        Change::Add(w, c, m) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, counter_name(*c)),
+                ex.value(money(*m)),
+            );
+            format!("{path} = {path} + {value}")
+        }
+        Change::UsedFromReserved(w, m) => {
+            let p = WindowPaths::new(w);
+            let (used, reserved) = (p.field(ex, "used"), p.field(ex, "reserved"));
+            let value = ex.value(money(*m));
+            format!("{used} = {reserved} + {value}")
+        }
+        Change::SetSpent(w, m) => {
+            let (path, value) = (WindowPaths::new(w).field(ex, "spent"), ex.value(money(*m)));
+            format!("{path} = {value}")
+        }
+        Change::SetResetAt(w, at) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, "reset_at"),
+                ex.value(epoch(*at)),
+            );
+            format!("{path} = {value}")
+        }
     }
 }
 
@@ -968,159 +1056,57 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// The reserve write for one entity: every window admits `e` and takes it.
-    fn reserve_entity(
-        &self,
-        entity: &Entity,
-        e: Money,
-        now: DateTime<Utc>,
-        clock: &ResetClock,
-    ) -> Result<Option<TransactWriteItem>, StoreError> {
+    /// One entity's write of a plan, as a transaction item (a condition
+    /// check when it changes nothing).
+    fn entity_write(&self, write: &EntityWrite) -> Result<TransactWriteItem, StoreError> {
         let mut ex = Expr::default();
-        let ver = ex.name("ver");
-        let ver_value = ex.value(n(entity.version as i64));
-        let mut conds = vec![
-            format!("{ver} = {ver_value}"),
-            incarnation_is(&mut ex, entity.incarnation),
-        ];
-        let mut sets = Vec::new();
-        let mut e_value = None;
-        for w in &entity.windows {
-            let limit = w.max.saturating_sub(e);
-            if limit < Money::ZERO {
-                return Ok(None);
-            }
-            let p = WindowPaths::new(&w.id());
-            let (used, reserved) = (p.field(&mut ex, "used"), p.field(&mut ex, "reserved"));
-            let ev = e_value.get_or_insert_with(|| ex.value(money(e))).clone();
-            let limit = ex.value(money(limit));
-            if w.is_due(now) {
-                // Rolled over in this same write: the period's spend goes,
-                // reservations in flight stay.
-                let (spent, reset_at) = (p.field(&mut ex, "spent"), p.field(&mut ex, "reset_at"));
-                let old = ex.value(epoch(w.reset_at.unwrap_or(now)));
-                let next = ex.value(epoch(w.span.next_reset(now, clock).unwrap_or(now)));
-                let zero = ex.value(n(0));
-                conds.push(format!("{reset_at} = {old}"));
-                conds.push(format!("{reserved} <= {limit}"));
-                if e.is_zero() {
-                    let max = ex.value(money(w.max));
-                    conds.push(format!("{reserved} < {max}"));
-                }
-                sets.push(format!("{used} = {reserved} + {ev}"));
-                sets.push(format!("{reserved} = {reserved} + {ev}"));
-                sets.push(format!("{spent} = {zero}"));
-                sets.push(format!("{reset_at} = {next}"));
-            } else {
-                conds.push(format!("{used} <= {limit}"));
-                if e.is_zero() {
-                    let max = ex.value(money(w.max));
-                    conds.push(format!("{used} < {max}"));
-                }
-                if w.reset_at.is_none() && matches!(w.span, Span::Every(_)) {
-                    // Known from an owner snapshot, not read: the write
-                    // itself checks that the period is still the current one.
-                    let reset_at = p.field(&mut ex, "reset_at");
-                    let now_value = ex.value(epoch(now));
-                    conds.push(format!("{reset_at} > {now_value}"));
-                }
-                sets.push(format!("{used} = {used} + {ev}"));
-                sets.push(format!("{reserved} = {reserved} + {ev}"));
-            }
-        }
-        let pk = entity_pk(&entity.entity);
+        let (conds, sets) = render(&mut ex, write);
+        let pk = entity_pk(&write.entity);
         if sets.is_empty() {
-            // No budget here: still check the configuration (a key blocked
-            // a moment ago must not pass).
             let check = self.condition_check(pk, conds, &ex)?;
-            return Ok(Some(
-                TransactWriteItem::builder().condition_check(check).build(),
-            ));
+            return Ok(TransactWriteItem::builder().condition_check(check).build());
         }
         let update = self.update(pk, sets, vec![], conds, &ex)?;
-        Ok(Some(TransactWriteItem::builder().update(update).build()))
+        Ok(TransactWriteItem::builder().update(update).build())
     }
 
-    /// The write that ends a reservation on one entity.
-    fn finish_entity(
-        &self,
-        reservation: &Reservation,
-        entity: &Entity,
-        finish: Finish,
-        now: DateTime<Utc>,
-        clock: &ResetClock,
-    ) -> Result<Option<TransactWriteItem>, StoreError> {
+    /// A reservation's end (state, cost, instant) as a transaction item;
+    /// it leaves the index of held reservations.
+    fn reservation_end(&self, end: &ReservationEnd) -> Result<TransactWriteItem, StoreError> {
         let mut ex = Expr::default();
-        let mut conds = Vec::new();
-        let mut sets = Vec::new();
-        let holds_budget = reservation.state.holds_budget();
-        for hold in reservation
-            .holds
+        let state = ex.name("state");
+        let to = ex.value(s(end.to.as_str()));
+        let at = ex.value(epoch(end.at));
+        let mut sets = vec![format!("{state} = {to}")];
+        let when = if end.to == ReservationState::Expired {
+            "expired_at"
+        } else {
+            "settled_at"
+        };
+        sets.push(format!("{} = {at}", ex.name(when)));
+        if let Some(cost) = end.cost {
+            let c = ex.value(money(cost));
+            sets.push(format!("{} = {c}", ex.name("cost")));
+        }
+        let removes = vec![ex.name("gsi1pk"), ex.name("gsi1sk")];
+        let conds = end
+            .guards
             .iter()
-            // Another incarnation of the same id (deleted and re-created)
-            // never took this reservation: it is left alone.
-            .filter(|h| h.entity == entity.entity && h.incarnation == entity.incarnation)
-        {
-            let Some(w) = entity.window(&hold.window) else {
-                continue; // the window was removed: nothing left to charge
-            };
-            let release = if holds_budget && w.generation == hold.generation {
-                reservation.amount
-            } else {
-                Money::ZERO
-            };
-            let cost = match finish {
-                Finish::Settle(c) => c,
-                Finish::Expire => Money::ZERO,
-            };
-            if release.is_zero() && cost.is_zero() {
-                continue;
-            }
-            let p = WindowPaths::new(&w.id());
-            let (used, reserved, spent) = (
-                p.field(&mut ex, "used"),
-                p.field(&mut ex, "reserved"),
-                p.field(&mut ex, "spent"),
-            );
-            let gen_path = p.field(&mut ex, "gen");
-            let generation = ex.value(n(w.generation as i64));
-            conds.push(format!("{gen_path} = {generation}"));
-            if w.reset_at.is_none() && matches!(w.span, Span::Every(_)) {
-                // Not read: the write itself checks the period is current.
-                let reset_at = p.field(&mut ex, "reset_at");
-                let now_value = ex.value(epoch(now));
-                conds.push(format!("{reset_at} > {now_value}"));
-            }
-            let delta = ex.value(money(cost.saturating_sub(release)));
-            let release_value = ex.value(money(release));
-            let cost_value = ex.value(money(cost));
-            if w.is_due(now) && !cost.is_zero() {
-                // The cost belongs to the period current now: roll first.
-                let reset_at = p.field(&mut ex, "reset_at");
-                let old = ex.value(epoch(w.reset_at.unwrap_or(now)));
-                let next = ex.value(epoch(w.span.next_reset(now, clock).unwrap_or(now)));
-                conds.push(format!("{reset_at} = {old}"));
-                sets.push(format!("{used} = {reserved} + {delta}"));
-                sets.push(format!("{reserved} = {reserved} - {release_value}"));
-                sets.push(format!("{spent} = {cost_value}"));
-                sets.push(format!("{reset_at} = {next}"));
-            } else {
-                sets.push(format!("{used} = {used} + {delta}"));
-                sets.push(format!("{reserved} = {reserved} - {release_value}"));
-                sets.push(format!("{spent} = {spent} + {cost_value}"));
-            }
-        }
-        if sets.is_empty() {
-            return Ok(None);
-        }
-        conds.push(incarnation_is(&mut ex, entity.incarnation));
-        let update = self.update(entity_pk(&entity.entity), sets, vec![], conds, &ex)?;
-        Ok(Some(TransactWriteItem::builder().update(update).build()))
+            .map(|g| match g {
+                ReservationGuard::State(from) => {
+                    let v = ex.value(s(from.as_str()));
+                    format!("{state} = {v}")
+                }
+                ReservationGuard::Digest(d) => {
+                    let (name, v) = (ex.name("digest"), ex.value(s(d.clone())));
+                    format!("{name} = {v}")
+                }
+            })
+            .collect();
+        let update = self.update(reservation_pk(&end.id), sets, removes, conds, &ex)?;
+        Ok(TransactWriteItem::builder().update(update).build())
     }
 
-    /// The items of `pks` (duplicates asked once; missing ones left out),
-    /// strongly consistent, in one BatchGetItem unless DynamoDB hands keys
-    /// back unprocessed.
     async fn batch_get(
         &self,
         pks: Vec<String>,
@@ -1321,13 +1307,14 @@ impl Store for DynamoStore {
         now: DateTime<Utc>,
         clock: &ResetClock,
     ) -> Result<ReserveWrite, StoreError> {
-        let mut items = Vec::new();
-        for entity in chain.entities() {
-            match self.reserve_entity(entity, reservation.amount, now, clock)? {
-                Some(item) => items.push(item),
-                None => return Ok(ReserveWrite::Stale),
-            }
-        }
+        let Some(writes) = plan::reserve_chain(chain, reservation.amount, now, clock) else {
+            return Ok(ReserveWrite::Stale);
+        };
+        let mut items = writes
+            .iter()
+            .map(|w| self.entity_write(w))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Recorded only if its id is new (a retry finds it).
         let put = self.put(reservation_item(reservation), "attribute_not_exists(pk)")?;
         items.push(TransactWriteItem::builder().put(put).build());
         let last = items.len() - 1;
@@ -1368,50 +1355,12 @@ impl Store for DynamoStore {
         now: DateTime<Utc>,
         clock: &ResetClock,
     ) -> Result<FinishWrite, StoreError> {
-        let mut items = Vec::new();
-        let assumed;
-        let entities = match entities {
-            Some(read) => read,
-            None => {
-                assumed = entities_as_held(reservation);
-                assumed.as_slice()
-            }
-        };
-        for entity in entities {
-            if let Some(item) = self.finish_entity(reservation, entity, finish, now, clock)? {
-                items.push(item);
-            }
-        }
-        let mut ex = Expr::default();
-        let state = ex.name("state");
-        let from = ex.value(s(reservation.state.as_str()));
-        let mut sets = Vec::new();
-        match finish {
-            Finish::Settle(cost) => {
-                let to = ex.value(s(ReservationState::Settled.as_str()));
-                let c = ex.value(money(cost));
-                let t = ex.value(epoch(now));
-                sets.push(format!("{state} = {to}"));
-                sets.push(format!("{} = {c}", ex.name("cost")));
-                sets.push(format!("{} = {t}", ex.name("settled_at")));
-            }
-            Finish::Expire => {
-                let to = ex.value(s(ReservationState::Expired.as_str()));
-                let t = ex.value(epoch(now));
-                sets.push(format!("{state} = {to}"));
-                sets.push(format!("{} = {t}", ex.name("expired_at")));
-            }
-        }
-        let removes = vec![ex.name("gsi1pk"), ex.name("gsi1sk")];
-        let mut conds = vec![format!("{state} = {from}")];
-        if let Some(d) = &reservation.receipt_digest {
-            // Built from a receipt: it must be this reservation's.
-            let digest = ex.name("digest");
-            let value = ex.value(s(d.clone()));
-            conds.push(format!("{digest} = {value}"));
-        }
-        let update = self.update(reservation_pk(&reservation.id), sets, removes, conds, &ex)?;
-        items.push(TransactWriteItem::builder().update(update).build());
+        let (writes, end) = plan::end_reservation(reservation, entities, finish, now, clock);
+        let mut items = writes
+            .iter()
+            .map(|w| self.entity_write(w))
+            .collect::<Result<Vec<_>, _>>()?;
+        items.push(self.reservation_end(&end)?);
         match transact(&self.client, items).await? {
             TxOutcome::Committed => Ok(FinishWrite::Done),
             TxOutcome::Busy => Ok(FinishWrite::Busy),
@@ -1425,30 +1374,16 @@ impl Store for DynamoStore {
         now: DateTime<Utc>,
         clock: &ResetClock,
     ) -> Result<Option<usize>, StoreError> {
-        let mut ex = Expr::default();
-        let mut conds = Vec::new();
-        let mut sets = Vec::new();
-        let mut rolled = 0;
-        for w in entity.windows.iter().filter(|w| w.is_due(now)) {
-            let p = WindowPaths::new(&w.id());
-            let (used, reserved, spent, reset_at) = (
-                p.field(&mut ex, "used"),
-                p.field(&mut ex, "reserved"),
-                p.field(&mut ex, "spent"),
-                p.field(&mut ex, "reset_at"),
-            );
-            let old = ex.value(epoch(w.reset_at.unwrap_or(now)));
-            let next = ex.value(epoch(w.span.next_reset(now, clock).unwrap_or(now)));
-            let zero = ex.value(n(0));
-            conds.push(format!("{reset_at} = {old}"));
-            sets.push(format!("{used} = {reserved}"));
-            sets.push(format!("{spent} = {zero}"));
-            sets.push(format!("{reset_at} = {next}"));
-            rolled += 1;
-        }
-        if rolled == 0 {
+        let Some(write) = plan::roll_over(entity, now, clock) else {
             return Ok(Some(0));
-        }
+        };
+        let rolled = write
+            .guards
+            .iter()
+            .filter(|g| matches!(g, Guard::ResetAtIs(..)))
+            .count();
+        let mut ex = Expr::default();
+        let (conds, sets) = render(&mut ex, &write);
         let request = self
             .client
             .update_item()
@@ -1701,41 +1636,6 @@ impl Store for DynamoStore {
         keys.sort();
         Ok(keys)
     }
-}
-
-/// The entities a reservation holds, as far as the reservation knows them:
-/// its windows with their generations, assumed open (no boundary passed).
-/// Lets settle write without reading the entities first; the write's
-/// conditions check the assumption.
-fn entities_as_held(reservation: &Reservation) -> Vec<Entity> {
-    let mut out: Vec<Entity> = Vec::new();
-    for hold in &reservation.holds {
-        let Some(span) = Span::parse_id(&hold.window) else {
-            continue;
-        };
-        let window = Window {
-            span,
-            max: Money::ZERO,
-            spent: Money::ZERO,
-            reserved: Money::ZERO,
-            reset_at: None,
-            generation: hold.generation,
-            legacy: false,
-        };
-        match out
-            .iter_mut()
-            .find(|e| e.entity == hold.entity && e.incarnation == hold.incarnation)
-        {
-            Some(e) => e.windows.push(window),
-            None => {
-                let mut e = Entity::new(hold.entity.clone(), reservation.created_at);
-                e.incarnation = hold.incarnation;
-                e.windows.push(window);
-                out.push(e);
-            }
-        }
-    }
-    out
 }
 
 /// The user and team a key belongs to (none for users and teams).

@@ -1,0 +1,459 @@
+//! The budget rules as data: for each write the core decides a *plan* —
+//! the guards the stored item must satisfy and the changes the write makes
+//! — and a store executes it atomically (all guards hold and every change
+//! is applied, or nothing is). The DynamoDB adapter renders plans into
+//! condition and update expressions; the memory store evaluates them on
+//! its own copy. Neither contains a budget rule of its own: to change a
+//! rule, change it here.
+//!
+//! Guards are what the rule needs to be true *in the store* (not in the
+//! copy the decision was made on): that is what makes a decision on a
+//! cached or partly known chain safe.
+
+use chrono::{DateTime, Utc};
+
+use crate::duration::ResetClock;
+use crate::model::{Chain, Entity, EntityRef, Reservation, ReservationState, Span, Window};
+use crate::money::Money;
+use crate::store::Finish;
+
+/// A counter of a window. `Used` is always `Spent + Reserved`, stored
+/// because a DynamoDB condition cannot add two attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counter {
+    Used,
+    Spent,
+    Reserved,
+}
+
+/// What must hold in the stored item for a write to happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guard {
+    /// The entity's configuration is the one the decision was made on.
+    Version(u64),
+    /// The entity is the incarnation the decision was made on (0: an item
+    /// written before incarnations, which has none).
+    Incarnation(u64),
+    /// `window.counter <= amount` (headroom for a reservation).
+    AtMost(String, Counter, Money),
+    /// `window.counter < amount` (a zero reservation still needs room).
+    Below(String, Counter, Money),
+    /// The window's boundary is still `at` (nobody rolled it meanwhile).
+    ResetAtIs(String, DateTime<Utc>),
+    /// The window's period is still the current one at this instant (its
+    /// boundary was not read, only assumed).
+    ResetAfter(String, DateTime<Utc>),
+    /// The window is the very one a reservation was taken from.
+    Generation(String, u64),
+}
+
+/// What a write changes in the stored item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `window.counter += amount` (negative to take away).
+    Add(String, Counter, Money),
+    /// `window.used = window.reserved + amount`: the period's spend goes
+    /// (a roll-over), reservations in flight stay, `amount` joins them.
+    UsedFromReserved(String, Money),
+    /// `window.spent = amount`.
+    SetSpent(String, Money),
+    /// `window.reset_at = at`: the next boundary.
+    SetResetAt(String, DateTime<Utc>),
+}
+
+/// One conditional write to one entity's item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntityWrite {
+    pub entity: EntityRef,
+    pub guards: Vec<Guard>,
+    /// Empty: a condition check only (the entity takes part in the
+    /// transaction without a change, e.g. a key with no window).
+    pub changes: Vec<Change>,
+}
+
+impl EntityWrite {
+    fn new(entity: &Entity) -> EntityWrite {
+        EntityWrite {
+            entity: entity.entity.clone(),
+            guards: Vec::new(),
+            changes: Vec::new(),
+        }
+    }
+}
+
+/// The reserve write for one entity (as read, or as far as it is known):
+/// every window has room for `estimate`, and takes it. A window past its
+/// boundary is rolled over in the same write. `None` when the estimate can
+/// never fit (it is larger than a window's limit).
+pub fn reserve(
+    entity: &Entity,
+    estimate: Money,
+    now: DateTime<Utc>,
+    clock: &ResetClock,
+) -> Option<EntityWrite> {
+    let mut write = EntityWrite::new(entity);
+    write.guards.push(Guard::Version(entity.version));
+    write.guards.push(Guard::Incarnation(entity.incarnation));
+    for w in &entity.windows {
+        let id = w.id();
+        let limit = w.max.saturating_sub(estimate);
+        if limit < Money::ZERO {
+            return None;
+        }
+        if w.is_due(now) {
+            // Rolled over in this same write: the period's spend goes,
+            // reservations in flight stay.
+            write.guards.push(Guard::ResetAtIs(id.clone(), w.reset_at?));
+            write
+                .guards
+                .push(Guard::AtMost(id.clone(), Counter::Reserved, limit));
+            if estimate.is_zero() {
+                write
+                    .guards
+                    .push(Guard::Below(id.clone(), Counter::Reserved, w.max));
+            }
+            write.changes.extend(roll(w, estimate, now, clock));
+            write
+                .changes
+                .push(Change::Add(id, Counter::Reserved, estimate));
+        } else {
+            write
+                .guards
+                .push(Guard::AtMost(id.clone(), Counter::Used, limit));
+            if estimate.is_zero() {
+                write
+                    .guards
+                    .push(Guard::Below(id.clone(), Counter::Used, w.max));
+            }
+            if let Some(guard) = period_assumed(w, now) {
+                write.guards.push(guard);
+            }
+            write
+                .changes
+                .push(Change::Add(id.clone(), Counter::Used, estimate));
+            write
+                .changes
+                .push(Change::Add(id, Counter::Reserved, estimate));
+        }
+    }
+    Some(write)
+}
+
+/// The write that ends `reservation` on `entity` (as read, or as the
+/// reservation knows it): the held amount leaves `reserved` (only from the
+/// very window it was taken from, and only if it still holds budget), the
+/// cost joins `spent` of the period current now. `None` when nothing
+/// changes here (another incarnation, no window left, nothing to move).
+pub fn finish(
+    reservation: &Reservation,
+    entity: &Entity,
+    how: Finish,
+    now: DateTime<Utc>,
+    clock: &ResetClock,
+) -> Option<EntityWrite> {
+    let mut write = EntityWrite::new(entity);
+    let holds_budget = reservation.state.holds_budget();
+    let cost = match how {
+        Finish::Settle(c) => c,
+        Finish::Expire => Money::ZERO,
+    };
+    for hold in reservation
+        .holds
+        .iter()
+        // Another incarnation of the same id (deleted and re-created)
+        // never took this reservation: it is left alone.
+        .filter(|h| h.entity == entity.entity && h.incarnation == entity.incarnation)
+    {
+        let Some(w) = entity.window(&hold.window) else {
+            continue; // the window was removed: nothing left to charge
+        };
+        let release = if holds_budget && w.generation == hold.generation {
+            reservation.amount
+        } else {
+            Money::ZERO
+        };
+        if release.is_zero() && cost.is_zero() {
+            continue;
+        }
+        let id = w.id();
+        write
+            .guards
+            .push(Guard::Generation(id.clone(), w.generation));
+        if let Some(guard) = period_assumed(w, now) {
+            write.guards.push(guard);
+        }
+        let delta = cost.saturating_sub(release);
+        if w.is_due(now) && !cost.is_zero() {
+            // The cost belongs to the period current now: roll first.
+            write.guards.push(Guard::ResetAtIs(id.clone(), w.reset_at?));
+            write
+                .changes
+                .push(Change::UsedFromReserved(id.clone(), delta));
+            write.changes.push(Change::Add(
+                id.clone(),
+                Counter::Reserved,
+                Money::ZERO.saturating_sub(release),
+            ));
+            write.changes.push(Change::SetSpent(id.clone(), cost));
+            write.changes.push(Change::SetResetAt(
+                id,
+                w.span.next_reset(now, clock).unwrap_or(now),
+            ));
+        } else {
+            write
+                .changes
+                .push(Change::Add(id.clone(), Counter::Used, delta));
+            write.changes.push(Change::Add(
+                id.clone(),
+                Counter::Reserved,
+                Money::ZERO.saturating_sub(release),
+            ));
+            write.changes.push(Change::Add(id, Counter::Spent, cost));
+        }
+    }
+    if write.changes.is_empty() {
+        return None;
+    }
+    write.guards.push(Guard::Incarnation(entity.incarnation));
+    Some(write)
+}
+
+/// Rolls over every window of `entity` (as read) that is due at `now`,
+/// each on condition that nobody rolled it meanwhile. `None` when none is
+/// due.
+pub fn roll_over(entity: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Option<EntityWrite> {
+    let mut write = EntityWrite::new(entity);
+    for w in entity.windows.iter().filter(|w| w.is_due(now)) {
+        write.guards.push(Guard::ResetAtIs(w.id(), w.reset_at?));
+        write.changes.extend(roll(w, Money::ZERO, now, clock));
+    }
+    (!write.changes.is_empty()).then_some(write)
+}
+
+/// The changes that start `w`'s next period, with `joining` reserved in
+/// it too: spent 0, used = reserved + joining, the next boundary.
+fn roll(w: &Window, joining: Money, now: DateTime<Utc>, clock: &ResetClock) -> Vec<Change> {
+    let id = w.id();
+    vec![
+        Change::UsedFromReserved(id.clone(), joining),
+        Change::SetSpent(id.clone(), Money::ZERO),
+        Change::SetResetAt(id, w.span.next_reset(now, clock).unwrap_or(now)),
+    ]
+}
+
+/// A window whose boundary is not known (from an owner snapshot or a
+/// receipt, not read): the write itself checks the period is current.
+fn period_assumed(w: &Window, now: DateTime<Utc>) -> Option<Guard> {
+    (w.reset_at.is_none() && matches!(w.span, Span::Every(_)))
+        .then(|| Guard::ResetAfter(w.id(), now))
+}
+
+/// How an admin update treats each window: kept windows keep their
+/// counters (requests may be moving them) and take the new limit; new
+/// windows start empty; windows no longer given go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WindowEdit {
+    Limit {
+        id: String,
+        max: Money,
+        legacy: bool,
+    },
+    Open(Window),
+    Drop(String),
+}
+
+/// The window edits that turn `old` (as read) into `new`, and the guards
+/// the write needs (the configuration and incarnation read).
+pub fn update(old: &Entity, new: &Entity) -> (Vec<Guard>, Vec<WindowEdit>) {
+    let guards = vec![
+        Guard::Version(old.version),
+        Guard::Incarnation(old.incarnation),
+    ];
+    let mut edits = Vec::new();
+    for w in &new.windows {
+        edits.push(match old.window(&w.id()) {
+            Some(_) => WindowEdit::Limit {
+                id: w.id(),
+                max: w.max,
+                legacy: w.legacy,
+            },
+            None => WindowEdit::Open(w.clone()),
+        });
+    }
+    for w in &old.windows {
+        if new.window(&w.id()).is_none() {
+            edits.push(WindowEdit::Drop(w.id()));
+        }
+    }
+    (guards, edits)
+}
+
+/// Do `guards` hold on `stored` (`None`: the item does not exist)? The
+/// meaning of every guard, for stores that evaluate plans themselves (the
+/// memory store) and for tests of the ones that render them.
+pub fn guards_hold(guards: &[Guard], stored: Option<&Entity>) -> bool {
+    let Some(e) = stored else {
+        return false;
+    };
+    let window = |id: &str| e.window(id);
+    let counter = |w: &Window, c: Counter| match c {
+        Counter::Used => w.spent.saturating_add(w.reserved),
+        Counter::Spent => w.spent,
+        Counter::Reserved => w.reserved,
+    };
+    guards.iter().all(|g| match g {
+        Guard::Version(v) => e.version == *v,
+        Guard::Incarnation(i) => e.incarnation == *i,
+        Guard::AtMost(id, c, m) => window(id).is_some_and(|w| counter(w, *c) <= *m),
+        Guard::Below(id, c, m) => window(id).is_some_and(|w| counter(w, *c) < *m),
+        Guard::ResetAtIs(id, at) => window(id).is_some_and(|w| w.reset_at == Some(*at)),
+        Guard::ResetAfter(id, now) => {
+            window(id).is_some_and(|w| w.reset_at.is_some_and(|at| at > *now))
+        }
+        Guard::Generation(id, g) => window(id).is_some_and(|w| w.generation == *g),
+    })
+}
+
+/// Applies `changes` to `stored` (whose guards held).
+pub fn apply(changes: &[Change], stored: &mut Entity) {
+    for change in changes {
+        let (id, f): (&str, Box<dyn Fn(&mut Window)>) = match change {
+            Change::Add(id, c, m) => {
+                let (c, m) = (*c, *m);
+                (
+                    id,
+                    Box::new(move |w: &mut Window| match c {
+                        // `used` is derived here: spent + reserved.
+                        Counter::Used => {}
+                        Counter::Spent => w.spent = w.spent.saturating_add(m),
+                        Counter::Reserved => w.reserved = w.reserved.saturating_add(m),
+                    }),
+                )
+            }
+            // used = reserved + amount: derived (spent is set next).
+            Change::UsedFromReserved(id, _) => (id, Box::new(|_: &mut Window| {})),
+            Change::SetSpent(id, m) => {
+                let m = *m;
+                (id, Box::new(move |w: &mut Window| w.spent = m))
+            }
+            Change::SetResetAt(id, at) => {
+                let at = *at;
+                (id, Box::new(move |w: &mut Window| w.reset_at = Some(at)))
+            }
+        };
+        if let Some(w) = stored.windows.iter_mut().find(|w| w.id() == id) {
+            f(w);
+        }
+    }
+}
+
+/// What must hold in the stored reservation for it to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReservationGuard {
+    /// Still in the state it was read (or assumed) in.
+    State(ReservationState),
+    /// Built from a receipt: the receipt must be this reservation's.
+    Digest(String),
+}
+
+/// The write that ends a reservation: from its state to `to`, with the
+/// cost (settle) and the instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationEnd {
+    pub id: String,
+    pub guards: Vec<ReservationGuard>,
+    pub to: ReservationState,
+    /// Settled: the cost recorded.
+    pub cost: Option<Money>,
+    pub at: DateTime<Utc>,
+}
+
+/// Reserve: one write per entity of the chain (all or none), and the
+/// reservation recorded if its id is new. `None` when the estimate can
+/// never fit a window of the chain.
+pub fn reserve_chain(
+    chain: &Chain,
+    estimate: Money,
+    now: DateTime<Utc>,
+    clock: &ResetClock,
+) -> Option<Vec<EntityWrite>> {
+    chain
+        .entities()
+        .map(|e| reserve(e, estimate, now, clock))
+        .collect()
+}
+
+/// Settle, release or expire `reservation` (as read or as its receipt
+/// says) on `entities` (as read; `None`: as the reservation knows them,
+/// see [`entities_as_held`]): the entity writes, and the reservation's end.
+pub fn end_reservation(
+    reservation: &Reservation,
+    entities: Option<&[Entity]>,
+    how: Finish,
+    now: DateTime<Utc>,
+    clock: &ResetClock,
+) -> (Vec<EntityWrite>, ReservationEnd) {
+    let assumed;
+    let entities = match entities {
+        Some(read) => read,
+        None => {
+            assumed = entities_as_held(reservation);
+            assumed.as_slice()
+        }
+    };
+    let writes = entities
+        .iter()
+        .filter_map(|e| finish(reservation, e, how, now, clock))
+        .collect();
+    let mut guards = vec![ReservationGuard::State(reservation.state)];
+    if let Some(d) = &reservation.receipt_digest {
+        guards.push(ReservationGuard::Digest(d.clone()));
+    }
+    let (to, cost) = match how {
+        Finish::Settle(c) => (ReservationState::Settled, Some(c)),
+        Finish::Expire => (ReservationState::Expired, None),
+    };
+    let end = ReservationEnd {
+        id: reservation.id.clone(),
+        guards,
+        to,
+        cost,
+        at: now,
+    };
+    (writes, end)
+}
+
+/// The entities a reservation holds, as far as the reservation knows them:
+/// its windows with their generations and incarnations, assumed open (no
+/// boundary passed, limits unknown). Lets settle write without reading the
+/// entities first; the guards of the writes check the assumption.
+pub fn entities_as_held(reservation: &Reservation) -> Vec<Entity> {
+    let mut out: Vec<Entity> = Vec::new();
+    for hold in &reservation.holds {
+        let Some(span) = Span::parse_id(&hold.window) else {
+            continue;
+        };
+        let window = Window {
+            span,
+            max: Money::ZERO,
+            spent: Money::ZERO,
+            reserved: Money::ZERO,
+            reset_at: None,
+            generation: hold.generation,
+            legacy: false,
+        };
+        match out
+            .iter_mut()
+            .find(|e| e.entity == hold.entity && e.incarnation == hold.incarnation)
+        {
+            Some(e) => e.windows.push(window),
+            None => {
+                let mut e = Entity::new(hold.entity.clone(), reservation.created_at);
+                e.incarnation = hold.incarnation;
+                e.windows.push(window);
+                out.push(e);
+            }
+        }
+    }
+    out
+}
