@@ -276,6 +276,18 @@ impl Entity {
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
         matches!(self.expires, Some(at) if at <= now)
     }
+
+    /// A key's user and team (none for users and teams).
+    pub fn owners(&self) -> Vec<EntityRef> {
+        if self.entity.kind != EntityKind::Key {
+            return Vec::new();
+        }
+        self.user_id
+            .iter()
+            .map(|u| EntityRef::user(u.clone()))
+            .chain(self.team_id.iter().map(|t| EntityRef::team(t.clone())))
+            .collect()
+    }
 }
 
 /// A fresh incarnation: random, non-zero, below 2^53 (exact as a DynamoDB

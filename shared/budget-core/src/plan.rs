@@ -13,7 +13,9 @@
 use chrono::{DateTime, Utc};
 
 use crate::duration::ResetClock;
-use crate::model::{Chain, Entity, EntityRef, Reservation, ReservationState, Span, Window};
+use crate::model::{
+    Chain, Entity, EntityKind, EntityRef, Reservation, ReservationState, Span, Window,
+};
 use crate::money::Money;
 use crate::store::Finish;
 
@@ -45,6 +47,8 @@ pub enum Guard {
     ResetAfter(String, DateTime<Utc>),
     /// The window is the very one a reservation was taken from.
     Generation(String, u64),
+    /// No key points at this user or team (it may be deleted).
+    NoKeys,
 }
 
 /// What a write changes in the stored item.
@@ -288,6 +292,19 @@ pub fn update(old: &Entity, new: &Entity) -> (Vec<Guard>, Vec<WindowEdit>) {
     (guards, edits)
 }
 
+/// The guards of deleting `entity` (as read): the configuration and
+/// incarnation read, and for a user or team that no key points at it.
+pub fn delete(entity: &Entity) -> Vec<Guard> {
+    let mut guards = vec![
+        Guard::Version(entity.version),
+        Guard::Incarnation(entity.incarnation),
+    ];
+    if entity.entity.kind != EntityKind::Key {
+        guards.push(Guard::NoKeys);
+    }
+    guards
+}
+
 /// Do `guards` hold on `stored` (`None`: the item does not exist)? The
 /// meaning of every guard, for stores that evaluate plans themselves (the
 /// memory store) and for tests of the ones that render them.
@@ -311,6 +328,7 @@ pub fn guards_hold(guards: &[Guard], stored: Option<&Entity>) -> bool {
             window(id).is_some_and(|w| w.reset_at.is_some_and(|at| at > *now))
         }
         Guard::Generation(id, g) => window(id).is_some_and(|w| w.generation == *g),
+        Guard::NoKeys => e.key_count == 0,
     })
 }
 
@@ -456,4 +474,163 @@ pub fn entities_as_held(reservation: &Reservation) -> Vec<Entity> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::admit;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap()
+    }
+
+    /// A window from small numbers: max, spent, reserved in dollars, and
+    /// whether its boundary is past (due), future, or unknown (snapshot).
+    fn window(span: &str, max: i64, spent: i64, reserved: i64, boundary: u8) -> Window {
+        let span = Span::parse_id(span).unwrap();
+        Window {
+            span,
+            max: Money::usd(max),
+            spent: Money::usd(spent),
+            reserved: Money::usd(reserved),
+            reset_at: match boundary {
+                0 => Some(now() - chrono::Duration::hours(1)),
+                _ => Some(now() + chrono::Duration::hours(1)),
+            },
+            generation: 7,
+            legacy: false,
+        }
+    }
+
+    fn entity(kind: EntityKind, windows: Vec<Window>) -> Entity {
+        let mut e = Entity::new(EntityRef::new(kind, "x"), now());
+        e.windows = windows;
+        e
+    }
+
+    fn windows() -> impl Strategy<Value = Vec<Window>> {
+        let spans = ["1h", "1d", "lifetime"];
+        proptest::collection::vec((0..3usize, 0i64..6, 0i64..6, 0i64..6, 0u8..2), 0..3).prop_map(
+            move |ws| {
+                let mut out: Vec<Window> = Vec::new();
+                for (s, max, spent, reserved, boundary) in ws {
+                    let boundary = if spans[s] == "lifetime" { 1 } else { boundary };
+                    let mut w = window(spans[s], max, spent, reserved, boundary);
+                    if spans[s] == "lifetime" {
+                        w.reset_at = None;
+                    }
+                    if !out.iter().any(|o| o.span == w.span) {
+                        out.push(w);
+                    }
+                }
+                out
+            },
+        )
+    }
+
+    proptest! {
+        /// The store's guards hold exactly when the core's rule admits, and
+        /// the changes reserve the estimate in every window (rolled over
+        /// where due).
+        #[test]
+        fn reserve_guards_hold_exactly_when_the_rule_admits(
+            key in windows(),
+            user in windows(),
+            team in windows(),
+            estimate in 0i64..7,
+        ) {
+            let clock = ResetClock::utc_midnight();
+            let chain = Chain {
+                key: entity(EntityKind::Key, key),
+                user: Some(entity(EntityKind::User, user)),
+                team: Some(entity(EntityKind::Team, team)),
+            };
+            let e = Money::usd(estimate);
+            let admits = admit(&chain, e, now(), &clock).is_ok();
+            let plan = reserve_chain(&chain, e, now(), &clock);
+            let holds = plan.as_ref().is_some_and(|writes| {
+                writes
+                    .iter()
+                    .zip(chain.entities())
+                    .all(|(w, stored)| guards_hold(&w.guards, Some(stored)))
+            });
+            prop_assert_eq!(admits, holds);
+            if let (true, Some(writes)) = (holds, plan) {
+                for (w, before) in writes.iter().zip(chain.entities()) {
+                    let mut after = before.clone();
+                    apply(&w.changes, &mut after);
+                    for (b, a) in before.windows.iter().zip(&after.windows) {
+                        prop_assert_eq!(a.reserved, b.reserved.saturating_add(e));
+                        prop_assert_eq!(a.spent, b.spent_at(now()));
+                        prop_assert!(!a.is_due(now()));
+                    }
+                }
+            }
+        }
+
+        /// Settling on the entity as read releases the amount once and
+        /// records the cost in the current period; as held (not read), the
+        /// guards hold on the stored entity exactly when its period is
+        /// current and the window is the one reserved.
+        #[test]
+        fn finish_moves_the_amount_once_into_the_current_period(
+            ws in windows(),
+            amount in 0i64..4,
+            cost in 0i64..4,
+            generation_moved in any::<bool>(),
+        ) {
+            let clock = ResetClock::utc_midnight();
+            let stored = entity(EntityKind::User, ws);
+            let reservation = Reservation {
+                id: "r".into(),
+                amount: Money::usd(amount),
+                holds: stored
+                    .windows
+                    .iter()
+                    .map(|w| crate::model::Hold {
+                        entity: stored.entity.clone(),
+                        incarnation: stored.incarnation,
+                        window: w.id(),
+                        generation: if generation_moved { 8 } else { w.generation },
+                    })
+                    .collect(),
+                key_hash: String::new(),
+                user_id: Some("x".into()),
+                team_id: None,
+                state: ReservationState::Held,
+                created_at: now(),
+                expires_at: now(),
+                cost: None,
+                settled_at: None,
+                expired_at: None,
+                receipt_digest: None,
+                receipt: None,
+                remaining: None,
+                tightest: None,
+            };
+            let how = Finish::Settle(Money::usd(cost));
+            let (writes, _) = end_reservation(&reservation, Some(std::slice::from_ref(&stored)), how, now(), &clock);
+            let mut after = stored.clone();
+            for w in &writes {
+                prop_assert!(guards_hold(&w.guards, Some(&stored)));
+                apply(&w.changes, &mut after);
+            }
+            let released = if generation_moved { 0 } else { amount };
+            for (b, a) in stored.windows.iter().zip(&after.windows) {
+                prop_assert_eq!(a.reserved, b.reserved.saturating_sub(Money::usd(released)));
+                let spent_now = if cost > 0 { b.spent_at(now()) } else { b.spent };
+                prop_assert_eq!(a.spent, spent_now.saturating_add(Money::usd(cost)));
+            }
+            // Not read: the assumed entity's guards check the stored one.
+            let (writes, _) = end_reservation(&reservation, None, how, now(), &clock);
+            let current = stored.windows.iter().all(|w| !w.is_due(now()));
+            let all_hold = writes.iter().all(|w| guards_hold(&w.guards, Some(&stored)));
+            if !generation_moved && (amount > 0 || cost > 0) && !stored.windows.is_empty() {
+                prop_assert_eq!(all_hold, current);
+            }
+        }
+    }
 }

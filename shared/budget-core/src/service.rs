@@ -633,3 +633,174 @@ pub async fn reset<S: Store>(store: &S, now: DateTime<Utc>, settings: &Settings)
     summary.finished_at = crate::decision::rfc3339(Utc::now().max(now));
     summary
 }
+
+#[cfg(test)]
+mod tests {
+    //! The service over the memory store, which executes the same plans as
+    //! DynamoDB: retries, cache, stale re-reads, duplicates.
+
+    use super::*;
+    use crate::model::{Entity, EntityRef, Span, Window};
+    use crate::store::memory::{Injected, MemoryStore};
+    use crate::store::AdminWrite;
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap()
+    }
+
+    fn settings() -> Settings {
+        Settings::from_lookup(|k| (k == "TABLE_NAME").then(|| "t".to_string())).unwrap()
+    }
+
+    /// A key with a `max` USD daily window on its user; returns the key.
+    async fn key_with_user_window(store: &MemoryStore, max: i64) -> String {
+        let clock = settings().clock;
+        let mut user = Entity::new(EntityRef::user("u"), now());
+        user.windows.push(Window::open(
+            Span::parse_id("1d").unwrap(),
+            Money::usd(max),
+            false,
+            now(),
+            &clock,
+        ));
+        assert_eq!(store.create(&user).await.unwrap(), AdminWrite::Done);
+        let key = crate::keys::generate_key();
+        let mut k = Entity::new(EntityRef::key(hash_key(&key)), now());
+        k.user_id = Some("u".into());
+        assert_eq!(store.create(&k).await.unwrap(), AdminWrite::Done);
+        key
+    }
+
+    fn reservation_of(outcome: &AuthorizeOutcome) -> &Reservation {
+        match outcome {
+            AuthorizeOutcome::Allowed { reservation, .. } => reservation,
+            other => panic!("not allowed: {other:?}"),
+        }
+    }
+
+    fn user_window(store: &MemoryStore) -> Window {
+        store.entity(&EntityRef::user("u")).unwrap().windows[0].clone()
+    }
+
+    #[tokio::test]
+    async fn a_cached_chain_never_denies_alone_the_fresh_read_does() {
+        let store = MemoryStore::new();
+        let key = key_with_user_window(&store, 3).await;
+        let warm = Authorizer::new(store.clone(), settings());
+        let other = Authorizer::new(store.clone(), settings());
+        let r = warm.authorize(&key, Money::usd(1), None, now()).await;
+        reservation_of(&r);
+        // Another instance takes the rest; the warm cache does not know.
+        reservation_of(&other.authorize(&key, Money::usd(2), None, now()).await);
+        let before = store.requests();
+        let denied = warm.authorize(&key, Money::usd(1), None, now()).await;
+        assert!(matches!(denied, AuthorizeOutcome::Denied(_)), "{denied:?}");
+        // The refused write, then the fresh read that denies.
+        assert_eq!(store.requests() - before, 2);
+        assert_eq!(user_window(&store).reserved, Money::usd(3));
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_request_gets_the_same_reservation_and_answer() {
+        let store = MemoryStore::new();
+        let key = key_with_user_window(&store, 1).await;
+        let first = Authorizer::new(store.clone(), settings())
+            .authorize(&key, Money::usd(1), Some("req-1"), now())
+            .await;
+        for a in [
+            Authorizer::new(store.clone(), settings()),
+            Authorizer::new(store.clone(), settings()),
+        ] {
+            let again = a.authorize(&key, Money::usd(1), Some("req-1"), now()).await;
+            assert_eq!(reservation_of(&again).id, reservation_of(&first).id);
+            match again {
+                AuthorizeOutcome::Allowed {
+                    duplicate,
+                    admission,
+                    ..
+                } => {
+                    assert!(duplicate);
+                    assert_eq!(admission.remaining, Some(Money::ZERO));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(user_window(&store).reserved, Money::usd(1));
+    }
+
+    #[tokio::test]
+    async fn a_replay_after_settle_is_a_new_request_under_a_new_id() {
+        let store = MemoryStore::new();
+        let key = key_with_user_window(&store, 5).await;
+        let a = Authorizer::new(store.clone(), settings());
+        let first = a.authorize(&key, Money::usd(1), Some("req-2"), now()).await;
+        let id = reservation_of(&first).id.clone();
+        let settled = settle(&store, &id, Money::usd(1), now(), &settings()).await;
+        assert!(matches!(
+            settled,
+            Ok(SettleOutcome::Settled {
+                duplicate: false,
+                ..
+            })
+        ));
+        let replay = a.authorize(&key, Money::usd(1), Some("req-2"), now()).await;
+        assert_ne!(reservation_of(&replay).id, id);
+        let w = user_window(&store);
+        assert_eq!((w.spent, w.reserved), (Money::usd(1), Money::usd(1)));
+    }
+
+    #[tokio::test]
+    async fn conflicts_back_off_and_retry_then_exhaustion_fails_closed() {
+        let store = MemoryStore::new();
+        let key = key_with_user_window(&store, 5).await;
+        let a = Authorizer::new(store.clone(), settings());
+        store.inject(Injected::Conflict, 3);
+        reservation_of(&a.authorize(&key, Money::usd(1), None, now()).await);
+        store.inject(Injected::Conflict, MAX_ATTEMPTS);
+        let outcome = a.authorize(&key, Money::usd(1), None, now()).await;
+        assert_eq!(
+            outcome,
+            AuthorizeOutcome::Unavailable("budget counters too contended, try again".into())
+        );
+        store.inject(Injected::Unavailable, 1);
+        let outcome = a.authorize(&key, Money::usd(1), None, now()).await;
+        assert!(matches!(outcome, AuthorizeOutcome::Unavailable(_)));
+        assert_eq!(user_window(&store).reserved, Money::usd(1), "one admitted");
+    }
+
+    #[tokio::test]
+    async fn the_floor_of_the_chain_raises_what_is_reserved() {
+        let store = MemoryStore::new();
+        let key = key_with_user_window(&store, 5).await;
+        let old = store.entity(&EntityRef::user("u")).unwrap();
+        let new = Entity {
+            reservation_floor: Some(Money::usd(2)),
+            ..old.clone()
+        };
+        assert_eq!(store.update(&old, &new).await.unwrap(), AdminWrite::Done);
+        let a = Authorizer::new(store.clone(), settings());
+        for asked in [Requested::Amount(Money::ZERO), Requested::Default] {
+            let r = a.authorize(&key, asked, None, now()).await;
+            assert_eq!(reservation_of(&r).amount, Money::usd(2));
+        }
+        let r = a.authorize(&key, Money::usd(1), None, now()).await;
+        assert!(matches!(r, AuthorizeOutcome::Denied(_)), "5 − 4 < 2: {r:?}");
+    }
+
+    #[test]
+    fn the_header_is_only_a_request() {
+        assert_eq!(requested_from_header(None), Ok(Requested::Default));
+        assert_eq!(requested_from_header(Some(" ")), Ok(Requested::Default));
+        assert_eq!(
+            requested_from_header(Some("-1")),
+            Ok(Requested::Amount(Money::ZERO))
+        );
+        assert_eq!(
+            requested_from_header(Some("1e30")),
+            Ok(Requested::Amount(Money::from_nanos(i64::MAX)))
+        );
+        let e = requested_from_header(Some("\"}{")).unwrap_err();
+        assert!(!e.contains('"'), "{e}");
+    }
+}

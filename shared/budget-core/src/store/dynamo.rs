@@ -25,7 +25,9 @@ use crate::model::{
     Chain, Entity, EntityKind, EntityRef, Hold, Reservation, ReservationState, Span, Window,
 };
 use crate::money::Money;
-use crate::plan::{self, Change, Counter, EntityWrite, Guard, ReservationEnd, ReservationGuard};
+use crate::plan::{
+    self, Change, Counter, EntityWrite, Guard, ReservationEnd, ReservationGuard, WindowEdit,
+};
 
 /// Finished reservations stay this long, so a settle delivered again days
 /// later is still recognised; then DynamoDB's TTL removes them.
@@ -417,6 +419,10 @@ fn render_guard(ex: &mut Expr, guard: &Guard) -> String {
         Guard::Generation(w, g) => {
             let (path, value) = (WindowPaths::new(w).field(ex, "gen"), ex.value(n(*g as i64)));
             format!("{path} = {value}")
+        }
+        Guard::NoKeys => {
+            let (kc, zero) = (ex.name("key_count"), ex.value(n(0)));
+            format!("({kc} = {zero} OR attribute_not_exists({kc}))")
         }
     }
 }
@@ -984,7 +990,7 @@ impl DynamoStore {
     /// one more read, never a wrong admission.
     async fn refresh_snapshots(&self, old: &Entity, new: &Entity) {
         let result = match new.entity.kind {
-            EntityKind::Key => match self.owner_snapshots(&key_owners(new)).await {
+            EntityKind::Key => match self.owner_snapshots(&new.owners()).await {
                 Ok(snapshots) => {
                     let mut ex = Expr::default();
                     let owners = ex.name(OWNERS);
@@ -1166,7 +1172,7 @@ impl DynamoStore {
         limit: usize,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
         let mut out = Vec::new();
-        let mut start: Cursor = None;
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
             let mut ex = Expr::default();
             let pk_name = ex.name(pk_attr);
@@ -1229,7 +1235,7 @@ impl Store for DynamoStore {
         let Some(key) = self.load(&EntityRef::key(key_hash)).await? else {
             return Ok(None);
         };
-        let owners = self.load_many(&key_owners(&key)).await?;
+        let owners = self.load_many(&key.owners()).await?;
         let mut chain = Chain {
             key,
             user: None,
@@ -1250,7 +1256,7 @@ impl Store for DynamoStore {
             return Ok((None, None));
         };
         // The owners and the reservation in one BatchGetItem.
-        let mut pks: Vec<String> = key_owners(&key).iter().map(entity_pk).collect();
+        let mut pks: Vec<String> = key.owners().iter().map(entity_pk).collect();
         pks.push(reservation_pk(id));
         let mut chain = Chain {
             key,
@@ -1288,7 +1294,7 @@ impl Store for DynamoStore {
             key,
         };
         let mut missing = Vec::new();
-        for owner in key_owners(&chain.key) {
+        for owner in chain.key.owners() {
             match owner_from_snapshot(item, owner.kind, &owner.id) {
                 Some(e) => chain.set_owner(e),
                 None => missing.push(owner),
@@ -1415,7 +1421,7 @@ impl Store for DynamoStore {
             .set_expression_attribute_names(ex.names())
             .set_expression_attribute_values(ex.values())
             .consistent_read(true)
-            .set_exclusive_start_key(cursor)
+            .set_exclusive_start_key(cursor.map(key_of))
             .send()
             .await
             .map_err(|e| unavailable("scan", e))?;
@@ -1424,7 +1430,14 @@ impl Store for DynamoStore {
             .iter()
             .map(entity_from_item)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok((entities, page.last_evaluated_key().cloned()))
+        // The table's key is its partition key alone: the cursor is it.
+        let next = page
+            .last_evaluated_key()
+            .and_then(|k| match k.get(PARTITION_KEY) {
+                Some(AttributeValue::S(pk)) => Some(pk.clone()),
+                _ => None,
+            });
+        Ok((entities, next))
     }
 
     async fn expired_reservations(
@@ -1462,7 +1475,7 @@ impl Store for DynamoStore {
 
     async fn create(&self, entity: &Entity) -> Result<AdminWrite, StoreError> {
         let mut item = entity_item(entity);
-        let owners = key_owners(entity);
+        let owners = entity.owners();
         if !owners.is_empty() {
             item.insert(OWNERS.into(), self.owner_snapshots(&owners).await?);
         }
@@ -1483,14 +1496,10 @@ impl Store for DynamoStore {
     }
 
     async fn update(&self, old: &Entity, new: &Entity) -> Result<AdminWrite, StoreError> {
+        let (guards, edits) = plan::update(old, new);
         let mut ex = Expr::default();
-        let ver = ex.name("ver");
-        let old_ver = ex.value(n(old.version as i64));
-        let one = ex.value(n(1));
-        let conds = vec![
-            format!("{ver} = {old_ver}"),
-            incarnation_is(&mut ex, old.incarnation),
-        ];
+        let conds = guards.iter().map(|g| render_guard(&mut ex, g)).collect();
+        let (ver, one) = (ex.name("ver"), ex.value(n(1)));
         let mut sets = vec![format!("{ver} = {ver} + {one}")];
         let mut removes = Vec::new();
         let config = entity_config_attributes(new);
@@ -1504,28 +1513,24 @@ impl Store for DynamoStore {
                 removes.push(ex.name(name));
             }
         }
-        for w in &new.windows {
-            match old.window(&w.id()) {
-                Some(_) => {
-                    let max = ex.path(&["w", &w.id(), "max"]);
-                    let legacy = ex.path(&["w", &w.id(), "legacy"]);
+        for edit in &edits {
+            match edit {
+                WindowEdit::Limit { id, max, legacy } => {
+                    let (max_path, legacy_path) =
+                        (ex.path(&["w", id, "max"]), ex.path(&["w", id, "legacy"]));
                     let (mv, lv) = (
-                        ex.value(money(w.max)),
-                        ex.value(AttributeValue::Bool(w.legacy)),
+                        ex.value(money(*max)),
+                        ex.value(AttributeValue::Bool(*legacy)),
                     );
-                    sets.push(format!("{max} = {mv}"));
-                    sets.push(format!("{legacy} = {lv}"));
+                    sets.push(format!("{max_path} = {mv}"));
+                    sets.push(format!("{legacy_path} = {lv}"));
                 }
-                None => {
+                WindowEdit::Open(w) => {
                     let path = ex.path(&["w", &w.id()]);
                     let v = ex.value(window_item(w));
                     sets.push(format!("{path} = {v}"));
                 }
-            }
-        }
-        for w in &old.windows {
-            if new.window(&w.id()).is_none() {
-                removes.push(ex.path(&["w", &w.id()]));
+                WindowEdit::Drop(id) => removes.push(ex.path(&["w", id])),
             }
         }
         let update = self.update(entity_pk(&old.entity), sets, removes, conds, &ex)?;
@@ -1575,17 +1580,11 @@ impl Store for DynamoStore {
 
     async fn delete(&self, entity: &Entity) -> Result<AdminWrite, StoreError> {
         let mut ex = Expr::default();
-        let ver = ex.name("ver");
-        let v = ex.value(n(entity.version as i64));
-        let inc = incarnation_is(&mut ex, entity.incarnation);
-        let mut condition = format!("{ver} = {v} AND {inc}");
-        if entity.entity.kind != EntityKind::Key {
-            let kc = ex.name("key_count");
-            let zero = ex.value(n(0));
-            condition.push_str(&format!(
-                " AND ({kc} = {zero} OR attribute_not_exists({kc}))"
-            ));
-        }
+        let condition = plan::delete(entity)
+            .iter()
+            .map(|g| render_guard(&mut ex, g))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         let delete = Delete::builder()
             .table_name(&self.table)
             .set_key(Some(key_of(entity_pk(&entity.entity))))
@@ -1636,19 +1635,6 @@ impl Store for DynamoStore {
         keys.sort();
         Ok(keys)
     }
-}
-
-/// The user and team a key belongs to (none for users and teams).
-fn key_owners(entity: &Entity) -> Vec<EntityRef> {
-    if entity.entity.kind != EntityKind::Key {
-        return Vec::new();
-    }
-    entity
-        .user_id
-        .iter()
-        .map(|u| EntityRef::user(u.clone()))
-        .chain(entity.team_id.iter().map(|t| EntityRef::team(t.clone())))
-        .collect()
 }
 
 /// `key_count += delta` on an owner that must exist.

@@ -3,6 +3,8 @@
 //! conditional atomic write, so concurrency can never overspend.
 
 pub mod dynamo;
+#[cfg(any(test, feature = "memory"))]
+pub mod memory;
 pub mod table;
 
 use async_trait::async_trait;
@@ -78,9 +80,9 @@ pub enum AdminWrite {
     Conflict,
 }
 
-/// A page of a scan.
-pub type Cursor =
-    Option<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>;
+/// Where the next page of a scan starts: opaque to callers (`None`: from
+/// the beginning, or as an answer: no more pages).
+pub type Cursor = Option<String>;
 
 #[async_trait]
 pub trait Store: Send + Sync {

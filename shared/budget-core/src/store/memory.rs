@@ -1,0 +1,391 @@
+//! A store in memory that executes the core's plans with the same
+//! atomicity as DynamoDB's transactions (one lock: every guard holds and
+//! every change applies, or nothing does). For unit tests of the service,
+//! the CPU bench and simulations — never the proof of end-to-end
+//! behaviour, which is the emulator's. Behind the `memory` feature.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{AdminWrite, Cursor, Finish, FinishWrite, ReserveWrite, Store, StoreError};
+use crate::duration::ResetClock;
+use crate::model::{Chain, Entity, EntityKind, EntityRef, Reservation, ReservationState};
+use crate::plan::{self, ReservationGuard, WindowEdit};
+
+/// Entities per page of [`Store::scan_entities`].
+const PAGE: usize = 100;
+
+/// A fault to answer the next write with (tests of retries and backoff).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Injected {
+    /// Another transaction touched the same items (DynamoDB's
+    /// `TransactionConflict`): nothing written.
+    Conflict,
+    /// The store cannot be reached.
+    Unavailable,
+}
+
+#[derive(Default)]
+struct State {
+    entities: BTreeMap<EntityRef, Entity>,
+    reservations: BTreeMap<String, Reservation>,
+}
+
+/// See the module documentation. Clones share one store (as instances of
+/// a function share one table).
+#[derive(Default, Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    state: Mutex<State>,
+    faults: Mutex<VecDeque<Injected>>,
+    requests: Mutex<usize>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// The next `times` writes (reserve, finish, roll-over) answer `fault`.
+    pub fn inject(&self, fault: Injected, times: usize) {
+        let mut faults = self.inner.faults.lock().unwrap_or_else(|e| e.into_inner());
+        faults.extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// Requests served so far (reads and writes), as DynamoDB would bill
+    /// them one per call.
+    pub fn requests(&self) -> usize {
+        *self
+            .inner
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The entity as stored (tests).
+    pub fn entity(&self, e: &EntityRef) -> Option<Entity> {
+        self.state().entities.get(e).cloned()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        *self
+            .inner
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) += 1;
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fault(&self) -> Result<Option<Injected>, StoreError> {
+        let next = self
+            .inner
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
+        match next {
+            Some(Injected::Unavailable) => Err(StoreError::Unavailable("injected".into())),
+            other => Ok(other),
+        }
+    }
+}
+
+impl State {
+    fn holds(&self, write: &plan::EntityWrite) -> bool {
+        plan::guards_hold(&write.guards, self.entities.get(&write.entity))
+    }
+
+    fn apply(&mut self, write: &plan::EntityWrite) {
+        if let Some(e) = self.entities.get_mut(&write.entity) {
+            plan::apply(&write.changes, e);
+        }
+    }
+
+    fn chain(&self, key_hash: &str) -> Option<Chain> {
+        let key = self.entities.get(&EntityRef::key(key_hash))?.clone();
+        let mut chain = Chain {
+            user: None,
+            team: None,
+            key,
+        };
+        for owner in chain.key.owners() {
+            if let Some(e) = self.entities.get(&owner) {
+                chain.set_owner(e.clone());
+            }
+        }
+        Some(chain)
+    }
+
+    fn count_key(&mut self, owners: &[EntityRef], delta: i64) {
+        for o in owners {
+            if let Some(e) = self.entities.get_mut(o) {
+                e.key_count += delta;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
+        Ok(self.state().entities.get(entity).cloned())
+    }
+
+    async fn load_many(&self, entities: &[EntityRef]) -> Result<Vec<Entity>, StoreError> {
+        if entities.is_empty() {
+            return Ok(Vec::new());
+        }
+        let state = self.state();
+        let mut found: Vec<Entity> = entities
+            .iter()
+            .filter_map(|e| state.entities.get(e).cloned())
+            .collect();
+        found.sort_by(|a, b| a.entity.cmp(&b.entity));
+        found.dedup_by(|a, b| a.entity == b.entity);
+        Ok(found)
+    }
+
+    async fn load_chain(&self, key_hash: &str) -> Result<Option<Chain>, StoreError> {
+        Ok(self.state().chain(key_hash))
+    }
+
+    async fn load_chain_and_reservation(
+        &self,
+        key_hash: &str,
+        id: &str,
+    ) -> Result<(Option<Chain>, Option<Reservation>), StoreError> {
+        let state = self.state();
+        let chain = state.chain(key_hash);
+        let reservation = chain
+            .as_ref()
+            .and_then(|_| state.reservations.get(id).cloned());
+        Ok((chain, reservation))
+    }
+
+    async fn reserve(
+        &self,
+        chain: &Chain,
+        reservation: &Reservation,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<ReserveWrite, StoreError> {
+        if self.fault()? == Some(Injected::Conflict) {
+            return Ok(ReserveWrite::Conflict);
+        }
+        let Some(writes) = plan::reserve_chain(chain, reservation.amount, now, clock) else {
+            return Ok(ReserveWrite::Stale);
+        };
+        let mut state = self.state();
+        if state.reservations.contains_key(&reservation.id) {
+            return Ok(ReserveWrite::Duplicate);
+        }
+        if !writes.iter().all(|w| state.holds(w)) {
+            return Ok(ReserveWrite::Stale);
+        }
+        for w in &writes {
+            state.apply(w);
+        }
+        let mut stored = reservation.clone();
+        stored.receipt = None;
+        state.reservations.insert(stored.id.clone(), stored);
+        Ok(ReserveWrite::Reserved)
+    }
+
+    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError> {
+        Ok(self.state().reservations.get(id).cloned())
+    }
+
+    async fn finish(
+        &self,
+        reservation: &Reservation,
+        entities: Option<&[Entity]>,
+        finish: Finish,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<FinishWrite, StoreError> {
+        if self.fault()? == Some(Injected::Conflict) {
+            return Ok(FinishWrite::Busy);
+        }
+        let (writes, end) = plan::end_reservation(reservation, entities, finish, now, clock);
+        let mut state = self.state();
+        let Some(stored) = state.reservations.get(&end.id) else {
+            return Ok(FinishWrite::Stale);
+        };
+        let reservation_holds = end.guards.iter().all(|g| match g {
+            ReservationGuard::State(s) => stored.state == *s,
+            ReservationGuard::Digest(d) => stored.receipt_digest.as_deref() == Some(d),
+        });
+        if !reservation_holds || !writes.iter().all(|w| state.holds(w)) {
+            return Ok(FinishWrite::Stale);
+        }
+        for w in &writes {
+            state.apply(w);
+        }
+        if let Some(r) = state.reservations.get_mut(&end.id) {
+            r.state = end.to;
+            match end.to {
+                ReservationState::Expired => r.expired_at = Some(end.at),
+                _ => {
+                    r.settled_at = Some(end.at);
+                    r.cost = end.cost;
+                }
+            }
+        }
+        Ok(FinishWrite::Done)
+    }
+
+    async fn roll_over(
+        &self,
+        entity: &Entity,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<Option<usize>, StoreError> {
+        let Some(write) = plan::roll_over(entity, now, clock) else {
+            return Ok(Some(0));
+        };
+        let mut state = self.state();
+        if !state.holds(&write) {
+            return Ok(None);
+        }
+        state.apply(&write);
+        Ok(Some(
+            write
+                .guards
+                .iter()
+                .filter(|g| matches!(g, plan::Guard::ResetAtIs(..)))
+                .count(),
+        ))
+    }
+
+    async fn scan_entities(&self, cursor: Cursor) -> Result<(Vec<Entity>, Cursor), StoreError> {
+        let state = self.state();
+        let after = cursor.as_deref().and_then(decode_cursor);
+        let page: Vec<Entity> = state
+            .entities
+            .iter()
+            .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a))
+            .take(PAGE)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let next = (page.len() == PAGE)
+            .then(|| page.last().map(|e| encode_cursor(&e.entity)))
+            .flatten();
+        Ok((page, next))
+    }
+
+    async fn expired_reservations(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .state()
+            .reservations
+            .values()
+            .filter(|r| r.state == ReservationState::Held && r.expires_at <= now)
+            .take(limit)
+            .map(|r| r.id.clone())
+            .collect())
+    }
+
+    async fn create(&self, entity: &Entity) -> Result<AdminWrite, StoreError> {
+        let mut state = self.state();
+        if state.entities.contains_key(&entity.entity) {
+            return Ok(AdminWrite::AlreadyExists);
+        }
+        let owners = entity.owners();
+        if let Some(missing) = owners.iter().find(|o| !state.entities.contains_key(o)) {
+            return Ok(AdminWrite::Missing(missing.clone()));
+        }
+        state.count_key(&owners, 1);
+        state.entities.insert(entity.entity.clone(), entity.clone());
+        Ok(AdminWrite::Done)
+    }
+
+    async fn update(&self, old: &Entity, new: &Entity) -> Result<AdminWrite, StoreError> {
+        let (guards, edits) = plan::update(old, new);
+        let mut state = self.state();
+        if !plan::guards_hold(&guards, state.entities.get(&old.entity)) {
+            return Ok(AdminWrite::Conflict);
+        }
+        let (before, after) = (old.owners(), new.owners());
+        let added: Vec<EntityRef> = after
+            .iter()
+            .filter(|o| !before.contains(o))
+            .cloned()
+            .collect();
+        let removed: Vec<EntityRef> = before
+            .iter()
+            .filter(|o| !after.contains(o))
+            .cloned()
+            .collect();
+        if let Some(missing) = added.iter().find(|o| !state.entities.contains_key(o)) {
+            return Ok(AdminWrite::Missing(missing.clone()));
+        }
+        state.count_key(&removed, -1);
+        state.count_key(&added, 1);
+        let Some(stored) = state.entities.get_mut(&old.entity) else {
+            return Ok(AdminWrite::Missing(old.entity.clone()));
+        };
+        let mut windows = Vec::new();
+        for edit in edits {
+            match edit {
+                WindowEdit::Limit { id, max, legacy } => {
+                    if let Some(mut w) = stored.window(&id).cloned() {
+                        w.max = max;
+                        w.legacy = legacy;
+                        windows.push(w);
+                    }
+                }
+                WindowEdit::Open(w) => windows.push(w),
+                WindowEdit::Drop(_) => {}
+            }
+        }
+        windows.sort_by_key(|w| w.span);
+        *stored = Entity {
+            version: stored.version + 1,
+            incarnation: stored.incarnation,
+            key_count: stored.key_count,
+            created_at: stored.created_at,
+            windows,
+            ..new.clone()
+        };
+        Ok(AdminWrite::Done)
+    }
+
+    async fn delete(&self, entity: &Entity) -> Result<AdminWrite, StoreError> {
+        let mut state = self.state();
+        if !plan::guards_hold(&plan::delete(entity), state.entities.get(&entity.entity)) {
+            return Ok(AdminWrite::Conflict);
+        }
+        state.entities.remove(&entity.entity);
+        state.count_key(&entity.owners(), -1);
+        Ok(AdminWrite::Done)
+    }
+
+    async fn keys_of(&self, owner: &EntityRef) -> Result<Vec<String>, StoreError> {
+        let state = self.state();
+        Ok(state
+            .entities
+            .values()
+            .filter(|e| e.entity.kind == EntityKind::Key && e.owners().contains(owner))
+            .map(|e| e.entity.id.clone())
+            .collect())
+    }
+}
+
+fn encode_cursor(e: &EntityRef) -> String {
+    format!("{}#{}", e.kind.as_str(), e.id)
+}
+
+fn decode_cursor(text: &str) -> Option<EntityRef> {
+    let (kind, id) = text.split_once('#')?;
+    Some(EntityRef::new(EntityKind::parse(kind)?, id))
+}
