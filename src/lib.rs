@@ -11,7 +11,7 @@ use budget_core::duration::ResetClock;
 use budget_core::model::{Entity, EntityRef, Span, Window};
 use budget_core::store::dynamo::DynamoStore;
 use budget_core::store::table::create_table;
-use budget_core::store::{AdminWrite, Store};
+use budget_core::store::{prelude::*, AdminWrite};
 use budget_core::{Money, Settings};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};

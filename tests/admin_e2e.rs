@@ -8,7 +8,7 @@ use budget_core::keys::hash_key;
 use budget_core::model::EntityRef;
 use budget_core::service::{settle, Authorizer, SettleOutcome};
 use budget_core::store::dynamo::DynamoStore;
-use budget_core::store::Store;
+use budget_core::store::prelude::*;
 use budget_core::Money;
 use chrono::{DateTime, Utc};
 use edge_budget::{at, http_api_event, http_request, response_json, TestTable};

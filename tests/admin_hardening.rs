@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use budget_core::model::{EntityKind, EntityRef};
-use budget_core::store::Store;
+use budget_core::store::prelude::*;
 use budget_core::Money;
 use chrono::{DateTime, Utc};
 use edge_budget::fault_proxy::FaultProxy;

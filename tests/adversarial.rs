@@ -9,7 +9,7 @@ use std::time::Duration;
 use budget_core::model::{Entity, EntityRef};
 use budget_core::service::Authorizer;
 use budget_core::store::dynamo::DynamoStore;
-use budget_core::store::{AdminWrite, Store};
+use budget_core::store::{prelude::*, AdminWrite};
 use budget_core::Money;
 use edge_budget::fault_proxy::{Fault, FaultProxy};
 use edge_budget::{at, hex_id, http_api_event, http_request, response_json, TestTable};

@@ -492,14 +492,14 @@ async fn refusals_and_fail_closed() {
     let mut e =
         budget_core::model::Entity::new(EntityRef::key(budget_core::keys::hash_key(&blocked)), now);
     e.blocked = true;
-    budget_core::store::Store::create(&t.store, &e)
+    budget_core::store::AdminStore::create(&t.store, &e)
         .await
         .unwrap();
     let expired = budget_core::keys::generate_key();
     let mut e =
         budget_core::model::Entity::new(EntityRef::key(budget_core::keys::hash_key(&expired)), now);
     e.expires = Some(now - Duration::seconds(1));
-    budget_core::store::Store::create(&t.store, &e)
+    budget_core::store::AdminStore::create(&t.store, &e)
         .await
         .unwrap();
     let before = t.snapshot().await;

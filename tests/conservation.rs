@@ -14,7 +14,7 @@ use budget_core::duration::ResetClock;
 use budget_core::model::{EntityRef, Span};
 use budget_core::service::Authorizer;
 use budget_core::store::dynamo::DynamoStore;
-use budget_core::store::Store;
+use budget_core::store::prelude::*;
 use budget_core::Money;
 use chrono::{DateTime, Duration, Utc};
 use edge_budget::{at, http_api_event, http_request, response_json, schedule_event, TestTable};

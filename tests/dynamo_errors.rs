@@ -11,7 +11,7 @@ use budget_core::keys::hash_key;
 use budget_core::model::EntityRef;
 use budget_core::service::{AuthorizeOutcome, Authorizer};
 use budget_core::store::dynamo::DynamoStore;
-use budget_core::store::Store;
+use budget_core::store::prelude::*;
 use budget_core::Money;
 use chrono::Duration as Span;
 use edge_budget::fault_proxy::{Answer, FaultProxy, Reason};

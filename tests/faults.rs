@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use budget_core::model::EntityRef;
 use budget_core::service::Authorizer;
-use budget_core::store::Store;
+use budget_core::store::prelude::*;
 use budget_core::Money;
 use chrono::Duration as Span;
 use edge_budget::fault_proxy::{Fault, FaultProxy};

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use budget_core::model::EntityRef;
 use budget_core::service::Authorizer;
 use budget_core::store::dynamo::DynamoStore;
-use budget_core::store::Store;
+use budget_core::store::prelude::*;
 use budget_core::Money;
 use edge_budget::{at, http_api_event, TestTable};
 use rand::rngs::StdRng;

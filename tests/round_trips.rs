@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::error::BoxError;
 use budget_core::model::EntityRef;
 use budget_core::service::Authorizer;
 use budget_core::store::dynamo::DynamoStore;
-use budget_core::store::{AdminWrite, Store};
+use budget_core::store::{prelude::*, AdminWrite};
 use budget_core::Money;
 use chrono::{DateTime, Utc};
 use edge_budget::{at, hex_id, http_api_event, http_request, response_json, TestTable};

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 
 use budget_core::model::{Entity, EntityRef};
 use budget_core::service::Authorizer;
+use budget_core::store::prelude::*;
 use budget_core::store::table::{INDEXES, PARTITION_KEY, TTL_ATTRIBUTE};
-use budget_core::store::Store;
 use edge_budget::{at, hex_id, rest_request_event, TestTable};
 use serde_yaml::Value;
 

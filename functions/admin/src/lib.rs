@@ -40,7 +40,7 @@ pub mod view;
 use budget_core::api::ApiError;
 use budget_core::keys::secrets_equal;
 use budget_core::model::EntityKind;
-use budget_core::store::Store;
+use budget_core::store::AdminStore;
 use budget_core::Settings;
 use chrono::{DateTime, Utc};
 use lambda_http::http::{header, HeaderValue, Method, StatusCode};
@@ -122,7 +122,7 @@ fn route_path(path: &str) -> Option<&'static str> {
 }
 
 /// Answers one HTTP request. Never fails: every problem is an HTTP answer.
-pub async fn handle<S: Store>(
+pub async fn handle<S: AdminStore>(
     store: &S,
     settings: &Settings,
     master_key: &str,
@@ -143,7 +143,7 @@ pub async fn handle<S: Store>(
     }
 }
 
-async fn route<S: Store>(
+async fn route<S: AdminStore>(
     store: &S,
     settings: &Settings,
     master_key: &str,

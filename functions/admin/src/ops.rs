@@ -10,7 +10,7 @@ use budget_core::ids::check_id;
 use budget_core::keys::{generate_key, hash_key};
 use budget_core::limits::{self, BudgetPatch};
 use budget_core::model::{key_hash_prefix, Entity, EntityKind, EntityRef};
-use budget_core::store::{AdminWrite, Store, StoreError};
+use budget_core::store::{AdminStore, AdminWrite, StoreError};
 use budget_core::Settings;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -154,7 +154,7 @@ fn named_key(body: &Map<String, Value>) -> Result<String, ApiError> {
     Ok(key_hash_of(&required_str(body, field)?))
 }
 
-impl<S: Store> Admin<'_, S> {
+impl<S: AdminStore> Admin<'_, S> {
     fn show(&self, e: &Entity) -> Map<String, Value> {
         view::entity(e, self.now, &self.settings.clock)
     }

@@ -15,7 +15,7 @@ use aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
 use budget_core::decision::{rfc3339, Denial};
 use budget_core::model::key_hash_prefix;
 use budget_core::service::{requested_from_header, AuthorizeOutcome, Authorizer};
-use budget_core::store::Store;
+use budget_core::store::BudgetStore;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
@@ -126,7 +126,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Answers one authorizer event.
-pub async fn handle<S: Store>(
+pub async fn handle<S: BudgetStore>(
     authorizer: &Authorizer<S>,
     event: Value,
     now: DateTime<Utc>,

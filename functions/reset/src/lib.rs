@@ -5,7 +5,7 @@
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use budget_core::service::{reset, ResetSummary};
-use budget_core::store::Store;
+use budget_core::store::ResetStore;
 use budget_core::Settings;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -21,7 +21,7 @@ fn trigger(event: &Value) -> String {
 }
 
 /// Runs the job once. Accepts any JSON event.
-pub async fn handle<S: Store>(
+pub async fn handle<S: ResetStore>(
     store: &S,
     settings: &Settings,
     event: Value,

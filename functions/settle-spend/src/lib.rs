@@ -13,7 +13,7 @@ use budget_core::decision::rfc3339;
 use budget_core::model::Reservation;
 use budget_core::routes::route_of;
 use budget_core::service::{settle, SettleOutcome};
-use budget_core::store::{Store, StoreError};
+use budget_core::store::{BudgetStore, StoreError};
 use budget_core::{Money, Settings};
 use chrono::{DateTime, Utc};
 use lambda_http::{Body, Request, Response};
@@ -26,7 +26,7 @@ enum Operation {
 }
 
 /// Answers one HTTP request. Never fails: every problem is an HTTP answer.
-pub async fn handle<S: Store>(
+pub async fn handle<S: BudgetStore>(
     store: &S,
     settings: &Settings,
     request: Request,
@@ -43,7 +43,7 @@ pub async fn handle<S: Store>(
     }
 }
 
-async fn route<S: Store>(
+async fn route<S: BudgetStore>(
     store: &S,
     settings: &Settings,
     request: &Request,

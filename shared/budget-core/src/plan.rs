@@ -332,35 +332,25 @@ pub fn guards_hold(guards: &[Guard], stored: Option<&Entity>) -> bool {
     })
 }
 
-/// Applies `changes` to `stored` (whose guards held).
+/// Applies `changes` to `stored` (whose guards held). `used` is derived
+/// here (spent + reserved), so the changes to it are implied by the others.
 pub fn apply(changes: &[Change], stored: &mut Entity) {
     for change in changes {
-        let (id, f): (&str, Box<dyn Fn(&mut Window)>) = match change {
-            Change::Add(id, c, m) => {
-                let (c, m) = (*c, *m);
-                (
-                    id,
-                    Box::new(move |w: &mut Window| match c {
-                        // `used` is derived here: spent + reserved.
-                        Counter::Used => {}
-                        Counter::Spent => w.spent = w.spent.saturating_add(m),
-                        Counter::Reserved => w.reserved = w.reserved.saturating_add(m),
-                    }),
-                )
-            }
-            // used = reserved + amount: derived (spent is set next).
-            Change::UsedFromReserved(id, _) => (id, Box::new(|_: &mut Window| {})),
-            Change::SetSpent(id, m) => {
-                let m = *m;
-                (id, Box::new(move |w: &mut Window| w.spent = m))
-            }
-            Change::SetResetAt(id, at) => {
-                let at = *at;
-                (id, Box::new(move |w: &mut Window| w.reset_at = Some(at)))
-            }
+        let id = match change {
+            Change::Add(id, ..)
+            | Change::UsedFromReserved(id, _)
+            | Change::SetSpent(id, _)
+            | Change::SetResetAt(id, _) => id,
         };
-        if let Some(w) = stored.windows.iter_mut().find(|w| w.id() == id) {
-            f(w);
+        let Some(w) = stored.windows.iter_mut().find(|w| w.id() == *id) else {
+            continue;
+        };
+        match change {
+            Change::Add(_, Counter::Spent, m) => w.spent = w.spent.saturating_add(*m),
+            Change::Add(_, Counter::Reserved, m) => w.reserved = w.reserved.saturating_add(*m),
+            Change::Add(_, Counter::Used, _) | Change::UsedFromReserved(..) => {}
+            Change::SetSpent(_, m) => w.spent = *m,
+            Change::SetResetAt(_, at) => w.reset_at = Some(*at),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::decision::{admit, check_key, Admission, Denial, KeyRefusal};
 use crate::keys::hash_key;
 use crate::model::{Chain, EntityRef, Hold, Reservation, ReservationState};
 use crate::money::{Money, MoneyError};
-use crate::store::{Finish, FinishWrite, ReserveWrite, Store, StoreError};
+use crate::store::{BudgetStore, Finish, FinishWrite, ReserveWrite, ResetStore, StoreError};
 
 /// Attempts at one operation before giving up (contention or movement).
 const MAX_ATTEMPTS: usize = 8;
@@ -99,7 +99,7 @@ pub struct Authorizer<S> {
     cache: Mutex<HashMap<String, Chain>>,
 }
 
-impl<S: Store> Authorizer<S> {
+impl<S: BudgetStore> Authorizer<S> {
     pub fn new(store: S, settings: Settings) -> Authorizer<S> {
         Authorizer {
             store,
@@ -377,7 +377,7 @@ pub enum SettleOutcome {
 
 /// Settles (cost) or releases (cost 0) a reservation, once: a repeat
 /// returns the first result with `duplicate`.
-pub async fn settle<S: Store>(
+pub async fn settle<S: BudgetStore>(
     store: &S,
     id: &str,
     cost: Money,
@@ -407,7 +407,7 @@ pub async fn settle<S: Store>(
 
 /// Releases one expired reservation (reset job). `true` when this call
 /// released it.
-pub async fn expire<S: Store>(
+pub async fn expire<S: BudgetStore>(
     store: &S,
     id: &str,
     now: DateTime<Utc>,
@@ -432,7 +432,7 @@ enum Finished {
 /// the entities whenever the write's conditions find that something moved
 /// (`Stale`), after a jittered pause when another transaction held an item
 /// or DynamoDB throttled one (`Busy`: nothing moved that we know of).
-async fn finish_once<S: Store>(
+async fn finish_once<S: BudgetStore>(
     store: &S,
     id: &str,
     finish: Finish,
@@ -524,7 +524,11 @@ pub struct ResetSummary {
 /// Rolls over every due window, then releases expired reservations. Safe
 /// to run twice at once and alongside authorize and settle: every write is
 /// conditional on what was read.
-pub async fn reset<S: Store>(store: &S, now: DateTime<Utc>, settings: &Settings) -> ResetSummary {
+pub async fn reset<S: ResetStore>(
+    store: &S,
+    now: DateTime<Utc>,
+    settings: &Settings,
+) -> ResetSummary {
     let mut summary = ResetSummary {
         started_at: crate::decision::rfc3339(now),
         ..ResetSummary::default()
@@ -642,7 +646,7 @@ mod tests {
     use super::*;
     use crate::model::{Entity, EntityRef, Span, Window};
     use crate::store::memory::{Injected, MemoryStore};
-    use crate::store::AdminWrite;
+    use crate::store::{AdminStore, AdminWrite};
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {

@@ -19,7 +19,10 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
 use super::table::{HELD_SHARDS, PARTITION_KEY, TTL_ATTRIBUTE};
-use super::{AdminWrite, Cursor, Finish, FinishWrite, ReserveWrite, Store, StoreError};
+use super::{
+    AdminStore, AdminWrite, BudgetStore, Cursor, Finish, FinishWrite, Reads, ReserveWrite,
+    ResetStore, StoreError,
+};
 use crate::duration::ResetClock;
 use crate::model::{
     Chain, Entity, EntityKind, EntityRef, Hold, Reservation, ReservationState, Span, Window,
@@ -1205,7 +1208,7 @@ impl DynamoStore {
 }
 
 #[async_trait]
-impl Store for DynamoStore {
+impl Reads for DynamoStore {
     async fn load(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
         let out = self
             .client
@@ -1230,7 +1233,10 @@ impl Store for DynamoStore {
         found.sort_by(|a, b| a.entity.cmp(&b.entity));
         Ok(found)
     }
+}
 
+#[async_trait]
+impl BudgetStore for DynamoStore {
     async fn load_chain(&self, key_hash: &str) -> Result<Option<Chain>, StoreError> {
         let Some(key) = self.load(&EntityRef::key(key_hash)).await? else {
             return Ok(None);
@@ -1373,7 +1379,10 @@ impl Store for DynamoStore {
             TxOutcome::Failed(_) => Ok(FinishWrite::Stale),
         }
     }
+}
 
+#[async_trait]
+impl ResetStore for DynamoStore {
     async fn roll_over(
         &self,
         entity: &Entity,
@@ -1472,7 +1481,10 @@ impl Store for DynamoStore {
         }
         Ok(out)
     }
+}
 
+#[async_trait]
+impl AdminStore for DynamoStore {
     async fn create(&self, entity: &Entity) -> Result<AdminWrite, StoreError> {
         let mut item = entity_item(entity);
         let owners = entity.owners();

@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{AdminWrite, Cursor, Finish, FinishWrite, ReserveWrite, Store, StoreError};
+use super::{
+    AdminStore, AdminWrite, BudgetStore, Cursor, Finish, FinishWrite, Reads, ReserveWrite,
+    ResetStore, StoreError,
+};
 use crate::duration::ResetClock;
 use crate::model::{Chain, Entity, EntityKind, EntityRef, Reservation, ReservationState};
 use crate::plan::{self, ReservationGuard, WindowEdit};
@@ -133,7 +136,7 @@ impl State {
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl Reads for MemoryStore {
     async fn load(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
         Ok(self.state().entities.get(entity).cloned())
     }
@@ -151,7 +154,10 @@ impl Store for MemoryStore {
         found.dedup_by(|a, b| a.entity == b.entity);
         Ok(found)
     }
+}
 
+#[async_trait]
+impl BudgetStore for MemoryStore {
     async fn load_chain(&self, key_hash: &str) -> Result<Option<Chain>, StoreError> {
         Ok(self.state().chain(key_hash))
     }
@@ -240,7 +246,10 @@ impl Store for MemoryStore {
         }
         Ok(FinishWrite::Done)
     }
+}
 
+#[async_trait]
+impl ResetStore for MemoryStore {
     async fn roll_over(
         &self,
         entity: &Entity,
@@ -294,7 +303,10 @@ impl Store for MemoryStore {
             .map(|r| r.id.clone())
             .collect())
     }
+}
 
+#[async_trait]
+impl AdminStore for MemoryStore {
     async fn create(&self, entity: &Entity) -> Result<AdminWrite, StoreError> {
         let mut state = self.state();
         if state.entities.contains_key(&entity.entity) {

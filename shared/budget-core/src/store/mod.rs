@@ -1,6 +1,10 @@
-//! The Store port: what the budget logic needs from persistence. The one
-//! implementation is [`dynamo::DynamoStore`]; every write it makes is a
-//! conditional atomic write, so concurrency can never overspend.
+//! The store ports, one per role ([`BudgetStore`] for requests,
+//! [`ResetStore`] for the scheduled job, [`AdminStore`] for management,
+//! over [`Reads`]): what the budget logic needs from persistence, with no
+//! SDK type in any signature. Implementations execute the core's plans
+//! (`crate::plan`) atomically: [`dynamo::DynamoStore`] by rendering them
+//! into conditional writes, [`memory::MemoryStore`] (feature `memory`) by
+//! evaluating them.
 
 pub mod dynamo;
 #[cfg(any(test, feature = "memory"))]
@@ -84,19 +88,25 @@ pub enum AdminWrite {
 /// the beginning, or as an answer: no more pages).
 pub type Cursor = Option<String>;
 
+/// Reading entities: what every role needs.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Reads: Send + Sync {
     /// One entity, strongly consistent.
     async fn load(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError>;
 
     /// Several entities in one request, strongly consistent; missing ones
     /// are left out.
     async fn load_many(&self, entities: &[EntityRef]) -> Result<Vec<Entity>, StoreError>;
+}
 
+/// The budget operations of a request: authorize (read a chain, reserve)
+/// and settle (end a reservation).
+#[async_trait]
+pub trait BudgetStore: Reads {
     /// A key and its user and team. `None` for an unknown key.
     async fn load_chain(&self, key_hash: &str) -> Result<Option<Chain>, StoreError>;
 
-    /// [`Store::load_chain`], and the reservation `id` (if any) with it,
+    /// [`BudgetStore::load_chain`], and the reservation `id` (if any) with it,
     /// in as many requests as the chain alone where the store can: a
     /// denial looks for the request's own reservation (a retry) for free.
     async fn load_chain_and_reservation(
@@ -146,7 +156,11 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
         clock: &ResetClock,
     ) -> Result<FinishWrite, StoreError>;
+}
 
+/// The scheduled job's operations.
+#[async_trait]
+pub trait ResetStore: BudgetStore {
     /// Rolls over every window of `entity` (as read) that is due at `now`,
     /// conditional on its boundary not having moved. Returns how many
     /// windows it rolled, `None` when the entity moved (re-read).
@@ -167,7 +181,11 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<String>, StoreError>;
+}
 
+/// The management API's writes and queries.
+#[async_trait]
+pub trait AdminStore: Reads {
     /// Creates `entity`; a key also counts itself on its user and team,
     /// which must exist.
     async fn create(&self, entity: &Entity) -> Result<AdminWrite, StoreError>;
@@ -185,6 +203,16 @@ pub trait Store: Send + Sync {
     /// Hashes of the keys that belong to a user or team.
     async fn keys_of(&self, owner: &EntityRef) -> Result<Vec<String>, StoreError>;
 }
+
+/// Every store trait, for callers that use several roles (tests, tools).
+pub mod prelude {
+    pub use super::{AdminStore, BudgetStore, Reads, ResetStore, Store};
+}
+
+/// Every role at once (what a complete store such as DynamoDB offers).
+pub trait Store: ResetStore + AdminStore {}
+
+impl<T: ResetStore + AdminStore> Store for T {}
 
 impl ReservationState {
     /// Whether a reservation in this state still holds its amount.
