@@ -1,0 +1,221 @@
+//! The budget operations of a request: read a chain, reserve, end a
+//! reservation — each one plan of the core, written in one transaction.
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
+use chrono::{DateTime, Utc};
+
+use crate::duration::ResetClock;
+use crate::model::{Chain, Entity, EntityRef, Reservation, ReservationState};
+use crate::plan::{self, EntityWrite, ReservationEnd, ReservationGuard};
+use crate::store::{BudgetStore, Finish, FinishWrite, Reads, ReserveWrite, StoreError};
+
+use super::codec::*;
+use super::errors::*;
+use super::expr::*;
+use super::DynamoStore;
+
+impl DynamoStore {
+    /// One entity's write of a plan, as a transaction item (a condition
+    /// check when it changes nothing).
+    pub(super) fn entity_write(
+        &self,
+        write: &EntityWrite,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let mut ex = Expr::default();
+        let (conds, sets) = render(&mut ex, write);
+        let pk = entity_pk(&write.entity);
+        if sets.is_empty() {
+            let check = self.condition_check(pk, conds, &ex)?;
+            return Ok(TransactWriteItem::builder().condition_check(check).build());
+        }
+        let update = self.update(pk, sets, vec![], conds, &ex)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// A reservation's end (state, cost, instant) as a transaction item;
+    /// it leaves the index of held reservations.
+    pub(super) fn reservation_end(
+        &self,
+        end: &ReservationEnd,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let mut ex = Expr::default();
+        let state = ex.name("state");
+        let to = ex.value(s(end.to.as_str()));
+        let at = ex.value(epoch(end.at));
+        let mut sets = vec![format!("{state} = {to}")];
+        let when = if end.to == ReservationState::Expired {
+            "expired_at"
+        } else {
+            "settled_at"
+        };
+        sets.push(format!("{} = {at}", ex.name(when)));
+        if let Some(cost) = end.cost {
+            let c = ex.value(money(cost));
+            sets.push(format!("{} = {c}", ex.name("cost")));
+        }
+        let removes = vec![ex.name("gsi1pk"), ex.name("gsi1sk")];
+        let conds = end
+            .guards
+            .iter()
+            .map(|g| match g {
+                ReservationGuard::State(from) => {
+                    let v = ex.value(s(from.as_str()));
+                    format!("{state} = {v}")
+                }
+                ReservationGuard::Digest(d) => {
+                    let (name, v) = (ex.name("digest"), ex.value(s(d.clone())));
+                    format!("{name} = {v}")
+                }
+            })
+            .collect();
+        let update = self.update(reservation_pk(&end.id), sets, removes, conds, &ex)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+}
+
+#[async_trait]
+impl BudgetStore for DynamoStore {
+    async fn load_chain(&self, key_hash: &str) -> Result<Option<Chain>, StoreError> {
+        let Some(key) = self.load(&EntityRef::key(key_hash)).await? else {
+            return Ok(None);
+        };
+        let owners = self.load_many(&key.owners()).await?;
+        let mut chain = Chain {
+            key,
+            user: None,
+            team: None,
+        };
+        for e in owners {
+            chain.set_owner(e);
+        }
+        Ok(Some(chain))
+    }
+
+    async fn load_chain_and_reservation(
+        &self,
+        key_hash: &str,
+        id: &str,
+    ) -> Result<(Option<Chain>, Option<Reservation>), StoreError> {
+        let Some(key) = self.load(&EntityRef::key(key_hash)).await? else {
+            return Ok((None, None));
+        };
+        // The owners and the reservation in one BatchGetItem.
+        let mut pks: Vec<String> = key.owners().iter().map(entity_pk).collect();
+        pks.push(reservation_pk(id));
+        let mut chain = Chain {
+            key,
+            user: None,
+            team: None,
+        };
+        let mut reservation = None;
+        for item in self.batch_get(pks).await? {
+            if matches!(item.get("kind"), Some(AttributeValue::S(k)) if k == "reservation") {
+                reservation = Some(reservation_from_item(&item)?);
+            } else {
+                chain.set_owner(entity_from_item(&item)?);
+            }
+        }
+        Ok((Some(chain), reservation))
+    }
+
+    async fn load_chain_quick(&self, key_hash: &str) -> Result<Option<Chain>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(entity_pk(&EntityRef::key(key_hash)))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("get item", e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let key = entity_from_item(item)?;
+        let mut chain = Chain {
+            user: None,
+            team: None,
+            key,
+        };
+        let mut missing = Vec::new();
+        for owner in chain.key.owners() {
+            match owner_from_snapshot(item, owner.kind, &owner.id) {
+                Some(e) => chain.set_owner(e),
+                None => missing.push(owner),
+            }
+        }
+        for e in self.load_many(&missing).await? {
+            chain.set_owner(e);
+        }
+        Ok(Some(chain))
+    }
+
+    async fn reserve(
+        &self,
+        chain: &Chain,
+        reservation: &Reservation,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<ReserveWrite, StoreError> {
+        let Some(writes) = plan::reserve_chain(chain, reservation.amount, now, clock) else {
+            return Ok(ReserveWrite::Stale);
+        };
+        let mut items = writes
+            .iter()
+            .map(|w| self.entity_write(w))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Recorded only if its id is new (a retry finds it).
+        let put = self.put(reservation_item(reservation), "attribute_not_exists(pk)")?;
+        items.push(TransactWriteItem::builder().put(put).build());
+        let last = items.len() - 1;
+        match transact(&self.client, items).await? {
+            TxOutcome::Committed => Ok(ReserveWrite::Reserved),
+            TxOutcome::Busy => Ok(ReserveWrite::Conflict),
+            // The reservation's own put: its id exists already.
+            TxOutcome::Failed(failed) if failed.get(last) == Some(&true) => {
+                Ok(ReserveWrite::Duplicate)
+            }
+            TxOutcome::Failed(_) => Ok(ReserveWrite::Stale),
+        }
+    }
+
+    async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(reservation_pk(id))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("get reservation", e))?;
+        match out.item() {
+            Some(item) if matches!(item.get("kind"), Some(AttributeValue::S(k)) if k == "reservation") => {
+                reservation_from_item(item).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn finish(
+        &self,
+        reservation: &Reservation,
+        entities: Option<&[Entity]>,
+        finish: Finish,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Result<FinishWrite, StoreError> {
+        let (writes, end) = plan::end_reservation(reservation, entities, finish, now, clock);
+        let mut items = writes
+            .iter()
+            .map(|w| self.entity_write(w))
+            .collect::<Result<Vec<_>, _>>()?;
+        items.push(self.reservation_end(&end)?);
+        match transact(&self.client, items).await? {
+            TxOutcome::Committed => Ok(FinishWrite::Done),
+            TxOutcome::Busy => Ok(FinishWrite::Busy),
+            TxOutcome::Failed(_) => Ok(FinishWrite::Stale),
+        }
+    }
+}

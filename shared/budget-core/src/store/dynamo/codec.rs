@@ -1,0 +1,597 @@
+//! Items: how keys, users, teams and reservations are stored (attribute
+//! names, integer nano-USD, epoch seconds) and read back, and the owner
+//! snapshot a key carries.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{Map, Value};
+
+use crate::model::{
+    Entity, EntityKind, EntityRef, Hold, Reservation, ReservationState, Span, Window,
+};
+use crate::money::Money;
+use crate::store::table::{HELD_SHARDS, PARTITION_KEY, TTL_ATTRIBUTE};
+use crate::store::StoreError;
+
+use super::expr::*;
+
+/// Finished reservations stay this long, so a settle delivered again days
+/// later is still recognised; then DynamoDB's TTL removes them.
+pub(super) const FINISHED_RETENTION_SECONDS: i64 = 7 * 24 * 3600;
+
+/// The partition key of an entity.
+pub fn entity_pk(entity: &EntityRef) -> String {
+    format!("{}#{}", entity.kind.as_str(), entity.id)
+}
+
+pub fn reservation_pk(id: &str) -> String {
+    format!("res#{id}")
+}
+
+pub(super) fn entity_ref_from_pk(pk: &str) -> Option<EntityRef> {
+    let (kind, id) = pk.split_once('#')?;
+    Some(EntityRef::new(EntityKind::parse(kind)?, id))
+}
+
+pub(super) fn owner_index_pk(owner: &EntityRef) -> String {
+    format!("{}#keys", entity_pk(owner))
+}
+
+pub(super) fn window_item(w: &Window) -> AttributeValue {
+    let mut m = HashMap::from([
+        ("max".to_string(), money(w.max)),
+        ("spent".to_string(), money(w.spent)),
+        ("reserved".to_string(), money(w.reserved)),
+        (
+            "used".to_string(),
+            money(w.spent.saturating_add(w.reserved)),
+        ),
+        ("gen".to_string(), n(w.generation as i64)),
+        ("legacy".to_string(), AttributeValue::Bool(w.legacy)),
+    ]);
+    if let Some(at) = w.reset_at {
+        m.insert("reset_at".to_string(), epoch(at));
+    }
+    AttributeValue::M(m)
+}
+
+pub(super) struct ItemReader<'a> {
+    pk: &'a str,
+}
+
+impl<'a> ItemReader<'a> {
+    pub(super) fn corrupt(&self, message: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            pk: self.pk.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn opt_s(
+        &self,
+        m: &'a HashMap<String, AttributeValue>,
+        name: &str,
+    ) -> Result<Option<&'a str>, StoreError> {
+        match m.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(v)) => Ok(Some(v.as_str())),
+            Some(_) => Err(self.corrupt(format!("{name} is not a string"))),
+        }
+    }
+
+    pub(super) fn opt_n(
+        &self,
+        m: &HashMap<String, AttributeValue>,
+        name: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        match m.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::N(v)) => v
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| self.corrupt(format!("{name} is not an integer: {v}"))),
+            Some(_) => Err(self.corrupt(format!("{name} is not a number"))),
+        }
+    }
+
+    /// A counter (`spent`, `reserved`): DynamoDB's numbers have 38 digits,
+    /// so a sum of accepted amounts can pass `i64` (~9.2 billion USD in
+    /// nanos). Read saturated, so such an item stays readable (and over
+    /// any budget) instead of corrupt.
+    pub(super) fn counter(
+        &self,
+        m: &HashMap<String, AttributeValue>,
+        name: &str,
+    ) -> Result<Money, StoreError> {
+        match m.get(name) {
+            Some(AttributeValue::N(v)) => Ok(Money::from_nanos(
+                saturating_integer(v)
+                    .ok_or_else(|| self.corrupt(format!("{name} is not an integer: {v}")))?,
+            )),
+            _ => self.n(m, name).map(Money::from_nanos),
+        }
+    }
+
+    pub(super) fn n(
+        &self,
+        m: &HashMap<String, AttributeValue>,
+        name: &str,
+    ) -> Result<i64, StoreError> {
+        self.opt_n(m, name)?
+            .ok_or_else(|| self.corrupt(format!("{name} is missing")))
+    }
+
+    pub(super) fn time(
+        &self,
+        m: &HashMap<String, AttributeValue>,
+        name: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match self.opt_n(m, name)? {
+            None => Ok(None),
+            Some(secs) => Utc
+                .timestamp_opt(secs, 0)
+                .single()
+                .map(Some)
+                .ok_or_else(|| self.corrupt(format!("{name} is out of range"))),
+        }
+    }
+
+    pub(super) fn bool(&self, m: &HashMap<String, AttributeValue>, name: &str) -> bool {
+        matches!(m.get(name), Some(AttributeValue::Bool(true)))
+    }
+}
+
+/// An integer in DynamoDB's number form, clamped to `i64`; `None` if it
+/// is not an integer.
+pub(super) fn saturating_integer(text: &str) -> Option<i64> {
+    if let Ok(v) = text.parse::<i64>() {
+        return Some(v);
+    }
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(if text.starts_with('-') {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+pub(super) fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
+    let mut item = key_of(entity_pk(&e.entity));
+    item.insert("kind".into(), s(e.entity.kind.as_str()));
+    item.insert("id".into(), s(e.entity.id.clone()));
+    item.insert("ver".into(), n(e.version as i64));
+    if e.incarnation != 0 {
+        item.insert(INCARNATION.into(), n(e.incarnation as i64));
+    }
+    item.insert(
+        "w".into(),
+        AttributeValue::M(e.windows.iter().map(|w| (w.id(), window_item(w))).collect()),
+    );
+    item.extend(entity_config_attributes(e));
+    item.insert("key_count".into(), n(e.key_count));
+    item.insert("created_at".into(), epoch(e.created_at));
+    if e.entity.kind == EntityKind::Key {
+        item.insert(OWNERS.into(), AttributeValue::M(HashMap::new()));
+    }
+    item
+}
+
+/// Keys carry a snapshot of their user's and team's configuration (id,
+/// version, each window's limit and generation) under this attribute, so a
+/// cold authorizer learns the whole chain from the key item alone. It is
+/// only ever a hint: the reservation is conditional on the versions in it,
+/// and a window's counters and boundary are checked by the write itself.
+pub(super) const OWNERS: &str = "owners";
+
+/// The attribute that holds an entity's incarnation (see
+/// [`Entity::incarnation`]).
+pub(super) const INCARNATION: &str = "inc";
+
+pub(super) fn owner_snapshot(e: &Entity) -> AttributeValue {
+    let mut snapshot = HashMap::from([
+        ("id".to_string(), s(e.entity.id.clone())),
+        ("ver".to_string(), n(e.version as i64)),
+        (INCARNATION.to_string(), n(e.incarnation as i64)),
+        (
+            "w".to_string(),
+            AttributeValue::M(
+                e.windows
+                    .iter()
+                    .map(|w| {
+                        (
+                            w.id(),
+                            AttributeValue::M(HashMap::from([
+                                ("max".to_string(), money(w.max)),
+                                ("gen".to_string(), n(w.generation as i64)),
+                                ("legacy".to_string(), AttributeValue::Bool(w.legacy)),
+                            ])),
+                        )
+                    })
+                    .collect(),
+            ),
+        ),
+    ]);
+    if let Some(floor) = e.reservation_floor {
+        snapshot.insert(FLOOR.to_string(), money(floor));
+    }
+    AttributeValue::M(snapshot)
+}
+
+/// The attribute of an entity's reservation floor (nano-USD).
+pub(super) const FLOOR: &str = "floor";
+
+/// The owner `kind` (`user`/`team`) with id `id` as the key's snapshot
+/// knows it: limits and generations, counters unknown (zero), boundaries
+/// unknown (`None`: the write checks them).
+pub(super) fn owner_from_snapshot(
+    item: &HashMap<String, AttributeValue>,
+    kind: EntityKind,
+    id: &str,
+) -> Option<Entity> {
+    let AttributeValue::M(owners) = item.get(OWNERS)? else {
+        return None;
+    };
+    let AttributeValue::M(snap) = owners.get(kind.as_str())? else {
+        return None;
+    };
+    let r = ItemReader { pk: "owners" };
+    if r.opt_s(snap, "id").ok()?? != id {
+        return None;
+    }
+    let mut e = Entity::new(EntityRef::new(kind, id), Utc::now());
+    e.version = r.n(snap, "ver").ok()? as u64;
+    e.incarnation = r.n(snap, INCARNATION).ok()? as u64;
+    e.reservation_floor = r.opt_n(snap, FLOOR).ok()?.map(Money::from_nanos);
+    if let Some(AttributeValue::M(ws)) = snap.get("w") {
+        for (wid, w) in ws {
+            let AttributeValue::M(w) = w else { return None };
+            e.windows.push(Window {
+                span: Span::parse_id(wid)?,
+                max: Money::from_nanos(r.n(w, "max").ok()?),
+                spent: Money::ZERO,
+                reserved: Money::ZERO,
+                reset_at: None,
+                generation: r.n(w, "gen").ok()? as u64,
+                legacy: r.bool(w, "legacy"),
+            });
+        }
+    }
+    e.windows.sort_by_key(|w| w.span);
+    Some(e)
+}
+
+/// The attributes an admin update rewrites (everything but counters,
+/// windows, version and creation time). Absent optional values are
+/// `None`, to be REMOVEd.
+pub(super) fn entity_config_attributes(e: &Entity) -> Vec<(String, AttributeValue)> {
+    let mut out = vec![
+        ("blocked".to_string(), AttributeValue::Bool(e.blocked)),
+        ("updated_at".to_string(), epoch(e.updated_at)),
+        (
+            "attrs".to_string(),
+            s(Value::Object(e.attributes.clone()).to_string()),
+        ),
+    ];
+    if let Some(u) = &e.user_id {
+        out.push(("user_id".into(), s(u.clone())));
+        if e.entity.kind == EntityKind::Key {
+            out.push((
+                "gsi1pk".into(),
+                s(owner_index_pk(&EntityRef::user(u.clone()))),
+            ));
+            out.push(("gsi1sk".into(), s(e.entity.id.clone())));
+        }
+    }
+    if let Some(t) = &e.team_id {
+        out.push(("team_id".into(), s(t.clone())));
+        if e.entity.kind == EntityKind::Key {
+            out.push((
+                "gsi2pk".into(),
+                s(owner_index_pk(&EntityRef::team(t.clone()))),
+            ));
+            out.push(("gsi2sk".into(), s(e.entity.id.clone())));
+        }
+    }
+    if let Some(x) = e.expires {
+        out.push(("expires".into(), epoch(x)));
+    }
+    if let Some(floor) = e.reservation_floor {
+        out.push((FLOOR.into(), money(floor)));
+    }
+    out
+}
+
+/// Optional configuration attributes: removed when absent in the new form.
+pub(super) const OPTIONAL_CONFIG: [&str; 8] = [
+    "user_id", "team_id", "expires", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", FLOOR,
+];
+
+pub(super) fn entity_from_item(
+    item: &HashMap<String, AttributeValue>,
+) -> Result<Entity, StoreError> {
+    let pk = match item.get(PARTITION_KEY) {
+        Some(AttributeValue::S(pk)) => pk.as_str(),
+        _ => "?",
+    };
+    let r = ItemReader { pk };
+    let entity = entity_ref_from_pk(pk).ok_or_else(|| r.corrupt("not an entity"))?;
+    let mut windows = Vec::new();
+    if let Some(AttributeValue::M(ws)) = item.get("w") {
+        for (id, w) in ws {
+            let AttributeValue::M(w) = w else {
+                return Err(r.corrupt(format!("window {id} is not a map")));
+            };
+            let span = Span::parse_id(id).ok_or_else(|| r.corrupt(format!("window id {id}")))?;
+            windows.push(Window {
+                span,
+                max: Money::from_nanos(r.n(w, "max")?),
+                spent: r.counter(w, "spent")?,
+                reserved: r.counter(w, "reserved")?,
+                reset_at: r.time(w, "reset_at")?,
+                generation: r.n(w, "gen")? as u64,
+                legacy: r.bool(w, "legacy"),
+            });
+        }
+    }
+    windows.sort_by_key(|w| w.span);
+    let attributes = match r.opt_s(item, "attrs")? {
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(m)) => m,
+            _ => return Err(r.corrupt("attrs is not a JSON object")),
+        },
+        None => Map::new(),
+    };
+    let created_at = r.time(item, "created_at")?.unwrap_or_default();
+    Ok(Entity {
+        entity,
+        version: r.n(item, "ver")? as u64,
+        incarnation: r.opt_n(item, INCARNATION)?.unwrap_or(0) as u64,
+        reservation_floor: r.opt_n(item, FLOOR)?.map(Money::from_nanos),
+        windows,
+        user_id: r.opt_s(item, "user_id")?.map(str::to_string),
+        team_id: r.opt_s(item, "team_id")?.map(str::to_string),
+        blocked: r.bool(item, "blocked"),
+        expires: r.time(item, "expires")?,
+        key_count: r.opt_n(item, "key_count")?.unwrap_or(0),
+        created_at,
+        updated_at: r.time(item, "updated_at")?.unwrap_or(created_at),
+        attributes,
+    })
+}
+
+pub(super) fn held_shard(id: &str) -> u32 {
+    id.bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()))
+        % HELD_SHARDS
+}
+
+pub(super) fn expiry_sort_key(t: DateTime<Utc>) -> String {
+    format!("{:012}", t.timestamp().max(0))
+}
+
+pub(super) fn reservation_item(r: &Reservation) -> HashMap<String, AttributeValue> {
+    let mut item = key_of(reservation_pk(&r.id));
+    item.insert("kind".into(), s("reservation"));
+    item.insert("id".into(), s(r.id.clone()));
+    item.insert("state".into(), s(r.state.as_str()));
+    item.insert("amount".into(), money(r.amount));
+    item.insert(
+        "holds".into(),
+        AttributeValue::L(
+            r.holds
+                .iter()
+                .map(|h| {
+                    AttributeValue::M(HashMap::from([
+                        ("e".to_string(), s(entity_pk(&h.entity))),
+                        ("i".to_string(), n(h.incarnation as i64)),
+                        ("w".to_string(), s(h.window.clone())),
+                        ("g".to_string(), n(h.generation as i64)),
+                    ]))
+                })
+                .collect(),
+        ),
+    );
+    item.insert("key_hash".into(), s(r.key_hash.clone()));
+    if let Some(u) = &r.user_id {
+        item.insert("user_id".into(), s(u.clone()));
+    }
+    if let Some(t) = &r.team_id {
+        item.insert("team_id".into(), s(t.clone()));
+    }
+    item.insert("created_at".into(), epoch(r.created_at));
+    item.insert("expires_at".into(), epoch(r.expires_at));
+    item.insert(
+        TTL_ATTRIBUTE.into(),
+        n(r.expires_at.timestamp() + FINISHED_RETENTION_SECONDS),
+    );
+    if r.state == ReservationState::Held {
+        item.insert("gsi1pk".into(), s(format!("held#{}", held_shard(&r.id))));
+        item.insert("gsi1sk".into(), s(expiry_sort_key(r.expires_at)));
+    }
+    if let Some(c) = r.cost {
+        item.insert("cost".into(), money(c));
+    }
+    if let Some(t) = r.settled_at {
+        item.insert("settled_at".into(), epoch(t));
+    }
+    if let Some(t) = r.expired_at {
+        item.insert("expired_at".into(), epoch(t));
+    }
+    if let Some(d) = &r.receipt_digest {
+        item.insert("digest".into(), s(d.clone()));
+    }
+    if let Some(m) = r.remaining {
+        item.insert("remaining".into(), money(m));
+    }
+    if let Some((e, span)) = &r.tightest {
+        item.insert("tight_e".into(), s(entity_pk(e)));
+        item.insert("tight_w".into(), s(span.id()));
+    }
+    item
+}
+
+pub(super) fn reservation_from_item(
+    item: &HashMap<String, AttributeValue>,
+) -> Result<Reservation, StoreError> {
+    let pk = match item.get(PARTITION_KEY) {
+        Some(AttributeValue::S(pk)) => pk.as_str(),
+        _ => "?",
+    };
+    let r = ItemReader { pk };
+    let mut holds = Vec::new();
+    if let Some(AttributeValue::L(list)) = item.get("holds") {
+        for h in list {
+            let AttributeValue::M(h) = h else {
+                return Err(r.corrupt("hold is not a map"));
+            };
+            let e = r
+                .opt_s(h, "e")?
+                .ok_or_else(|| r.corrupt("hold without entity"))?;
+            holds.push(Hold {
+                entity: entity_ref_from_pk(e).ok_or_else(|| r.corrupt("hold entity"))?,
+                incarnation: r.opt_n(h, "i")?.unwrap_or(0) as u64,
+                window: r
+                    .opt_s(h, "w")?
+                    .ok_or_else(|| r.corrupt("hold without window"))?
+                    .to_string(),
+                generation: r.n(h, "g")? as u64,
+            });
+        }
+    }
+    let state = r
+        .opt_s(item, "state")?
+        .and_then(ReservationState::parse)
+        .ok_or_else(|| r.corrupt("state"))?;
+    Ok(Reservation {
+        id: r
+            .opt_s(item, "id")?
+            .ok_or_else(|| r.corrupt("id"))?
+            .to_string(),
+        amount: Money::from_nanos(r.n(item, "amount")?),
+        holds,
+        key_hash: r.opt_s(item, "key_hash")?.unwrap_or_default().to_string(),
+        user_id: r.opt_s(item, "user_id")?.map(str::to_string),
+        team_id: r.opt_s(item, "team_id")?.map(str::to_string),
+        state,
+        created_at: r.time(item, "created_at")?.unwrap_or_default(),
+        expires_at: r.time(item, "expires_at")?.unwrap_or_default(),
+        cost: r.opt_n(item, "cost")?.map(Money::from_nanos),
+        settled_at: r.time(item, "settled_at")?,
+        expired_at: r.time(item, "expired_at")?,
+        receipt_digest: r.opt_s(item, "digest")?.map(str::to_string),
+        receipt: None,
+        remaining: r.opt_n(item, "remaining")?.map(Money::from_nanos),
+        tightest: match (r.opt_s(item, "tight_e")?, r.opt_s(item, "tight_w")?) {
+            (Some(e), Some(w)) => entity_ref_from_pk(e).zip(Span::parse_id(w)),
+            _ => None,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::duration::ResetClock;
+    use chrono::TimeZone;
+
+    #[test]
+    fn entity_items_round_trip() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap();
+        let clock = ResetClock::default();
+        let mut e = Entity::new(EntityRef::user("user-123"), now);
+        e.windows.push(Window::open(
+            Span::parse_id("1d").unwrap(),
+            Money::usd(150),
+            false,
+            now,
+            &clock,
+        ));
+        e.windows.push(Window::open(
+            Span::Lifetime,
+            Money::usd(1000),
+            true,
+            now,
+            &clock,
+        ));
+        e.windows.sort_by_key(|w| w.span);
+        e.attributes
+            .insert("metadata".into(), serde_json::json!({"team": "x"}));
+        let back = entity_from_item(&entity_item(&e)).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn counters_past_i64_read_saturated_not_corrupt() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap();
+        let clock = ResetClock::default();
+        let mut e = Entity::new(EntityRef::user("u"), now);
+        e.windows.push(Window::open(
+            Span::parse_id("1d").unwrap(),
+            Money::usd(1),
+            false,
+            now,
+            &clock,
+        ));
+        let mut item = entity_item(&e);
+        let Some(AttributeValue::M(ws)) = item.get_mut("w") else {
+            unreachable!()
+        };
+        let Some(AttributeValue::M(w)) = ws.get_mut("1d") else {
+            unreachable!()
+        };
+        // Ten settles of $1e9: 1e19 nano-USD, past i64::MAX.
+        w.insert("spent".into(), n_text("10000000000000000000"));
+        w.insert("reserved".into(), n_text("-99999999999999999999999"));
+        let back = entity_from_item(&item).unwrap();
+        assert_eq!(back.windows[0].spent, Money::from_nanos(i64::MAX));
+        assert_eq!(back.windows[0].reserved, Money::from_nanos(i64::MIN));
+        w_insert_bad(&mut item);
+        assert!(entity_from_item(&item).is_err());
+    }
+
+    fn n_text(v: &str) -> AttributeValue {
+        AttributeValue::N(v.to_string())
+    }
+
+    fn w_insert_bad(item: &mut HashMap<String, AttributeValue>) {
+        if let Some(AttributeValue::M(ws)) = item.get_mut("w") {
+            if let Some(AttributeValue::M(w)) = ws.get_mut("1d") {
+                w.insert("spent".into(), n_text("1.5"));
+            }
+        }
+    }
+
+    #[test]
+    fn reservation_items_round_trip() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap();
+        let r = Reservation {
+            id: "r1".into(),
+            amount: Money::from_nanos(5),
+            holds: vec![Hold {
+                entity: EntityRef::team("t"),
+                incarnation: 11,
+                window: "1d".into(),
+                generation: 7,
+            }],
+            key_hash: "abc".into(),
+            user_id: None,
+            team_id: Some("t".into()),
+            state: ReservationState::Held,
+            created_at: now,
+            expires_at: now,
+            cost: None,
+            settled_at: None,
+            expired_at: None,
+            receipt_digest: Some("d".into()),
+            receipt: None,
+            remaining: None,
+            tightest: None,
+        };
+        assert_eq!(reservation_from_item(&reservation_item(&r)).unwrap(), r);
+    }
+}

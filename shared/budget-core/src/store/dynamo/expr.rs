@@ -1,0 +1,257 @@
+//! Expressions: placeholders for names and values, and the rendering of
+//! the core's plans (guards and changes) into condition and update
+//! expressions. Each guard and change has one rendering; no budget rule
+//! is decided here.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, Update};
+use chrono::{DateTime, Utc};
+
+use crate::money::Money;
+use crate::plan::{Change, Counter, EntityWrite, Guard};
+use crate::store::table::PARTITION_KEY;
+use crate::store::StoreError;
+
+use super::codec::*;
+use super::errors::*;
+use super::DynamoStore;
+
+/// Builds one expression's placeholders: every attribute name goes through
+/// `#nN` (window ids like `1d` are not valid bare names), every value
+/// through `:vN`.
+#[derive(Default)]
+pub(super) struct Expr {
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+    by_name: HashMap<String, String>,
+}
+
+impl Expr {
+    pub(super) fn name(&mut self, attr: &str) -> String {
+        if let Some(p) = self.by_name.get(attr) {
+            return p.clone();
+        }
+        let p = format!("#n{}", self.by_name.len());
+        self.by_name.insert(attr.to_string(), p.clone());
+        self.names.insert(p.clone(), attr.to_string());
+        p
+    }
+
+    pub(super) fn path(&mut self, parts: &[&str]) -> String {
+        parts
+            .iter()
+            .map(|p| self.name(p))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    pub(super) fn value(&mut self, v: AttributeValue) -> String {
+        let p = format!(":v{}", self.values.len());
+        self.values.insert(p.clone(), v);
+        p
+    }
+
+    pub(super) fn names(&self) -> Option<HashMap<String, String>> {
+        (!self.names.is_empty()).then(|| self.names.clone())
+    }
+
+    pub(super) fn values(&self) -> Option<HashMap<String, AttributeValue>> {
+        (!self.values.is_empty()).then(|| self.values.clone())
+    }
+}
+
+pub(super) fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+pub(super) fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+pub(super) fn money(m: Money) -> AttributeValue {
+    n(m.nanos())
+}
+
+pub(super) fn epoch(t: DateTime<Utc>) -> AttributeValue {
+    n(t.timestamp())
+}
+
+pub(super) fn key_of(pk: String) -> HashMap<String, AttributeValue> {
+    HashMap::from([(PARTITION_KEY.to_string(), s(pk))])
+}
+
+/// Paths of one window's attributes. Each placeholder is made only when
+/// asked for: DynamoDB refuses names and values an expression does not use.
+pub(super) struct WindowPaths {
+    id: String,
+}
+
+impl WindowPaths {
+    pub(super) fn new(window_id: &str) -> WindowPaths {
+        WindowPaths {
+            id: window_id.to_string(),
+        }
+    }
+
+    pub(super) fn field(&self, ex: &mut Expr, name: &str) -> String {
+        ex.path(&["w", &self.id, name])
+    }
+}
+
+/// A plan's guards and changes as condition and SET clauses (no rule
+/// here: each guard and change has one rendering).
+pub(super) fn render(ex: &mut Expr, write: &EntityWrite) -> (Vec<String>, Vec<String>) {
+    let conds = write.guards.iter().map(|g| render_guard(ex, g)).collect();
+    let sets = write.changes.iter().map(|c| render_change(ex, c)).collect();
+    (conds, sets)
+}
+
+pub(super) fn counter_name(c: Counter) -> &'static str {
+    match c {
+        Counter::Used => "used",
+        Counter::Spent => "spent",
+        Counter::Reserved => "reserved",
+    }
+}
+
+pub(super) fn render_guard(ex: &mut Expr, guard: &Guard) -> String {
+    match guard {
+        Guard::Version(v) => {
+            let (ver, value) = (ex.name("ver"), ex.value(n(*v as i64)));
+            format!("{ver} = {value}")
+        }
+        Guard::Incarnation(i) => incarnation_is(ex, *i),
+        Guard::AtMost(w, c, m) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, counter_name(*c)),
+                ex.value(money(*m)),
+            );
+            format!("{path} <= {value}")
+        }
+        Guard::Below(w, c, m) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, counter_name(*c)),
+                ex.value(money(*m)),
+            );
+            format!("{path} < {value}")
+        }
+        Guard::ResetAtIs(w, at) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, "reset_at"),
+                ex.value(epoch(*at)),
+            );
+            format!("{path} = {value}")
+        }
+        Guard::ResetAfter(w, now) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, "reset_at"),
+                ex.value(epoch(*now)),
+            );
+            format!("{path} > {value}")
+        }
+        Guard::Generation(w, g) => {
+            let (path, value) = (WindowPaths::new(w).field(ex, "gen"), ex.value(n(*g as i64)));
+            format!("{path} = {value}")
+        }
+        Guard::NoKeys => {
+            let (kc, zero) = (ex.name("key_count"), ex.value(n(0)));
+            format!("({kc} = {zero} OR attribute_not_exists({kc}))")
+        }
+    }
+}
+
+pub(super) fn render_change(ex: &mut Expr, change: &Change) -> String {
+    match change {
+        Change::Add(w, c, m) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, counter_name(*c)),
+                ex.value(money(*m)),
+            );
+            format!("{path} = {path} + {value}")
+        }
+        Change::UsedFromReserved(w, m) => {
+            let p = WindowPaths::new(w);
+            let (used, reserved) = (p.field(ex, "used"), p.field(ex, "reserved"));
+            let value = ex.value(money(*m));
+            format!("{used} = {reserved} + {value}")
+        }
+        Change::SetSpent(w, m) => {
+            let (path, value) = (WindowPaths::new(w).field(ex, "spent"), ex.value(money(*m)));
+            format!("{path} = {value}")
+        }
+        Change::SetResetAt(w, at) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, "reset_at"),
+                ex.value(epoch(*at)),
+            );
+            format!("{path} = {value}")
+        }
+    }
+}
+
+/// The condition "this item is the incarnation `incarnation`" (an item
+/// written before incarnations existed has none: incarnation 0).
+pub(super) fn incarnation_is(ex: &mut Expr, incarnation: u64) -> String {
+    let inc = ex.name(INCARNATION);
+    if incarnation == 0 {
+        format!("attribute_not_exists({inc})")
+    } else {
+        let v = ex.value(n(incarnation as i64));
+        format!("{inc} = {v}")
+    }
+}
+
+impl DynamoStore {
+    pub(super) fn update(
+        &self,
+        pk: String,
+        sets: Vec<String>,
+        removes: Vec<String>,
+        conds: Vec<String>,
+        ex: &Expr,
+    ) -> Result<Update, StoreError> {
+        let mut expression = format!("SET {}", sets.join(", "));
+        if !removes.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
+        }
+        Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_of(pk)))
+            .update_expression(expression)
+            .set_condition_expression((!conds.is_empty()).then(|| conds.join(" AND ")))
+            .set_expression_attribute_names(ex.names())
+            .set_expression_attribute_values(ex.values())
+            .build()
+            .map_err(build_error)
+    }
+
+    pub(super) fn condition_check(
+        &self,
+        pk: String,
+        conds: Vec<String>,
+        ex: &Expr,
+    ) -> Result<ConditionCheck, StoreError> {
+        ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_of(pk)))
+            .condition_expression(conds.join(" AND "))
+            .set_expression_attribute_names(ex.names())
+            .set_expression_attribute_values(ex.values())
+            .build()
+            .map_err(build_error)
+    }
+
+    pub(super) fn put(
+        &self,
+        item: HashMap<String, AttributeValue>,
+        condition: &str,
+    ) -> Result<Put, StoreError> {
+        Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .build()
+            .map_err(build_error)
+    }
+}
