@@ -1,7 +1,6 @@
-//! The three budget operations — reserve (authorize), finish (settle,
-//! release, expire) and reset — over any [`Store`]. Each retries only
-//! what is safe to retry: a write whose conditions failed is re-decided
-//! from a fresh read, never blindly repeated.
+//! Authorize: find the key's chain (memory, then the store), judge it with
+//! the core's rule, and reserve in one atomic write; retries only what is
+//! safe to retry, within one deadline.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -13,12 +12,12 @@ use sha2::{Digest, Sha256};
 use crate::config::Settings;
 use crate::decision::{admit, check_key, Admission, Denial, KeyRefusal};
 use crate::keys::hash_key;
-use crate::model::{Chain, EntityRef, Hold, Reservation, ReservationState};
+use crate::model::{Chain, Hold, Reservation, ReservationState};
 use crate::money::{Money, MoneyError};
-use crate::store::{BudgetStore, Finish, FinishWrite, ReserveWrite, ResetStore, StoreError};
+use crate::store::{BudgetStore, ReserveWrite, StoreError};
 
-/// Attempts at one operation before giving up (contention or movement).
-const MAX_ATTEMPTS: usize = 8;
+use super::{backoff, MAX_ATTEMPTS};
+
 /// Chains kept in memory per function instance.
 const CACHE_CAPACITY: usize = 10_000;
 /// A presented key longer than this cannot be one (custom keys have at
@@ -176,98 +175,33 @@ impl<S: BudgetStore> Authorizer<S> {
         if key.len() > MAX_KEY_BYTES {
             return Ok(AuthorizeOutcome::InvalidKey);
         }
-        let hash = hash_key(key);
-        let clock = &self.settings.clock;
-        let (mut chain, mut fresh) = match self.cached(&hash) {
-            Some(c) => (c, false),
-            // Cold: the key item alone (with its owners' snapshot). Its
-            // counters are unknown, so it can admit but never deny.
-            None => match self.store.load_chain_quick(&hash).await? {
-                Some(c) => (c, false),
-                None => return Ok(AuthorizeOutcome::InvalidKey),
-            },
+        let Some(mut req) = self.start(hash_key(key), request_id).await? else {
+            return Ok(AuthorizeOutcome::InvalidKey);
         };
-        let retry_of = request_id.filter(|r| !r.is_empty());
-        let mut id = reservation_id(&hash, retry_of);
         // Set when what we hold may be out of date: read the chain afresh.
         let mut stale = false;
-        // This request's own reservation, as the last fresh read found it.
-        let mut own = None;
         for attempt in 0..MAX_ATTEMPTS {
-            if stale {
-                let (read, reservation) = match retry_of {
-                    Some(_) => self.store.load_chain_and_reservation(&hash, &id).await?,
-                    None => (self.store.load_chain(&hash).await?, None),
-                };
-                match read {
-                    Some(c) => chain = c,
-                    None => {
-                        self.remember(&hash, None);
-                        return Ok(AuthorizeOutcome::InvalidKey);
-                    }
-                }
-                (fresh, stale, own) = (true, false, reservation);
+            if stale && !self.refresh(&mut req).await? {
+                return Ok(AuthorizeOutcome::InvalidKey);
             }
-            let estimate = self.reservation_for(requested, &chain);
-            let verdict = check_key(&chain.key, now)
-                .map_err(AuthorizeOutcome::Refused)
-                .and_then(|()| {
-                    admit(&chain, estimate, now, clock)
-                        .map_err(|d| AuthorizeOutcome::Denied(Box::new(d)))
-                });
-            let admission = match verdict {
+            stale = false;
+            let estimate = self.reservation_for(requested, &req.chain);
+            let admission = match judge(&req.chain, estimate, now, &self.settings.clock) {
                 Ok(a) => a,
                 // What memory says may be out of date: only a fresh read denies.
-                Err(_) if !fresh => {
+                Err(_) if !req.fresh => {
                     stale = true;
                     continue;
                 }
-                Err(outcome) => {
-                    self.remember(&hash, Some(chain));
-                    // A retry of a request that was admitted is recognised
-                    // before it is judged: its own reservation may be what
-                    // fills the window now. Only the budget is forgiven: a
-                    // key blocked (or expired) since is refused, retry or not.
-                    if matches!(outcome, AuthorizeOutcome::Denied(_)) {
-                        if let Some(first) = own.take().and_then(answer_of) {
-                            return Ok(first);
-                        }
-                    }
-                    return Ok(outcome);
-                }
+                Err(outcome) => return Ok(self.refused(req, outcome)),
             };
-            let mut reservation =
-                new_reservation(&id, &hash, &chain, estimate, now, &self.settings);
-            reservation.remaining = admission.remaining;
-            reservation.tightest = admission.tightest.clone();
-            match self.store.reserve(&chain, &reservation, now, clock).await? {
-                ReserveWrite::Reserved => {
-                    self.remember(&hash, Some(apply_reservation(chain, estimate, now, clock)));
-                    return Ok(AuthorizeOutcome::Allowed {
-                        reservation: Box::new(reservation),
-                        admission,
-                        duplicate: false,
-                    });
-                }
-                // The write's other conditions may have failed too (a key
-                // blocked since): judge the retry on a fresh read first.
-                ReserveWrite::Duplicate if !fresh => stale = true,
-                ReserveWrite::Duplicate => {
-                    let first = match own.take() {
-                        Some(read) => answer_of(read),
-                        None => self.held(&id).await?,
-                    };
-                    match first {
-                        // A retry of a request whose answer was lost: the
-                        // same reservation and the same answer, not a second.
-                        Some(first) => return Ok(first),
-                        // That request is over (settled or expired): a
-                        // replay gets a decision of its own, under a new id.
-                        None => id = reservation_id(&hash, None),
-                    }
-                }
-                ReserveWrite::Stale => stale = true,
-                ReserveWrite::Conflict => backoff(attempt).await,
+            match self.write(&mut req, estimate, admission, now).await? {
+                Step::Done(outcome) => return Ok(outcome),
+                Step::Reread => stale = true,
+                Step::Retry => backoff(attempt).await,
+                // That request is over (settled or expired): a replay gets
+                // a decision of its own, under a new id.
+                Step::NewId => req.id = reservation_id(&req.hash, None),
             }
         }
         Ok(AuthorizeOutcome::Unavailable(
@@ -275,10 +209,148 @@ impl<S: BudgetStore> Authorizer<S> {
         ))
     }
 
+    /// The chain as memory knows it, or else from the key item alone (with
+    /// its owners' snapshot: counters unknown, so it can admit but never
+    /// deny). `None` for an unknown key.
+    async fn start(
+        &self,
+        hash: String,
+        request_id: Option<&str>,
+    ) -> Result<Option<InFlight>, StoreError> {
+        let chain = match self.cached(&hash) {
+            Some(c) => c,
+            None => match self.store.load_chain_quick(&hash).await? {
+                Some(c) => c,
+                None => return Ok(None),
+            },
+        };
+        let retry = request_id.filter(|r| !r.is_empty());
+        Ok(Some(InFlight {
+            id: reservation_id(&hash, retry),
+            retry: retry.is_some(),
+            hash,
+            chain,
+            fresh: false,
+            own: None,
+        }))
+    }
+
+    /// Reads the chain afresh (and, for a request that may be a retry, its
+    /// own reservation in the same request). `false`: the key is gone.
+    async fn refresh(&self, req: &mut InFlight) -> Result<bool, StoreError> {
+        let (read, own) = if req.retry {
+            self.store
+                .load_chain_and_reservation(&req.hash, &req.id)
+                .await?
+        } else {
+            (self.store.load_chain(&req.hash).await?, None)
+        };
+        let Some(chain) = read else {
+            self.remember(&req.hash, None);
+            return Ok(false);
+        };
+        (req.chain, req.fresh, req.own) = (chain, true, own);
+        Ok(true)
+    }
+
+    /// The answer to a request refused on a fresh read. A retry of a request
+    /// that was admitted is recognised before it is judged: its own
+    /// reservation may be what fills the window now. Only the budget is
+    /// forgiven: a key blocked (or expired) since is refused, retry or not.
+    fn refused(&self, req: InFlight, outcome: AuthorizeOutcome) -> AuthorizeOutcome {
+        self.remember(&req.hash, Some(req.chain));
+        match outcome {
+            AuthorizeOutcome::Denied(_) => req.own.and_then(answer_of).unwrap_or(outcome),
+            other => other,
+        }
+    }
+
+    /// The one atomic write of an admitted request, and what it means.
+    async fn write(
+        &self,
+        req: &mut InFlight,
+        estimate: Money,
+        admission: Admission,
+        now: DateTime<Utc>,
+    ) -> Result<Step, StoreError> {
+        let clock = &self.settings.clock;
+        let mut reservation = new_reservation(
+            &req.id,
+            &req.hash,
+            &req.chain,
+            estimate,
+            now,
+            &self.settings,
+        );
+        reservation.remaining = admission.remaining;
+        reservation.tightest = admission.tightest.clone();
+        Ok(
+            match self
+                .store
+                .reserve(&req.chain, &reservation, now, clock)
+                .await?
+            {
+                ReserveWrite::Reserved => {
+                    let after = apply_reservation(req.chain.clone(), estimate, now, clock);
+                    self.remember(&req.hash, Some(after));
+                    Step::Done(AuthorizeOutcome::Allowed {
+                        reservation: Box::new(reservation),
+                        admission,
+                        duplicate: false,
+                    })
+                }
+                // The write's other conditions may have failed too (a key
+                // blocked since): judge the retry on a fresh read first.
+                ReserveWrite::Duplicate if !req.fresh => Step::Reread,
+                // A retry of a request whose answer was lost: the same
+                // reservation and the same answer, not a second one.
+                ReserveWrite::Duplicate => match req.own.take() {
+                    Some(read) => answer_of(read).map_or(Step::NewId, Step::Done),
+                    None => self.held(&req.id).await?.map_or(Step::NewId, Step::Done),
+                },
+                ReserveWrite::Stale => Step::Reread,
+                ReserveWrite::Conflict => Step::Retry,
+            },
+        )
+    }
+
     /// The answer already given for reservation `id`, if it still holds.
     async fn held(&self, id: &str) -> Result<Option<AuthorizeOutcome>, StoreError> {
         Ok(self.store.reservation(id).await?.and_then(answer_of))
     }
+}
+
+/// One authorization in progress: what is known of the chain and of the
+/// request's own reservation.
+struct InFlight {
+    hash: String,
+    /// The gateway gave a request id: this may be a retry.
+    retry: bool,
+    id: String,
+    chain: Chain,
+    /// Read from the store during this request (so it may deny).
+    fresh: bool,
+    /// This request's own reservation, as the last fresh read found it.
+    own: Option<Reservation>,
+}
+
+/// What to do after a write.
+enum Step {
+    Done(AuthorizeOutcome),
+    Reread,
+    Retry,
+    NewId,
+}
+
+/// The key's state, then the budget rule, on `chain` as known.
+fn judge(
+    chain: &Chain,
+    estimate: Money,
+    now: DateTime<Utc>,
+    clock: &crate::duration::ResetClock,
+) -> Result<Admission, AuthorizeOutcome> {
+    check_key(&chain.key, now).map_err(AuthorizeOutcome::Refused)?;
+    admit(chain, estimate, now, clock).map_err(|d| AuthorizeOutcome::Denied(Box::new(d)))
 }
 
 /// The answer given when `first` was taken, if it still holds.
@@ -295,12 +367,6 @@ fn answer_of(first: Reservation) -> Option<AuthorizeOutcome> {
         admission,
         duplicate: true,
     })
-}
-
-async fn backoff(attempt: usize) {
-    let base = 5u64 << attempt.min(5);
-    let jitter = rand::random::<u64>() % base.max(1);
-    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
 }
 
 fn new_reservation(
@@ -365,279 +431,6 @@ fn apply_reservation(
     chain
 }
 
-/// What settle/release answered.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SettleOutcome {
-    Settled {
-        reservation: Box<Reservation>,
-        duplicate: bool,
-    },
-    NotFound,
-}
-
-/// Settles (cost) or releases (cost 0) a reservation, once: a repeat
-/// returns the first result with `duplicate`.
-pub async fn settle<S: BudgetStore>(
-    store: &S,
-    id: &str,
-    cost: Money,
-    now: DateTime<Utc>,
-    settings: &Settings,
-) -> Result<SettleOutcome, StoreError> {
-    let already = |r: &Reservation| r.state == ReservationState::Settled;
-    Ok(
-        match finish_once(store, id, Finish::Settle(cost), already, now, settings).await? {
-            Finished::NotFound => SettleOutcome::NotFound,
-            Finished::Skipped(reservation) => SettleOutcome::Settled {
-                reservation: Box::new(reservation),
-                duplicate: true,
-            },
-            Finished::Done(reservation) => SettleOutcome::Settled {
-                reservation: Box::new(Reservation {
-                    state: ReservationState::Settled,
-                    cost: Some(cost),
-                    settled_at: Some(now),
-                    ..reservation
-                }),
-                duplicate: false,
-            },
-        },
-    )
-}
-
-/// Releases one expired reservation (reset job). `true` when this call
-/// released it.
-pub async fn expire<S: BudgetStore>(
-    store: &S,
-    id: &str,
-    now: DateTime<Utc>,
-    settings: &Settings,
-) -> Result<bool, StoreError> {
-    let not_due = |r: &Reservation| r.state != ReservationState::Held || r.expires_at > now;
-    Ok(matches!(
-        finish_once(store, id, Finish::Expire, not_due, now, settings).await?,
-        Finished::Done(_)
-    ))
-}
-
-enum Finished {
-    NotFound,
-    /// `skip` said there is nothing to do (as read).
-    Skipped(Reservation),
-    /// This call wrote it (the reservation as it was before).
-    Done(Reservation),
-}
-
-/// Ends a reservation unless `skip` says otherwise: from a fresh read of
-/// the entities whenever the write's conditions find that something moved
-/// (`Stale`), after a jittered pause when another transaction held an item
-/// or DynamoDB throttled one (`Busy`: nothing moved that we know of).
-async fn finish_once<S: BudgetStore>(
-    store: &S,
-    id: &str,
-    finish: Finish,
-    skip: impl Fn(&Reservation) -> bool,
-    now: DateTime<Utc>,
-    settings: &Settings,
-) -> Result<Finished, StoreError> {
-    // With a receipt: one write, no read (conditional on the receipt's
-    // digest and on the reservation still being held).
-    let mut busy = 0;
-    if let Some(from_receipt) = crate::receipt::from_receipt(id, now) {
-        if !skip(&from_receipt) {
-            match store
-                .finish(&from_receipt, None, finish, now, &settings.clock)
-                .await?
-            {
-                FinishWrite::Done => return Ok(Finished::Done(from_receipt)),
-                FinishWrite::Busy => {
-                    backoff(busy).await;
-                    busy += 1;
-                }
-                // Not as the receipt says (finished, or a window moved):
-                // read the reservation.
-                FinishWrite::Stale => {}
-            }
-        }
-    }
-    let id = crate::receipt::base_id(id);
-    // First: no read of the entities (one request less); once a window
-    // moved or was removed, read them before every write.
-    let mut read_entities = false;
-    for _ in 0..MAX_ATTEMPTS {
-        // Read every time: a transaction that held us up may have been a
-        // second delivery of this same settle, which finished it.
-        let Some(reservation) = store.reservation(id).await? else {
-            return Ok(Finished::NotFound);
-        };
-        if skip(&reservation) {
-            return Ok(Finished::Skipped(reservation));
-        }
-        let entities = if read_entities {
-            Some(store.load_many(&held_entities(&reservation)).await?)
-        } else {
-            None
-        };
-        match store
-            .finish(
-                &reservation,
-                entities.as_deref(),
-                finish,
-                now,
-                &settings.clock,
-            )
-            .await?
-        {
-            FinishWrite::Done => return Ok(Finished::Done(reservation)),
-            FinishWrite::Stale => read_entities = true,
-            FinishWrite::Busy => {
-                backoff(busy).await;
-                busy += 1;
-            }
-        }
-    }
-    Err(StoreError::Unavailable(
-        "reservation kept moving; try again".into(),
-    ))
-}
-
-fn held_entities(r: &Reservation) -> Vec<EntityRef> {
-    let mut refs: Vec<EntityRef> = r.holds.iter().map(|h| h.entity.clone()).collect();
-    refs.sort();
-    refs.dedup();
-    refs
-}
-
-/// What one run of the reset job did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ResetSummary {
-    pub windows_reset: usize,
-    pub reservations_released: usize,
-    pub entities_scanned: usize,
-    /// Windows another writer rolled between our read and our write.
-    pub already_rolled: usize,
-    pub errors: Vec<String>,
-    pub started_at: String,
-    pub finished_at: String,
-}
-
-/// Rolls over every due window, then releases expired reservations. Safe
-/// to run twice at once and alongside authorize and settle: every write is
-/// conditional on what was read.
-pub async fn reset<S: ResetStore>(
-    store: &S,
-    now: DateTime<Utc>,
-    settings: &Settings,
-) -> ResetSummary {
-    let mut summary = ResetSummary {
-        started_at: crate::decision::rfc3339(now),
-        ..ResetSummary::default()
-    };
-    let clock = &settings.clock;
-    let mut cursor = None;
-    loop {
-        let (page, next) = match store.scan_entities(cursor).await {
-            Ok(p) => p,
-            Err(e) => {
-                summary
-                    .errors
-                    .push(format!("scan stopped, entities left unchecked: {e}"));
-                break;
-            }
-        };
-        for entity in page {
-            summary.entities_scanned += 1;
-            let name = format!("{} {}", entity.entity.kind, entity.entity.display_id());
-            let mut current = entity;
-            let mut finished = false;
-            for _ in 0..MAX_ATTEMPTS {
-                match store.roll_over(&current, now, clock).await {
-                    Ok(Some(n)) => {
-                        summary.windows_reset += n;
-                        finished = true;
-                        break;
-                    }
-                    Ok(None) => {
-                        let due_before = current.windows.iter().filter(|w| w.is_due(now)).count();
-                        match store.load(&current.entity).await {
-                            Ok(Some(e)) => {
-                                let due_now = e.windows.iter().filter(|w| w.is_due(now)).count();
-                                summary.already_rolled += due_before.saturating_sub(due_now);
-                                current = e;
-                            }
-                            Ok(None) => {
-                                finished = true;
-                                break;
-                            }
-                            Err(e) => {
-                                summary
-                                    .errors
-                                    .push(format!("{name}: windows not rolled: {e}"));
-                                finished = true;
-                                break;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        summary
-                            .errors
-                            .push(format!("{name}: windows not rolled: {e}"));
-                        finished = true;
-                        break;
-                    }
-                }
-            }
-            if !finished {
-                summary.errors.push(format!(
-                    "{name}: windows not rolled: it kept moving ({MAX_ATTEMPTS} attempts)"
-                ));
-            }
-        }
-        cursor = next;
-        if cursor.is_none() {
-            break;
-        }
-    }
-    const BATCH: usize = 500;
-    const BATCHES: usize = 100;
-    let mut ended = false;
-    for _ in 0..BATCHES {
-        let batch = match store.expired_reservations(now, BATCH).await {
-            Ok(b) => b,
-            Err(e) => {
-                summary
-                    .errors
-                    .push(format!("expired reservations not listed: {e}"));
-                ended = true; // and said why
-                break;
-            }
-        };
-        let mut released_now = 0;
-        for id in &batch {
-            match expire(store, id, now, settings).await {
-                Ok(true) => released_now += 1,
-                Ok(false) => {}
-                Err(e) => summary
-                    .errors
-                    .push(format!("reservation {id}: not released: {e}")),
-            }
-        }
-        summary.reservations_released += released_now;
-        if batch.len() < BATCH || released_now == 0 {
-            ended = true;
-            break;
-        }
-    }
-    if !ended {
-        summary.errors.push(format!(
-            "more than {} expired reservations: the rest are left to the next run",
-            BATCH * BATCHES
-        ));
-    }
-    summary.finished_at = crate::decision::rfc3339(Utc::now().max(now));
-    summary
-}
-
 #[cfg(test)]
 mod tests {
     //! The service over the memory store, which executes the same plans as
@@ -645,6 +438,7 @@ mod tests {
 
     use super::*;
     use crate::model::{Entity, EntityRef, Span, Window};
+    use crate::service::{settle, SettleOutcome};
     use crate::store::memory::{Injected, MemoryStore};
     use crate::store::{AdminStore, AdminWrite};
     use chrono::TimeZone;

@@ -1,0 +1,154 @@
+//! Settle, release and expire: end a reservation once, whatever is
+//! delivered twice.
+
+use chrono::{DateTime, Utc};
+
+use crate::config::Settings;
+use crate::model::{EntityRef, Reservation, ReservationState};
+use crate::money::Money;
+use crate::store::{BudgetStore, Finish, FinishWrite, StoreError};
+
+use super::{backoff, MAX_ATTEMPTS};
+
+/// What settle/release answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SettleOutcome {
+    Settled {
+        reservation: Box<Reservation>,
+        duplicate: bool,
+    },
+    NotFound,
+}
+
+/// Settles (cost) or releases (cost 0) a reservation, once: a repeat
+/// returns the first result with `duplicate`.
+pub async fn settle<S: BudgetStore>(
+    store: &S,
+    id: &str,
+    cost: Money,
+    now: DateTime<Utc>,
+    settings: &Settings,
+) -> Result<SettleOutcome, StoreError> {
+    let already = |r: &Reservation| r.state == ReservationState::Settled;
+    Ok(
+        match finish_once(store, id, Finish::Settle(cost), already, now, settings).await? {
+            Finished::NotFound => SettleOutcome::NotFound,
+            Finished::Skipped(reservation) => SettleOutcome::Settled {
+                reservation: Box::new(reservation),
+                duplicate: true,
+            },
+            Finished::Done(reservation) => SettleOutcome::Settled {
+                reservation: Box::new(Reservation {
+                    state: ReservationState::Settled,
+                    cost: Some(cost),
+                    settled_at: Some(now),
+                    ..reservation
+                }),
+                duplicate: false,
+            },
+        },
+    )
+}
+
+/// Releases one expired reservation (reset job). `true` when this call
+/// released it.
+pub async fn expire<S: BudgetStore>(
+    store: &S,
+    id: &str,
+    now: DateTime<Utc>,
+    settings: &Settings,
+) -> Result<bool, StoreError> {
+    let not_due = |r: &Reservation| r.state != ReservationState::Held || r.expires_at > now;
+    Ok(matches!(
+        finish_once(store, id, Finish::Expire, not_due, now, settings).await?,
+        Finished::Done(_)
+    ))
+}
+
+enum Finished {
+    NotFound,
+    /// `skip` said there is nothing to do (as read).
+    Skipped(Reservation),
+    /// This call wrote it (the reservation as it was before).
+    Done(Reservation),
+}
+
+/// Ends a reservation unless `skip` says otherwise: from a fresh read of
+/// the entities whenever the write's conditions find that something moved
+/// (`Stale`), after a jittered pause when another transaction held an item
+/// or DynamoDB throttled one (`Busy`: nothing moved that we know of).
+async fn finish_once<S: BudgetStore>(
+    store: &S,
+    id: &str,
+    finish: Finish,
+    skip: impl Fn(&Reservation) -> bool,
+    now: DateTime<Utc>,
+    settings: &Settings,
+) -> Result<Finished, StoreError> {
+    // With a receipt: one write, no read (conditional on the receipt's
+    // digest and on the reservation still being held).
+    let mut busy = 0;
+    if let Some(from_receipt) = crate::receipt::from_receipt(id, now) {
+        if !skip(&from_receipt) {
+            match store
+                .finish(&from_receipt, None, finish, now, &settings.clock)
+                .await?
+            {
+                FinishWrite::Done => return Ok(Finished::Done(from_receipt)),
+                FinishWrite::Busy => {
+                    backoff(busy).await;
+                    busy += 1;
+                }
+                // Not as the receipt says (finished, or a window moved):
+                // read the reservation.
+                FinishWrite::Stale => {}
+            }
+        }
+    }
+    let id = crate::receipt::base_id(id);
+    // First: no read of the entities (one request less); once a window
+    // moved or was removed, read them before every write.
+    let mut read_entities = false;
+    for _ in 0..MAX_ATTEMPTS {
+        // Read every time: a transaction that held us up may have been a
+        // second delivery of this same settle, which finished it.
+        let Some(reservation) = store.reservation(id).await? else {
+            return Ok(Finished::NotFound);
+        };
+        if skip(&reservation) {
+            return Ok(Finished::Skipped(reservation));
+        }
+        let entities = if read_entities {
+            Some(store.load_many(&held_entities(&reservation)).await?)
+        } else {
+            None
+        };
+        match store
+            .finish(
+                &reservation,
+                entities.as_deref(),
+                finish,
+                now,
+                &settings.clock,
+            )
+            .await?
+        {
+            FinishWrite::Done => return Ok(Finished::Done(reservation)),
+            FinishWrite::Stale => read_entities = true,
+            FinishWrite::Busy => {
+                backoff(busy).await;
+                busy += 1;
+            }
+        }
+    }
+    Err(StoreError::Unavailable(
+        "reservation kept moving; try again".into(),
+    ))
+}
+
+fn held_entities(r: &Reservation) -> Vec<EntityRef> {
+    let mut refs: Vec<EntityRef> = r.holds.iter().map(|h| h.entity.clone()).collect();
+    refs.sort();
+    refs.dedup();
+    refs
+}

@@ -1,0 +1,25 @@
+//! The three budget operations — reserve (authorize), finish (settle,
+//! release, expire) and reset — over the store ports. Each retries only
+//! what is safe to retry: a write whose conditions failed is re-decided
+//! from a fresh read, never blindly repeated.
+
+mod authorize;
+mod finish;
+mod reset;
+
+use std::time::Duration;
+
+pub use authorize::{
+    requested_from_header, reservation_id, AuthorizeOutcome, Authorizer, Requested, MAX_KEY_BYTES,
+};
+pub use finish::{expire, settle, SettleOutcome};
+pub use reset::{reset, ResetSummary};
+
+/// Attempts at one operation before giving up (contention or movement).
+const MAX_ATTEMPTS: usize = 8;
+
+async fn backoff(attempt: usize) {
+    let base = 5u64 << attempt.min(5);
+    let jitter = rand::random::<u64>() % base.max(1);
+    tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+}
