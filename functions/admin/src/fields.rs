@@ -3,13 +3,13 @@
 //! them (`attributes`). Every problem is a 400 naming the field; nothing
 //! here ever echoes a key.
 
-use budget_core::api::{money_value, optional_str, ApiError};
+use crate::limits::Patch;
 use budget_core::duration::{BudgetDuration, Unit};
-use budget_core::ids::check_id;
+use budget_core::ids::{problem, MAX_ID_BYTES};
 use budget_core::keys::{hash_key, is_key_hash};
-use budget_core::limits::Patch;
 use budget_core::Money;
 use chrono::{DateTime, Months, Utc};
+use http_api::{money_value, optional_str, ApiError};
 use serde_json::{Map, Value};
 
 /// Shortest custom key accepted (the `sk-` prefix included).
@@ -115,6 +115,20 @@ pub fn attributes(
         out.insert(name.clone(), value.clone());
     }
     Ok(out)
+}
+
+/// `id` if valid, or a 400 naming `field` (the message does not echo the
+/// id: it may be long or hold characters that need escaping).
+pub fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
+    match problem(id) {
+        None => Ok(()),
+        Some(why) => Err(ApiError::bad_request(
+            field,
+            format!(
+                "{field} must be 1 to {MAX_ID_BYTES} ASCII letters, digits or . _ - : @ + ({why})"
+            ),
+        )),
+    }
 }
 
 /// A string field: absent, `null`, or a non-empty string of at most 256
@@ -524,6 +538,27 @@ mod tests {
                 .as_deref(),
             Some("expires")
         );
+    }
+
+    #[test]
+    fn bad_ids_are_400_naming_the_field_without_echoing_the_id() {
+        assert_eq!(check_id("user_id", "alice@example.com"), Ok(()));
+        for bad in ["", "a\"b", "a b", &"a".repeat(3000)] {
+            let e = check_id("team_id", bad).unwrap_err();
+            assert_eq!((e.status, e.param.as_deref()), (400, Some("team_id")));
+            assert!(
+                e.message.starts_with("team_id must be 1 to 128"),
+                "{}",
+                e.message
+            );
+            if bad.len() > 1 {
+                assert!(!e.message.contains(bad), "the id is not echoed");
+            }
+        }
+        assert!(check_id("user_id", &"a".repeat(3000))
+            .unwrap_err()
+            .message
+            .ends_with("(it has 3000 bytes)"));
     }
 
     #[test]

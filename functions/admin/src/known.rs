@@ -9,8 +9,8 @@
 //! `litellm/proxy/_types.py` (BerriAI/litellm, read at commit 00025c8),
 //! base classes included; one list per model.
 
-use budget_core::api::ApiError;
 use budget_core::model::EntityKind;
+use http_api::ApiError;
 use serde_json::{Map, Value};
 
 /// `GenerateRequestBase`: shared by the key and user requests.

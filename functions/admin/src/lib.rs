@@ -9,7 +9,7 @@
 //! its whole path, optionally after ONE prefix: an API Gateway stage
 //! segment (`/prod/key/info`; letters, digits, `-`, `_`, and not `key`,
 //! `user` or `team`) or `cargo lambda watch`'s Function URL prefix
-//! `/lambda-url/<function>` (see `budget_core::routes`). Any other path is
+//! `/lambda-url/<function>` (see `http_api::routes`). Any other path is
 //! a 404 and writes nothing (`/key/x/team/delete` is not `/team/delete`):
 //!
 //! | route | method | body / query |
@@ -34,15 +34,16 @@
 
 pub mod fields;
 pub mod known;
+pub mod limits;
 mod ops;
 pub mod view;
 
-use budget_core::api::ApiError;
 use budget_core::keys::secrets_equal;
 use budget_core::model::EntityKind;
 use budget_core::store::AdminStore;
 use budget_core::Settings;
 use chrono::{DateTime, Utc};
+use http_api::ApiError;
 use lambda_http::http::{header, HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::Value;
@@ -118,7 +119,7 @@ fn route_path(path: &str) -> Option<&'static str> {
         }
         out
     };
-    budget_core::routes::route_of(path, &PATHS)
+    http_api::routes::route_of(path, &PATHS)
 }
 
 /// Answers one HTTP request. Never fails: every problem is an HTTP answer.
@@ -189,7 +190,7 @@ async fn route<S: AdminStore>(
             format!("request body is larger than {MAX_BODY_BYTES} bytes"),
         ));
     }
-    let body = budget_core::api::json_object(raw)?;
+    let body = http_api::json_object(raw)?;
     let form = match *op {
         Op::KeyGenerate => known::Form::KeyGenerate,
         Op::KeyUpdate => known::Form::KeyUpdate,

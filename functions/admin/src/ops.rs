@@ -5,14 +5,14 @@
 
 use std::time::Duration;
 
-use budget_core::api::{required_str, ApiError};
-use budget_core::ids::check_id;
+use crate::fields::check_id;
+use crate::limits::{self, BudgetPatch};
 use budget_core::keys::{generate_key, hash_key};
-use budget_core::limits::{self, BudgetPatch};
 use budget_core::model::{key_hash_prefix, Entity, EntityKind, EntityRef};
 use budget_core::store::{AdminStore, AdminWrite, StoreError};
 use budget_core::Settings;
 use chrono::{DateTime, Utc};
+use http_api::{required_str, ApiError};
 use serde_json::{json, Map, Value};
 
 use crate::fields::{self, attributes, bool_patch, expiry_patch, id_patch, key_hash_of};

@@ -14,8 +14,10 @@ use aws_lambda_events::http::HeaderMap;
 use aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
 use budget_core::decision::{rfc3339, Denial};
 use budget_core::model::key_hash_prefix;
-use budget_core::service::{requested_from_header, AuthorizeOutcome, Authorizer};
+use budget_core::money::MoneyError;
+use budget_core::service::{AuthorizeOutcome, Authorizer, Requested};
 use budget_core::store::BudgetStore;
+use budget_core::Money;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 
@@ -118,6 +120,23 @@ fn token_key(value: &str) -> Option<String> {
         bearer(value)
     } else {
         (!value.is_empty()).then(|| value.to_string())
+    }
+}
+
+/// Reads `x-budget-reserve`. A negative amount asks for nothing (and gets
+/// the floor); an amount past `MAX_USD` asks for the most; text that is
+/// not a decimal amount is refused with a message that does not quote it.
+pub fn requested_from_header(header: Option<&str>) -> Result<Requested, String> {
+    match header.map(str::trim) {
+        None | Some("") => Ok(Requested::Default),
+        Some(text) => match Money::parse_decimal(text) {
+            Ok(m) => Ok(Requested::Amount(m)),
+            Err(MoneyError::Negative) => Ok(Requested::Amount(Money::ZERO)),
+            Err(MoneyError::TooLarge) => Ok(Requested::Amount(Money::from_nanos(i64::MAX))),
+            // No client text in the message: the REST API's 429 template
+            // substitutes it into a JSON body without escaping.
+            Err(e) => Err(format!("x-budget-reserve {e}")),
+        },
     }
 }
 
@@ -348,6 +367,22 @@ fn log_outcome(outcome: &AuthorizeOutcome) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_is_only_a_request() {
+        assert_eq!(requested_from_header(None), Ok(Requested::Default));
+        assert_eq!(requested_from_header(Some(" ")), Ok(Requested::Default));
+        assert_eq!(
+            requested_from_header(Some("-1")),
+            Ok(Requested::Amount(Money::ZERO))
+        );
+        assert_eq!(
+            requested_from_header(Some("1e30")),
+            Ok(Requested::Amount(Money::from_nanos(i64::MAX)))
+        );
+        let e = requested_from_header(Some("\"}{")).unwrap_err();
+        assert!(!e.contains('"'), "{e}");
+    }
 
     #[test]
     fn keys_come_from_bearer_or_x_api_key() {

@@ -5,17 +5,17 @@
 //!
 //! Routes match by their whole path, optionally after one stage segment
 //! (`/prod/spend/settle`) or `cargo lambda watch`'s
-//! `/lambda-url/<function>` prefix (see `budget_core::routes`); any other
+//! `/lambda-url/<function>` prefix (see `http_api::routes`); any other
 //! path is a 404 (`/x/y/spend/settle` is not `/spend/settle`).
 
-use budget_core::api::{json_object, money_value, ApiError};
 use budget_core::decision::rfc3339;
 use budget_core::model::Reservation;
-use budget_core::routes::route_of;
 use budget_core::service::{settle, SettleOutcome};
 use budget_core::store::{BudgetStore, StoreError};
 use budget_core::{Money, Settings};
 use chrono::{DateTime, Utc};
+use http_api::routes::route_of;
+use http_api::{json_object, money_value, ApiError};
 use lambda_http::{Body, Request, Response};
 use serde_json::{json, Value};
 

@@ -2,18 +2,15 @@
 //! the admission rule, and the store that enforces it atomically in
 //! DynamoDB. No Lambda types here: the function crates translate events.
 
-pub mod api;
 pub mod config;
 pub mod decision;
 pub mod duration;
 pub mod ids;
 pub mod keys;
-pub mod limits;
 pub mod model;
 pub mod money;
 pub mod plan;
 pub mod receipt;
-pub mod routes;
 pub mod service;
 pub mod store;
 pub mod telemetry;

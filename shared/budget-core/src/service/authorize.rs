@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::decision::{admit, check_key, Admission, Denial, KeyRefusal};
 use crate::keys::hash_key;
 use crate::model::{Chain, Hold, Reservation, ReservationState};
-use crate::money::{Money, MoneyError};
+use crate::money::Money;
 use crate::store::{BudgetStore, ReserveWrite, StoreError};
 
 use super::{backoff, MAX_ATTEMPTS};
@@ -55,23 +55,6 @@ pub enum Requested {
 impl From<Money> for Requested {
     fn from(m: Money) -> Requested {
         Requested::Amount(m)
-    }
-}
-
-/// Reads `x-budget-reserve`. A negative amount asks for nothing (and gets
-/// the floor); an amount past `MAX_USD` asks for the most; text that is
-/// not a decimal amount is refused with a message that does not quote it.
-pub fn requested_from_header(header: Option<&str>) -> Result<Requested, String> {
-    match header.map(str::trim) {
-        None | Some("") => Ok(Requested::Default),
-        Some(text) => match Money::parse_decimal(text) {
-            Ok(m) => Ok(Requested::Amount(m)),
-            Err(MoneyError::Negative) => Ok(Requested::Amount(Money::ZERO)),
-            Err(MoneyError::TooLarge) => Ok(Requested::Amount(Money::from_nanos(i64::MAX))),
-            // No client text in the message: the REST API's 429 template
-            // substitutes it into a JSON body without escaping.
-            Err(e) => Err(format!("x-budget-reserve {e}")),
-        },
     }
 }
 
@@ -584,21 +567,5 @@ mod tests {
         }
         let r = a.authorize(&key, Money::usd(1), None, now()).await;
         assert!(matches!(r, AuthorizeOutcome::Denied(_)), "5 − 4 < 2: {r:?}");
-    }
-
-    #[test]
-    fn the_header_is_only_a_request() {
-        assert_eq!(requested_from_header(None), Ok(Requested::Default));
-        assert_eq!(requested_from_header(Some(" ")), Ok(Requested::Default));
-        assert_eq!(
-            requested_from_header(Some("-1")),
-            Ok(Requested::Amount(Money::ZERO))
-        );
-        assert_eq!(
-            requested_from_header(Some("1e30")),
-            Ok(Requested::Amount(Money::from_nanos(i64::MAX)))
-        );
-        let e = requested_from_header(Some("\"}{")).unwrap_err();
-        assert!(!e.contains('"'), "{e}");
     }
 }

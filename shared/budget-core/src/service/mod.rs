@@ -9,9 +9,7 @@ mod reset;
 
 use std::time::Duration;
 
-pub use authorize::{
-    requested_from_header, reservation_id, AuthorizeOutcome, Authorizer, Requested, MAX_KEY_BYTES,
-};
+pub use authorize::{reservation_id, AuthorizeOutcome, Authorizer, Requested, MAX_KEY_BYTES};
 pub use finish::{expire, settle, SettleOutcome};
 pub use reset::{reset, ResetSummary};
 

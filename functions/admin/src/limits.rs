@@ -20,10 +20,10 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use crate::api::{money_value, ApiError};
-use crate::duration::{BudgetDuration, ResetClock};
-use crate::model::{Span, Window};
-use crate::money::Money;
+use budget_core::duration::{BudgetDuration, ResetClock};
+use budget_core::model::{Span, Window};
+use budget_core::Money;
+use http_api::{money_value, ApiError};
 
 /// The most windows one entity may have (every window adds conditions to
 /// the one atomic write of admission).

@@ -2,9 +2,11 @@
 //! reading JSON bodies field by field with messages that name the field.
 //! Plain JSON here; the function crates own the HTTP types.
 
+pub mod routes;
+
 use serde_json::{json, Map, Value};
 
-use crate::money::Money;
+use budget_core::Money;
 
 /// An answer that is not a success, with its HTTP status.
 #[derive(Debug, Clone, PartialEq)]
