@@ -135,7 +135,8 @@ impl BudgetPatch {
     }
 
     /// The windows an entity whose windows are `current` (empty for a new
-    /// one) has after this patch, sorted by span; or a 400.
+    /// one) has after this patch, sorted by span; or a 400. Long on purpose:
+    /// the rules of the module documentation, in their order, in one place.
     pub fn resolve(&self, current: &[Window]) -> Result<Vec<Limit>, ApiError> {
         let old_legacy = current.iter().find(|w| w.legacy);
         let max = self.max_budget.clone().apply(old_legacy.map(|w| w.max));

@@ -144,7 +144,8 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Answers one authorizer event.
+/// Answers one authorizer event: the three event shapes in, the three
+/// answer shapes out (the match on each is why it is this long).
 pub async fn handle<S: BudgetStore>(
     authorizer: &Authorizer<S>,
     event: Value,
@@ -244,38 +245,7 @@ fn answer(outcome: &AuthorizeOutcome) -> (bool, String, Map<String, Value>) {
             admission,
             ..
         } => {
-            // The id with its receipt: settle can then write without reading.
-            c.insert(
-                "reservation_id".into(),
-                json!(budget_core::receipt::external_id(reservation)),
-            );
-            c.insert(
-                "key_hash".into(),
-                json!(key_hash_prefix(&reservation.key_hash)),
-            );
-            c.insert(
-                "user_id".into(),
-                json!(reservation.user_id.clone().unwrap_or_default()),
-            );
-            c.insert(
-                "team_id".into(),
-                json!(reservation.team_id.clone().unwrap_or_default()),
-            );
-            c.insert("reserved".into(), usd(reservation.amount));
-            if let Some(remaining) = admission.remaining {
-                c.insert("remaining".into(), usd(remaining));
-            }
-            if let Some((entity, span)) = &admission.tightest {
-                c.insert(
-                    "tightest_window".into(),
-                    json!(format!(
-                        "{}:{}:{}",
-                        entity.kind,
-                        entity.display_id(),
-                        span.id()
-                    )),
-                );
-            }
+            allowed_context(&mut c, reservation, admission);
             let principal = reservation
                 .user_id
                 .clone()
@@ -313,6 +283,46 @@ fn answer(outcome: &AuthorizeOutcome) -> (bool, String, Map<String, Value>) {
             );
             (false, "anonymous".into(), c)
         }
+    }
+}
+
+/// The context of an allowed request: what the upstream and settle need.
+fn allowed_context(
+    c: &mut Map<String, Value>,
+    reservation: &budget_core::model::Reservation,
+    admission: &budget_core::decision::Admission,
+) {
+    // The id with its receipt: settle can then write without reading.
+    c.insert(
+        "reservation_id".into(),
+        json!(budget_core::receipt::external_id(reservation)),
+    );
+    c.insert(
+        "key_hash".into(),
+        json!(key_hash_prefix(&reservation.key_hash)),
+    );
+    c.insert(
+        "user_id".into(),
+        json!(reservation.user_id.clone().unwrap_or_default()),
+    );
+    c.insert(
+        "team_id".into(),
+        json!(reservation.team_id.clone().unwrap_or_default()),
+    );
+    c.insert("reserved".into(), usd(reservation.amount));
+    if let Some(remaining) = admission.remaining {
+        c.insert("remaining".into(), usd(remaining));
+    }
+    if let Some((entity, span)) = &admission.tightest {
+        c.insert(
+            "tightest_window".into(),
+            json!(format!(
+                "{}:{}:{}",
+                entity.kind,
+                entity.display_id(),
+                span.id()
+            )),
+        );
     }
 }
 

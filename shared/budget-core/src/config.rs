@@ -49,7 +49,9 @@ impl Settings {
         Settings::from_lookup(|name| std::env::var(name).ok())
     }
 
-    /// Reads settings through `lookup` (tests pass a map).
+    /// Reads settings through `lookup` (tests pass a map). Long on purpose:
+    /// one setting after another, each with its default and limits, so the
+    /// whole list reads in one place.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let table_name = get("TABLE_NAME").ok_or(ConfigError::Missing("TABLE_NAME"))?;

@@ -179,47 +179,57 @@ pub fn finish(
         if release.is_zero() && cost.is_zero() {
             continue;
         }
-        let id = w.id();
-        write
-            .guards
-            .push(Guard::Generation(id.clone(), w.generation));
-        if let Some(guard) = period_assumed(w, now) {
-            write.guards.push(guard);
-        }
-        let delta = cost.saturating_sub(release);
-        if w.is_due(now) && !cost.is_zero() {
-            // The cost belongs to the period current now: roll first.
-            write.guards.push(Guard::ResetAtIs(id.clone(), w.reset_at?));
-            write
-                .changes
-                .push(Change::UsedFromReserved(id.clone(), delta));
-            write.changes.push(Change::Add(
-                id.clone(),
-                Counter::Reserved,
-                Money::ZERO.saturating_sub(release),
-            ));
-            write.changes.push(Change::SetSpent(id.clone(), cost));
-            write.changes.push(Change::SetResetAt(
-                id,
-                w.span.next_reset(now, clock).unwrap_or(now),
-            ));
-        } else {
-            write
-                .changes
-                .push(Change::Add(id.clone(), Counter::Used, delta));
-            write.changes.push(Change::Add(
-                id.clone(),
-                Counter::Reserved,
-                Money::ZERO.saturating_sub(release),
-            ));
-            write.changes.push(Change::Add(id, Counter::Spent, cost));
-        }
+        settle_window(&mut write, w, release, cost, now, clock)?;
     }
     if write.changes.is_empty() {
         return None;
     }
     write.guards.push(Guard::Incarnation(entity.incarnation));
     Some(write)
+}
+
+/// One window's part of ending a reservation: `release` leaves
+/// `reserved`, `cost` joins `spent` of the period current now (rolled over
+/// first if the window is due). `None` if the boundary is unknown for a
+/// due window (never: due means a boundary was read).
+fn settle_window(
+    write: &mut EntityWrite,
+    w: &Window,
+    release: Money,
+    cost: Money,
+    now: DateTime<Utc>,
+    clock: &ResetClock,
+) -> Option<()> {
+    let id = w.id();
+    write
+        .guards
+        .push(Guard::Generation(id.clone(), w.generation));
+    if let Some(guard) = period_assumed(w, now) {
+        write.guards.push(guard);
+    }
+    let delta = cost.saturating_sub(release);
+    let unreserve = Change::Add(
+        id.clone(),
+        Counter::Reserved,
+        Money::ZERO.saturating_sub(release),
+    );
+    if w.is_due(now) && !cost.is_zero() {
+        // The cost belongs to the period current now: roll first.
+        write.guards.push(Guard::ResetAtIs(id.clone(), w.reset_at?));
+        write.changes.extend([
+            Change::UsedFromReserved(id.clone(), delta),
+            unreserve,
+            Change::SetSpent(id.clone(), cost),
+            Change::SetResetAt(id, w.span.next_reset(now, clock).unwrap_or(now)),
+        ]);
+    } else {
+        write.changes.extend([
+            Change::Add(id.clone(), Counter::Used, delta),
+            unreserve,
+            Change::Add(id, Counter::Spent, cost),
+        ]);
+    }
+    Some(())
 }
 
 /// Rolls over every window of `entity` (as read) that is due at `now`,
@@ -290,6 +300,23 @@ pub fn update(old: &Entity, new: &Entity) -> (Vec<Guard>, Vec<WindowEdit>) {
         }
     }
     (guards, edits)
+}
+
+/// The owners a key leaves and joins when `old` becomes `new` (its key
+/// count moves with it). Users and teams have no owners.
+pub fn owners_moved(old: &Entity, new: &Entity) -> (Vec<EntityRef>, Vec<EntityRef>) {
+    let (before, after) = (old.owners(), new.owners());
+    let left = before
+        .iter()
+        .filter(|o| !after.contains(o))
+        .cloned()
+        .collect();
+    let joined = after
+        .iter()
+        .filter(|o| !before.contains(o))
+        .cloned()
+        .collect();
+    (left, joined)
 }
 
 /// The guards of deleting `entity` (as read): the configuration and

@@ -22,7 +22,8 @@ pub struct ResetSummary {
 
 /// Rolls over every due window, then releases expired reservations. Safe
 /// to run twice at once and alongside authorize and settle: every write is
-/// conditional on what was read.
+/// conditional on what was read. (Its length: the two phases in order;
+/// the job is to be rebuilt around indexes of what is due, issue 10.)
 pub async fn reset<S: ResetStore>(
     store: &S,
     now: DateTime<Utc>,

@@ -327,17 +327,7 @@ impl AdminStore for MemoryStore {
         if !plan::guards_hold(&guards, state.entities.get(&old.entity)) {
             return Ok(AdminWrite::Conflict);
         }
-        let (before, after) = (old.owners(), new.owners());
-        let added: Vec<EntityRef> = after
-            .iter()
-            .filter(|o| !before.contains(o))
-            .cloned()
-            .collect();
-        let removed: Vec<EntityRef> = before
-            .iter()
-            .filter(|o| !after.contains(o))
-            .cloned()
-            .collect();
+        let (removed, added) = plan::owners_moved(old, new);
         if let Some(missing) = added.iter().find(|o| !state.entities.contains_key(o)) {
             return Ok(AdminWrite::Missing(missing.clone()));
         }

@@ -174,30 +174,14 @@ impl AdminStore for DynamoStore {
         let update = self.update(entity_pk(&old.entity), sets, removes, conds, &ex)?;
         let mut items = vec![TransactWriteItem::builder().update(update).build()];
         // A key that changes owner moves its count from the old to the new.
+        let (left, joined) = plan::owners_moved(old, new);
+        for owner in &left {
+            items.push(count_key(self, owner, -1)?);
+        }
         let mut added = Vec::new();
-        if old.entity.kind == EntityKind::Key {
-            let pairs = [
-                (
-                    old.user_id.as_ref().map(|u| EntityRef::user(u.clone())),
-                    new.user_id.as_ref().map(|u| EntityRef::user(u.clone())),
-                ),
-                (
-                    old.team_id.as_ref().map(|t| EntityRef::team(t.clone())),
-                    new.team_id.as_ref().map(|t| EntityRef::team(t.clone())),
-                ),
-            ];
-            for (before, after) in pairs {
-                if before == after {
-                    continue;
-                }
-                if let Some(b) = before {
-                    items.push(count_key(self, &b, -1)?);
-                }
-                if let Some(a) = after {
-                    added.push((items.len(), a.clone()));
-                    items.push(count_key(self, &a, 1)?);
-                }
-            }
+        for owner in joined {
+            items.push(count_key(self, &owner, 1)?);
+            added.push((items.len() - 1, owner));
         }
         match transact(&self.client, items).await? {
             TxOutcome::Committed => {
