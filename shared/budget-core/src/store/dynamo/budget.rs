@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use crate::duration::ResetClock;
 use crate::model::{Chain, Entity, EntityRef, Reservation, ReservationState};
 use crate::plan::{self, EntityWrite, ReservationEnd, ReservationGuard};
+use crate::store::table::TTL_ATTRIBUTE;
 use crate::store::{BudgetStore, Finish, FinishWrite, Reads, ReserveWrite, StoreError};
 
 use super::codec::*;
@@ -54,6 +55,9 @@ impl DynamoStore {
             let c = ex.value(money(cost));
             sets.push(format!("{} = {c}", ex.name("cost")));
         }
+        // Finished: from now on removed by TTL after the retention.
+        let ttl = ex.value(n(retention_until(end.at)));
+        sets.push(format!("{} = {ttl}", ex.name(TTL_ATTRIBUTE)));
         let removes = vec![ex.name("gsi1pk"), ex.name("gsi1sk")];
         let conds = end
             .guards

@@ -18,8 +18,15 @@ use crate::store::StoreError;
 use super::expr::*;
 
 /// Finished reservations stay this long, so a settle delivered again days
-/// later is still recognised; then DynamoDB's TTL removes them.
+/// later (an upstream's queue redelivering, a retry after an outage) is
+/// still recognised as a duplicate; then DynamoDB's TTL removes them.
+/// Held reservations have no TTL: they hold budget until released.
 pub(super) const FINISHED_RETENTION_SECONDS: i64 = 7 * 24 * 3600;
+
+/// When a reservation finished at `at` may be removed (epoch seconds).
+pub(super) fn retention_until(at: DateTime<Utc>) -> i64 {
+    at.timestamp() + FINISHED_RETENTION_SECONDS
+}
 
 /// The partition key of an entity.
 pub fn entity_pk(entity: &EntityRef) -> String {
@@ -405,10 +412,13 @@ pub(super) fn reservation_item(r: &Reservation) -> HashMap<String, AttributeValu
     }
     item.insert("created_at".into(), epoch(r.created_at));
     item.insert("expires_at".into(), epoch(r.expires_at));
-    item.insert(
-        TTL_ATTRIBUTE.into(),
-        n(r.expires_at.timestamp() + FINISHED_RETENTION_SECONDS),
-    );
+    // A held reservation holds budget: it is never removed by TTL (only
+    // the reset job releases it). A finished one expires after the
+    // retention (see `reservation_end`).
+    if r.state != ReservationState::Held {
+        let finished = r.settled_at.or(r.expired_at).unwrap_or(r.expires_at);
+        item.insert(TTL_ATTRIBUTE.into(), n(retention_until(finished)));
+    }
     if r.state == ReservationState::Held {
         item.insert("gsi1pk".into(), s(format!("held#{}", held_shard(&r.id))));
         item.insert("gsi1sk".into(), s(expiry_sort_key(r.expires_at)));
