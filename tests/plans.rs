@@ -4,7 +4,7 @@
 //! store the service's unit tests use behaves as the real one does.
 
 use budget_core::duration::ResetClock;
-use budget_core::model::{Chain, Entity, EntityRef, Reservation, ReservationState, Span, Window};
+use budget_core::model::{Chain, Entity, EntityRef, Reservation, Span, Window};
 use budget_core::store::memory::MemoryStore;
 use budget_core::store::prelude::*;
 use budget_core::store::{AdminWrite, Finish};
@@ -39,35 +39,18 @@ fn case(rng: &mut StdRng, n: usize, now: DateTime<Utc>, clock: &ResetClock) -> (
 }
 
 fn reservation(n: usize, chain: &Chain, amount: Money, now: DateTime<Utc>) -> Reservation {
-    let holds = chain
-        .entities()
-        .flat_map(|e| {
-            e.windows.iter().map(|w| budget_core::model::Hold {
-                entity: e.entity.clone(),
-                incarnation: e.incarnation,
-                window: w.id(),
-                generation: w.generation,
-            })
-        })
-        .collect();
-    Reservation {
-        id: format!("r-{n:032x}"),
+    let owners = (chain.key.user_id.clone(), None);
+    let expires_at = now + Duration::minutes(15);
+    let key_hash = chain.key.entity.id.clone();
+    Reservation::held(
+        format!("r-{n:032x}"),
         amount,
-        holds,
-        key_hash: chain.key.entity.id.clone(),
-        user_id: chain.key.user_id.clone(),
-        team_id: None,
-        state: ReservationState::Held,
-        created_at: now,
-        expires_at: now + Duration::minutes(15),
-        cost: None,
-        settled_at: None,
-        expired_at: None,
-        receipt_digest: None,
-        receipt: None,
-        remaining: None,
-        tightest: None,
-    }
+        chain.holds(),
+        key_hash,
+        owners,
+        now,
+        expires_at,
+    )
 }
 
 /// What a reader sees of an entity's windows.

@@ -396,3 +396,53 @@ pub struct Reservation {
     pub remaining: Option<Money>,
     pub tightest: Option<(EntityRef, Span)>,
 }
+
+impl Chain {
+    /// Every window of every entity of the chain, as a reservation holds it.
+    pub fn holds(&self) -> Vec<Hold> {
+        self.entities()
+            .flat_map(|e| {
+                e.windows.iter().map(|w| Hold {
+                    entity: e.entity.clone(),
+                    incarnation: e.incarnation,
+                    window: w.id(),
+                    generation: w.generation,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Reservation {
+    /// A reservation of `amount` just taken on `holds` for the key
+    /// `key_hash` of `user_id` and `team_id`: held from `created_at` until
+    /// `expires_at`, nothing settled, no receipt, no answer recorded yet.
+    pub fn held(
+        id: impl Into<String>,
+        amount: Money,
+        holds: Vec<Hold>,
+        key_hash: impl Into<String>,
+        (user_id, team_id): (Option<String>, Option<String>),
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Reservation {
+        Reservation {
+            id: id.into(),
+            amount,
+            holds,
+            key_hash: key_hash.into(),
+            user_id,
+            team_id,
+            state: ReservationState::Held,
+            created_at,
+            expires_at,
+            cost: None,
+            settled_at: None,
+            expired_at: None,
+            receipt_digest: None,
+            receipt: None,
+            remaining: None,
+            tightest: None,
+        }
+    }
+}

@@ -601,33 +601,19 @@ mod tests {
         ) {
             let clock = ResetClock::utc_midnight();
             let stored = entity(EntityKind::User, ws);
-            let reservation = Reservation {
-                id: "r".into(),
-                amount: Money::usd(amount),
-                holds: stored
-                    .windows
-                    .iter()
-                    .map(|w| crate::model::Hold {
-                        entity: stored.entity.clone(),
-                        incarnation: stored.incarnation,
-                        window: w.id(),
-                        generation: if generation_moved { 8 } else { w.generation },
-                    })
-                    .collect(),
-                key_hash: String::new(),
-                user_id: Some("x".into()),
-                team_id: None,
-                state: ReservationState::Held,
-                created_at: now(),
-                expires_at: now(),
-                cost: None,
-                settled_at: None,
-                expired_at: None,
-                receipt_digest: None,
-                receipt: None,
-                remaining: None,
-                tightest: None,
-            };
+            let holds = stored
+                .windows
+                .iter()
+                .map(|w| crate::model::Hold {
+                    entity: stored.entity.clone(),
+                    incarnation: stored.incarnation,
+                    window: w.id(),
+                    generation: if generation_moved { 8 } else { w.generation },
+                })
+                .collect();
+            let owners = (Some("x".into()), None);
+            let reservation =
+                Reservation::held("r", Money::usd(amount), holds, "", owners, now(), now());
             let how = Finish::Settle(Money::usd(cost));
             let (writes, _) = end_reservation(&reservation, Some(std::slice::from_ref(&stored)), how, now(), &clock);
             let mut after = stored.clone();

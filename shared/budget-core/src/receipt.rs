@@ -12,7 +12,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::model::{EntityKind, EntityRef, Hold, Reservation, ReservationState};
+use crate::model::{EntityKind, EntityRef, Hold, Reservation};
 use crate::money::Money;
 
 /// Receipts longer than this are not handed out (the bare id is): ids
@@ -114,24 +114,18 @@ pub fn from_receipt(external: &str, now: DateTime<Utc>) -> Option<Reservation> {
     if body.a < 0 {
         return None;
     }
-    Some(Reservation {
-        id: base.to_string(),
-        amount: Money::from_nanos(body.a),
+    let mut r = Reservation::held(
+        base,
+        Money::from_nanos(body.a),
         holds,
         key_hash,
-        user_id,
-        team_id,
-        state: ReservationState::Held,
-        created_at: now,
-        expires_at: now,
-        cost: None,
-        settled_at: None,
-        expired_at: None,
-        receipt_digest: Some(digest(receipt)),
-        receipt: Some(receipt.to_string()),
-        remaining: None,
-        tightest: None,
-    })
+        (user_id, team_id),
+        now,
+        now,
+    );
+    r.receipt_digest = Some(digest(receipt));
+    r.receipt = Some(receipt.to_string());
+    Some(r)
 }
 
 #[cfg(test)]
@@ -155,25 +149,18 @@ mod tests {
             },
         ];
         let now = Utc::now();
-        let r = Reservation {
-            id: "r-1".into(),
-            amount: Money::from_nanos(5),
-            holds: holds.clone(),
-            key_hash: "ab".into(),
-            user_id: Some("u.1".into()),
-            team_id: Some("team-9".into()),
-            state: ReservationState::Held,
-            created_at: now,
-            expires_at: now,
-            cost: None,
-            settled_at: None,
-            expired_at: None,
-            receipt_digest: encode(Money::from_nanos(5), &holds, Some("u.1"), Some("team-9"))
-                .map(|r| digest(&r)),
-            receipt: None,
-            remaining: None,
-            tightest: None,
-        };
+        let owners = (Some("u.1".into()), Some("team-9".into()));
+        let mut r = Reservation::held(
+            "r-1",
+            Money::from_nanos(5),
+            holds.clone(),
+            "ab",
+            owners,
+            now,
+            now,
+        );
+        r.receipt_digest =
+            encode(Money::from_nanos(5), &holds, Some("u.1"), Some("team-9")).map(|r| digest(&r));
         let id = external_id(&r);
         assert!(id.starts_with("r-1."));
         assert_eq!(base_id(&id), "r-1");

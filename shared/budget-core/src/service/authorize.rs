@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Settings;
 use crate::decision::{admit, check_key, Admission, Denial, KeyRefusal};
 use crate::keys::hash_key;
-use crate::model::{Chain, Hold, Reservation, ReservationState};
+use crate::model::{Chain, Reservation, ReservationState};
 use crate::money::Money;
 use crate::store::{BudgetStore, ReserveWrite, StoreError};
 
@@ -360,41 +360,13 @@ fn new_reservation(
     now: DateTime<Utc>,
     settings: &Settings,
 ) -> Reservation {
-    let holds: Vec<Hold> = chain
-        .entities()
-        .flat_map(|e| {
-            e.windows.iter().map(|w| Hold {
-                entity: e.entity.clone(),
-                incarnation: e.incarnation,
-                window: w.id(),
-                generation: w.generation,
-            })
-        })
-        .collect();
-    let receipt = crate::receipt::encode(
-        estimate,
-        &holds,
-        chain.key.user_id.as_deref(),
-        chain.key.team_id.as_deref(),
-    );
-    Reservation {
-        id: id.to_string(),
-        amount: estimate,
-        key_hash: hash.to_string(),
-        user_id: chain.key.user_id.clone(),
-        team_id: chain.key.team_id.clone(),
-        state: ReservationState::Held,
-        created_at: now,
-        expires_at: now + chrono::Duration::seconds(settings.reservation_ttl_seconds),
-        cost: None,
-        settled_at: None,
-        expired_at: None,
-        receipt_digest: receipt.as_deref().map(crate::receipt::digest),
-        receipt,
-        holds,
-        remaining: None,
-        tightest: None,
-    }
+    let owners = (chain.key.user_id.clone(), chain.key.team_id.clone());
+    let expires_at = now + chrono::Duration::seconds(settings.reservation_ttl_seconds);
+    let mut r = Reservation::held(id, estimate, chain.holds(), hash, owners, now, expires_at);
+    let (user, team) = (r.user_id.as_deref(), r.team_id.as_deref());
+    r.receipt = crate::receipt::encode(estimate, &r.holds, user, team);
+    r.receipt_digest = r.receipt.as_deref().map(crate::receipt::digest);
+    r
 }
 
 /// The chain as it is after our own reservation (for the next request's

@@ -579,29 +579,17 @@ mod tests {
     #[test]
     fn reservation_items_round_trip() {
         let now = Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap();
-        let r = Reservation {
-            id: "r1".into(),
-            amount: Money::from_nanos(5),
-            holds: vec![Hold {
-                entity: EntityRef::team("t"),
-                incarnation: 11,
-                window: "1d".into(),
-                generation: 7,
-            }],
-            key_hash: "abc".into(),
-            user_id: None,
-            team_id: Some("t".into()),
-            state: ReservationState::Held,
-            created_at: now,
-            expires_at: now,
-            cost: None,
-            settled_at: None,
-            expired_at: None,
-            receipt_digest: Some("d".into()),
-            receipt: None,
-            remaining: None,
-            tightest: None,
-        };
+        let holds = vec![Hold {
+            entity: EntityRef::team("t"),
+            incarnation: 11,
+            window: "1d".into(),
+            generation: 7,
+        }];
+        let owners = (None, Some("t".into()));
+        let mut r = Reservation::held("r1", Money::from_nanos(5), holds, "abc", owners, now, now);
+        r.receipt_digest = Some("d".into());
+        r.remaining = Some(Money::usd(3));
+        r.tightest = Some((EntityRef::team("t"), Span::parse_id("1d").unwrap()));
         assert_eq!(reservation_from_item(&reservation_item(&r)).unwrap(), r);
     }
 }
