@@ -1,0 +1,17 @@
+//! The end-to-end tests: one binary, one module per concern; each module
+//! keeps its own helpers for now (a fresh table in the DynamoDB
+//! emulator that scripts/test.sh starts, and the functions' API calls).
+//! Run one concern with `bash scripts/test.sh -p edge-budget --test e2e admin::`.
+
+mod admin;
+mod admin_hardening;
+mod adversarial;
+mod authorize;
+mod conservation;
+mod dynamo_errors;
+mod faults;
+mod fuzz;
+mod load;
+mod round_trips;
+mod security;
+mod template;
