@@ -1,7 +1,9 @@
-//! The end-to-end tests: one binary, one module per concern; each module
-//! keeps its own helpers for now (a fresh table in the DynamoDB
+//! The end-to-end tests: one binary, one module per concern, all starting
+//! from the `TestApp` of `helpers.rs` (a fresh table in the DynamoDB
 //! emulator that scripts/test.sh starts, and the functions' API calls).
 //! Run one concern with `bash scripts/test.sh -p edge-budget --test e2e admin::`.
+
+mod helpers;
 
 mod admin;
 mod admin_hardening;
