@@ -13,12 +13,13 @@ use edge_budget::fault_proxy::{Fault, FaultProxy};
 use edge_budget::{at, response_json, schedule_event};
 use serde_json::json;
 
-use crate::helpers::{authorize_via, emulator, reservation_id, TestApp, NOW};
+use crate::helpers::{authorize_via, deadline_turn, emulator, reservation_id, TestApp, NOW};
 
 const DEADLINE: Duration = Duration::from_millis(600);
 
 #[tokio::test]
 async fn authorize_fails_closed_within_its_deadline() {
+    let _turn = deadline_turn().await;
     let app = TestApp::new().await;
     let key = app.key().window("1d", 100.0).create().await;
     let proxy = FaultProxy::start(&emulator()).await;
@@ -66,6 +67,7 @@ async fn authorize_fails_closed_within_its_deadline() {
 
 #[tokio::test]
 async fn settle_answers_retryable_and_loses_nothing() {
+    let _turn = deadline_turn().await;
     let app = TestApp::new().await;
     let now = at(NOW);
     let key = app.key().window("1d", 100.0).create().await;
@@ -116,6 +118,7 @@ async fn settle_answers_retryable_and_loses_nothing() {
 
 #[tokio::test]
 async fn reset_resumes_where_it_stopped() {
+    let _turn = deadline_turn().await;
     let app = TestApp::with_settings(&[("RESERVATION_TTL_SECONDS", "5")]).await;
     let now = at(NOW);
     let mut keys = Vec::new();

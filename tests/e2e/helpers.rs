@@ -36,6 +36,39 @@ pub fn emulator() -> String {
     std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("run through scripts/test.sh")
 }
 
+/// Turns at the emulator, which is single-threaded: now that every test
+/// shares one binary, two long runs would slow the tests beside them past
+/// their deadlines (a timed-out store request fails closed, which those
+/// tests rightly count as wrong). Every `TestApp` holds a shared turn while
+/// it lives; the load run (`load::`, 64 concurrent tasks) takes it alone
+/// (`heavy_run`), as it had it when each test file was a binary of its own.
+static EMULATOR: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// The conservation run (a steady stream of requests for half a minute)
+/// and the fault tests (a 600 ms deadline) take turns: the fault tests
+/// share theirs (`deadline_turn`), conservation has its own
+/// (`steady_turn`). Taken before the test's `TestApp`, never after.
+static STEADY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A turn for a test with a tight deadline: no conservation run meanwhile.
+pub async fn deadline_turn() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    STEADY.read().await
+}
+
+/// A turn for the conservation run: no tight-deadline test meanwhile.
+pub async fn steady_turn() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    STEADY.write().await
+}
+
+/// The emulator to this test alone until the guard is dropped; make its
+/// apps with `TestApp::alone`. Hold the guard for the whole test.
+pub async fn heavy_run() -> Alone {
+    Alone(EMULATOR.write().await)
+}
+
+/// Proof that the holder has the emulator to itself (see `heavy_run`).
+pub struct Alone(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'static, ()>);
+
 /// A JSON number as f64 (NaN if it is not one).
 pub fn usd(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
@@ -77,6 +110,8 @@ pub async fn authorize_via(
 /// `app.store`, `app.settings`, `app.snapshot()`, `app.window(..)` work.
 pub struct TestApp {
     pub table: TestTable,
+    /// A shared turn at the emulator (none for the apps of a heavy run).
+    _turn: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
     pub authorizer: Authorizer<DynamoStore>,
     /// When requests are answered and fixtures created (`NOW`).
     pub now: DateTime<Utc>,
@@ -97,10 +132,24 @@ impl TestApp {
 
     /// `vars` override the settings' environment (see `TestTable`).
     pub async fn with_settings(vars: &[(&str, &str)]) -> TestApp {
+        let turn = EMULATOR.read().await;
+        TestApp::make(vars, Some(turn)).await
+    }
+
+    /// An app of a heavy run, which has the emulator to itself already.
+    pub async fn alone(_alone: &Alone, vars: &[(&str, &str)]) -> TestApp {
+        TestApp::make(vars, None).await
+    }
+
+    async fn make(
+        vars: &[(&str, &str)],
+        turn: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
+    ) -> TestApp {
         let table = TestTable::with_settings(vars).await;
         let authorizer = Authorizer::new(table.store.clone(), table.settings.clone());
         TestApp {
             table,
+            _turn: turn,
             authorizer,
             now: at(NOW),
         }

@@ -20,7 +20,7 @@ use edge_budget::{at, http_api_event};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::helpers::TestApp;
+use crate::helpers::{heavy_run, Alone, TestApp};
 
 const TASKS: usize = 64;
 
@@ -37,8 +37,8 @@ struct Outcome {
 /// A key's own windows and its user.
 type KeySetup = (&'static [(&'static str, f64)], Option<&'static str>);
 
-async fn run(seed: u64, requests: usize) -> (usize, usize, usize, usize) {
-    let app = TestApp::new().await;
+async fn run(alone: &Alone, seed: u64, requests: usize) -> (usize, usize, usize, usize) {
+    let app = TestApp::alone(alone, &[]).await;
     let now = at("2026-11-28T15:08:00Z");
     let team = EntityRef::team("team-load");
     let user = EntityRef::user("user-load");
@@ -182,6 +182,7 @@ async fn run(seed: u64, requests: usize) -> (usize, usize, usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_overspend_under_concurrent_load() {
+    let alone = heavy_run().await;
     let runs: u64 = std::env::var("LOAD_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -193,7 +194,7 @@ async fn no_overspend_under_concurrent_load() {
     let started = std::time::Instant::now();
     let (mut total, mut admitted, mut unavailable, mut late) = (0, 0, 0, 0);
     for seed in 0..runs {
-        let (n, a, u, l) = run(seed, requests).await;
+        let (n, a, u, l) = run(&alone, seed, requests).await;
         total += n;
         admitted += a;
         unavailable += u;
