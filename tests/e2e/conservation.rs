@@ -22,7 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::helpers::{reservation_id, steady_turn, TestApp};
+use crate::helpers::{reservation_id, TestApp};
 
 /// The model's view of one window.
 #[derive(Debug, Clone)]
@@ -382,7 +382,6 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spend_and_reservations_are_conserved() {
-    let _turn = steady_turn().await;
     let seeds: u64 = std::env::var("CONSERVATION_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())

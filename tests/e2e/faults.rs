@@ -13,14 +13,14 @@ use edge_budget::fault_proxy::{Fault, FaultProxy};
 use edge_budget::{at, response_json, schedule_event};
 use serde_json::json;
 
-use crate::helpers::{authorize_via, deadline_turn, emulator, reservation_id, TestApp, NOW};
+use crate::helpers::{authorize_via, emulator, heavy_run, reservation_id, TestApp, NOW};
 
 const DEADLINE: Duration = Duration::from_millis(600);
 
 #[tokio::test]
 async fn authorize_fails_closed_within_its_deadline() {
-    let _turn = deadline_turn().await;
-    let app = TestApp::new().await;
+    let alone = heavy_run().await;
+    let app = TestApp::alone(&alone, &[]).await;
     let key = app.key().window("1d", 100.0).create().await;
     let proxy = FaultProxy::start(&emulator()).await;
     // Delay last: a delayed request still reaches the store after the
@@ -67,8 +67,8 @@ async fn authorize_fails_closed_within_its_deadline() {
 
 #[tokio::test]
 async fn settle_answers_retryable_and_loses_nothing() {
-    let _turn = deadline_turn().await;
-    let app = TestApp::new().await;
+    let alone = heavy_run().await;
+    let app = TestApp::alone(&alone, &[]).await;
     let now = at(NOW);
     let key = app.key().window("1d", 100.0).create().await;
     let hash = EntityRef::key(budget_core::keys::hash_key(&key));
@@ -118,8 +118,8 @@ async fn settle_answers_retryable_and_loses_nothing() {
 
 #[tokio::test]
 async fn reset_resumes_where_it_stopped() {
-    let _turn = deadline_turn().await;
-    let app = TestApp::with_settings(&[("RESERVATION_TTL_SECONDS", "5")]).await;
+    let alone = heavy_run().await;
+    let app = TestApp::alone(&alone, &[("RESERVATION_TTL_SECONDS", "5")]).await;
     let now = at(NOW);
     let mut keys = Vec::new();
     for _ in 0..12 {

@@ -37,28 +37,13 @@ pub fn emulator() -> String {
 }
 
 /// Turns at the emulator, which is single-threaded: now that every test
-/// shares one binary, two long runs would slow the tests beside them past
-/// their deadlines (a timed-out store request fails closed, which those
+/// shares one binary, a long or tightly timed test beside others would run
+/// past its deadlines (a timed-out store request fails closed, which the
 /// tests rightly count as wrong). Every `TestApp` holds a shared turn while
-/// it lives; the load run (`load::`, 64 concurrent tasks) takes it alone
-/// (`heavy_run`), as it had it when each test file was a binary of its own.
+/// it lives; the load run (`load::`, 64 concurrent tasks) and the fault
+/// tests (`faults::`, a 600 ms deadline) take it alone (`heavy_run`), as
+/// they had it when each test file was a binary of its own.
 static EMULATOR: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// The conservation run (a steady stream of requests for half a minute)
-/// and the fault tests (a 600 ms deadline) take turns: the fault tests
-/// share theirs (`deadline_turn`), conservation has its own
-/// (`steady_turn`). Taken before the test's `TestApp`, never after.
-static STEADY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-/// A turn for a test with a tight deadline: no conservation run meanwhile.
-pub async fn deadline_turn() -> tokio::sync::RwLockReadGuard<'static, ()> {
-    STEADY.read().await
-}
-
-/// A turn for the conservation run: no tight-deadline test meanwhile.
-pub async fn steady_turn() -> tokio::sync::RwLockWriteGuard<'static, ()> {
-    STEADY.write().await
-}
 
 /// The emulator to this test alone until the guard is dropped; make its
 /// apps with `TestApp::alone`. Hold the guard for the whole test.
