@@ -9,4 +9,4 @@ start_emulator
 export LOAD_RUNS="${LOAD_RUNS:-20}" LOAD_REQUESTS="${LOAD_REQUESTS:-384}"
 export CONSERVATION_SEEDS="${CONSERVATION_SEEDS:-20}" CONSERVATION_STEPS="${CONSERVATION_STEPS:-300}"
 export FUZZ_CASES="${FUZZ_CASES:-20000}"
-cargo test -p edge-budget --test load --test conservation --test fuzz --test faults -- --nocapture --test-threads 1
+cargo test -p edge-budget --test e2e -- --nocapture --test-threads 1 load:: conservation:: fuzz:: faults::

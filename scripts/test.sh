@@ -7,7 +7,7 @@ cd "$ROOT"
 trap stop_emulator EXIT
 start_emulator
 # With arguments, they go to cargo test as they are (e.g.
-# `scripts/test.sh -p edge-budget --test load`); without, everything runs.
+# `scripts/test.sh -p edge-budget --test e2e load::`); without, everything runs.
 if [ "$#" -gt 0 ]; then
     cargo test "$@"
 else

@@ -1,4 +1,5 @@
-//! Test harness for the end-to-end tests in `tests/`: a fresh table in the
+//! Test harness for the end-to-end tests in `tests/e2e/` (whose `TestApp`,
+//! in `tests/e2e/helpers.rs`, wraps `TestTable`): a fresh table in the
 //! DynamoDB emulator that `scripts/test.sh` started, and real API Gateway
 //! event shapes (the `aws_lambda_events` fixtures in `tests/fixtures/`).
 

@@ -9,11 +9,12 @@
 use std::collections::BTreeSet;
 
 use budget_core::model::{Entity, EntityRef};
-use budget_core::service::Authorizer;
 use budget_core::store::prelude::*;
 use budget_core::store::table::{INDEXES, PARTITION_KEY, TTL_ATTRIBUTE};
-use edge_budget::{at, hex_id, rest_request_event, TestTable};
+use edge_budget::{at, hex_id, rest_request_event};
 use serde_yaml::Value;
+
+use crate::helpers::TestApp;
 
 /// An index: name, key schema, projection.
 type Index = (String, Vec<(String, String)>, String);
@@ -45,11 +46,11 @@ async fn the_template_declares_the_table_the_code_creates() {
     assert_eq!(s(&table["Type"]), "AWS::DynamoDB::Table");
     let p = &table["Properties"];
 
-    let tt = TestTable::new().await;
-    let described = tt
+    let app = TestApp::new().await;
+    let described = app
         .client
         .describe_table()
-        .table_name(tt.store.table())
+        .table_name(app.store.table())
         .send()
         .await
         .expect("describe")
@@ -130,10 +131,10 @@ async fn the_template_declares_the_table_the_code_creates() {
     assert_eq!(code_indexes.len(), INDEXES.len());
 
     // TTL on the same attribute, and point-in-time recovery on AWS.
-    let ttl = tt
+    let ttl = app
         .client
         .describe_time_to_live()
-        .table_name(tt.store.table())
+        .table_name(app.store.table())
         .send()
         .await
         .expect("describe ttl");
@@ -440,13 +441,16 @@ async fn the_mapped_authorizer_fields_are_in_an_allowed_answer() {
     }
     assert!(fields.contains("reservation_id"), "{fields:?}");
 
-    let tt = TestTable::new().await;
+    let app = TestApp::new().await;
     let now = at("2026-03-10T12:00:00Z");
-    let key = tt.key(&[("1d", 10.0)], None, None, now).await;
-    let a = Authorizer::new(tt.store.clone(), tt.settings.clone());
-    let answer = authorize::handle(&a, rest_request_event(&key, Some("0.2"), &hex_id()), now)
-        .await
-        .expect("an answer");
+    let key = app.key().window("1d", 10.0).at(now).create().await;
+    let answer = authorize::handle(
+        &app.authorizer,
+        rest_request_event(&key, Some("0.2"), &hex_id()),
+        now,
+    )
+    .await
+    .expect("an answer");
     assert_eq!(answer["policyDocument"]["Statement"][0]["Effect"], "Allow");
     for field in &fields {
         let v = &answer["context"][field.as_str()];
@@ -564,31 +568,34 @@ fn the_rest_denial_body_is_json_for_adversarial_but_allowed_values() {
 async fn the_rest_denial_body_is_json_for_the_authorizers_denials() {
     let t = template();
     let template = rest_denial_template(&t);
-    let tt = TestTable::new().await;
+    let app = TestApp::new().await;
     let now = at("2026-03-10T12:00:00Z");
-    let a = Authorizer::new(tt.store.clone(), tt.settings.clone());
     let suffix = hex_id();
     let user = format!("u.s_e-r:1@example.com+{suffix}");
     let team = format!("T-e.a_m:2@x+{suffix}");
-    tt.create(EntityRef::user(&user), &[("1d", 1.0)], None, None, now)
+    app.user(&user).window("1d", 1.0).at(now).create().await;
+    app.team(&team)
+        .window("lifetime", 2.0)
+        .at(now)
+        .create()
         .await;
-    tt.create(
-        EntityRef::team(&team),
-        &[("lifetime", 2.0)],
-        None,
-        None,
-        now,
-    )
-    .await;
     let mut contexts = Vec::new();
     for estimate in ["1.5", "3"] {
-        let key = tt
-            .key(&[("1h", 100.0)], Some(&user), Some(&team), now)
+        let key = app
+            .key()
+            .user(&user)
+            .team(&team)
+            .window("1h", 100.0)
+            .at(now)
+            .create()
             .await;
-        let answer =
-            authorize::handle(&a, rest_request_event(&key, Some(estimate), &hex_id()), now)
-                .await
-                .expect("an answer");
+        let answer = authorize::handle(
+            &app.authorizer,
+            rest_request_event(&key, Some(estimate), &hex_id()),
+            now,
+        )
+        .await
+        .expect("an answer");
         assert_eq!(answer["context"]["reason"], "budget_exceeded", "{answer}");
         contexts.push(answer["context"].clone());
     }
@@ -604,10 +611,17 @@ async fn the_rest_denial_body_is_json_for_the_authorizers_denials() {
     let key = budget_core::keys::generate_key();
     let mut blocked = Entity::new(EntityRef::key(budget_core::keys::hash_key(&key)), now);
     blocked.blocked = true;
-    tt.store.create(&blocked).await.expect("create blocked key");
-    let answer = authorize::handle(&a, rest_request_event(&key, None, &hex_id()), now)
+    app.store
+        .create(&blocked)
         .await
-        .expect("an answer");
+        .expect("create blocked key");
+    let answer = authorize::handle(
+        &app.authorizer,
+        rest_request_event(&key, None, &hex_id()),
+        now,
+    )
+    .await
+    .expect("an answer");
     assert_eq!(answer["policyDocument"]["Statement"][0]["Effect"], "Deny");
     contexts.push(answer["context"].clone());
 
@@ -623,15 +637,17 @@ async fn the_rest_denial_body_is_json_for_the_authorizers_denials() {
 async fn the_rest_denial_body_is_json_for_an_unreadable_estimate() {
     let t = template();
     let template = rest_denial_template(&t);
-    let tt = TestTable::new().await;
+    let app = TestApp::new().await;
     let now = at("2026-03-10T12:00:00Z");
-    let a = Authorizer::new(tt.store.clone(), tt.settings.clone());
-    let key = tt.key(&[("1d", 10.0)], None, None, now).await;
+    let key = app.key().window("1d", 10.0).at(now).create().await;
     for estimate in ["abc", r#"1", "type": "allowed"#, "\\", "{}"] {
-        let answer =
-            authorize::handle(&a, rest_request_event(&key, Some(estimate), &hex_id()), now)
-                .await
-                .expect("an answer");
+        let answer = authorize::handle(
+            &app.authorizer,
+            rest_request_event(&key, Some(estimate), &hex_id()),
+            now,
+        )
+        .await
+        .expect("an answer");
         assert_eq!(answer["context"]["reason"], "invalid_request", "{answer}");
         assert_denial_body_is_json(&template, &answer["context"]);
     }

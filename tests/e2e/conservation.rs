@@ -17,10 +17,12 @@ use budget_core::store::dynamo::DynamoStore;
 use budget_core::store::prelude::*;
 use budget_core::Money;
 use chrono::{DateTime, Duration, Utc};
-use edge_budget::{at, http_api_event, http_request, response_json, schedule_event, TestTable};
+use edge_budget::{at, http_api_event, http_request, response_json, schedule_event};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+
+use crate::helpers::{reservation_id, TestApp};
 
 /// The model's view of one window.
 #[derive(Debug, Clone)]
@@ -125,12 +127,12 @@ impl Model {
     }
 }
 
-async fn stored_used(t: &TestTable, entity: &EntityRef, id: &str) -> i64 {
+async fn stored_used(app: &TestApp, entity: &EntityRef, id: &str) -> i64 {
     use aws_sdk_dynamodb::types::AttributeValue;
-    let item = t
+    let item = app
         .client
         .get_item()
-        .table_name(t.store.table())
+        .table_name(app.store.table())
         .key(
             "pk",
             AttributeValue::S(budget_core::store::dynamo::entity_pk(entity)),
@@ -153,14 +155,14 @@ async fn stored_used(t: &TestTable, entity: &EntityRef, id: &str) -> i64 {
     used.parse().unwrap()
 }
 
-async fn check(t: &TestTable, model: &Model, now: DateTime<Utc>, step: usize, seed: u64) {
-    let clock = t.clock();
+async fn check(app: &TestApp, model: &Model, now: DateTime<Utc>, step: usize, seed: u64) {
+    let clock = app.clock();
     for ((entity, id), mw) in &model.windows {
-        let stored = t.store.load(entity).await.unwrap().unwrap();
+        let stored = app.store.load(entity).await.unwrap().unwrap();
         let w = stored.window(id).unwrap();
         // The stored `used` (what admission compares) is spent + reserved.
         assert_eq!(
-            stored_used(t, entity, id).await,
+            stored_used(app, entity, id).await,
             w.spent.saturating_add(w.reserved).nanos(),
             "seed {seed} step {step}: used of {entity:?} {id}"
         );
@@ -180,13 +182,13 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
     // Odd seeds with the default floor ($0.05), even ones with none, so
     // both a zero reservation and one raised to the floor are exercised.
     let floor = if seed.is_multiple_of(2) { "0" } else { "0.05" };
-    let t = TestTable::with_settings(&[
+    let app = TestApp::with_settings(&[
         ("RESERVATION_TTL_SECONDS", "90"),
         ("MIN_RESERVATION_USD", floor),
     ])
     .await;
     let floor = Money::parse_decimal(floor).unwrap();
-    let clock = t.clock();
+    let clock = app.clock();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut now = at("2026-11-28T23:41:00Z");
     let mut model = Model {
@@ -214,9 +216,13 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
     };
     let team_w = [("1h", 40.0), ("1d", 90.0)];
     let user_w = [("10m", 12.0), ("1d", 60.0)];
-    t.create(team.clone(), &team_w, None, None, now).await;
+    app.team("team-sim").windows(&team_w).at(now).create().await;
     add(&mut model, &team, &team_w);
-    t.create(user.clone(), &user_w, None, Some("team-sim"), now)
+    app.user("user-sim")
+        .team("team-sim")
+        .windows(&user_w)
+        .at(now)
+        .create()
         .await;
     add(&mut model, &user, &user_w);
     let mut keys = Vec::new();
@@ -226,7 +232,13 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
         (&[("lifetime", 30.0)], None),
     ];
     for (windows, owner) in key_setups {
-        let key = t.key(windows, owner, Some("team-sim"), now).await;
+        let key = app
+            .key()
+            .owners(owner, Some("team-sim"))
+            .windows(windows)
+            .at(now)
+            .create()
+            .await;
         let hash = EntityRef::key(budget_core::keys::hash_key(&key));
         add(&mut model, &hash, windows);
         let mut chain = vec![hash, team.clone()];
@@ -237,10 +249,7 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
         keys.push(key);
     }
     // Two function instances, as two Lambda containers would be.
-    let instances: [Authorizer<DynamoStore>; 2] = [
-        Authorizer::new(t.store.clone(), t.settings.clone()),
-        Authorizer::new(t.store.clone(), t.settings.clone()),
-    ];
+    let instances: [Authorizer<DynamoStore>; 2] = [app.authorizer(), app.authorizer()];
     let estimates = [0.0, 0.5, 1.0, 2.5, 4.0];
     let mut ids: Vec<String> = Vec::new();
     let (mut admitted, mut denied, mut settles) = (0, 0, 0);
@@ -270,10 +279,7 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
                 );
                 if got {
                     admitted += 1;
-                    let id = answer["context"]["reservation_id"]
-                        .as_str()
-                        .unwrap()
-                        .to_string();
+                    let id = reservation_id(&answer);
                     let windows = model.chain_windows(key);
                     for k in &windows {
                         let w = model.windows.get_mut(k).unwrap();
@@ -315,8 +321,8 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
                 let deliveries = rng.random_range(1..=3);
                 let mut tasks = Vec::new();
                 for _ in 0..deliveries {
-                    let store = t.store.clone();
-                    let settings = t.settings.clone();
+                    let store = app.store.clone();
+                    let settings = app.settings.clone();
                     let body = body.clone();
                     tasks.push(tokio::spawn(async move {
                         response_json(
@@ -351,11 +357,11 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
                 let expected = model.expire(now);
                 let (a, b) = if rng.random_bool(0.5) {
                     tokio::join!(
-                        reset::handle(&t.store, &t.settings, schedule_event(), now),
-                        reset::handle(&t.store, &t.settings, schedule_event(), now)
+                        reset::handle(&app.store, &app.settings, schedule_event(), now),
+                        reset::handle(&app.store, &app.settings, schedule_event(), now)
                     )
                 } else {
-                    let a = reset::handle(&t.store, &t.settings, schedule_event(), now).await;
+                    let a = reset::handle(&app.store, &app.settings, schedule_event(), now).await;
                     (a, Default::default())
                 };
                 assert!(a.errors.is_empty() && b.errors.is_empty(), "{a:?} {b:?}");
@@ -368,7 +374,7 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
             _ => {}
         }
         if step % 10 == 0 || step + 1 == steps {
-            check(&t, &model, now, step, seed).await;
+            check(&app, &model, now, step, seed).await;
         }
     }
     (admitted, denied, settles)

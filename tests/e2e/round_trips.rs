@@ -3,10 +3,11 @@
 //! retries included), against the emulator started by scripts/test.sh.
 //!
 //! The figures are the ones docs/performance.md explains: a warm
-//! authorize is one conditional transaction; a cold one reads the key,
-//! then its user and team, then writes; settle reads the reservation, then
-//! writes. A changed limit takes effect on the very next request, cached
-//! chain or not.
+//! authorize is one conditional transaction; a cold one reads the key
+//! (which carries a snapshot of its owners' limits), then writes; settle is
+//! one write built from the receipt in the reservation id (a bare id reads
+//! the reservation first). A changed limit takes effect on the very next
+//! request, cached chain or not.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,13 +15,14 @@ use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
 use budget_core::model::EntityRef;
-use budget_core::service::Authorizer;
 use budget_core::store::dynamo::DynamoStore;
 use budget_core::store::{prelude::*, AdminWrite};
 use budget_core::Money;
-use chrono::{DateTime, Utc};
-use edge_budget::{at, hex_id, http_api_event, http_request, response_json, TestTable};
-use serde_json::{json, Value};
+
+use edge_budget::{at, response_json};
+use serde_json::json;
+
+use crate::helpers::{allowed, authorize_via, reservation_id, TestApp, NOW};
 
 /// Records the operation of every request the client sends (the
 /// `X-Amz-Target` header, `DynamoDB_20120810.GetItem` → `GetItem`).
@@ -57,46 +59,27 @@ impl Intercept for RequestLog {
 }
 
 /// The test table's store, on a client that logs its requests.
-fn counted_store(t: &TestTable) -> (DynamoStore, RequestLog) {
+fn counted_store(app: &TestApp) -> (DynamoStore, RequestLog) {
     let log = RequestLog::default();
-    let config = t
+    let config = app
         .client
         .config()
         .to_builder()
         .interceptor(log.clone())
         .build();
     let client = aws_sdk_dynamodb::Client::from_conf(config);
-    (DynamoStore::new(client, t.store.table()), log)
+    (DynamoStore::new(client, app.store.table()), log)
 }
-
-const NOW: &str = "2026-11-28T15:08:00Z";
 
 /// A user and a team with three windows each, and a key of both with
 /// three windows of its own (the tightest: 1d 100): the chain the figures
 /// are about.
-async fn chain(t: &TestTable, now: DateTime<Utc>, user: &str, team: &str) -> String {
+async fn chain(app: &TestApp, user: &str, team: &str) -> String {
     let owners = [("1d", 200.0), ("7d", 1000.0), ("30d", 2000.0)];
-    t.create(EntityRef::user(user), &owners, None, None, now)
-        .await;
-    t.create(EntityRef::team(team), &owners, None, None, now)
-        .await;
+    app.user(user).windows(&owners).create().await;
+    app.team(team).windows(&owners).create().await;
     let key = [("1d", 100.0), ("7d", 500.0), ("30d", 1000.0)];
-    t.key(&key, Some(user), Some(team), now).await
-}
-
-async fn authorize(
-    a: &Authorizer<DynamoStore>,
-    key: &str,
-    estimate: &str,
-    now: DateTime<Utc>,
-) -> Value {
-    authorize::handle(a, http_api_event(key, Some(estimate), &hex_id()), now)
-        .await
-        .expect("an answer")
-}
-
-fn allowed(answer: &Value) -> bool {
-    answer["isAuthorized"].as_bool().expect("simple response")
+    app.key().user(user).team(team).windows(&key).create().await
 }
 
 fn ops(list: &[&str]) -> Vec<String> {
@@ -105,14 +88,14 @@ fn ops(list: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn cold_authorize_is_two_requests_warm_is_one_settle_is_one() {
-    let t = TestTable::new().await;
+    let app = TestApp::new().await;
     let now = at(NOW);
-    let key = chain(&t, now, "user-rt", "team-rt").await;
-    let (store, log) = counted_store(&t);
-    let authorizer = Authorizer::new(store.clone(), t.settings.clone());
+    let key = chain(&app, "user-rt", "team-rt").await;
+    let (store, log) = counted_store(&app);
+    let authorizer = app.authorizer_on(store.clone());
     log.take();
 
-    let first = authorize(&authorizer, &key, "1", now).await;
+    let first = authorize_via(&authorizer, &key, Some("1"), now).await;
     assert!(allowed(&first), "{first}");
     assert_eq!(
         log.take(),
@@ -120,7 +103,7 @@ async fn cold_authorize_is_two_requests_warm_is_one_settle_is_one() {
         "cold authorize: read the key (it carries its owners' limits), reserve"
     );
 
-    let second = authorize(&authorizer, &key, "1", now).await;
+    let second = authorize_via(&authorizer, &key, Some("1"), now).await;
     assert!(allowed(&second), "{second}");
     assert_eq!(
         log.take(),
@@ -129,23 +112,17 @@ async fn cold_authorize_is_two_requests_warm_is_one_settle_is_one() {
     );
 
     for _ in 0..5 {
-        assert!(allowed(&authorize(&authorizer, &key, "1", now).await));
+        assert!(allowed(
+            &authorize_via(&authorizer, &key, Some("1"), now).await
+        ));
         assert_eq!(log.take(), ops(&["TransactWriteItems"]));
     }
 
-    let id = second["context"]["reservation_id"]
-        .as_str()
-        .expect("reservation id")
-        .to_string();
+    let id = reservation_id(&second);
     let body = json!({"reservation_id": id, "cost": 0.25}).to_string();
     let (status, answer) = response_json(
-        settle_spend::handle(
-            &store,
-            &t.settings,
-            http_request("POST", "/spend/settle", &body, &[]),
-            now,
-        )
-        .await,
+        app.settle_spend_via(&store, "/spend/settle", &body, now)
+            .await,
     );
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["duplicate"], json!(false));
@@ -158,43 +135,30 @@ async fn cold_authorize_is_two_requests_warm_is_one_settle_is_one() {
     // The same settle again: the receipt's write is refused (no longer
     // held), one read finds it settled; nothing is written.
     let (status, answer) = response_json(
-        settle_spend::handle(
-            &store,
-            &t.settings,
-            http_request("POST", "/spend/settle", &body, &[]),
-            now,
-        )
-        .await,
+        app.settle_spend_via(&store, "/spend/settle", &body, now)
+            .await,
     );
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["duplicate"], json!(true));
     assert_eq!(log.take(), ops(&["TransactWriteItems", "GetItem"]));
 
     // A bare id (no receipt) still settles: read, then write.
-    let third = authorize(&authorizer, &key, "1", now).await;
+    let third = authorize_via(&authorizer, &key, Some("1"), now).await;
     let bare = budget_core::receipt::base_id(third["context"]["reservation_id"].as_str().unwrap())
         .to_string();
     log.take();
     let body = json!({"reservation_id": bare, "cost": 0}).to_string();
     let (status, answer) = response_json(
-        settle_spend::handle(
-            &store,
-            &t.settings,
-            http_request("POST", "/spend/release", &body, &[]),
-            now,
-        )
-        .await,
+        app.settle_spend_via(&store, "/spend/release", &body, now)
+            .await,
     );
     assert_eq!(status, 200, "{answer}");
     assert_eq!(log.take(), ops(&["GetItem", "TransactWriteItems"]));
 
     // A forged receipt (another amount) on a real id changes nothing: its
     // write is refused by the digest, and the stored reservation is used.
-    let fourth = authorize(&authorizer, &key, "1", now).await;
-    let real = fourth["context"]["reservation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fourth = authorize_via(&authorizer, &key, Some("1"), now).await;
+    let real = reservation_id(&fourth);
     let mut forged = budget_core::receipt::from_receipt(&real, now).unwrap();
     forged.amount = Money::usd(5);
     forged.receipt_digest = Some("x".into());
@@ -211,13 +175,8 @@ async fn cold_authorize_is_two_requests_warm_is_one_settle_is_one() {
     log.take();
     let body = json!({"reservation_id": forged_id, "cost": 0}).to_string();
     let (status, answer) = response_json(
-        settle_spend::handle(
-            &store,
-            &t.settings,
-            http_request("POST", "/spend/settle", &body, &[]),
-            now,
-        )
-        .await,
+        app.settle_spend_via(&store, "/spend/settle", &body, now)
+            .await,
     );
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
@@ -225,28 +184,31 @@ async fn cold_authorize_is_two_requests_warm_is_one_settle_is_one() {
         ops(&["TransactWriteItems", "GetItem", "TransactWriteItems"])
     );
 
-    let user = t.window(&EntityRef::user("user-rt"), "1d").await;
+    let user = app.window(&EntityRef::user("user-rt"), "1d").await;
     assert_eq!(user.spent, Money::parse_decimal("0.25").unwrap());
-    // 6 held before; the third and fourth reservations (1 each) released.
+    // 7 taken (1 each), the second settled: 6 held; the third and fourth
+    // were released again, so 6 are still held.
     assert_eq!(user.reserved, Money::usd(6));
 }
 
 #[tokio::test]
 async fn a_lowered_limit_denies_the_very_next_warm_request() {
-    let t = TestTable::new().await;
+    let app = TestApp::new().await;
     let now = at(NOW);
-    let key = chain(&t, now, "user-lim", "team-lim").await;
-    let (store, log) = counted_store(&t);
-    let authorizer = Authorizer::new(store.clone(), t.settings.clone());
+    let key = chain(&app, "user-lim", "team-lim").await;
+    let (store, log) = counted_store(&app);
+    let authorizer = app.authorizer_on(store.clone());
     for _ in 0..2 {
-        assert!(allowed(&authorize(&authorizer, &key, "10", now).await));
+        assert!(allowed(
+            &authorize_via(&authorizer, &key, Some("10"), now).await
+        ));
     }
     log.take();
 
     // An admin lowers the team's 1d limit below what is reserved (20) —
     // through another client: this function instance is not told.
     let team = EntityRef::team("team-lim");
-    let old = t
+    let old = app
         .store
         .load(&team)
         .await
@@ -259,14 +221,14 @@ async fn a_lowered_limit_denies_the_very_next_warm_request() {
         }
     }
     assert_eq!(
-        t.store.update(&old, &new).await.expect("update"),
+        app.store.update(&old, &new).await.expect("update"),
         AdminWrite::Done
     );
 
     // The cache still says 1d: 100 (20 used) and would admit 10 more; the
     // write is conditional on the team's version, so it is refused, the
     // chain is read again, and the request is denied against the new 25.
-    let answer = authorize(&authorizer, &key, "10", now).await;
+    let answer = authorize_via(&authorizer, &key, Some("10"), now).await;
     assert!(!allowed(&answer), "{answer}");
     let c = &answer["context"];
     assert_eq!(c["reason"], json!("budget_exceeded"), "{answer}");
@@ -278,17 +240,17 @@ async fn a_lowered_limit_denies_the_very_next_warm_request() {
         ops(&["TransactWriteItems", "GetItem", "BatchGetItem"]),
         "stale cache: the refused write, then a fresh read of the chain (and of the request's own reservation, if a retry)"
     );
-    assert_eq!(t.window(&team, "1d").await.reserved, Money::usd(20));
+    assert_eq!(app.window(&team, "1d").await.reserved, Money::usd(20));
 
     // Memory now holds the new limit: a request that fits is one write.
-    let answer = authorize(&authorizer, &key, "5", now).await;
+    let answer = authorize_via(&authorizer, &key, Some("5"), now).await;
     assert!(allowed(&answer), "{answer}");
     assert_eq!(log.take(), ops(&["TransactWriteItems"]));
 
     // The team is now full (25 of 25). A new (cold) instance reads the key
     // and its snapshot of the team's limits, and still cannot admit.
-    let cold = Authorizer::new(store.clone(), t.settings.clone());
-    let answer = authorize(&cold, &key, "0.5", now).await;
+    let cold = app.authorizer_on(store.clone());
+    let answer = authorize_via(&cold, &key, Some("0.5"), now).await;
     assert!(!allowed(&answer), "{answer}");
     assert_eq!(answer["context"]["max_budget"], json!(25.0), "{answer}");
     log.take();
@@ -296,7 +258,7 @@ async fn a_lowered_limit_denies_the_very_next_warm_request() {
     // Raised again: the update refreshed the snapshot in the key, so a
     // cold instance admits with one read and one write (a stale snapshot
     // would fail the version condition and cost a re-read).
-    let old = t.store.load(&team).await.expect("load").expect("team");
+    let old = app.store.load(&team).await.expect("load").expect("team");
     let mut new = old.clone();
     for w in &mut new.windows {
         if w.id() == "1d" {
@@ -304,33 +266,33 @@ async fn a_lowered_limit_denies_the_very_next_warm_request() {
         }
     }
     assert_eq!(
-        t.store.update(&old, &new).await.expect("update"),
+        app.store.update(&old, &new).await.expect("update"),
         AdminWrite::Done
     );
     log.take();
-    let cold = Authorizer::new(store.clone(), t.settings.clone());
-    let answer = authorize(&cold, &key, "0.5", now).await;
+    let cold = app.authorizer_on(store.clone());
+    let answer = authorize_via(&cold, &key, Some("0.5"), now).await;
     assert!(allowed(&answer), "{answer}");
     assert_eq!(log.take(), ops(&["GetItem", "TransactWriteItems"]));
 }
 
 #[tokio::test]
 async fn spend_by_another_instance_costs_a_warm_instance_one_refused_write() {
-    let t = TestTable::new().await;
+    let app = TestApp::new().await;
     let now = at(NOW);
-    let key = chain(&t, now, "user-two", "team-two").await;
-    let (store, log) = counted_store(&t);
-    let warm = Authorizer::new(store, t.settings.clone());
-    assert!(allowed(&authorize(&warm, &key, "10", now).await));
+    let key = chain(&app, "user-two", "team-two").await;
+    let (store, log) = counted_store(&app);
+    let warm = app.authorizer_on(store);
+    assert!(allowed(&authorize_via(&warm, &key, Some("10"), now).await));
 
     // Another instance (its own memory) takes the rest of the key's 1d.
-    let other = Authorizer::new(t.store.clone(), t.settings.clone());
+    let other = app.authorizer();
     for _ in 0..9 {
-        assert!(allowed(&authorize(&other, &key, "10", now).await));
+        assert!(allowed(&authorize_via(&other, &key, Some("10"), now).await));
     }
     log.take();
 
-    let answer = authorize(&warm, &key, "10", now).await;
+    let answer = authorize_via(&warm, &key, Some("10"), now).await;
     assert!(!allowed(&answer), "{answer}");
     assert_eq!(answer["context"]["entity"], json!("key"), "{answer}");
     assert_eq!(
@@ -341,7 +303,7 @@ async fn spend_by_another_instance_costs_a_warm_instance_one_refused_write() {
 
     // Now memory knows the window is full: a denial without a write, from
     // a fresh read (memory alone never denies).
-    let answer = authorize(&warm, &key, "10", now).await;
+    let answer = authorize_via(&warm, &key, Some("10"), now).await;
     assert!(!allowed(&answer), "{answer}");
     assert_eq!(log.take(), ops(&["GetItem", "BatchGetItem"]));
 }

@@ -5,13 +5,12 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use budget_core::model::EntityRef;
-use budget_core::service::Authorizer;
 use budget_core::Money;
 use chrono::Duration;
-use edge_budget::{
-    at, hex_id, http_api_event, http_request, rest_token_event, schedule_event, TestTable,
-};
+use edge_budget::{at, hex_id, http_api_event, rest_token_event, schedule_event};
 use serde_json::json;
+
+use crate::helpers::{authorize_via, TestApp};
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -36,35 +35,25 @@ async fn logs_of_a_full_flow_never_contain_a_key() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let t = TestTable::with_settings(&[("RESERVATION_TTL_SECONDS", "30")]).await;
+    let app = TestApp::with_settings(&[("RESERVATION_TTL_SECONDS", "30")]).await;
     let now = at("2026-11-28T15:08:00Z");
-    t.create(EntityRef::user("u-sec"), &[("1d", 5.0)], None, None, now)
-        .await;
-    let key = t.key(&[], Some("u-sec"), None, now).await;
-    let a = Authorizer::new(t.store.clone(), t.settings.clone());
-    let allowed = authorize::handle(&a, http_api_event(&key, Some("3"), &hex_id()), now)
-        .await
-        .unwrap();
+    app.user("u-sec").window("1d", 5.0).create().await;
+    let key = app.key().user("u-sec").create().await;
+    let a = app.authorizer();
+    let allowed = authorize_via(&a, &key, Some("3"), now).await;
     assert_eq!(allowed["isAuthorized"], true);
-    let denied = authorize::handle(&a, http_api_event(&key, Some("3"), &hex_id()), now)
-        .await
-        .unwrap();
+    let denied = authorize_via(&a, &key, Some("3"), now).await;
     assert_eq!(denied["isAuthorized"], false);
     let _ = authorize::handle(&a, rest_token_event(&format!("Bearer {key}")), now).await;
     let unknown = "sk-this-key-does-not-exist-0123456789";
     let _ = authorize::handle(&a, http_api_event(unknown, None, &hex_id()), now).await;
     let id = allowed["context"]["reservation_id"].as_str().unwrap();
     let body = json!({"reservation_id": id, "cost": 1.5}).to_string();
-    settle_spend::handle(
-        &t.store,
-        &t.settings,
-        http_request("POST", "/spend/settle", &body, &[]),
-        now,
-    )
-    .await;
+    app.settle_spend_via(&app.store, "/spend/settle", &body, now)
+        .await;
     reset::handle(
-        &t.store,
-        &t.settings,
+        &app.store,
+        &app.settings,
         schedule_event(),
         now + Duration::seconds(60),
     )
@@ -91,71 +80,59 @@ async fn logs_of_a_full_flow_never_contain_a_key() {
 
 #[tokio::test]
 async fn a_key_moves_only_its_own_chain() {
-    let t = TestTable::new().await;
+    let app = TestApp::new().await;
     let now = at("2026-11-28T15:08:00Z");
-    t.create(EntityRef::team("t-a"), &[("1d", 100.0)], None, None, now)
+    app.team("t-a").window("1d", 100.0).create().await;
+    app.team("t-b").window("1d", 100.0).create().await;
+    app.user("u-a")
+        .team("t-a")
+        .window("1d", 50.0)
+        .create()
         .await;
-    t.create(EntityRef::team("t-b"), &[("1d", 100.0)], None, None, now)
+    app.user("u-b")
+        .team("t-b")
+        .window("1d", 50.0)
+        .create()
         .await;
-    t.create(
-        EntityRef::user("u-a"),
-        &[("1d", 50.0)],
-        None,
-        Some("t-a"),
-        now,
-    )
-    .await;
-    t.create(
-        EntityRef::user("u-b"),
-        &[("1d", 50.0)],
-        None,
-        Some("t-b"),
-        now,
-    )
-    .await;
-    let key_a = t.key(&[], Some("u-a"), Some("t-a"), now).await;
-    let key_b = t.key(&[("1d", 10.0)], Some("u-b"), Some("t-b"), now).await;
+    let key_a = app.key().user("u-a").team("t-a").create().await;
+    let key_b = app
+        .key()
+        .user("u-b")
+        .team("t-b")
+        .window("1d", 10.0)
+        .create()
+        .await;
     let b_before = [
-        t.window(&EntityRef::user("u-b"), "1d").await,
-        t.window(&EntityRef::team("t-b"), "1d").await,
-        t.window(&EntityRef::key(budget_core::keys::hash_key(&key_b)), "1d")
+        app.window(&EntityRef::user("u-b"), "1d").await,
+        app.window(&EntityRef::team("t-b"), "1d").await,
+        app.window(&EntityRef::key(budget_core::keys::hash_key(&key_b)), "1d")
             .await,
     ];
-    let a = Authorizer::new(t.store.clone(), t.settings.clone());
     for _ in 0..3 {
-        let answer = authorize::handle(&a, http_api_event(&key_a, Some("10"), &hex_id()), now)
-            .await
-            .unwrap();
+        let answer = app.authorize_at(&key_a, Some("10"), now).await;
         assert_eq!(answer["isAuthorized"], true);
         let id = answer["context"]["reservation_id"].as_str().unwrap();
         let body = json!({"reservation_id": id, "cost": 10}).to_string();
-        settle_spend::handle(
-            &t.store,
-            &t.settings,
-            http_request("POST", "/spend/settle", &body, &[]),
-            now,
-        )
-        .await;
+        app.settle_spend_via(&app.store, "/spend/settle", &body, now)
+            .await;
     }
     assert_eq!(
-        t.window(&EntityRef::user("u-a"), "1d").await.spent,
+        app.window(&EntityRef::user("u-a"), "1d").await.spent,
         Money::usd(30)
     );
     assert_eq!(
-        t.window(&EntityRef::team("t-a"), "1d").await.spent,
+        app.window(&EntityRef::team("t-a"), "1d").await.spent,
         Money::usd(30)
     );
     let b_after = [
-        t.window(&EntityRef::user("u-b"), "1d").await,
-        t.window(&EntityRef::team("t-b"), "1d").await,
-        t.window(&EntityRef::key(budget_core::keys::hash_key(&key_b)), "1d")
+        app.window(&EntityRef::user("u-b"), "1d").await,
+        app.window(&EntityRef::team("t-b"), "1d").await,
+        app.window(&EntityRef::key(budget_core::keys::hash_key(&key_b)), "1d")
             .await,
     ];
     assert_eq!(b_before, b_after, "user b's budgets were not touched");
     // And the authorizer answer names only the key's own chain.
-    let answer = authorize::handle(&a, http_api_event(&key_a, Some("1"), &hex_id()), now)
-        .await
-        .unwrap();
+    let answer = app.authorize_at(&key_a, Some("1"), now).await;
     assert_eq!(answer["context"]["user_id"], "u-a");
     assert_eq!(answer["context"]["team_id"], "t-a");
 }
@@ -172,9 +149,9 @@ async fn at_rust_log_trace_other_crates_cannot_log_a_key() {
         .with(tracing_subscriber::fmt::layer().with_writer(move || writer.clone()));
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let t = TestTable::new().await;
+    let app = TestApp::new().await;
     let now = at("2026-11-28T15:08:00Z");
-    let key = t.key(&[("1d", 5.0)], None, None, now).await;
+    let key = app.key().window("1d", 5.0).create().await;
     let event = http_api_event(&key, Some("1"), &hex_id());
     // What the Lambda runtime and the SDK do at debug and trace: log the
     // raw event (with the key) and the requests they send.
@@ -182,7 +159,7 @@ async fn at_rust_log_trace_other_crates_cannot_log_a_key() {
     tracing::debug!(target: "lambda_runtime", "invoking handler with {event}");
     tracing::debug!(target: "aws_smithy_runtime::client::http", "request body {key}");
     tracing::info!(target: "lambda_runtime", "runtime info lines still pass");
-    let a = Authorizer::new(t.store.clone(), t.settings.clone());
+    let a = app.authorizer();
     let answer = authorize::handle(&a, event, now).await.unwrap();
     assert_eq!(answer["isAuthorized"], true);
     tracing::trace!(target: "budget_core::service", "our own trace lines pass");

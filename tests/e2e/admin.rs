@@ -1,58 +1,18 @@
 //! The admin function end to end: real API Gateway HTTP API (payload 2.0)
 //! requests into `admin::handle`, against a fresh table in the DynamoDB
 //! emulator; the full flow goes on through the authorizer and settle.
-//! Run with `bash scripts/test.sh --test admin_e2e`.
+//! Run with `bash scripts/test.sh -p edge-budget --test e2e admin::`.
 
-use authorize::handle as authorize_handle;
 use budget_core::keys::hash_key;
 use budget_core::model::EntityRef;
 use budget_core::service::{settle, Authorizer, SettleOutcome};
 use budget_core::store::dynamo::DynamoStore;
 use budget_core::store::prelude::*;
 use budget_core::Money;
-use chrono::{DateTime, Utc};
-use edge_budget::{at, http_api_event, http_request, response_json, TestTable};
+use edge_budget::{at, http_request, response_json};
 use serde_json::{json, Value};
 
-const MASTER: &str = "sk-master-e2e-0123456789abcdef";
-
-fn now() -> DateTime<Utc> {
-    at("2026-11-28T15:08:00Z")
-}
-
-/// `method path` with `body` and the master key, answered at `when`.
-async fn call_at(
-    t: &TestTable,
-    when: DateTime<Utc>,
-    method: &str,
-    path: &str,
-    body: Value,
-) -> (u16, Value) {
-    let auth = format!("Bearer {MASTER}");
-    let text = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let request = http_request(method, path, &text, &[("authorization", &auth)]);
-    response_json(admin::handle(&t.store, &t.settings, MASTER, request, when).await)
-}
-
-async fn call(t: &TestTable, method: &str, path: &str, body: Value) -> (u16, Value) {
-    call_at(t, now(), method, path, body).await
-}
-
-async fn post(t: &TestTable, path: &str, body: Value) -> Value {
-    let (status, answer) = call(t, "POST", path, body.clone()).await;
-    assert_eq!(status, 200, "POST {path} {body}: {answer}");
-    answer
-}
-
-async fn get(t: &TestTable, path: &str) -> Value {
-    let (status, answer) = call(t, "GET", path, Value::Null).await;
-    assert_eq!(status, 200, "GET {path}: {answer}");
-    answer
-}
+use crate::helpers::{authorize_via, reservation_id, TestApp, MASTER};
 
 /// The window with `budget_duration` `id` of an entity view.
 fn window<'a>(view: &'a Value, id: &str) -> &'a Value {
@@ -73,45 +33,19 @@ fn durations(view: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn another_store(t: &TestTable) -> DynamoStore {
-    DynamoStore::new(t.client.clone(), t.store.table().to_string())
-}
-
-/// Authorizes one request of `key` with `estimate` through the authorizer
-/// function; the simple response.
-async fn authorize(
-    authorizer: &Authorizer<DynamoStore>,
-    key: &str,
-    estimate: &str,
-    request_id: &str,
-    when: DateTime<Utc>,
-) -> Value {
-    authorize_handle(
-        authorizer,
-        http_api_event(key, Some(estimate), request_id),
-        when,
-    )
-    .await
-    .expect("authorizer answer")
-}
-
 /// Authorizes and settles one request; panics unless it was admitted.
 async fn spend(
-    t: &TestTable,
+    app: &TestApp,
     authorizer: &Authorizer<DynamoStore>,
     key: &str,
     estimate: &str,
     cost: f64,
-    request_id: &str,
 ) {
-    let answer = authorize(authorizer, key, estimate, request_id, now()).await;
+    let answer = authorize_via(authorizer, key, Some(estimate), app.now).await;
     assert_eq!(answer["isAuthorized"], true, "{answer}");
-    let id = answer["context"]["reservation_id"]
-        .as_str()
-        .expect("reservation_id")
-        .to_string();
+    let id = reservation_id(&answer);
     let cost = Money::from_f64(cost).expect("cost");
-    match settle(&t.store, &id, cost, now(), &t.settings)
+    match settle(&app.store, &id, cost, app.now, &app.settings)
         .await
         .expect("settle")
     {
@@ -127,8 +61,8 @@ fn seed() -> Value {
 
 #[tokio::test]
 async fn seed_example_is_accepted_as_is_and_info_shows_three_windows() {
-    let t = TestTable::new().await;
-    let created = post(&t, "/user/new", seed()).await;
+    let app = TestApp::new().await;
+    let created = app.post("/user/new", seed()).await;
     assert_eq!(created["user_id"], "user-123");
     assert_eq!(durations(&created), ["1d", "7d", "30d"]);
 
@@ -138,7 +72,7 @@ async fn seed_example_is_accepted_as_is_and_info_shows_three_windows() {
         "/prod/user/info?user_id=user-123",
         "/lambda-url/admin/user/info?user_id=user-123",
     ] {
-        let info = get(&t, path).await;
+        let info = app.get(path).await;
         assert_eq!(info["user_id"], "user-123");
         assert_eq!(info["keys"], json!([]));
         let u = &info["user_info"];
@@ -166,17 +100,17 @@ async fn seed_example_is_accepted_as_is_and_info_shows_three_windows() {
         );
     }
     // The windows are in the table as the authorizer reads them.
-    let w = t.window(&EntityRef::user("user-123"), "7d").await;
+    let w = app.window(&EntityRef::user("user-123"), "7d").await;
     assert_eq!(w.max, Money::usd(500));
     assert_eq!(w.reset_at, Some(at("2026-11-30T00:00:00Z")));
 
     // A lifetime budget and an id LiteLLM-style generated when absent.
-    let team = post(
-        &t,
-        "/team/new",
-        json!({"team_alias": "research", "max_budget": 20, "members_with_roles": []}),
-    )
-    .await;
+    let team = app
+        .post(
+            "/team/new",
+            json!({"team_alias": "research", "max_budget": 20, "members_with_roles": []}),
+        )
+        .await;
     let team_id = team["team_id"].as_str().expect("generated team_id");
     assert_eq!(team_id.len(), 36);
     assert_eq!(team["budget_duration"], Value::Null);
@@ -190,8 +124,8 @@ async fn seed_example_is_accepted_as_is_and_info_shows_three_windows() {
 
 #[tokio::test]
 async fn master_key_is_checked_before_anything_and_nothing_is_written() {
-    let t = TestTable::new().await;
-    let before = t.snapshot().await;
+    let app = TestApp::new().await;
+    let before = app.snapshot().await;
     let body = seed().to_string();
     let wrong = [
         vec![],
@@ -214,14 +148,13 @@ async fn master_key_is_checked_before_anything_and_nothing_is_written() {
             ("GET", "/no/such/route"),
         ] {
             let request = http_request(method, path, &body, headers);
-            let (status, answer) =
-                response_json(admin::handle(&t.store, &t.settings, MASTER, request, now()).await);
+            let (status, answer) = response_json(app.admin_handle(&app.store, request).await);
             assert_eq!(status, 401, "{headers:?} {method} {path}: {answer}");
             assert_eq!(answer["error"]["type"], "auth_error");
         }
     }
     assert_eq!(
-        t.snapshot().await,
+        app.snapshot().await,
         before,
         "a refused request wrote nothing"
     );
@@ -233,8 +166,7 @@ async fn master_key_is_checked_before_anything_and_nothing_is_written() {
         &body,
         &[("Authorization", &format!("bearer {MASTER}"))],
     );
-    let (status, _) =
-        response_json(admin::handle(&t.store, &t.settings, MASTER, request, now()).await);
+    let (status, _) = response_json(app.admin_handle(&app.store, request).await);
     assert_eq!(status, 200);
     // Behind IAM the Authorization header holds the SigV4 signature: the
     // master key travels in x-litellm-api-key, as LiteLLM accepts it.
@@ -251,33 +183,33 @@ async fn master_key_is_checked_before_anything_and_nothing_is_written() {
                 ("x-litellm-api-key", &value),
             ],
         );
-        let (status, answer) =
-            response_json(admin::handle(&t.store, &t.settings, MASTER, request, now()).await);
+        let (status, answer) = response_json(app.admin_handle(&app.store, request).await);
         assert_eq!(status, 200, "{answer}");
     }
-    let (status, answer) = call(&t, "GET", "/no/such/route", Value::Null).await;
+    let (status, answer) = app.admin("GET", "/no/such/route", Value::Null).await;
     assert_eq!(status, 404, "{answer}");
-    let (status, answer) = call(&t, "GET", "/user/new", Value::Null).await;
+    let (status, answer) = app.admin("GET", "/user/new", Value::Null).await;
     assert_eq!(status, 405, "{answer}");
-    let (status, answer) = call(&t, "POST", "/key/info", json!({"key": "x"})).await;
+    let (status, answer) = app.admin("POST", "/key/info", json!({"key": "x"})).await;
     assert_eq!(status, 405, "{answer}");
 }
 
 #[tokio::test]
 async fn validation_errors_name_the_param_and_write_nothing() {
-    let t = TestTable::new().await;
-    post(&t, "/user/new", seed()).await;
-    post(
-        &t,
+    let app = TestApp::new().await;
+    app.post("/user/new", seed()).await;
+    app.post(
         "/team/new",
         json!({"team_id": "team-1", "budget_limits": [{"budget_duration": "1d", "max_budget": 5}]}),
     )
     .await;
-    let key = post(&t, "/key/generate", json!({"user_id": "user-123"})).await["key"]
+    let key = app
+        .post("/key/generate", json!({"user_id": "user-123"}))
+        .await["key"]
         .as_str()
         .unwrap()
         .to_string();
-    let before = t.snapshot().await;
+    let before = app.snapshot().await;
 
     let limits = |d: &str, m: Value| json!([{"budget_duration": d, "max_budget": m}]);
     let cases: Vec<(&str, &str, Value, &str)> = vec![
@@ -477,7 +409,7 @@ async fn validation_errors_name_the_param_and_write_nothing() {
         ("GET", "/team/info?team_id=", Value::Null, "team_id"),
     ];
     for (method, path, body, param) in cases {
-        let (status, answer) = call(&t, method, path, body.clone()).await;
+        let (status, answer) = app.admin(method, path, body.clone()).await;
         assert_eq!(status, 400, "{method} {path} {body}: {answer}");
         assert_eq!(
             answer["error"]["param"], param,
@@ -496,8 +428,7 @@ async fn validation_errors_name_the_param_and_write_nothing() {
             raw,
             &[("authorization", &format!("Bearer {MASTER}"))],
         );
-        let (status, answer) =
-            response_json(admin::handle(&t.store, &t.settings, MASTER, request, now()).await);
+        let (status, answer) = response_json(app.admin_handle(&app.store, request).await);
         assert_eq!(
             (status, answer["error"]["param"].clone()),
             (400, json!("body")),
@@ -505,13 +436,13 @@ async fn validation_errors_name_the_param_and_write_nothing() {
         );
     }
     // Durations name the accepted forms.
-    let (_, answer) = call(
-        &t,
-        "POST",
-        "/user/new",
-        json!({"user_id": "u2", "max_budget": 1, "budget_duration": "1hr"}),
-    )
-    .await;
+    let (_, answer) = app
+        .admin(
+            "POST",
+            "/user/new",
+            json!({"user_id": "u2", "max_budget": 1, "budget_duration": "1hr"}),
+        )
+        .await;
     assert!(
         answer["error"]["message"]
             .as_str()
@@ -520,7 +451,7 @@ async fn validation_errors_name_the_param_and_write_nothing() {
         "{answer}"
     );
     assert_eq!(
-        t.snapshot().await,
+        app.snapshot().await,
         before,
         "no refused request wrote anything"
     );
@@ -528,21 +459,20 @@ async fn validation_errors_name_the_param_and_write_nothing() {
 
 #[tokio::test]
 async fn existing_ids_are_409_unknown_ones_404_and_nothing_is_written() {
-    let t = TestTable::new().await;
-    post(&t, "/user/new", seed()).await;
-    post(&t, "/team/new", json!({"team_id": "team-1"})).await;
+    let app = TestApp::new().await;
+    app.post("/user/new", seed()).await;
+    app.post("/team/new", json!({"team_id": "team-1"})).await;
     let custom = "sk-custom-key-for-tests-0001-abcd";
-    post(
-        &t,
+    app.post(
         "/key/generate",
         json!({"key": custom, "user_id": "user-123"}),
     )
     .await;
-    let other = post(&t, "/key/generate", json!({})).await["key"]
+    let other = app.post("/key/generate", json!({})).await["key"]
         .as_str()
         .unwrap()
         .to_string();
-    let before = t.snapshot().await;
+    let before = app.snapshot().await;
 
     let cases: Vec<(&str, &str, Value, u16, &str)> = vec![
         (
@@ -655,7 +585,7 @@ async fn existing_ids_are_409_unknown_ones_404_and_nothing_is_written() {
         ),
     ];
     for (method, path, body, expected, param) in cases {
-        let (status, answer) = call(&t, method, path, body.clone()).await;
+        let (status, answer) = app.admin(method, path, body.clone()).await;
         assert_eq!(status, expected, "{method} {path} {body}: {answer}");
         assert_eq!(
             answer["error"]["param"], param,
@@ -664,7 +594,7 @@ async fn existing_ids_are_409_unknown_ones_404_and_nothing_is_written() {
         assert!(!answer.to_string().contains(custom) && !answer.to_string().contains(&other));
     }
     assert_eq!(
-        t.snapshot().await,
+        app.snapshot().await,
         before,
         "no refused request wrote anything"
     );
@@ -672,22 +602,24 @@ async fn existing_ids_are_409_unknown_ones_404_and_nothing_is_written() {
 
 #[tokio::test]
 async fn update_keeps_spend_and_reset_at_of_kept_durations() {
-    let t = TestTable::new().await;
-    post(&t, "/user/new", json!({"user_id": "u1", "max_budget": 100,
+    let app = TestApp::new().await;
+    app.post("/user/new", json!({"user_id": "u1", "max_budget": 100,
         "budget_limits": [{"budget_duration": "1d", "max_budget": 10}, {"budget_duration": "7d", "max_budget": 50}]})).await;
-    let key = post(&t, "/key/generate", json!({"user_id": "u1"})).await["key"]
+    let key = app.post("/key/generate", json!({"user_id": "u1"})).await["key"]
         .as_str()
         .unwrap()
         .to_string();
-    let authorizer = Authorizer::new(another_store(&t), t.settings.clone());
-    spend(&t, &authorizer, &key, "2", 3.0, "req-1").await;
+    let authorizer = app.authorizer_on(app.another_store());
+    spend(&app, &authorizer, &key, "2", 3.0).await;
 
     let later = at("2026-11-28T16:30:00Z");
-    let (status, updated) = call_at(&t, later, "POST", "/user/update", json!({"user_id": "u1", "max_budget": 200,
+    let (status, updated) = app.admin_at(later, "POST", "/user/update", json!({"user_id": "u1", "max_budget": 200,
         "budget_limits": [{"budget_duration": "1d", "max_budget": 20}, {"budget_duration": "1h", "max_budget": 5}]})).await;
     assert_eq!(status, 200, "{updated}");
     assert_eq!(durations(&updated), ["1h", "1d", "lifetime"]);
-    let (status, info) = call_at(&t, later, "GET", "/user/info?user_id=u1", Value::Null).await;
+    let (status, info) = app
+        .admin_at(later, "GET", "/user/info?user_id=u1", Value::Null)
+        .await;
     assert_eq!(status, 200);
     let u = &info["user_info"];
     // Kept duration: spend and reset_at as they were, the new limit at once.
@@ -712,56 +644,61 @@ async fn update_keeps_spend_and_reset_at_of_kept_durations() {
         (json!(0.0), json!("2026-11-28T17:00:00Z"))
     );
     // A removed one is gone, from the table too.
-    let stored = t.store.load(&EntityRef::user("u1")).await.unwrap().unwrap();
+    let stored = app
+        .store
+        .load(&EntityRef::user("u1"))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(stored.window("7d").is_none());
     assert_eq!(stored.window("1d").unwrap().spent, Money::usd(3));
 
     // Fields absent from an update keep their value.
-    let (_, kept) = call_at(
-        &t,
-        later,
-        "POST",
-        "/user/update",
-        json!({"user_id": "u1", "user_email": "a@b.c"}),
-    )
-    .await;
+    let (_, kept) = app
+        .admin_at(
+            later,
+            "POST",
+            "/user/update",
+            json!({"user_id": "u1", "user_email": "a@b.c"}),
+        )
+        .await;
     assert_eq!(durations(&kept), ["1h", "1d", "lifetime"]);
     assert_eq!(kept["user_email"], "a@b.c");
     // Only budget_duration: the legacy window changes duration, keeps its limit, starts fresh.
-    let (_, moved) = call_at(
-        &t,
-        later,
-        "POST",
-        "/user/update",
-        json!({"user_id": "u1", "budget_duration": "1mo"}),
-    )
-    .await;
+    let (_, moved) = app
+        .admin_at(
+            later,
+            "POST",
+            "/user/update",
+            json!({"user_id": "u1", "budget_duration": "1mo"}),
+        )
+        .await;
     assert_eq!(durations(&moved), ["1h", "1d", "1mo"]);
     assert_eq!(window(&moved, "1mo")["max_budget"], 200.0);
     assert_eq!(window(&moved, "1mo")["reset_at"], "2026-12-01T00:00:00Z");
     // max_budget: null removes the legacy window; budget_limits: null the others.
-    let (_, cleared) = call_at(
-        &t,
-        later,
-        "POST",
-        "/user/update",
-        json!({"user_id": "u1", "max_budget": null}),
-    )
-    .await;
+    let (_, cleared) = app
+        .admin_at(
+            later,
+            "POST",
+            "/user/update",
+            json!({"user_id": "u1", "max_budget": null}),
+        )
+        .await;
     assert_eq!(durations(&cleared), ["1h", "1d"]);
     assert_eq!(cleared["max_budget"], Value::Null);
-    let (_, none) = call_at(
-        &t,
-        later,
-        "POST",
-        "/user/update",
-        json!({"user_id": "u1", "budget_limits": null}),
-    )
-    .await;
+    let (_, none) = app
+        .admin_at(
+            later,
+            "POST",
+            "/user/update",
+            json!({"user_id": "u1", "budget_limits": null}),
+        )
+        .await;
     assert_eq!(durations(&none), Vec::<String>::new());
 
     // The key's windows are updated the same way.
-    let (status, k) = call_at(&t, later, "POST", "/key/update", json!({"key": key, "budget_limits": [{"budget_duration": "1d", "max_budget": 1}], "key_alias": "renamed"})).await;
+    let (status, k) = app.admin_at(later, "POST", "/key/update", json!({"key": key, "budget_limits": [{"budget_duration": "1d", "max_budget": 1}], "key_alias": "renamed"})).await;
     assert_eq!(status, 200, "{k}");
     assert_eq!(durations(&k), ["1d"]);
     assert_eq!(k["key_alias"], "renamed");
@@ -770,8 +707,9 @@ async fn update_keeps_spend_and_reset_at_of_kept_durations() {
 
 #[tokio::test]
 async fn concurrent_updates_are_all_applied() {
-    let t = TestTable::new().await;
-    post(&t, "/user/new", json!({"user_id": "u1", "max_budget": 1})).await;
+    let app = TestApp::new().await;
+    app.post("/user/new", json!({"user_id": "u1", "max_budget": 1}))
+        .await;
     // Four updates, each of another kept LiteLLM field.
     let fields = [
         ("tpm_limit", json!(0)),
@@ -781,8 +719,7 @@ async fn concurrent_updates_are_all_applied() {
     ];
     let update = |i: usize| {
         let (field, value) = fields[i].clone();
-        call(
-            &t,
+        app.admin(
             "POST",
             "/user/update",
             json!({"user_id": "u1", field: value}),
@@ -792,107 +729,116 @@ async fn concurrent_updates_are_all_applied() {
     for (status, answer) in [a, b, c, d] {
         assert_eq!(status, 200, "{answer}");
     }
-    let info = get(&t, "/user/info?user_id=u1").await;
+    let info = app.user_info("u1").await;
     for (field, value) in &fields {
         assert_eq!(
             &info["user_info"][field], value,
             "no update was lost: {info}"
         );
     }
-    let stored = t.store.load(&EntityRef::user("u1")).await.unwrap().unwrap();
+    let stored = app
+        .store
+        .load(&EntityRef::user("u1"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.version, 5);
 }
 
 #[tokio::test]
 async fn blocked_keys_are_refused_by_the_authorizer_until_unblocked() {
-    let t = TestTable::new().await;
-    let key = post(&t, "/key/generate", json!({"max_budget": 10})).await["key"]
+    let app = TestApp::new().await;
+    let key = app.post("/key/generate", json!({"max_budget": 10})).await["key"]
         .as_str()
         .unwrap()
         .to_string();
-    let authorizer = Authorizer::new(another_store(&t), t.settings.clone());
+    let authorizer = app.authorizer_on(app.another_store());
     assert_eq!(
-        authorize(&authorizer, &key, "0.1", "r1", now()).await["isAuthorized"],
+        authorize_via(&authorizer, &key, Some("0.1"), app.now).await["isAuthorized"],
         true
     );
 
-    let blocked = post(&t, "/key/block", json!({"key": key})).await;
+    let blocked = app.post("/key/block", json!({"key": key})).await;
     assert_eq!(blocked["blocked"], true);
     // The authorizer has the key in memory, unblocked: its write is
     // conditional on the version, so it still sees the block.
-    let answer = authorize(&authorizer, &key, "0.1", "r2", now()).await;
+    let answer = authorize_via(&authorizer, &key, Some("0.1"), app.now).await;
     assert_eq!(answer["isAuthorized"], false, "{answer}");
     assert_eq!(answer["context"]["reason"], "key_blocked");
-    let info = get(&t, &format!("/key/info?key={key}")).await;
+    let info = app.key_info(&key).await;
     assert_eq!(info["info"]["blocked"], true);
 
     // Unblock by token.
-    let unblocked = post(&t, "/key/unblock", json!({"key": hash_key(&key)})).await;
+    let unblocked = app
+        .post("/key/unblock", json!({"key": hash_key(&key)}))
+        .await;
     assert_eq!(unblocked["blocked"], false);
     assert_eq!(
-        authorize(&authorizer, &key, "0.1", "r3", now()).await["isAuthorized"],
+        authorize_via(&authorizer, &key, Some("0.1"), app.now).await["isAuthorized"],
         true
     );
 
     // blocked: true through /key/update works the same.
-    post(
-        &t,
+    app.post(
         "/key/update",
         json!({"token": hash_key(&key), "blocked": true}),
     )
     .await;
-    let answer = authorize(&authorizer, &key, "0.1", "r4", now()).await;
+    let answer = authorize_via(&authorizer, &key, Some("0.1"), app.now).await;
     assert_eq!(answer["context"]["reason"], "key_blocked");
 }
 
 #[tokio::test]
 async fn expired_keys_are_refused_and_duration_sets_expires() {
-    let t = TestTable::new().await;
-    let g = post(&t, "/key/generate", json!({"duration": "24h"})).await;
+    let app = TestApp::new().await;
+    let g = app.post("/key/generate", json!({"duration": "24h"})).await;
     assert_eq!(g["expires"], "2026-11-29T15:08:00Z");
     let key = g["key"].as_str().unwrap().to_string();
-    let authorizer = Authorizer::new(another_store(&t), t.settings.clone());
+    let authorizer = app.authorizer_on(app.another_store());
     assert_eq!(
-        authorize(&authorizer, &key, "0", "r1", now()).await["isAuthorized"],
+        authorize_via(&authorizer, &key, Some("0"), app.now).await["isAuthorized"],
         true
     );
-    let answer = authorize(&authorizer, &key, "0", "r2", at("2026-11-29T15:08:00Z")).await;
+    let answer = authorize_via(&authorizer, &key, Some("0"), at("2026-11-29T15:08:00Z")).await;
     assert_eq!(answer["context"]["reason"], "key_expired", "{answer}");
     // expires: null makes it valid again; an RFC 3339 expires is taken as is.
-    let u = post(&t, "/key/update", json!({"key": key, "expires": null})).await;
+    let u = app
+        .post("/key/update", json!({"key": key, "expires": null}))
+        .await;
     assert_eq!(u["expires"], Value::Null);
-    let u = post(
-        &t,
-        "/key/update",
-        json!({"key": key, "expires": "2027-01-01T01:00:00+01:00"}),
-    )
-    .await;
+    let u = app
+        .post(
+            "/key/update",
+            json!({"key": key, "expires": "2027-01-01T01:00:00+01:00"}),
+        )
+        .await;
     assert_eq!(u["expires"], "2027-01-01T00:00:00Z");
-    let u = post(&t, "/key/update", json!({"key": key, "duration": "1mo"})).await;
+    let u = app
+        .post("/key/update", json!({"key": key, "duration": "1mo"}))
+        .await;
     assert_eq!(u["expires"], "2026-12-28T15:08:00Z");
 }
 
 #[tokio::test]
 async fn deleting_an_owner_with_keys_is_refused() {
-    let t = TestTable::new().await;
-    post(&t, "/user/new", json!({"user_id": "u1"})).await;
-    post(&t, "/team/new", json!({"team_id": "t1"})).await;
-    let k1 = post(
-        &t,
-        "/key/generate",
-        json!({"user_id": "u1", "team_id": "t1"}),
-    )
-    .await["key"]
+    let app = TestApp::new().await;
+    app.post("/user/new", json!({"user_id": "u1"})).await;
+    app.post("/team/new", json!({"team_id": "t1"})).await;
+    let k1 = app
+        .post("/key/generate", json!({"user_id": "u1", "team_id": "t1"}))
+        .await["key"]
         .as_str()
         .unwrap()
         .to_string();
-    let k2 = post(&t, "/key/generate", json!({"team_id": "t1"})).await["token"]
+    let k2 = app.post("/key/generate", json!({"team_id": "t1"})).await["token"]
         .as_str()
         .unwrap()
         .to_string();
-    let before = t.snapshot().await;
+    let before = app.snapshot().await;
 
-    let (status, answer) = call(&t, "POST", "/user/delete", json!({"user_ids": ["u1"]})).await;
+    let (status, answer) = app
+        .admin("POST", "/user/delete", json!({"user_ids": ["u1"]}))
+        .await;
     assert_eq!(status, 409, "{answer}");
     assert!(
         answer["error"]["message"]
@@ -901,7 +847,9 @@ async fn deleting_an_owner_with_keys_is_refused() {
             .contains("still has 1 key"),
         "{answer}"
     );
-    let (status, answer) = call(&t, "POST", "/team/delete", json!({"team_ids": ["t1"]})).await;
+    let (status, answer) = app
+        .admin("POST", "/team/delete", json!({"team_ids": ["t1"]}))
+        .await;
     assert_eq!(status, 409, "{answer}");
     assert!(
         answer["error"]["message"]
@@ -910,42 +858,44 @@ async fn deleting_an_owner_with_keys_is_refused() {
             .contains("still has 2 keys"),
         "{answer}"
     );
-    assert_eq!(t.snapshot().await, before, "nothing was deleted");
+    assert_eq!(app.snapshot().await, before, "nothing was deleted");
 
-    let info = get(&t, "/team/info?team_id=t1").await;
+    let info = app.team_info("t1").await;
     let mut keys = vec![hash_key(&k1), k2.clone()];
     keys.sort();
     assert_eq!(info["keys"], json!(keys));
     assert_eq!(info["team_info"]["key_count"], 2);
 
     // Deleting the keys (one by plaintext, one by token) uncounts them.
-    let deleted = post(
-        &t,
-        "/key/delete",
-        json!({"keys": [k1, k2], "key_aliases": null}),
-    )
-    .await;
+    let deleted = app
+        .post(
+            "/key/delete",
+            json!({"keys": [k1, k2], "key_aliases": null}),
+        )
+        .await;
     assert_eq!(deleted["deleted_keys"].as_array().unwrap().len(), 2);
     assert!(
         !deleted.to_string().contains(&k1),
         "the answer names keys by token"
     );
-    let info = get(&t, "/user/info?user_id=u1").await;
+    let info = app.user_info("u1").await;
     assert_eq!(
         (info["user_info"]["key_count"].clone(), info["keys"].clone()),
         (json!(0), json!([]))
     );
-    let (status, _) = call(&t, "GET", &format!("/key/info?key={k1}"), Value::Null).await;
+    let (status, _) = app
+        .admin("GET", &format!("/key/info?key={k1}"), Value::Null)
+        .await;
     assert_eq!(status, 404);
 
-    let d = post(&t, "/user/delete", json!({"user_ids": ["u1"]})).await;
+    let d = app.post("/user/delete", json!({"user_ids": ["u1"]})).await;
     assert_eq!(d["deleted_users"], json!(["u1"]));
-    let d = post(&t, "/team/delete", json!({"team_ids": ["t1"]})).await;
+    let d = app.post("/team/delete", json!({"team_ids": ["t1"]})).await;
     assert_eq!(d["deleted_teams"], json!(["t1"]));
-    let (status, _) = call(&t, "GET", "/user/info?user_id=u1", Value::Null).await;
+    let (status, _) = app.admin("GET", "/user/info?user_id=u1", Value::Null).await;
     assert_eq!(status, 404);
     assert_eq!(
-        t.snapshot().await,
+        app.snapshot().await,
         Vec::<String>::new(),
         "the table is empty again"
     );
@@ -953,14 +903,13 @@ async fn deleting_an_owner_with_keys_is_refused() {
 
 #[tokio::test]
 async fn key_info_by_plaintext_and_by_token_keeps_litellm_fields() {
-    let t = TestTable::new().await;
-    post(
-        &t,
+    let app = TestApp::new().await;
+    app.post(
         "/user/new",
         json!({"user_id": "u1", "user_email": "u1@example.com"}),
     )
     .await;
-    let g = post(&t, "/key/generate", json!({
+    let g = app.post("/key/generate", json!({
         "user_id": "u1", "key_alias": "ci-bot", "metadata": {"env": "prod"}, "models": ["gpt-4o"],
         "aliases": {}, "config": {}, "tags": ["a"], "tpm_limit": 1000, "soft_budget": null,
         "budget_limits": [{"budget_duration": "1h", "max_budget": 1}], "max_budget": 10, "budget_duration": "1d"
@@ -974,10 +923,10 @@ async fn key_info_by_plaintext_and_by_token_keeps_litellm_fields() {
     assert_eq!(g["team_id"], Value::Null);
 
     // Only the hash is stored.
-    assert!(!t.snapshot().await.iter().any(|item| item.contains(&key)));
+    assert!(!app.snapshot().await.iter().any(|item| item.contains(&key)));
 
-    let by_key = get(&t, &format!("/key/info?key={key}")).await;
-    let by_token = get(&t, &format!("/key/info?key={token}")).await;
+    let by_key = app.key_info(&key).await;
+    let by_token = app.key_info(&token).await;
     assert_eq!(by_key, by_token);
     assert!(
         !by_key.to_string().contains(&key),
@@ -1004,77 +953,67 @@ async fn key_info_by_plaintext_and_by_token_keeps_litellm_fields() {
 
     // A custom key is hashed the same way and found by plaintext.
     let custom = "sk-my-own-key-0123456789-abcdefgh";
-    let c = post(&t, "/key/generate", json!({"key": custom})).await;
+    let c = app.post("/key/generate", json!({"key": custom})).await;
     assert_eq!(c["key"], custom);
-    assert_eq!(
-        get(&t, &format!("/key/info?key={custom}")).await["key"],
-        hash_key(custom)
-    );
+    assert_eq!(app.key_info(custom).await["key"], hash_key(custom));
 
     // Moving a key between owners moves its count.
-    post(&t, "/user/new", json!({"user_id": "u2"})).await;
-    let moved = post(&t, "/key/update", json!({"key": key, "user_id": "u2"})).await;
+    app.post("/user/new", json!({"user_id": "u2"})).await;
+    let moved = app
+        .post("/key/update", json!({"key": key, "user_id": "u2"}))
+        .await;
     assert_eq!(moved["user_id"], "u2");
-    assert_eq!(
-        get(&t, "/user/info?user_id=u1").await["user_info"]["key_count"],
-        0
-    );
-    assert_eq!(
-        get(&t, "/user/info?user_id=u2").await["keys"],
-        json!([token])
-    );
-    let detached = post(&t, "/key/update", json!({"key": key, "user_id": null})).await;
+    assert_eq!(app.user_info("u1").await["user_info"]["key_count"], 0);
+    assert_eq!(app.user_info("u2").await["keys"], json!([token]));
+    let detached = app
+        .post("/key/update", json!({"key": key, "user_id": null}))
+        .await;
     assert_eq!(detached["user_id"], Value::Null);
-    assert_eq!(
-        get(&t, "/user/info?user_id=u2").await["user_info"]["key_count"],
-        0
-    );
+    assert_eq!(app.user_info("u2").await["user_info"]["key_count"], 0);
 }
 
 #[tokio::test]
 async fn full_flow_admin_then_authorize_and_settle_then_info_shows_spend() {
-    let t = TestTable::new().await;
-    post(
-        &t,
+    let app = TestApp::new().await;
+    app.post(
         "/team/new",
         json!({"team_id": "team-a", "team_alias": "A",
         "budget_limits": [{"budget_duration": "1d", "max_budget": 100}]}),
     )
     .await;
-    post(
-        &t,
+    app.post(
         "/user/new",
         json!({"user_id": "user-a", "max_budget": 50, "budget_duration": "30d",
         "budget_limits": [{"budget_duration": "1d", "max_budget": 20}]}),
     )
     .await;
-    let k1 = post(
-        &t,
-        "/key/generate",
-        json!({"user_id": "user-a", "team_id": "team-a", "max_budget": 10}),
-    )
-    .await["key"]
+    let k1 = app
+        .post(
+            "/key/generate",
+            json!({"user_id": "user-a", "team_id": "team-a", "max_budget": 10}),
+        )
+        .await["key"]
         .as_str()
         .unwrap()
         .to_string();
-    let k2 = post(
-        &t,
-        "/key/generate",
-        json!({"user_id": "user-a", "team_id": "team-a"}),
-    )
-    .await["key"]
+    let k2 = app
+        .post(
+            "/key/generate",
+            json!({"user_id": "user-a", "team_id": "team-a"}),
+        )
+        .await["key"]
         .as_str()
         .unwrap()
         .to_string();
 
-    let authorizer = Authorizer::new(another_store(&t), t.settings.clone());
-    spend(&t, &authorizer, &k1, "1", 0.75, "flow-1").await;
-    spend(&t, &authorizer, &k2, "2", 1.25, "flow-2").await;
+    let authorizer = app.authorizer_on(app.another_store());
+    spend(&app, &authorizer, &k1, "1", 0.75).await;
+    spend(&app, &authorizer, &k2, "2", 1.25).await;
     // One request still in flight.
-    let held = authorize(&authorizer, &k2, "3", "flow-3", now()).await;
+    let held = authorize_via(&authorizer, &k2, Some("3"), app.now).await;
     assert_eq!(held["isAuthorized"], true, "{held}");
 
-    let key1 = get(&t, &format!("/key/info?key={k1}")).await;
+    let key1 = app.key_info(&k1).await;
     let life = window(&key1["info"], "lifetime");
     assert_eq!(
         (
@@ -1086,7 +1025,7 @@ async fn full_flow_admin_then_authorize_and_settle_then_info_shows_spend() {
     );
     assert_eq!(key1["info"]["spend"], 0.75);
 
-    let user = get(&t, "/user/info?user_id=user-a").await;
+    let user = app.user_info("user-a").await;
     let u = &user["user_info"];
     assert_eq!(u["spend"], 2.0);
     let day = window(u, "1d");
@@ -1103,7 +1042,7 @@ async fn full_flow_admin_then_authorize_and_settle_then_info_shows_spend() {
     tokens.sort();
     assert_eq!(user["keys"], json!(tokens));
 
-    let team = get(&t, "/team/info?team_id=team-a").await;
+    let team = app.team_info("team-a").await;
     let day = window(&team["team_info"], "1d");
     assert_eq!(
         (day["spend"].clone(), day["reserved"].clone()),
@@ -1113,14 +1052,14 @@ async fn full_flow_admin_then_authorize_and_settle_then_info_shows_spend() {
     assert_eq!(team["keys"], json!(tokens));
 
     // After midnight the daily windows show as rolled over, before any reset job ran.
-    let (_, user) = call_at(
-        &t,
-        at("2026-11-29T01:00:00Z"),
-        "GET",
-        "/user/info?user_id=user-a",
-        Value::Null,
-    )
-    .await;
+    let (_, user) = app
+        .admin_at(
+            at("2026-11-29T01:00:00Z"),
+            "GET",
+            "/user/info?user_id=user-a",
+            Value::Null,
+        )
+        .await;
     let day = window(&user["user_info"], "1d");
     assert_eq!(
         (day["spend"].clone(), day["reset_at"].clone()),
@@ -1129,13 +1068,12 @@ async fn full_flow_admin_then_authorize_and_settle_then_info_shows_spend() {
     assert_eq!(window(&user["user_info"], "30d")["spend"], 2.0);
 
     // Lowering the user's daily limit below its spend denies the next request.
-    post(
-        &t,
+    app.post(
         "/user/update",
         json!({"user_id": "user-a", "budget_limits": [{"budget_duration": "1d", "max_budget": 2}]}),
     )
     .await;
-    let denied = authorize(&authorizer, &k1, "0.5", "flow-4", now()).await;
+    let denied = authorize_via(&authorizer, &k1, Some("0.5"), app.now).await;
     assert_eq!(denied["isAuthorized"], false, "{denied}");
     assert_eq!(denied["context"]["entity"], "user");
     assert_eq!(denied["context"]["budget_duration"], "1d");
@@ -1143,8 +1081,8 @@ async fn full_flow_admin_then_authorize_and_settle_then_info_shows_spend() {
 
 #[tokio::test]
 async fn store_failures_are_503() {
-    let t = TestTable::new().await;
-    let missing = DynamoStore::new(t.client.clone(), "edge-budget-no-such-table");
+    let app = TestApp::new().await;
+    let missing = DynamoStore::new(app.client.clone(), "edge-budget-no-such-table");
     for (method, path, body) in [
         ("GET", "/user/info?user_id=u1", String::new()),
         ("POST", "/user/new", json!({"user_id": "u1"}).to_string()),
@@ -1155,7 +1093,7 @@ async fn store_failures_are_503() {
             &body,
             &[("authorization", &format!("Bearer {MASTER}"))],
         );
-        let response = admin::handle(&missing, &t.settings, MASTER, request, now()).await;
+        let response = app.admin_handle(&missing, request).await;
         assert_eq!(
             response
                 .headers()

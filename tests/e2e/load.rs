@@ -16,9 +16,11 @@ use budget_core::service::Authorizer;
 use budget_core::store::dynamo::DynamoStore;
 use budget_core::store::prelude::*;
 use budget_core::Money;
-use edge_budget::{at, http_api_event, TestTable};
+use edge_budget::{at, http_api_event};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use crate::helpers::{heavy_run, Alone, TestApp};
 
 const TASKS: usize = 64;
 
@@ -35,27 +37,20 @@ struct Outcome {
 /// A key's own windows and its user.
 type KeySetup = (&'static [(&'static str, f64)], Option<&'static str>);
 
-async fn run(seed: u64, requests: usize) -> (usize, usize, usize, usize) {
-    let t = TestTable::new().await;
+async fn run(alone: &Alone, seed: u64, requests: usize) -> (usize, usize, usize, usize) {
+    let app = TestApp::alone(alone, &[]).await;
     let now = at("2026-11-28T15:08:00Z");
     let team = EntityRef::team("team-load");
     let user = EntityRef::user("user-load");
-    t.create(
-        team.clone(),
-        &[("1d", 150.0), ("7d", 400.0)],
-        None,
-        None,
-        now,
-    )
-    .await;
-    t.create(
-        user.clone(),
-        &[("1h", 90.0), ("1d", 120.0)],
-        None,
-        Some("team-load"),
-        now,
-    )
-    .await;
+    app.team("team-load")
+        .windows(&[("1d", 150.0), ("7d", 400.0)])
+        .create()
+        .await;
+    app.user("user-load")
+        .team("team-load")
+        .windows(&[("1h", 90.0), ("1d", 120.0)])
+        .create()
+        .await;
     // Keys 0-3 of the user (two with caps of their own), key 4 of the team only.
     let setups: [KeySetup; 5] = [
         (&[("1d", 25.0)], Some("user-load")),
@@ -67,7 +62,12 @@ async fn run(seed: u64, requests: usize) -> (usize, usize, usize, usize) {
     let mut keys = Vec::new();
     let mut chains: Vec<Vec<EntityRef>> = Vec::new();
     for (windows, owner) in setups {
-        let key = t.key(windows, owner, Some("team-load"), now).await;
+        let key = app
+            .key()
+            .owners(owner, Some("team-load"))
+            .windows(windows)
+            .create()
+            .await;
         let mut chain = vec![
             EntityRef::key(budget_core::keys::hash_key(&key)),
             team.clone(),
@@ -82,9 +82,8 @@ async fn run(seed: u64, requests: usize) -> (usize, usize, usize, usize) {
     let estimates = [0.05, 0.25, 0.5, 1.0, 2.0, 3.5];
     let per_task = requests / TASKS;
     // 8 function instances, each shared by 8 tasks.
-    let instances: Vec<Arc<Authorizer<DynamoStore>>> = (0..8)
-        .map(|_| Arc::new(Authorizer::new(t.store.clone(), t.settings.clone())))
-        .collect();
+    let instances: Vec<Arc<Authorizer<DynamoStore>>> =
+        (0..8).map(|_| Arc::new(app.authorizer())).collect();
     let mut tasks = Vec::new();
     for task in 0..TASKS {
         let a = instances[task % instances.len()].clone();
@@ -122,7 +121,7 @@ async fn run(seed: u64, requests: usize) -> (usize, usize, usize, usize) {
     for o in outcomes.iter_mut().filter(|o| o.unavailable) {
         let hash = budget_core::keys::hash_key(&keys[o.key]);
         let id = budget_core::service::reservation_id(&hash, Some(&o.request_id));
-        if t.store.reservation(&id).await.unwrap().is_some() {
+        if app.store.reservation(&id).await.unwrap().is_some() {
             o.admitted = true;
             late += 1;
         }
@@ -135,7 +134,7 @@ async fn run(seed: u64, requests: usize) -> (usize, usize, usize, usize) {
         .into_iter()
         .chain(chains.iter().map(|c| c[0].clone()))
     {
-        entities.push(t.store.load(&r).await.unwrap().unwrap());
+        entities.push(app.store.load(&r).await.unwrap().unwrap());
     }
     for e in &entities {
         let admitted_here: Money = outcomes
@@ -183,6 +182,7 @@ async fn run(seed: u64, requests: usize) -> (usize, usize, usize, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_overspend_under_concurrent_load() {
+    let alone = heavy_run().await;
     let runs: u64 = std::env::var("LOAD_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -194,7 +194,7 @@ async fn no_overspend_under_concurrent_load() {
     let started = std::time::Instant::now();
     let (mut total, mut admitted, mut unavailable, mut late) = (0, 0, 0, 0);
     for seed in 0..runs {
-        let (n, a, u, l) = run(seed, requests).await;
+        let (n, a, u, l) = run(&alone, seed, requests).await;
         total += n;
         admitted += a;
         unavailable += u;

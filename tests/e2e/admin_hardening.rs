@@ -3,76 +3,26 @@
 //! cannot be guessed, the reservation floor, reservation ids checked
 //! before the store. Real API Gateway requests against a fresh table in
 //! the DynamoDB emulator. Run with
-//! `bash scripts/test.sh -p edge-budget --test admin_hardening`.
+//! `bash scripts/test.sh -p edge-budget --test e2e admin_hardening::`.
 
 use std::time::Duration;
 
 use budget_core::model::{EntityKind, EntityRef};
 use budget_core::store::prelude::*;
 use budget_core::Money;
-use chrono::{DateTime, Utc};
 use edge_budget::fault_proxy::FaultProxy;
-use edge_budget::{at, http_request, response_json, TestTable};
+use edge_budget::{http_request, response_json};
 use serde_json::{json, Value};
 
-const MASTER: &str = "sk-master-hardening-0123456789abcdef";
-
-fn now() -> DateTime<Utc> {
-    at("2026-11-28T15:08:00Z")
-}
-
-/// `method path` with `body` and the master key.
-async fn call(t: &TestTable, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {MASTER}");
-    let text = if body.is_null() {
-        String::new()
-    } else {
-        body.to_string()
-    };
-    let request = http_request(method, path, &text, &[("authorization", &auth)]);
-    response_json(admin::handle(&t.store, &t.settings, MASTER, request, now()).await)
-}
-
-async fn post(t: &TestTable, path: &str, body: Value) -> Value {
-    let (status, answer) = call(t, "POST", path, body.clone()).await;
-    assert_eq!(status, 200, "POST {path} {body}: {answer}");
-    answer
-}
-
-async fn get(t: &TestTable, path: &str) -> Value {
-    let (status, answer) = call(t, "GET", path, Value::Null).await;
-    assert_eq!(status, 200, "GET {path}: {answer}");
-    answer
-}
-
-/// Asserts a 400 naming `param` whose message contains `message`, and that
-/// the table is unchanged.
-async fn refused(t: &TestTable, method: &str, path: &str, body: Value, param: &str, message: &str) {
-    let before = t.snapshot().await;
-    let (status, answer) = call(t, method, path, body.clone()).await;
-    assert_eq!(status, 400, "{method} {path} {body}: {answer}");
-    assert_eq!(answer["error"]["param"], param, "{answer}");
-    let text = answer["error"]["message"].as_str().unwrap_or_default();
-    assert!(text.contains(message), "{text:?} lacks {message:?}");
-    assert_eq!(
-        t.snapshot().await,
-        before,
-        "a refused request wrote nothing"
-    );
-}
-
-async fn settle_call(t: &TestTable, path: &str, body: Value) -> (u16, Value) {
-    let request = http_request("POST", path, &body.to_string(), &[]);
-    response_json(settle_spend::handle(&t.store, &t.settings, request, now()).await)
-}
+use crate::helpers::{emulator, TestApp};
 
 // ---- 1. exact routes ----
 
 #[tokio::test]
 async fn a_team_delete_hidden_behind_a_key_path_is_404_and_the_team_still_exists() {
-    let t = TestTable::new().await;
-    post(&t, "/team/new", json!({"team_id": "team-a"})).await;
-    let before = t.snapshot().await;
+    let app = TestApp::new().await;
+    app.post("/team/new", json!({"team_id": "team-a"})).await;
+    let before = app.snapshot().await;
     for path in [
         "/key/x/team/delete",
         "/key/team/delete",
@@ -81,40 +31,36 @@ async fn a_team_delete_hidden_behind_a_key_path_is_404_and_the_team_still_exists
         "/lambda-url/key/team/delete",
         "/team/delete/x",
     ] {
-        let (status, answer) = call(&t, "POST", path, json!({"team_ids": ["team-a"]})).await;
+        let (status, answer) = app
+            .admin("POST", path, json!({"team_ids": ["team-a"]}))
+            .await;
         assert_eq!(status, 404, "{path}: {answer}");
     }
-    assert_eq!(t.snapshot().await, before, "nothing was deleted");
-    assert_eq!(
-        get(&t, "/team/info?team_id=team-a").await["team_id"],
-        "team-a"
-    );
+    assert_eq!(app.snapshot().await, before, "nothing was deleted");
+    assert_eq!(app.team_info("team-a").await["team_id"], "team-a");
 }
 
 #[tokio::test]
 async fn a_stage_prefix_and_the_cargo_lambda_function_url_prefix_still_route() {
-    let t = TestTable::new().await;
-    post(&t, "/prod/team/new", json!({"team_id": "team-a"})).await;
-    post(
-        &t,
-        "/lambda-url/admin/user/new",
-        json!({"user_id": "user-a"}),
-    )
-    .await;
+    let app = TestApp::new().await;
+    app.post("/prod/team/new", json!({"team_id": "team-a"}))
+        .await;
+    app.post("/lambda-url/admin/user/new", json!({"user_id": "user-a"}))
+        .await;
     assert_eq!(
-        get(&t, "/prod/team/info?team_id=team-a").await["team_id"],
+        app.get("/prod/team/info?team_id=team-a").await["team_id"],
         "team-a"
     );
     assert_eq!(
-        get(&t, "/lambda-url/admin/user/info?user_id=user-a").await["user_id"],
+        app.get("/lambda-url/admin/user/info?user_id=user-a").await["user_id"],
         "user-a"
     );
 }
 
 #[tokio::test]
 async fn settle_paths_with_a_foreign_prefix_are_404_and_write_nothing() {
-    let t = TestTable::new().await;
-    let before = t.snapshot().await;
+    let app = TestApp::new().await;
+    let before = app.snapshot().await;
     let id = format!("r-{}", "0".repeat(32));
     for path in [
         "/x/y/spend/settle",
@@ -122,8 +68,9 @@ async fn settle_paths_with_a_foreign_prefix_are_404_and_write_nothing() {
         "/a/b/spend/release",
         "/spend/settle/now",
     ] {
-        let (status, answer) =
-            settle_call(&t, path, json!({"reservation_id": id, "cost": 1})).await;
+        let (status, answer) = app
+            .settle_spend(path, json!({"reservation_id": id, "cost": 1}))
+            .await;
         assert_eq!(status, 404, "{path}: {answer}");
         assert!(
             answer["error"]["message"]
@@ -138,8 +85,9 @@ async fn settle_paths_with_a_foreign_prefix_are_404_and_write_nothing() {
         "/prod/spend/settle",
         "/lambda-url/settle-spend/spend/settle",
     ] {
-        let (status, answer) =
-            settle_call(&t, path, json!({"reservation_id": id, "cost": 1})).await;
+        let (status, answer) = app
+            .settle_spend(path, json!({"reservation_id": id, "cost": 1}))
+            .await;
         assert_eq!(status, 404, "{path}: {answer}");
         assert!(
             answer["error"]["message"]
@@ -149,16 +97,15 @@ async fn settle_paths_with_a_foreign_prefix_are_404_and_write_nothing() {
             "{answer}"
         );
     }
-    assert_eq!(t.snapshot().await, before);
+    assert_eq!(app.snapshot().await, before);
 }
 
 // ---- 2. no silent typos ----
 
 #[tokio::test]
 async fn a_user_with_a_typo_in_budget_limits_is_400_with_the_field_it_meant() {
-    let t = TestTable::new().await;
-    refused(
-        &t,
+    let app = TestApp::new().await;
+    app.refused(
         "POST",
         "/user/new",
         json!({"user_id": "u", "budget_limit": [{"budget_duration": "1d", "max_budget": 5}]}),
@@ -166,15 +113,14 @@ async fn a_user_with_a_typo_in_budget_limits_is_400_with_the_field_it_meant() {
         "unknown field \"budget_limit\": did you mean \"budget_limits\"?",
     )
     .await;
-    let (status, _) = call(&t, "GET", "/user/info?user_id=u", Value::Null).await;
+    let (status, _) = app.admin("GET", "/user/info?user_id=u", Value::Null).await;
     assert_eq!(status, 404, "no uncapped user was stored");
 }
 
 #[tokio::test]
 async fn a_team_with_max_budgets_is_400_with_the_field_it_meant() {
-    let t = TestTable::new().await;
-    refused(
-        &t,
+    let app = TestApp::new().await;
+    app.refused(
         "POST",
         "/team/new",
         json!({"team_id": "team-a", "max_budgets": 10}),
@@ -186,19 +132,16 @@ async fn a_team_with_max_budgets_is_400_with_the_field_it_meant() {
 
 #[tokio::test]
 async fn typos_on_updates_deletes_and_blocks_are_400_too() {
-    let t = TestTable::new().await;
-    post(
-        &t,
-        "/team/new",
-        json!({"team_id": "team-a", "max_budget": 5}),
-    )
-    .await;
-    let key = post(&t, "/key/generate", json!({"team_id": "team-a"})).await["key"]
+    let app = TestApp::new().await;
+    app.post("/team/new", json!({"team_id": "team-a", "max_budget": 5}))
+        .await;
+    let key = app
+        .post("/key/generate", json!({"team_id": "team-a"}))
+        .await["key"]
         .as_str()
         .unwrap()
         .to_string();
-    refused(
-        &t,
+    app.refused(
         "POST",
         "/team/update",
         json!({"team_id": "team-a", "max_budegt": 1000}),
@@ -206,8 +149,7 @@ async fn typos_on_updates_deletes_and_blocks_are_400_too() {
         "did you mean \"max_budget\"?",
     )
     .await;
-    refused(
-        &t,
+    app.refused(
         "POST",
         "/key/update",
         json!({"key": key, "budget_limts": []}),
@@ -215,8 +157,7 @@ async fn typos_on_updates_deletes_and_blocks_are_400_too() {
         "did you mean \"budget_limits\"?",
     )
     .await;
-    refused(
-        &t,
+    app.refused(
         "POST",
         "/key/delete",
         json!({"key": [key]}),
@@ -224,8 +165,7 @@ async fn typos_on_updates_deletes_and_blocks_are_400_too() {
         "did you mean \"keys\"?",
     )
     .await;
-    refused(
-        &t,
+    app.refused(
         "POST",
         "/team/delete",
         json!({"team_id": ["team-a"]}),
@@ -237,43 +177,43 @@ async fn typos_on_updates_deletes_and_blocks_are_400_too() {
 
 #[tokio::test]
 async fn litellm_fields_edge_budget_does_not_act_on_are_still_accepted_and_kept() {
-    let t = TestTable::new().await;
-    let team = post(
-        &t,
-        "/team/new",
-        json!({"team_id": "team-a", "team_alias": "A", "soft_budget": 5, "models": ["gpt-4o"],
+    let app = TestApp::new().await;
+    let team = app
+        .post(
+            "/team/new",
+            json!({"team_id": "team-a", "team_alias": "A", "soft_budget": 5, "models": ["gpt-4o"],
                "metadata": {"cost_center": "42"}, "tpm_limit": 4,
                "members_with_roles": [], "tags": ["x"]}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(team["soft_budget"], 5);
-    let user = post(
-        &t,
-        "/user/new",
-        json!({"user_id": "user-a", "user_email": "a@example.com", "user_role": "internal_user",
+    let user = app
+        .post(
+            "/user/new",
+            json!({"user_id": "user-a", "user_email": "a@example.com", "user_role": "internal_user",
                "models": [], "metadata": {}, "auto_create_key": false, "max_parallel_requests": 2}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(user["user_email"], "a@example.com");
-    let key = post(
-        &t,
-        "/key/generate",
-        json!({"user_id": "user-a", "team_id": "team-a", "key_alias": "ci", "duration": "30d",
+    let key = app
+        .post(
+            "/key/generate",
+            json!({"user_id": "user-a", "team_id": "team-a", "key_alias": "ci", "duration": "30d",
                "models": ["gpt-4o"], "metadata": {"env": "prod"}, "max_parallel_requests": 8,
                "soft_budget": 1, "tpm_limit": 1000, "rpm_limit": 10, "key_type": "llm_api",
                "allowed_routes": [], "budget_id": null}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(key["key_alias"], "ci");
     assert_eq!(key["max_parallel_requests"], 8);
     assert!(key["expires"].is_string(), "duration still sets expires");
-    let updated = post(
-        &t,
-        "/key/update",
-        json!({"key": key["key"], "key_alias": "ci-2", "soft_budget": 2,
+    let updated = app
+        .post(
+            "/key/update",
+            json!({"key": key["key"], "key_alias": "ci-2", "soft_budget": 2,
                "temp_budget_increase": null, "metadata": {"env": "dev"}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(updated["key_alias"], "ci-2");
     assert_eq!(updated["metadata"], json!({"env": "dev"}));
 }
@@ -295,10 +235,9 @@ fn bad_ids() -> Vec<String> {
 
 #[tokio::test]
 async fn creating_a_user_or_team_with_a_bad_id_is_400_and_writes_nothing() {
-    let t = TestTable::new().await;
+    let app = TestApp::new().await;
     for id in bad_ids() {
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/user/new",
             json!({"user_id": id}),
@@ -306,8 +245,7 @@ async fn creating_a_user_or_team_with_a_bad_id_is_400_and_writes_nothing() {
             "user_id must be 1 to 128",
         )
         .await;
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/team/new",
             json!({"team_id": id, "max_budget": 5}),
@@ -315,8 +253,7 @@ async fn creating_a_user_or_team_with_a_bad_id_is_400_and_writes_nothing() {
             "team_id must be 1 to 128",
         )
         .await;
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/user/new",
             json!({"user_id": "u", "team_id": id}),
@@ -329,15 +266,14 @@ async fn creating_a_user_or_team_with_a_bad_id_is_400_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_key_for_a_bad_owner_id_is_400_and_writes_nothing() {
-    let t = TestTable::new().await;
-    post(&t, "/user/new", json!({"user_id": "u"})).await;
-    let key = post(&t, "/key/generate", json!({"user_id": "u"})).await["key"]
+    let app = TestApp::new().await;
+    app.post("/user/new", json!({"user_id": "u"})).await;
+    let key = app.post("/key/generate", json!({"user_id": "u"})).await["key"]
         .as_str()
         .unwrap()
         .to_string();
     for id in bad_ids() {
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/key/generate",
             json!({"user_id": id}),
@@ -345,8 +281,7 @@ async fn a_key_for_a_bad_owner_id_is_400_and_writes_nothing() {
             "user_id must be",
         )
         .await;
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/key/generate",
             json!({"team_id": id}),
@@ -354,8 +289,7 @@ async fn a_key_for_a_bad_owner_id_is_400_and_writes_nothing() {
             "team_id must be",
         )
         .await;
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/key/update",
             json!({"key": key, "user_id": id}),
@@ -368,11 +302,10 @@ async fn a_key_for_a_bad_owner_id_is_400_and_writes_nothing() {
 
 #[tokio::test]
 async fn updating_reading_or_deleting_by_a_bad_id_is_400() {
-    let t = TestTable::new().await;
-    post(&t, "/user/new", json!({"user_id": "u"})).await;
+    let app = TestApp::new().await;
+    app.post("/user/new", json!({"user_id": "u"})).await;
     for id in ["u".repeat(3 * 1024), "a\"b".to_string()] {
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/user/update",
             json!({"user_id": id, "max_budget": 1}),
@@ -380,8 +313,7 @@ async fn updating_reading_or_deleting_by_a_bad_id_is_400() {
             "user_id must be",
         )
         .await;
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/team/update",
             json!({"team_id": id}),
@@ -389,8 +321,7 @@ async fn updating_reading_or_deleting_by_a_bad_id_is_400() {
             "team_id must be",
         )
         .await;
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/user/delete",
             json!({"user_ids": ["u", id]}),
@@ -398,8 +329,7 @@ async fn updating_reading_or_deleting_by_a_bad_id_is_400() {
             "user_ids[1] must be",
         )
         .await;
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/team/delete",
             json!({"team_ids": [id]}),
@@ -409,8 +339,7 @@ async fn updating_reading_or_deleting_by_a_bad_id_is_400() {
         .await;
     }
     let long = "u".repeat(3 * 1024);
-    refused(
-        &t,
+    app.refused(
         "GET",
         &format!("/user/info?user_id={long}"),
         Value::Null,
@@ -418,8 +347,7 @@ async fn updating_reading_or_deleting_by_a_bad_id_is_400() {
         "user_id must be",
     )
     .await;
-    refused(
-        &t,
+    app.refused(
         "GET",
         "/team/info?team_id=a%22b",
         Value::Null,
@@ -427,37 +355,36 @@ async fn updating_reading_or_deleting_by_a_bad_id_is_400() {
         "team_id must be",
     )
     .await;
-    assert_eq!(get(&t, "/user/info?user_id=u").await["user_id"], "u");
+    assert_eq!(app.user_info("u").await["user_id"], "u");
 }
 
 #[tokio::test]
 async fn generated_and_email_like_ids_are_accepted() {
-    let t = TestTable::new().await;
-    let user = post(&t, "/user/new", json!({})).await;
+    let app = TestApp::new().await;
+    let user = app.post("/user/new", json!({})).await;
     let id = user["user_id"].as_str().unwrap().to_string();
     assert_eq!(id.len(), 36, "a UUID");
-    post(&t, "/team/new", json!({"team_id": "org:team.a+b_c-d"})).await;
-    post(
-        &t,
+    app.post("/team/new", json!({"team_id": "org:team.a+b_c-d"}))
+        .await;
+    app.post(
         "/user/new",
         json!({"user_id": "alice@example.com", "team_id": "org:team.a+b_c-d"}),
     )
     .await;
-    let key = post(
-        &t,
-        "/key/generate",
-        json!({"user_id": id, "team_id": "org:team.a+b_c-d"}),
-    )
-    .await;
+    let key = app
+        .post(
+            "/key/generate",
+            json!({"user_id": id, "team_id": "org:team.a+b_c-d"}),
+        )
+        .await;
     assert_eq!(key["user_id"], json!(id));
 }
 
 #[tokio::test]
 async fn a_key_longer_than_256_characters_is_400_on_info_update_delete_and_block() {
-    let t = TestTable::new().await;
+    let app = TestApp::new().await;
     let long = format!("sk-{}", "a".repeat(300));
-    refused(
-        &t,
+    app.refused(
         "GET",
         &format!("/key/info?key={long}"),
         Value::Null,
@@ -465,8 +392,7 @@ async fn a_key_longer_than_256_characters_is_400_on_info_update_delete_and_block
         "at most 256 characters",
     )
     .await;
-    refused(
-        &t,
+    app.refused(
         "POST",
         "/key/update",
         json!({"key": long, "max_budget": 1}),
@@ -474,8 +400,7 @@ async fn a_key_longer_than_256_characters_is_400_on_info_update_delete_and_block
         "at most 256 characters",
     )
     .await;
-    refused(
-        &t,
+    app.refused(
         "POST",
         "/key/block",
         json!({"key": long}),
@@ -483,8 +408,7 @@ async fn a_key_longer_than_256_characters_is_400_on_info_update_delete_and_block
         "at most 256 characters",
     )
     .await;
-    refused(
-        &t,
+    app.refused(
         "POST",
         "/key/unblock",
         json!({"token": long}),
@@ -492,8 +416,7 @@ async fn a_key_longer_than_256_characters_is_400_on_info_update_delete_and_block
         "at most 256 characters",
     )
     .await;
-    refused(
-        &t,
+    app.refused(
         "POST",
         "/key/delete",
         json!({"keys": [long]}),
@@ -507,10 +430,9 @@ async fn a_key_longer_than_256_characters_is_400_on_info_update_delete_and_block
 
 #[tokio::test]
 async fn a_custom_key_shorter_than_32_characters_is_400_and_not_echoed() {
-    let t = TestTable::new().await;
+    let app = TestApp::new().await;
     let short = "sk-0123456789abcdefghijklmnopqr"; // 31
-    refused(
-        &t,
+    app.refused(
         "POST",
         "/key/generate",
         json!({"key": short}),
@@ -518,24 +440,25 @@ async fn a_custom_key_shorter_than_32_characters_is_400_and_not_echoed() {
         "32 to 256 characters",
     )
     .await;
-    let (_, answer) = call(&t, "POST", "/key/generate", json!({"key": short})).await;
+    let (_, answer) = app
+        .admin("POST", "/key/generate", json!({"key": short}))
+        .await;
     assert!(!answer.to_string().contains(short));
     let ok = "sk-0123456789abcdefghijklmnopqrs"; // 32
     assert_eq!(
-        post(&t, "/key/generate", json!({"key": ok})).await["key"],
+        app.post("/key/generate", json!({"key": ok})).await["key"],
         ok
     );
 }
 
 #[tokio::test]
 async fn a_custom_key_of_fewer_than_8_distinct_characters_is_400_and_not_echoed() {
-    let t = TestTable::new().await;
+    let app = TestApp::new().await;
     for weak in [
         format!("sk-{}", "a".repeat(40)),
         format!("sk-{}", "1234567".repeat(6)),
     ] {
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/key/generate",
             json!({"key": weak}),
@@ -543,12 +466,14 @@ async fn a_custom_key_of_fewer_than_8_distinct_characters_is_400_and_not_echoed(
             "at least 8 distinct characters after sk-",
         )
         .await;
-        let (_, answer) = call(&t, "POST", "/key/generate", json!({"key": weak})).await;
+        let (_, answer) = app
+            .admin("POST", "/key/generate", json!({"key": weak}))
+            .await;
         assert!(!answer.to_string().contains(&weak));
     }
     let ok = format!("sk-{}", "12345678".repeat(5));
     assert_eq!(
-        post(&t, "/key/generate", json!({"key": ok})).await["key"],
+        app.post("/key/generate", json!({"key": ok})).await["key"],
         json!(ok)
     );
 }
@@ -557,9 +482,9 @@ async fn a_custom_key_of_fewer_than_8_distinct_characters_is_400_and_not_echoed(
 
 #[tokio::test]
 async fn the_reservation_floor_round_trips_through_new_update_and_info() {
-    let t = TestTable::new().await;
+    let app = TestApp::new().await;
     let stored = |kind: EntityKind, id: String| {
-        let store = &t.store;
+        let store = &app.store;
         async move {
             store
                 .load(&EntityRef::new(kind, id))
@@ -569,21 +494,21 @@ async fn the_reservation_floor_round_trips_through_new_update_and_info() {
                 .reservation_floor
         }
     };
-    let team = post(
-        &t,
-        "/team/new",
-        json!({"team_id": "team-a", "reservation_floor": 0.5}),
-    )
-    .await;
+    let team = app
+        .post(
+            "/team/new",
+            json!({"team_id": "team-a", "reservation_floor": 0.5}),
+        )
+        .await;
     assert_eq!(team["reservation_floor"], 0.5);
-    let user = post(&t, "/user/new", json!({"user_id": "user-a"})).await;
+    let user = app.post("/user/new", json!({"user_id": "user-a"})).await;
     assert_eq!(user["reservation_floor"], Value::Null, "unset is null");
-    let key = post(
-        &t,
-        "/key/generate",
-        json!({"user_id": "user-a", "team_id": "team-a", "reservation_floor": 0.0123}),
-    )
-    .await;
+    let key = app
+        .post(
+            "/key/generate",
+            json!({"user_id": "user-a", "team_id": "team-a", "reservation_floor": 0.0123}),
+        )
+        .await;
     assert_eq!(key["reservation_floor"], 0.0123);
     let token = key["token"].as_str().unwrap().to_string();
     assert_eq!(
@@ -592,27 +517,25 @@ async fn the_reservation_floor_round_trips_through_new_update_and_info() {
         "exact nanos in the table"
     );
     assert_eq!(
-        get(&t, "/team/info?team_id=team-a").await["team_info"]["reservation_floor"],
+        app.team_info("team-a").await["team_info"]["reservation_floor"],
         0.5
     );
     assert_eq!(
-        get(&t, &format!("/key/info?key={token}")).await["info"]["reservation_floor"],
+        app.key_info(&token).await["info"]["reservation_floor"],
         0.0123
     );
 
     // Set, changed, kept when absent, cleared by null.
-    post(
-        &t,
+    app.post(
         "/user/update",
         json!({"user_id": "user-a", "reservation_floor": 2}),
     )
     .await;
     assert_eq!(
-        get(&t, "/user/info?user_id=user-a").await["user_info"]["reservation_floor"],
+        app.user_info("user-a").await["user_info"]["reservation_floor"],
         2.0
     );
-    post(
-        &t,
+    app.post(
         "/user/update",
         json!({"user_id": "user-a", "max_budget": 10}),
     )
@@ -621,23 +544,19 @@ async fn the_reservation_floor_round_trips_through_new_update_and_info() {
         stored(EntityKind::User, "user-a".into()).await,
         Some(Money::usd(2))
     );
-    let k = post(
-        &t,
-        "/key/update",
-        json!({"key": token, "reservation_floor": 1}),
-    )
-    .await;
+    let k = app
+        .post("/key/update", json!({"key": token, "reservation_floor": 1}))
+        .await;
     assert_eq!(k["reservation_floor"], 1.0);
-    let k = post(&t, "/key/block", json!({"key": token})).await;
+    let k = app.post("/key/block", json!({"key": token})).await;
     assert_eq!(k["reservation_floor"], 1.0, "blocking keeps the floor");
-    post(
-        &t,
+    app.post(
         "/team/update",
         json!({"team_id": "team-a", "reservation_floor": null}),
     )
     .await;
     assert_eq!(
-        get(&t, "/team/info?team_id=team-a").await["team_info"]["reservation_floor"],
+        app.team_info("team-a").await["team_info"]["reservation_floor"],
         Value::Null
     );
     assert_eq!(stored(EntityKind::Team, "team-a".into()).await, None);
@@ -645,11 +564,10 @@ async fn the_reservation_floor_round_trips_through_new_update_and_info() {
 
 #[tokio::test]
 async fn a_reservation_floor_that_is_not_a_number_up_to_a_million_is_400() {
-    let t = TestTable::new().await;
-    post(&t, "/team/new", json!({"team_id": "team-a"})).await;
+    let app = TestApp::new().await;
+    app.post("/team/new", json!({"team_id": "team-a"})).await;
     for bad in [json!(1_000_000.5), json!(-0.01), json!("0.5"), json!({})] {
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/team/update",
             json!({"team_id": "team-a", "reservation_floor": bad}),
@@ -657,8 +575,7 @@ async fn a_reservation_floor_that_is_not_a_number_up_to_a_million_is_400() {
             "reservation_floor",
         )
         .await;
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/key/generate",
             json!({"reservation_floor": bad}),
@@ -666,8 +583,7 @@ async fn a_reservation_floor_that_is_not_a_number_up_to_a_million_is_400() {
             "reservation_floor",
         )
         .await;
-        refused(
-            &t,
+        app.refused(
             "POST",
             "/user/new",
             json!({"user_id": "u", "reservation_floor": bad}),
@@ -676,13 +592,13 @@ async fn a_reservation_floor_that_is_not_a_number_up_to_a_million_is_400() {
         )
         .await;
     }
-    let (status, answer) = call(
-        &t,
-        "POST",
-        "/team/update",
-        json!({"team_id": "team-a", "reservation_floor": 1_000_000}),
-    )
-    .await;
+    let (status, answer) = app
+        .admin(
+            "POST",
+            "/team/update",
+            json!({"team_id": "team-a", "reservation_floor": 1_000_000}),
+        )
+        .await;
     assert_eq!(status, 200, "{answer}");
 }
 
@@ -690,11 +606,11 @@ async fn a_reservation_floor_that_is_not_a_number_up_to_a_million_is_400() {
 
 #[tokio::test]
 async fn malformed_reservation_ids_are_404_without_a_store_request() {
-    let t = TestTable::new().await;
-    let emulator = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("run through scripts/test.sh");
+    let app = TestApp::new().await;
+    let emulator = emulator();
     let proxy = FaultProxy::start(&emulator).await;
-    let store = t.store_via(&proxy.endpoint(), Duration::from_secs(5));
-    let before = t.snapshot().await;
+    let store = app.store_via(&proxy.endpoint(), Duration::from_secs(5));
+    let before = app.snapshot().await;
     let base = format!("r-{}", "0123456789abcdef".repeat(2));
     let huge = "r".repeat(3000);
     for (id, shown) in [
@@ -714,7 +630,7 @@ async fn malformed_reservation_ids_are_404_without_a_store_request() {
         ] {
             let request = http_request("POST", path, &body.to_string(), &[]);
             let (status, answer) =
-                response_json(settle_spend::handle(&store, &t.settings, request, now()).await);
+                response_json(settle_spend::handle(&store, &app.settings, request, app.now).await);
             assert_eq!(status, 404, "{path} {id}: {answer}");
             assert_eq!(
                 answer["error"]["message"],
@@ -724,7 +640,7 @@ async fn malformed_reservation_ids_are_404_without_a_store_request() {
         }
     }
     assert_eq!(proxy.counts().0, 0, "no store request was made");
-    assert_eq!(t.snapshot().await, before, "nothing was written");
+    assert_eq!(app.snapshot().await, before, "nothing was written");
 
     // An id of the right form does reach the store (and is unknown there).
     let request = http_request(
@@ -734,7 +650,7 @@ async fn malformed_reservation_ids_are_404_without_a_store_request() {
         &[],
     );
     let (status, _) =
-        response_json(settle_spend::handle(&store, &t.settings, request, now()).await);
+        response_json(settle_spend::handle(&store, &app.settings, request, app.now).await);
     assert_eq!(status, 404);
     assert!(proxy.counts().0 > 0, "the proxy counts store requests");
 }

@@ -6,37 +6,22 @@
 use std::time::{Duration, Instant};
 
 use budget_core::model::EntityRef;
-use budget_core::service::Authorizer;
 use budget_core::store::prelude::*;
 use budget_core::Money;
 use chrono::Duration as Span;
 use edge_budget::fault_proxy::{Fault, FaultProxy};
-use edge_budget::{
-    at, hex_id, http_api_event, http_request, response_json, schedule_event, TestTable,
-};
-use serde_json::{json, Value};
+use edge_budget::{at, response_json, schedule_event};
+use serde_json::json;
 
-const NOW: &str = "2026-11-28T15:08:00Z";
+use crate::helpers::{authorize_via, emulator, heavy_run, reservation_id, TestApp, NOW};
+
 const DEADLINE: Duration = Duration::from_millis(600);
-
-fn emulator() -> String {
-    std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("run through scripts/test.sh")
-}
-
-async fn authorize_via(
-    a: &Authorizer<budget_core::store::dynamo::DynamoStore>,
-    key: &str,
-) -> Value {
-    authorize::handle(a, http_api_event(key, Some("1"), &hex_id()), at(NOW))
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn authorize_fails_closed_within_its_deadline() {
-    let t = TestTable::new().await;
-    let now = at(NOW);
-    let key = t.key(&[("1d", 100.0)], None, None, now).await;
+    let alone = heavy_run().await;
+    let app = TestApp::alone(&alone, &[]).await;
+    let key = app.key().window("1d", 100.0).create().await;
     let proxy = FaultProxy::start(&emulator()).await;
     // Delay last: a delayed request still reaches the store after the
     // authorizer gave up (as a timed-out write may commit on AWS); its
@@ -49,15 +34,18 @@ async fn authorize_fails_closed_within_its_deadline() {
     ];
     for fault in faults {
         for warm in [false, true] {
-            let a = Authorizer::new(t.store_via(&proxy.endpoint(), DEADLINE), t.settings.clone());
+            let a = app.authorizer_on(app.store_via(&proxy.endpoint(), DEADLINE));
             if warm {
                 proxy.set(Fault::Pass);
-                assert_eq!(authorize_via(&a, &key).await["isAuthorized"], true);
+                assert_eq!(
+                    authorize_via(&a, &key, Some("1"), app.now).await["isAuthorized"],
+                    true
+                );
             }
-            let before = t.snapshot().await;
+            let before = app.snapshot().await;
             proxy.set(fault);
             let started = Instant::now();
-            let answer = authorize_via(&a, &key).await;
+            let answer = authorize_via(&a, &key, Some("1"), app.now).await;
             let took = started.elapsed();
             assert_eq!(answer["isAuthorized"], false, "{fault:?}: {answer}");
             assert_eq!(answer["context"]["reason"], "unavailable", "{fault:?}");
@@ -69,7 +57,7 @@ async fn authorize_fails_closed_within_its_deadline() {
             );
             if !matches!(fault, Fault::Delay(_)) {
                 // Refused before it reached the store: nothing written.
-                assert_eq!(t.snapshot().await, before, "{fault:?}");
+                assert_eq!(app.snapshot().await, before, "{fault:?}");
             }
         }
     }
@@ -79,35 +67,26 @@ async fn authorize_fails_closed_within_its_deadline() {
 
 #[tokio::test]
 async fn settle_answers_retryable_and_loses_nothing() {
-    let t = TestTable::new().await;
+    let alone = heavy_run().await;
+    let app = TestApp::alone(&alone, &[]).await;
     let now = at(NOW);
-    let key = t.key(&[("1d", 100.0)], None, None, now).await;
+    let key = app.key().window("1d", 100.0).create().await;
     let hash = EntityRef::key(budget_core::keys::hash_key(&key));
-    let a = Authorizer::new(t.store.clone(), t.settings.clone());
     let proxy = FaultProxy::start(&emulator()).await;
-    let proxied = t.store_via(&proxy.endpoint(), DEADLINE);
+    let proxied = app.store_via(&proxy.endpoint(), DEADLINE);
 
     for fault in [
         Fault::Drop,
         Fault::Throttle,
         Fault::Delay(Duration::from_secs(2)),
     ] {
-        let answer = authorize::handle(&a, http_api_event(&key, Some("2"), &hex_id()), now)
-            .await
-            .unwrap();
-        let id = answer["context"]["reservation_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let answer = app.authorize(&key, Some("2")).await;
+        let id = reservation_id(&answer);
         let body = json!({"reservation_id": id, "cost": 1.25}).to_string();
         proxy.set(fault);
-        let response = settle_spend::handle(
-            &proxied,
-            &t.settings,
-            http_request("POST", "/spend/settle", &body, &[]),
-            now,
-        )
-        .await;
+        let response = app
+            .settle_spend_via(&proxied, "/spend/settle", &body, now)
+            .await;
         assert_eq!(
             response
                 .headers()
@@ -123,19 +102,14 @@ async fn settle_answers_retryable_and_loses_nothing() {
         proxy.set(Fault::Pass);
         tokio::time::sleep(Duration::from_millis(2100)).await; // let a delayed write land
         let (status, done) = response_json(
-            settle_spend::handle(
-                &proxied,
-                &t.settings,
-                http_request("POST", "/spend/settle", &body, &[]),
-                now,
-            )
-            .await,
+            app.settle_spend_via(&proxied, "/spend/settle", &body, now)
+                .await,
         );
         assert_eq!(status, 200, "{done}");
         assert_eq!(done["cost"], 1.25);
     }
     // Three settles of 1.25, each counted once, nothing still reserved.
-    let w = t.window(&hash, "1d").await;
+    let w = app.window(&hash, "1d").await;
     assert_eq!(
         (w.spent, w.reserved),
         (Money::from_f64(3.75).unwrap(), Money::ZERO)
@@ -144,29 +118,27 @@ async fn settle_answers_retryable_and_loses_nothing() {
 
 #[tokio::test]
 async fn reset_resumes_where_it_stopped() {
-    let t = TestTable::with_settings(&[("RESERVATION_TTL_SECONDS", "5")]).await;
+    let alone = heavy_run().await;
+    let app = TestApp::alone(&alone, &[("RESERVATION_TTL_SECONDS", "5")]).await;
     let now = at(NOW);
-    let a = Authorizer::new(t.store.clone(), t.settings.clone());
     let mut keys = Vec::new();
     for _ in 0..12 {
-        let key = t.key(&[("10s", 10.0)], None, None, now).await;
-        let answer = authorize::handle(&a, http_api_event(&key, Some("1"), &hex_id()), now)
-            .await
-            .unwrap();
+        let key = app.key().window("10s", 10.0).create().await;
+        let answer = app.authorize(&key, Some("1")).await;
         assert_eq!(answer["isAuthorized"], true);
         keys.push(EntityRef::key(budget_core::keys::hash_key(&key)));
     }
     let later = now + Span::seconds(30);
     let proxy = FaultProxy::start(&emulator()).await;
-    let proxied = t.store_via(&proxy.endpoint(), DEADLINE);
+    let proxied = app.store_via(&proxy.endpoint(), DEADLINE);
     proxy.set(Fault::FailAfter(8));
-    let first = reset::handle(&proxied, &t.settings, schedule_event(), later).await;
+    let first = reset::handle(&proxied, &app.settings, schedule_event(), later).await;
     println!("interrupted run: {first:?}");
     assert!(!first.errors.is_empty());
     assert!(first.windows_reset < 12);
 
     proxy.set(Fault::Pass);
-    let second = reset::handle(&proxied, &t.settings, schedule_event(), later).await;
+    let second = reset::handle(&proxied, &app.settings, schedule_event(), later).await;
     println!("resumed run: {second:?}");
     assert!(second.errors.is_empty(), "{second:?}");
     assert_eq!(first.windows_reset + second.windows_reset, 12);
@@ -175,7 +147,7 @@ async fn reset_resumes_where_it_stopped() {
         12
     );
     for k in &keys {
-        let e = t.store.load(k).await.unwrap().unwrap();
+        let e = app.store.load(k).await.unwrap().unwrap();
         let w = &e.windows[0];
         assert_eq!((w.spent, w.reserved), (Money::ZERO, Money::ZERO));
         assert_eq!(w.reset_at, Some(at("2026-11-28T15:08:40Z")));

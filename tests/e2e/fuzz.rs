@@ -6,11 +6,12 @@
 //! `FUZZ_CASES` (default 256) sets the cases per target.
 
 use budget_core::duration::BudgetDuration;
-use budget_core::service::Authorizer;
-use edge_budget::{at, http_api_event, http_request, response_json, rest_request_event, TestTable};
+use edge_budget::{at, http_api_event, http_request, response_json, rest_request_event};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Map, Value};
+
+use crate::helpers::TestApp;
 
 fn cases() -> u32 {
     std::env::var("FUZZ_CASES")
@@ -100,16 +101,18 @@ fn authorizer_event() -> impl Strategy<Value = Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorizer_events_never_panic_and_write_nothing() {
-    let t = TestTable::new().await;
-    let a = Authorizer::new(t.store.clone(), t.settings.clone());
+    let app = TestApp::new().await;
     let handle = tokio::runtime::Handle::current();
-    let before = t.snapshot().await;
+    let before = app.snapshot().await;
     let outcomes: [std::cell::Cell<usize>; 3] = Default::default();
     tokio::task::block_in_place(|| {
         runner()
             .run(&authorizer_event(), |event| {
-                let answer =
-                    handle.block_on(authorize::handle(&a, event, at("2026-11-28T15:08:00Z")));
+                let answer = handle.block_on(authorize::handle(
+                    &app.authorizer,
+                    event,
+                    at("2026-11-28T15:08:00Z"),
+                ));
                 match answer {
                     Ok(v) => {
                         let allowed = v["isAuthorized"] == true
@@ -132,7 +135,7 @@ async fn authorizer_events_never_panic_and_write_nothing() {
             })
             .unwrap();
     });
-    assert_eq!(t.snapshot().await, before, "nothing written");
+    assert_eq!(app.snapshot().await, before, "nothing written");
     println!(
         "fuzz authorizer: {} events: {} denied, {} Unauthorized, {} malformed; no panic, nothing written",
         outcomes.iter().map(std::cell::Cell::get).sum::<usize>(),
@@ -144,9 +147,9 @@ async fn authorizer_events_never_panic_and_write_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settle_bodies_get_4xx_and_write_nothing() {
-    let t = TestTable::new().await;
+    let app = TestApp::new().await;
     let handle = tokio::runtime::Handle::current();
-    let before = t.snapshot().await;
+    let before = app.snapshot().await;
     let body = prop_oneof![
         json_value().prop_map(|v| v.to_string()),
         ".{0,64}",
@@ -163,8 +166,8 @@ async fn settle_bodies_get_4xx_and_write_nothing() {
         runner()
             .run(&(path, body), |(path, body)| {
                 let response = handle.block_on(settle_spend::handle(
-                    &t.store,
-                    &t.settings,
+                    &app.store,
+                    &app.settings,
                     http_request("POST", path, &body, &[]),
                     at("2026-11-28T15:08:00Z"),
                 ));
@@ -178,7 +181,7 @@ async fn settle_bodies_get_4xx_and_write_nothing() {
             })
             .unwrap();
     });
-    assert_eq!(t.snapshot().await, before, "nothing written");
+    assert_eq!(app.snapshot().await, before, "nothing written");
     println!(
         "fuzz settle: {:?} (status: count); no panic, nothing written",
         statuses.borrow()

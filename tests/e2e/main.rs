@@ -1,0 +1,22 @@
+//! The end-to-end tests: one binary, one module per concern, all starting
+//! from the `TestApp` of `helpers.rs` (a fresh table in the DynamoDB
+//! emulator that scripts/test.sh starts, and the functions' API calls).
+//! Run one concern with `bash scripts/test.sh -p edge-budget --test e2e admin::`.
+
+mod helpers;
+
+mod admin;
+mod admin_hardening;
+mod adversarial;
+mod authorize;
+mod conservation;
+mod dynamo_errors;
+mod faults;
+mod fuzz;
+mod load;
+mod plans;
+mod receipts;
+mod retention;
+mod round_trips;
+mod security;
+mod template;
