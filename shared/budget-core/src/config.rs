@@ -33,7 +33,7 @@ pub struct Settings {
     /// `AUTHORIZE_DEADLINE_MS` (default 2500): everything one authorization
     /// does — reads, writes, retries, backoff — ends within it; past it the
     /// request is denied `unavailable`. Keep it well under the authorize
-    /// function's timeout (template.yaml, checked by tests/template.rs).
+    /// function's timeout (template.yaml, checked by tests/e2e/template.rs).
     pub authorize_deadline_ms: u64,
     /// `RESERVATION_TTL_SECONDS` (default 900): after this an unsettled
     /// reservation is released by the reset job.
