@@ -358,6 +358,11 @@ impl ReservationState {
         }
     }
 
+    /// Whether a reservation in this state still holds its amount.
+    pub fn holds_budget(self) -> bool {
+        self == ReservationState::Held
+    }
+
     pub fn parse(s: &str) -> Option<ReservationState> {
         match s {
             "held" => Some(ReservationState::Held),

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::duration::ResetClock;
-use crate::model::{Chain, Entity, EntityRef, Reservation, ReservationState};
+use crate::model::{Chain, Entity, EntityRef, Reservation};
 use crate::money::Money;
 
 #[derive(Debug, thiserror::Error)]
@@ -213,10 +213,3 @@ pub mod prelude {
 pub trait Store: ResetStore + AdminStore {}
 
 impl<T: ResetStore + AdminStore> Store for T {}
-
-impl ReservationState {
-    /// Whether a reservation in this state still holds its amount.
-    pub fn holds_budget(self) -> bool {
-        self == ReservationState::Held
-    }
-}
