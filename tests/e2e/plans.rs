@@ -1,7 +1,10 @@
 //! The core's plans executed by both stores on the same random cases: the
 //! DynamoDB rendering (against the emulator) and the memory store's
 //! evaluation agree on every outcome and every counter — so the memory
-//! store the service's unit tests use behaves as the real one does.
+//! store the service's unit tests use behaves as the real one does. (Both
+//! run the same plans, so a wrong rule in plan.rs passes here: that is what
+//! plan.rs's property tests and tests/e2e/conservation.rs are for; this
+//! checks the two executions, including DynamoDB's stored `used`.)
 
 use budget_core::duration::ResetClock;
 use budget_core::model::{Chain, Entity, EntityRef, Reservation, Span, Window};
@@ -10,7 +13,9 @@ use budget_core::store::prelude::*;
 use budget_core::store::{AdminWrite, Finish};
 use budget_core::Money;
 use chrono::{DateTime, Duration, Utc};
-use edge_budget::{at, TestTable};
+use edge_budget::at;
+
+use crate::helpers::TestApp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -53,6 +58,40 @@ fn reservation(n: usize, chain: &Chain, amount: Money, now: DateTime<Utc>) -> Re
     )
 }
 
+/// DynamoDB stores `used` (a condition cannot add two attributes); the
+/// memory store derives it. Every window's stored `used` must be its
+/// `spent + reserved`, or the rendering of a plan's changes is wrong.
+async fn assert_used_is_spent_plus_reserved(t: &TestApp, e: &EntityRef, case: usize) {
+    use aws_sdk_dynamodb::types::AttributeValue as A;
+    let out = t
+        .client
+        .get_item()
+        .table_name(t.store.table())
+        .key("pk", A::S(budget_core::store::dynamo::entity_pk(e)))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    let item = out.item().unwrap();
+    let Some(A::M(windows)) = item.get("w") else {
+        return;
+    };
+    let n = |w: &std::collections::HashMap<String, A>, f: &str| -> i128 {
+        match w.get(f) {
+            Some(A::N(v)) => v.parse().unwrap(),
+            _ => panic!("case {case}: {f} missing"),
+        }
+    };
+    for (id, w) in windows {
+        let A::M(w) = w else { panic!("window") };
+        assert_eq!(
+            n(w, "used"),
+            n(w, "spent") + n(w, "reserved"),
+            "case {case}: window {id}: used = spent + reserved"
+        );
+    }
+}
+
 /// What a reader sees of an entity's windows.
 async fn counters(store: &impl Reads, e: &EntityRef) -> Vec<(String, Money, Money, Option<i64>)> {
     let e = store.load(e).await.unwrap().unwrap();
@@ -71,7 +110,8 @@ async fn counters(store: &impl Reads, e: &EntityRef) -> Vec<(String, Money, Mone
 
 #[tokio::test]
 async fn both_stores_execute_the_same_plans_the_same_way() {
-    let t = TestTable::new().await;
+    // Through TestApp: it takes its turn at the emulator (see helpers.rs).
+    let t = TestApp::new().await;
     let memory = MemoryStore::new();
     let now = at(NOW);
     let clock = t.clock();
@@ -94,6 +134,7 @@ async fn both_stores_execute_the_same_plans_the_same_way() {
             counters(&memory, &user.entity).await,
             "case {n}: after reserve"
         );
+        assert_used_is_spent_plus_reserved(&t, &user.entity, n).await;
         if in_dynamo != budget_core::store::ReserveWrite::Reserved {
             refused += 1;
             continue;
@@ -122,6 +163,7 @@ async fn both_stores_execute_the_same_plans_the_same_way() {
             counters(&memory, &user.entity).await,
             "case {n}: after settle"
         );
+        assert_used_is_spent_plus_reserved(&t, &user.entity, n).await;
         settled += usize::from(a == budget_core::store::FinishWrite::Done);
     }
     println!("plans: 60 cases, {reserved} reserved, {refused} refused, {settled} settled alike");

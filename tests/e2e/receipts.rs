@@ -3,12 +3,15 @@
 
 use budget_core::model::EntityRef;
 use budget_core::service::Authorizer;
-use edge_budget::{at, hex_id, http_api_event, http_request, response_json, TestTable};
+use edge_budget::{at, hex_id, http_api_event, http_request, response_json};
+
+use crate::helpers::TestApp;
 use serde_json::json;
 
 #[tokio::test]
 async fn a_settle_from_the_receipt_names_owners_without_windows_like_its_repeat() {
-    let t = TestTable::new().await;
+    // Through TestApp: it takes its turn at the emulator (see helpers.rs).
+    let t = TestApp::new().await;
     let now = at("2026-11-28T15:08:00Z");
     // The team has no window of its own: the reservation holds nothing there.
     t.create(EntityRef::team("t-plain"), &[], None, None, now)
@@ -21,7 +24,7 @@ async fn a_settle_from_the_receipt_names_owners_without_windows_like_its_repeat(
         now,
     )
     .await;
-    let key = t.key(&[], Some("u-plain"), Some("t-plain"), now).await;
+    let key = t.key().user("u-plain").team("t-plain").create().await;
     let a = Authorizer::new(t.store.clone(), t.settings.clone());
     let answer = authorize::handle(&a, http_api_event(&key, Some("1"), &hex_id()), now)
         .await

@@ -6,10 +6,12 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use budget_core::service::Authorizer;
 use budget_core::store::dynamo::reservation_pk;
 use budget_core::store::table::{PARTITION_KEY, TTL_ATTRIBUTE};
-use edge_budget::{at, hex_id, http_api_event, http_request, TestTable};
+use edge_budget::{at, hex_id, http_api_event, http_request};
+
+use crate::helpers::TestApp;
 use serde_json::json;
 
-async fn ttl_of(t: &TestTable, id: &str) -> Option<i64> {
+async fn ttl_of(t: &TestApp, id: &str) -> Option<i64> {
     let out = t
         .client
         .get_item()
@@ -28,9 +30,10 @@ async fn ttl_of(t: &TestTable, id: &str) -> Option<i64> {
 
 #[tokio::test]
 async fn held_reservations_have_no_ttl_finished_ones_expire_a_week_later() {
-    let t = TestTable::new().await;
+    // Through TestApp: it takes its turn at the emulator (see helpers.rs).
+    let t = TestApp::new().await;
     let now = at("2026-11-28T15:08:00Z");
-    let key = t.key(&[("1d", 5.0)], None, None, now).await;
+    let key = t.key().window("1d", 5.0).create().await;
     let a = Authorizer::new(t.store.clone(), t.settings.clone());
     let answer = authorize::handle(&a, http_api_event(&key, Some("1"), &hex_id()), now)
         .await

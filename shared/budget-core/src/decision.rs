@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use crate::config::Settings;
 use crate::duration::ResetClock;
 use crate::model::{Chain, Entity, EntityRef, Span, Window};
 use crate::money::Money;
@@ -32,6 +33,39 @@ pub fn check_key(key: &Entity, now: DateTime<Utc>) -> Result<(), KeyRefusal> {
     } else {
         Ok(())
     }
+}
+
+/// What a client asked to reserve. Only ever a request: the reservation
+/// is this capped at `MAX_RESERVATION_USD` and raised to the floor (see
+/// [`reservation_amount`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requested {
+    /// No `x-budget-reserve`: the deployment's default.
+    Default,
+    Amount(Money),
+}
+
+impl From<Money> for Requested {
+    fn from(m: Money) -> Requested {
+        Requested::Amount(m)
+    }
+}
+
+/// What a request reserves: what it asked for (or the default), capped at
+/// `MAX_RESERVATION_USD`, and never below the floor — the deployment's
+/// (`MIN_RESERVATION_USD`) or the highest `reservation_floor` of any entity
+/// of the chain. So no header lowers a reservation below what its owners
+/// allow, and with floor `f` at most ⌊remaining / f⌋ requests are in flight.
+pub fn reservation_amount(requested: Requested, chain: &Chain, settings: &Settings) -> Money {
+    let asked = match requested {
+        Requested::Default => settings.default_reservation,
+        Requested::Amount(m) => m.min(settings.max_reservation),
+    };
+    chain
+        .entities()
+        .filter_map(|e| e.reservation_floor)
+        .fold(settings.min_reservation, Money::max)
+        .max(asked)
 }
 
 /// The admission rule for one window: it has headroom left, and the

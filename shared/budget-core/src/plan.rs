@@ -588,6 +588,44 @@ mod tests {
             }
         }
 
+        /// A decision on a chain known only from an owner snapshot (limits
+        /// and generations; counters zero, boundaries unknown) is safe: its
+        /// guards hold on the stored entities only if the rule admits on
+        /// them, and exactly then when no stored window is past its
+        /// boundary (a due one makes the write re-read instead).
+        #[test]
+        fn a_decision_on_a_snapshot_is_safe(
+            user in windows(),
+            team in windows(),
+            estimate in 0i64..7,
+        ) {
+            let clock = ResetClock::utc_midnight();
+            let stored = Chain {
+                key: entity(EntityKind::Key, vec![]),
+                user: Some(entity(EntityKind::User, user)),
+                team: Some(entity(EntityKind::Team, team)),
+            };
+            let mut known = stored.clone();
+            for e in known.entities_mut() {
+                for w in &mut e.windows {
+                    (w.spent, w.reserved, w.reset_at) = (Money::ZERO, Money::ZERO, None);
+                }
+            }
+            let e = Money::usd(estimate);
+            let admits = admit(&stored, e, now(), &clock).is_ok();
+            let holds = reserve_chain(&known, e, now(), &clock).is_some_and(|writes| {
+                writes
+                    .iter()
+                    .zip(stored.entities())
+                    .all(|(w, s)| guards_hold(&w.guards, Some(s)))
+            });
+            prop_assert!(!holds || admits, "admitted on a snapshot, refused on the store");
+            let any_due = stored.entities().any(|x| x.windows.iter().any(|w| w.is_due(now())));
+            if !any_due {
+                prop_assert_eq!(holds, admits);
+            }
+        }
+
         /// Settling on the entity as read releases the amount once and
         /// records the cost in the current period; as held (not read), the
         /// guards hold on the stored entity exactly when its period is
@@ -598,6 +636,8 @@ mod tests {
             amount in 0i64..4,
             cost in 0i64..4,
             generation_moved in any::<bool>(),
+            expired in any::<bool>(),
+            expire in any::<bool>(),
         ) {
             let clock = ResetClock::utc_midnight();
             let stored = entity(EntityKind::User, ws);
@@ -612,16 +652,22 @@ mod tests {
                 })
                 .collect();
             let owners = (Some("x".into()), None);
-            let reservation =
+            let mut reservation =
                 Reservation::held("r", Money::usd(amount), holds, "", owners, now(), now());
-            let how = Finish::Settle(Money::usd(cost));
+            if expired {
+                // Released by the reset job already: a late settle records
+                // its cost and releases nothing.
+                reservation.state = ReservationState::Expired;
+            }
+            let cost = if expire { 0 } else { cost };
+            let how = if expire { Finish::Expire } else { Finish::Settle(Money::usd(cost)) };
             let (writes, _) = end_reservation(&reservation, Some(std::slice::from_ref(&stored)), how, now(), &clock);
             let mut after = stored.clone();
             for w in &writes {
                 prop_assert!(guards_hold(&w.guards, Some(&stored)));
                 apply(&w.changes, &mut after);
             }
-            let released = if generation_moved { 0 } else { amount };
+            let released = if generation_moved || expired { 0 } else { amount };
             for (b, a) in stored.windows.iter().zip(&after.windows) {
                 prop_assert_eq!(a.reserved, b.reserved.saturating_sub(Money::usd(released)));
                 let spent_now = if cost > 0 { b.spent_at(now()) } else { b.spent };
@@ -631,8 +677,18 @@ mod tests {
             let (writes, _) = end_reservation(&reservation, None, how, now(), &clock);
             let current = stored.windows.iter().all(|w| !w.is_due(now()));
             let all_hold = writes.iter().all(|w| guards_hold(&w.guards, Some(&stored)));
-            if !generation_moved && (amount > 0 || cost > 0) && !stored.windows.is_empty() {
+            let moves = (amount > 0 && !expired) || cost > 0;
+            if !generation_moved && moves && !stored.windows.is_empty() {
                 prop_assert_eq!(all_hold, current);
+            }
+            // The window replaced since (a new generation) is not the one
+            // the reservation was taken from: the write is refused.
+            if !generation_moved && !writes.is_empty() {
+                let mut replaced = stored.clone();
+                for w in &mut replaced.windows {
+                    w.generation += 1;
+                }
+                prop_assert!(writes.iter().all(|w| !guards_hold(&w.guards, Some(&replaced))));
             }
         }
     }

@@ -10,9 +10,11 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
-use crate::decision::{admit, check_key, Admission, Denial, KeyRefusal};
+use crate::decision::{
+    admit, check_key, reservation_amount, Admission, Denial, KeyRefusal, Requested,
+};
 use crate::keys::hash_key;
-use crate::model::{Chain, Reservation, ReservationState};
+use crate::model::{Chain, Reservation};
 use crate::money::Money;
 use crate::store::{BudgetStore, ReserveWrite, StoreError};
 
@@ -40,22 +42,6 @@ pub enum AuthorizeOutcome {
     InvalidEstimate(String),
     /// The store failed or stayed contended: fail closed.
     Unavailable(String),
-}
-
-/// What a client asked to reserve. Only ever a request: the reservation
-/// is this capped at `MAX_RESERVATION_USD` and raised to the floor (see
-/// [`Authorizer::reservation_for`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Requested {
-    /// No `x-budget-reserve`: the deployment's default.
-    Default,
-    Amount(Money),
-}
-
-impl From<Money> for Requested {
-    fn from(m: Money) -> Requested {
-        Requested::Amount(m)
-    }
 }
 
 /// The reservation id: derived from the gateway's request id when there is
@@ -110,19 +96,9 @@ impl<S: BudgetStore> Authorizer<S> {
         }
     }
 
-    /// What a request reserves: what it asked for (or the default),
-    /// capped at the maximum, and never below the floor — the deployment's
-    /// or the highest floor of any entity of the chain.
+    /// What a request reserves (the rule: [`reservation_amount`]).
     pub fn reservation_for(&self, requested: Requested, chain: &Chain) -> Money {
-        let asked = match requested {
-            Requested::Default => self.settings.default_reservation,
-            Requested::Amount(m) => m.min(self.settings.max_reservation),
-        };
-        chain
-            .entities()
-            .filter_map(|e| e.reservation_floor)
-            .fold(self.settings.min_reservation, Money::max)
-            .max(asked)
+        reservation_amount(requested, chain, &self.settings)
     }
 
     /// Checks every window of the key's chain and reserves what the request
@@ -338,7 +314,7 @@ fn judge(
 
 /// The answer given when `first` was taken, if it still holds.
 fn answer_of(first: Reservation) -> Option<AuthorizeOutcome> {
-    if first.state != ReservationState::Held {
+    if !first.state.holds_budget() {
         return None;
     }
     let admission = Admission {

@@ -9,7 +9,8 @@ mod reset;
 
 use std::time::Duration;
 
-pub use authorize::{reservation_id, AuthorizeOutcome, Authorizer, Requested, MAX_KEY_BYTES};
+pub use crate::decision::Requested;
+pub use authorize::{reservation_id, AuthorizeOutcome, Authorizer, MAX_KEY_BYTES};
 pub use finish::{expire, settle, SettleOutcome};
 pub use reset::{reset, ResetSummary};
 
