@@ -165,3 +165,93 @@ async fn roll_one<S: ResetStore>(
         "{name}: windows not rolled: it kept moving ({MAX_ATTEMPTS} attempts)"
     ));
 }
+
+#[cfg(test)]
+mod tests {
+    //! The job over the memory store (which keeps the `due` index as the
+    //! plans set it): it reads what is due, and every write keeps the
+    //! index right.
+
+    use super::*;
+    use crate::model::{EntityRef, Span, Window};
+    use crate::money::Money;
+    use crate::plan;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{AdminStore, AdminWrite};
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap()
+    }
+
+    fn settings() -> Settings {
+        Settings::from_lookup(|k| (k == "TABLE_NAME").then(|| "t".to_string())).unwrap()
+    }
+
+    fn user(id: &str, spans: &[&str]) -> Entity {
+        let mut e = Entity::new(EntityRef::user(id), now());
+        for s in spans {
+            e.windows.push(Window::open(
+                Span::parse_id(s).unwrap(),
+                Money::usd(10),
+                false,
+                now(),
+                &settings().clock,
+            ));
+        }
+        e
+    }
+
+    #[tokio::test]
+    async fn the_job_reads_only_what_is_due_and_moves_the_entry() {
+        let store = MemoryStore::new();
+        let due = user("due", &["1h", "30d"]);
+        assert_eq!(store.create(&due).await.unwrap(), AdminWrite::Done);
+        for i in 0..100 {
+            let idle = user(&format!("idle-{i}"), &[["30d", "lifetime"][i % 2]]);
+            assert_eq!(store.create(&idle).await.unwrap(), AdminWrite::Done);
+        }
+        assert_eq!(
+            store.next_due(&due.entity),
+            due.windows.iter().filter_map(|w| w.reset_at).min()
+        );
+        assert_eq!(store.next_due(&EntityRef::user("idle-1")), None);
+
+        let later = now() + chrono::Duration::hours(2);
+        let first = reset(&store, later, &settings()).await;
+        assert!(first.errors.is_empty(), "{first:?}");
+        assert_eq!((first.entities_due, first.windows_reset), (1, 1));
+        let stored = store.entity(&due.entity).unwrap();
+        assert_eq!(store.next_due(&due.entity), plan::next_due(&stored));
+        assert!(store.next_due(&due.entity).unwrap() > later);
+
+        let second = reset(&store, later, &settings()).await;
+        assert_eq!((second.entities_due, second.windows_reset), (0, 0));
+
+        // An admin update that opens an hourly window on a lifetime-only
+        // user puts it in the index.
+        let old = store.entity(&EntityRef::user("idle-1")).unwrap();
+        let mut new = old.clone();
+        new.windows.push(Window::open(
+            Span::parse_id("1h").unwrap(),
+            Money::usd(1),
+            false,
+            later,
+            &settings().clock,
+        ));
+        assert_eq!(store.update(&old, &new).await.unwrap(), AdminWrite::Done);
+        assert_eq!(
+            store.next_due(&old.entity),
+            Some(
+                Span::parse_id("1h")
+                    .unwrap()
+                    .next_reset(later, &settings().clock)
+                    .unwrap()
+            )
+        );
+        let much_later = later + chrono::Duration::hours(2);
+        let third = reset(&store, much_later, &settings()).await;
+        assert_eq!(third.entities_due, 2, "{third:?}");
+        assert_eq!(third.windows_reset, 2, "{third:?}");
+    }
+}
