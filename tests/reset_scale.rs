@@ -316,3 +316,109 @@ async fn one_run_reads_the_same_with_0_1000_and_10000_idle_items() {
         );
     }
 }
+
+fn due_sk(item: &Item) -> Option<String> {
+    match item.get("due_sk") {
+        Some(AttributeValue::S(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn epoch_key(t: DateTime<Utc>) -> String {
+    format!("{:012}", t.timestamp())
+}
+
+/// The `due` entry as DynamoDB stores it follows every write that moves a
+/// boundary: create, authorize's lazy roll-over, the job's roll-over,
+/// settle's roll-over, and admin updates (out of the index when no window resets any more).
+#[tokio::test]
+async fn the_due_entry_follows_every_boundary_in_dynamodb() {
+    use budget_core::store::prelude::*;
+    let t = TestTable::new().await;
+    let now = at(NOW);
+    let clock = t.clock();
+    let user = EntityRef::user("due-user");
+    t.create(
+        user.clone(),
+        &[("1h", 100.0), ("30d", 100.0)],
+        None,
+        None,
+        now,
+    )
+    .await;
+    let key = t
+        .key(&[("lifetime", 100.0)], Some("due-user"), None, now)
+        .await;
+    let pk = entity_pk(&user);
+    let hour = |at: DateTime<Utc>| {
+        budget_core::model::Span::parse_id("1h")
+            .expect("span")
+            .next_reset(at, &clock)
+            .expect("boundary")
+    };
+    assert_eq!(
+        due_sk(&raw_item(&t, pk.clone()).await),
+        Some(epoch_key(hour(now)))
+    );
+
+    // Authorize past the boundary rolls the hour lazily, and the entry.
+    let later = now + Duration::minutes(90);
+    let a = Authorizer::new(t.store.clone(), t.settings.clone());
+    let answer = authorize::handle(&a, http_api_event(&key, Some("1"), &hex_id()), later)
+        .await
+        .expect("an answer");
+    assert_eq!(answer["isAuthorized"], true, "{answer}");
+    assert_eq!(
+        due_sk(&raw_item(&t, pk.clone()).await),
+        Some(epoch_key(hour(later)))
+    );
+
+    // The job rolls it at the next boundary, and moves the entry.
+    let next = later + Duration::hours(1);
+    let summary = reset(&t.store, next, &t.settings).await;
+    assert!(summary.errors.is_empty(), "{summary:?}");
+    assert_eq!(summary.entities_due, 1, "{summary:?}");
+    assert_eq!(
+        due_sk(&raw_item(&t, pk.clone()).await),
+        Some(epoch_key(hour(next)))
+    );
+
+    // Settle past the boundary rolls the hour (on the entities as read),
+    // and the entry.
+    let answer = authorize::handle(&a, http_api_event(&key, Some("1"), &hex_id()), next)
+        .await
+        .expect("an answer");
+    let id = answer["context"]["reservation_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a reservation id in {answer}"))
+        .to_string();
+    let past = hour(next) + Duration::minutes(5);
+    settle(&t.store, &id, Money::usd(1), past, &t.settings)
+        .await
+        .expect("settled");
+    assert_eq!(
+        t.window(&user, "1h").await.reset_at,
+        Some(hour(past)),
+        "settle rolled the hour"
+    );
+    assert_eq!(
+        due_sk(&raw_item(&t, pk.clone()).await),
+        Some(epoch_key(hour(past)))
+    );
+
+    // Dropping every window that resets takes it out of the index.
+    let old = t.store.load(&user).await.expect("load").expect("user");
+    let mut new = old.clone();
+    new.windows.retain(|w| w.reset_at.is_none());
+    assert_eq!(
+        t.store.update(&old, &new).await.expect("update"),
+        budget_core::store::AdminWrite::Done
+    );
+    let item = raw_item(&t, pk.clone()).await;
+    assert!(
+        !item.contains_key("due_pk") && !item.contains_key("due_sk"),
+        "{item:?}"
+    );
+    let summary = reset(&t.store, next + Duration::days(60), &t.settings).await;
+    assert_eq!(summary.entities_due, 0, "{summary:?}");
+}
