@@ -16,6 +16,7 @@ mod fuzz;
 mod load;
 mod plans;
 mod receipts;
+mod reset_scale;
 mod retention;
 mod round_trips;
 mod security;

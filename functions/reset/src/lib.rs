@@ -32,7 +32,7 @@ pub async fn handle<S: ResetStore>(
         trigger = %trigger(&event),
         windows_reset = summary.windows_reset,
         reservations_released = summary.reservations_released,
-        entities_scanned = summary.entities_scanned,
+        entities_due = summary.entities_due,
         errors = summary.errors.len(),
         "reset done"
     );

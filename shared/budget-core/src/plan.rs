@@ -63,6 +63,41 @@ pub enum Change {
     SetSpent(String, Money),
     /// `window.reset_at = at`: the next boundary.
     SetResetAt(String, DateTime<Utc>),
+    /// The entity's entry in the index of what is due (the reset job's
+    /// only way to find it): the earliest boundary of its windows, `None`
+    /// (out of the index) when it has no window that resets. Never later
+    /// than a real boundary — that would be a missed roll-over — and at
+    /// worst earlier (the job then looks once for nothing). See
+    /// [`next_due`].
+    SetNextDue(Option<DateTime<Utc>>),
+}
+
+/// The earliest boundary of `entity`'s windows (lifetime windows have
+/// none): when the reset job has to look at it next. `None`: never.
+pub fn next_due(entity: &Entity) -> Option<DateTime<Utc>> {
+    entity.windows.iter().filter_map(|w| w.reset_at).min()
+}
+
+/// The index entry after `changes` on `entity` (as read, under the guards
+/// of the write): the earliest boundary once they apply. Boundaries only
+/// move forward between configuration changes (a roll-over sets the next
+/// one, past now), and the writes that set it are conditional on the
+/// version read (the windows as read are all the windows): a boundary read
+/// is never later than the stored one, so neither is the entry. `None`
+/// when a window's boundary is unknown (assumed, not read): the entry is
+/// then left as it is, which is safe — it was never later than a real
+/// boundary, and a roll-over only moves boundaries later.
+fn due_after(entity: &Entity, changes: &[Change]) -> Option<Change> {
+    let unknown = entity
+        .windows
+        .iter()
+        .any(|w| w.reset_at.is_none() && matches!(w.span, Span::Every(_)));
+    if unknown {
+        return None;
+    }
+    let mut after = entity.clone();
+    apply(changes, &mut after);
+    Some(Change::SetNextDue(next_due(&after)))
 }
 
 /// One conditional write to one entity's item.
@@ -140,6 +175,15 @@ pub fn reserve(
                 .push(Change::Add(id, Counter::Reserved, estimate));
         }
     }
+    if write
+        .changes
+        .iter()
+        .any(|c| matches!(c, Change::SetResetAt(..)))
+    {
+        // A boundary moved: the index entry follows (the version read is
+        // guarded above).
+        write.changes.extend(due_after(entity, &write.changes));
+    }
     Some(write)
 }
 
@@ -185,6 +229,17 @@ pub fn finish(
         return None;
     }
     write.guards.push(Guard::Incarnation(entity.incarnation));
+    if write
+        .changes
+        .iter()
+        .any(|c| matches!(c, Change::SetResetAt(..)))
+    {
+        // Rolled over (only on an entity as read: one as held has no
+        // boundary, so nothing of it is due): the index entry follows, on
+        // condition that the windows read are all the windows.
+        write.guards.push(Guard::Version(entity.version));
+        write.changes.extend(due_after(entity, &write.changes));
+    }
     Some(write)
 }
 
@@ -232,16 +287,26 @@ fn settle_window(
     Some(())
 }
 
-/// Rolls over every window of `entity` (as read) that is due at `now`,
-/// each on condition that nobody rolled it meanwhile. `None` when none is
-/// due.
-pub fn roll_over(entity: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Option<EntityWrite> {
+/// The reset job's write for an entity the index says is due: rolls over
+/// every window of `entity` (as read) that is due at `now`, each on
+/// condition that nobody rolled it meanwhile, and moves its index entry
+/// to its next boundary — on condition that the configuration read is
+/// still the stored one (so the windows read are all the windows). With
+/// nothing due (the entry was early, or another writer rolled first) it
+/// only corrects the entry. Its `ResetAtIs` guards count the windows it
+/// rolls.
+pub fn roll_over(entity: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> EntityWrite {
     let mut write = EntityWrite::new(entity);
+    write.guards.push(Guard::Version(entity.version));
+    write.guards.push(Guard::Incarnation(entity.incarnation));
     for w in entity.windows.iter().filter(|w| w.is_due(now)) {
-        write.guards.push(Guard::ResetAtIs(w.id(), w.reset_at?));
-        write.changes.extend(roll(w, Money::ZERO, now, clock));
+        if let Some(at) = w.reset_at {
+            write.guards.push(Guard::ResetAtIs(w.id(), at));
+            write.changes.extend(roll(w, Money::ZERO, now, clock));
+        }
     }
-    (!write.changes.is_empty()).then_some(write)
+    write.changes.extend(due_after(entity, &write.changes));
+    write
 }
 
 /// The changes that start `w`'s next period, with `joining` reserved in
@@ -276,9 +341,11 @@ pub enum WindowEdit {
     Drop(String),
 }
 
-/// The window edits that turn `old` (as read) into `new`, and the guards
-/// the write needs (the configuration and incarnation read).
-pub fn update(old: &Entity, new: &Entity) -> (Vec<Guard>, Vec<WindowEdit>) {
+/// The window edits that turn `old` (as read) into `new`, the guards the
+/// write needs (the configuration and incarnation read), and the entity's
+/// index entry after it: the earliest boundary of the windows it keeps
+/// (as read: never later than stored) and of the ones it opens.
+pub fn update(old: &Entity, new: &Entity) -> (Vec<Guard>, Vec<WindowEdit>, Change) {
     let guards = vec![
         Guard::Version(old.version),
         Guard::Incarnation(old.incarnation),
@@ -299,7 +366,15 @@ pub fn update(old: &Entity, new: &Entity) -> (Vec<Guard>, Vec<WindowEdit>) {
             edits.push(WindowEdit::Drop(w.id()));
         }
     }
-    (guards, edits)
+    let due = edits
+        .iter()
+        .filter_map(|e| match e {
+            WindowEdit::Limit { id, .. } => old.window(id).and_then(|w| w.reset_at),
+            WindowEdit::Open(w) => w.reset_at,
+            WindowEdit::Drop(_) => None,
+        })
+        .min();
+    (guards, edits, Change::SetNextDue(due))
 }
 
 /// The owners a key leaves and joins when `old` becomes `new` (its key
@@ -368,6 +443,8 @@ pub fn apply(changes: &[Change], stored: &mut Entity) {
             | Change::UsedFromReserved(id, _)
             | Change::SetSpent(id, _)
             | Change::SetResetAt(id, _) => id,
+            // Not part of the entity: stores keep their index themselves.
+            Change::SetNextDue(_) => continue,
         };
         let Some(w) = stored.windows.iter_mut().find(|w| w.id() == *id) else {
             continue;
@@ -378,6 +455,7 @@ pub fn apply(changes: &[Change], stored: &mut Entity) {
             Change::Add(_, Counter::Used, _) | Change::UsedFromReserved(..) => {}
             Change::SetSpent(_, m) => w.spent = *m,
             Change::SetResetAt(_, at) => w.reset_at = Some(*at),
+            Change::SetNextDue(_) => {}
         }
     }
 }
@@ -624,6 +702,65 @@ mod tests {
             if !any_due {
                 prop_assert_eq!(holds, admits);
             }
+        }
+
+        #[test]
+        /// Every write that moves a boundary moves the entity's index
+        /// entry with it, and the entry is never later than a boundary of
+        /// the stored entity, even when the plan was made on a stale read
+        /// (boundaries seen earlier than they are: another writer rolled
+        /// meanwhile): a late entry would be a missed roll-over.
+        fn the_due_entry_is_never_later_than_a_boundary(
+            ws in windows(),
+            stale in proptest::collection::vec(any::<bool>(), 3),
+            estimate in 0i64..3,
+        ) {
+            let clock = ResetClock::utc_midnight();
+            let stored = entity(EntityKind::User, ws);
+            let mut read = stored.clone();
+            for (w, s) in read.windows.iter_mut().zip(&stale) {
+                if *s {
+                    w.reset_at = w.reset_at.map(|at| at - chrono::Duration::minutes(30));
+                }
+            }
+            let due_of = |w: &EntityWrite| {
+                w.changes.iter().find_map(|c| match c {
+                    Change::SetNextDue(d) => Some(*d),
+                    _ => None,
+                })
+            };
+            let roll = roll_over(&read, now(), &clock);
+            let reserve_write = reserve(&read, Money::usd(estimate), now(), &clock);
+            for write in std::iter::once(roll).chain(reserve_write) {
+                let rolls = write
+                    .changes
+                    .iter()
+                    .any(|c| matches!(c, Change::SetResetAt(..)));
+                prop_assert!(!rolls || due_of(&write).is_some(), "{write:?}");
+                if !guards_hold(&write.guards, Some(&stored)) {
+                    continue;
+                }
+                let mut after = stored.clone();
+                apply(&write.changes, &mut after);
+                if let Some(due) = due_of(&write) {
+                    for w in &after.windows {
+                        if let Some(at) = w.reset_at {
+                            prop_assert!(due.is_some_and(|d| d <= at), "{due:?} after {at}");
+                        }
+                    }
+                    if !stale.iter().any(|s| *s) {
+                        prop_assert_eq!(due, next_due(&after));
+                    }
+                }
+            }
+            // The job's write leaves nothing due behind it.
+            let write = roll_over(&stored, now(), &clock);
+            prop_assert!(guards_hold(&write.guards, Some(&stored)));
+            let mut after = stored.clone();
+            apply(&write.changes, &mut after);
+            prop_assert!(after.windows.iter().all(|w| !w.is_due(now())));
+            prop_assert_eq!(due_of(&write), Some(next_due(&after)));
+            prop_assert!(next_due(&after).is_none_or(|d| d > now()));
         }
 
         /// Settling on the entity as read releases the amount once and

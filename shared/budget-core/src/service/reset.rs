@@ -1,8 +1,11 @@
-//! The reset job: roll over due windows, release expired reservations.
+//! The reset job: release expired reservations, then roll over due
+//! windows — each found through an index of what is due, never a scan.
 
 use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
+use crate::duration::ResetClock;
+use crate::model::Entity;
 use crate::store::ResetStore;
 
 use super::{expire, MAX_ATTEMPTS};
@@ -12,7 +15,9 @@ use super::{expire, MAX_ATTEMPTS};
 pub struct ResetSummary {
     pub windows_reset: usize,
     pub reservations_released: usize,
-    pub entities_scanned: usize,
+    /// Entities the index of what is due listed (each is read, then
+    /// rolled or its entry corrected).
+    pub entities_due: usize,
     /// Windows another writer rolled between our read and our write.
     pub already_rolled: usize,
     pub errors: Vec<String>,
@@ -20,10 +25,14 @@ pub struct ResetSummary {
     pub finished_at: String,
 }
 
-/// Rolls over every due window, then releases expired reservations. Safe
-/// to run twice at once and alongside authorize and settle: every write is
-/// conditional on what was read. (Its length: the two phases in order;
-/// the job is to be rebuilt around indexes of what is due, issue 10.)
+/// Releases expired reservations, then rolls over every due window. Both
+/// are found through indexes of what is due (held reservations by expiry,
+/// entities by their earliest boundary), so one run reads what is due and
+/// not the table. Releases come first: a held reservation that is never
+/// released shrinks its windows for good, while a window not rolled is
+/// only late (authorize and settle roll it themselves when they meet it).
+/// Safe to run twice at once and alongside authorize and settle: every
+/// write is conditional on what was read.
 pub async fn reset<S: ResetStore>(
     store: &S,
     now: DateTime<Utc>,
@@ -33,74 +42,22 @@ pub async fn reset<S: ResetStore>(
         started_at: crate::decision::rfc3339(now),
         ..ResetSummary::default()
     };
-    let clock = &settings.clock;
-    let mut cursor = None;
-    loop {
-        let (page, next) = match store.scan_entities(cursor).await {
-            Ok(p) => p,
-            Err(e) => {
-                summary
-                    .errors
-                    .push(format!("scan stopped, entities left unchecked: {e}"));
-                break;
-            }
-        };
-        for entity in page {
-            summary.entities_scanned += 1;
-            let name = format!("{} {}", entity.entity.kind, entity.entity.display_id());
-            let mut current = entity;
-            let mut finished = false;
-            for _ in 0..MAX_ATTEMPTS {
-                match store.roll_over(&current, now, clock).await {
-                    Ok(Some(n)) => {
-                        summary.windows_reset += n;
-                        finished = true;
-                        break;
-                    }
-                    Ok(None) => {
-                        let due_before = current.windows.iter().filter(|w| w.is_due(now)).count();
-                        match store.load(&current.entity).await {
-                            Ok(Some(e)) => {
-                                let due_now = e.windows.iter().filter(|w| w.is_due(now)).count();
-                                summary.already_rolled += due_before.saturating_sub(due_now);
-                                current = e;
-                            }
-                            Ok(None) => {
-                                finished = true;
-                                break;
-                            }
-                            Err(e) => {
-                                summary
-                                    .errors
-                                    .push(format!("{name}: windows not rolled: {e}"));
-                                finished = true;
-                                break;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        summary
-                            .errors
-                            .push(format!("{name}: windows not rolled: {e}"));
-                        finished = true;
-                        break;
-                    }
-                }
-            }
-            if !finished {
-                summary.errors.push(format!(
-                    "{name}: windows not rolled: it kept moving ({MAX_ATTEMPTS} attempts)"
-                ));
-            }
-        }
-        cursor = next;
-        if cursor.is_none() {
-            break;
-        }
-    }
+    release_expired(store, now, settings, &mut summary).await;
+    roll_due(store, now, settings, &mut summary).await;
+    summary.finished_at = crate::decision::rfc3339(Utc::now().max(now));
+    summary
+}
+
+/// Releases held reservations past their expiry, in batches from the
+/// `held` index.
+async fn release_expired<S: ResetStore>(
+    store: &S,
+    now: DateTime<Utc>,
+    settings: &Settings,
+    summary: &mut ResetSummary,
+) {
     const BATCH: usize = 500;
     const BATCHES: usize = 100;
-    let mut ended = false;
     for _ in 0..BATCHES {
         let batch = match store.expired_reservations(now, BATCH).await {
             Ok(b) => b,
@@ -108,8 +65,7 @@ pub async fn reset<S: ResetStore>(
                 summary
                     .errors
                     .push(format!("expired reservations not listed: {e}"));
-                ended = true; // and said why
-                break;
+                return;
             }
         };
         let mut released_now = 0;
@@ -124,16 +80,178 @@ pub async fn reset<S: ResetStore>(
         }
         summary.reservations_released += released_now;
         if batch.len() < BATCH || released_now == 0 {
-            ended = true;
-            break;
+            return;
         }
     }
-    if !ended {
+    summary.errors.push(format!(
+        "more than {} expired reservations: the rest are left to the next run",
+        BATCH * BATCHES
+    ));
+}
+
+/// The most entities one run rolls over; the rest stay in the index for
+/// the next run.
+const DUE_PER_RUN: usize = 5_000;
+
+/// Rolls over the entities the `due` index lists at `now` (one pass).
+async fn roll_due<S: ResetStore>(
+    store: &S,
+    now: DateTime<Utc>,
+    settings: &Settings,
+    summary: &mut ResetSummary,
+) {
+    let due = match store.due_entities(now, DUE_PER_RUN).await {
+        Ok(d) => d,
+        Err(e) => {
+            summary.errors.push(format!(
+                "due entities not listed, windows left unrolled: {e}"
+            ));
+            return;
+        }
+    };
+    summary.entities_due += due.len();
+    for entity in due {
+        roll_one(store, entity, now, &settings.clock, summary).await;
+    }
+    if summary.entities_due >= DUE_PER_RUN {
         summary.errors.push(format!(
-            "more than {} expired reservations: the rest are left to the next run",
-            BATCH * BATCHES
+            "{DUE_PER_RUN} or more entities due: the rest are left to the next run"
         ));
     }
-    summary.finished_at = crate::decision::rfc3339(Utc::now().max(now));
-    summary
+}
+
+/// Rolls one entity (as read), re-reading it when another writer moved it.
+async fn roll_one<S: ResetStore>(
+    store: &S,
+    entity: Entity,
+    now: DateTime<Utc>,
+    clock: &ResetClock,
+    summary: &mut ResetSummary,
+) {
+    let name = format!("{} {}", entity.entity.kind, entity.entity.display_id());
+    let mut current = entity;
+    for _ in 0..MAX_ATTEMPTS {
+        match store.roll_over(&current, now, clock).await {
+            Ok(Some(n)) => {
+                summary.windows_reset += n;
+                return;
+            }
+            Ok(None) => {
+                let due_before = current.windows.iter().filter(|w| w.is_due(now)).count();
+                match store.load(&current.entity).await {
+                    Ok(Some(e)) => {
+                        let due_now = e.windows.iter().filter(|w| w.is_due(now)).count();
+                        summary.already_rolled += due_before.saturating_sub(due_now);
+                        current = e;
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        summary
+                            .errors
+                            .push(format!("{name}: windows not rolled: {e}"));
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                summary
+                    .errors
+                    .push(format!("{name}: windows not rolled: {e}"));
+                return;
+            }
+        }
+    }
+    summary.errors.push(format!(
+        "{name}: windows not rolled: it kept moving ({MAX_ATTEMPTS} attempts)"
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    //! The job over the memory store (which keeps the `due` index as the
+    //! plans set it): it reads what is due, and every write keeps the
+    //! index right.
+
+    use super::*;
+    use crate::model::{EntityRef, Span, Window};
+    use crate::money::Money;
+    use crate::plan;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{AdminStore, AdminWrite};
+    use chrono::TimeZone;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap()
+    }
+
+    fn settings() -> Settings {
+        Settings::from_lookup(|k| (k == "TABLE_NAME").then(|| "t".to_string())).unwrap()
+    }
+
+    fn user(id: &str, spans: &[&str]) -> Entity {
+        let mut e = Entity::new(EntityRef::user(id), now());
+        for s in spans {
+            e.windows.push(Window::open(
+                Span::parse_id(s).unwrap(),
+                Money::usd(10),
+                false,
+                now(),
+                &settings().clock,
+            ));
+        }
+        e
+    }
+
+    #[tokio::test]
+    async fn the_job_reads_only_what_is_due_and_moves_the_entry() {
+        let store = MemoryStore::new();
+        let due = user("due", &["1h", "30d"]);
+        assert_eq!(store.create(&due).await.unwrap(), AdminWrite::Done);
+        for i in 0..100 {
+            let idle = user(&format!("idle-{i}"), &[["30d", "lifetime"][i % 2]]);
+            assert_eq!(store.create(&idle).await.unwrap(), AdminWrite::Done);
+        }
+        assert_eq!(
+            store.next_due(&due.entity),
+            due.windows.iter().filter_map(|w| w.reset_at).min()
+        );
+        assert_eq!(store.next_due(&EntityRef::user("idle-1")), None);
+
+        let later = now() + chrono::Duration::hours(2);
+        let first = reset(&store, later, &settings()).await;
+        assert!(first.errors.is_empty(), "{first:?}");
+        assert_eq!((first.entities_due, first.windows_reset), (1, 1));
+        let stored = store.entity(&due.entity).unwrap();
+        assert_eq!(store.next_due(&due.entity), plan::next_due(&stored));
+        assert!(store.next_due(&due.entity).unwrap() > later);
+
+        let second = reset(&store, later, &settings()).await;
+        assert_eq!((second.entities_due, second.windows_reset), (0, 0));
+
+        // An admin update that opens an hourly window on a lifetime-only
+        // user puts it in the index.
+        let old = store.entity(&EntityRef::user("idle-1")).unwrap();
+        let mut new = old.clone();
+        new.windows.push(Window::open(
+            Span::parse_id("1h").unwrap(),
+            Money::usd(1),
+            false,
+            later,
+            &settings().clock,
+        ));
+        assert_eq!(store.update(&old, &new).await.unwrap(), AdminWrite::Done);
+        assert_eq!(
+            store.next_due(&old.entity),
+            Some(
+                Span::parse_id("1h")
+                    .unwrap()
+                    .next_reset(later, &settings().clock)
+                    .unwrap()
+            )
+        );
+        let much_later = later + chrono::Duration::hours(2);
+        let third = reset(&store, much_later, &settings()).await;
+        assert_eq!(third.entities_due, 2, "{third:?}");
+        assert_eq!(third.windows_reset, 2, "{third:?}");
+    }
 }

@@ -11,15 +11,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AdminStore, AdminWrite, BudgetStore, Cursor, Finish, FinishWrite, Reads, ReserveWrite,
-    ResetStore, StoreError,
+    AdminStore, AdminWrite, BudgetStore, Finish, FinishWrite, Reads, ReserveWrite, ResetStore,
+    StoreError,
 };
 use crate::duration::ResetClock;
 use crate::model::{Chain, Entity, EntityKind, EntityRef, Reservation, ReservationState};
 use crate::plan::{self, ReservationGuard, WindowEdit};
-
-/// Entities per page of [`Store::scan_entities`].
-const PAGE: usize = 100;
 
 /// A fault to answer the next write with (tests of retries and backoff).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +32,9 @@ pub enum Injected {
 struct State {
     entities: BTreeMap<EntityRef, Entity>,
     reservations: BTreeMap<String, Reservation>,
+    /// The index of what is due (DynamoDB's `due` index): each entity's
+    /// earliest boundary as the plans set it; absent, never due.
+    due: BTreeMap<EntityRef, DateTime<Utc>>,
 }
 
 /// See the module documentation. Clones share one store (as instances of
@@ -77,6 +77,11 @@ impl MemoryStore {
         self.state().entities.get(e).cloned()
     }
 
+    /// The entity's entry in the index of what is due (tests).
+    pub fn next_due(&self, e: &EntityRef) -> Option<DateTime<Utc>> {
+        self.state().due.get(e).copied()
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         *self
             .inner
@@ -109,6 +114,18 @@ impl State {
         if let Some(e) = self.entities.get_mut(&write.entity) {
             plan::apply(&write.changes, e);
         }
+        for change in &write.changes {
+            if let plan::Change::SetNextDue(due) = change {
+                self.set_due(&write.entity, *due);
+            }
+        }
+    }
+
+    fn set_due(&mut self, entity: &EntityRef, due: Option<DateTime<Utc>>) {
+        match due {
+            Some(at) => self.due.insert(entity.clone(), at),
+            None => self.due.remove(entity),
+        };
     }
 
     fn chain(&self, key_hash: &str) -> Option<Chain> {
@@ -256,9 +273,10 @@ impl ResetStore for MemoryStore {
         now: DateTime<Utc>,
         clock: &ResetClock,
     ) -> Result<Option<usize>, StoreError> {
-        let Some(write) = plan::roll_over(entity, now, clock) else {
+        let write = plan::roll_over(entity, now, clock);
+        if write.changes.is_empty() {
             return Ok(Some(0));
-        };
+        }
         let mut state = self.state();
         if !state.holds(&write) {
             return Ok(None);
@@ -273,20 +291,19 @@ impl ResetStore for MemoryStore {
         ))
     }
 
-    async fn scan_entities(&self, cursor: Cursor) -> Result<(Vec<Entity>, Cursor), StoreError> {
+    async fn due_entities(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Entity>, StoreError> {
         let state = self.state();
-        let after = cursor.as_deref().and_then(decode_cursor);
-        let page: Vec<Entity> = state
-            .entities
+        Ok(state
+            .due
             .iter()
-            .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a))
-            .take(PAGE)
-            .map(|(_, e)| e.clone())
-            .collect();
-        let next = (page.len() == PAGE)
-            .then(|| page.last().map(|e| encode_cursor(&e.entity)))
-            .flatten();
-        Ok((page, next))
+            .filter(|(_, at)| **at <= now)
+            .filter_map(|(e, _)| state.entities.get(e).cloned())
+            .take(limit)
+            .collect())
     }
 
     async fn expired_reservations(
@@ -318,11 +335,12 @@ impl AdminStore for MemoryStore {
         }
         state.count_key(&owners, 1);
         state.entities.insert(entity.entity.clone(), entity.clone());
+        state.set_due(&entity.entity, plan::next_due(entity));
         Ok(AdminWrite::Done)
     }
 
     async fn update(&self, old: &Entity, new: &Entity) -> Result<AdminWrite, StoreError> {
-        let (guards, edits) = plan::update(old, new);
+        let (guards, edits, due) = plan::update(old, new);
         let mut state = self.state();
         if !plan::guards_hold(&guards, state.entities.get(&old.entity)) {
             return Ok(AdminWrite::Conflict);
@@ -359,6 +377,9 @@ impl AdminStore for MemoryStore {
             windows,
             ..new.clone()
         };
+        if let plan::Change::SetNextDue(due) = due {
+            state.set_due(&old.entity, due);
+        }
         Ok(AdminWrite::Done)
     }
 
@@ -368,6 +389,7 @@ impl AdminStore for MemoryStore {
             return Ok(AdminWrite::Conflict);
         }
         state.entities.remove(&entity.entity);
+        state.due.remove(&entity.entity);
         state.count_key(&entity.owners(), -1);
         Ok(AdminWrite::Done)
     }
@@ -381,13 +403,4 @@ impl AdminStore for MemoryStore {
             .map(|e| e.entity.id.clone())
             .collect())
     }
-}
-
-fn encode_cursor(e: &EntityRef) -> String {
-    format!("{}#{}", e.kind.as_str(), e.id)
-}
-
-fn decode_cursor(text: &str) -> Option<EntityRef> {
-    let (kind, id) = text.split_once('#')?;
-    Some(EntityRef::new(EntityKind::parse(kind)?, id))
 }

@@ -84,10 +84,6 @@ pub enum AdminWrite {
     Conflict,
 }
 
-/// Where the next page of a scan starts: opaque to callers (`None`: from
-/// the beginning, or as an answer: no more pages).
-pub type Cursor = Option<String>;
-
 /// Reading entities: what every role needs.
 #[async_trait]
 pub trait Reads: Send + Sync {
@@ -161,9 +157,12 @@ pub trait BudgetStore: Reads {
 /// The scheduled job's operations.
 #[async_trait]
 pub trait ResetStore: BudgetStore {
-    /// Rolls over every window of `entity` (as read) that is due at `now`,
-    /// conditional on its boundary not having moved. Returns how many
-    /// windows it rolled, `None` when the entity moved (re-read).
+    /// Rolls over every window of `entity` (as read) that is due at `now`
+    /// and moves its entry in the index of what is due to its next
+    /// boundary (`plan::roll_over`), conditional on its boundaries and
+    /// configuration not having moved. Returns how many windows it rolled
+    /// (0: only the entry was corrected), `None` when the entity moved
+    /// (re-read).
     async fn roll_over(
         &self,
         entity: &Entity,
@@ -171,8 +170,16 @@ pub trait ResetStore: BudgetStore {
         clock: &ResetClock,
     ) -> Result<Option<usize>, StoreError>;
 
-    /// A page of all keys, users and teams.
-    async fn scan_entities(&self, cursor: Cursor) -> Result<(Vec<Entity>, Cursor), StoreError>;
+    /// Up to `limit` keys, users and teams whose index entry (the
+    /// earliest boundary of their windows) is at or before `now`, as they
+    /// are stored (strongly consistent reads; the index itself may lag a
+    /// write by a moment: check the windows before acting). Reads what is
+    /// due, never the whole table.
+    async fn due_entities(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Entity>, StoreError>;
 
     /// Ids of held reservations whose expiry is at or before `now` (read
     /// from an index: check the reservation itself before acting).

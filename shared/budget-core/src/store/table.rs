@@ -8,7 +8,11 @@
 //! Indexes (keys only). `gsi1` (`gsi1pk`, `gsi1sk`): keys by user (`user#<id>#keys`), and
 //! held reservations by expiry (`held#<shard>`, expiry as zero-padded epoch
 //! seconds) for the reset job. Index `gsi2` (`gsi2pk`, `gsi2sk`): keys by
-//! team. TTL attribute `ttl` removes finished reservations after a week.
+//! team. Index `due` (`due_pk`, `due_sk`): keys, users and teams by the
+//! earliest boundary of their windows (`due#<shard>`, zero-padded epoch
+//! seconds), sparse (an entity with no window that resets is not in it):
+//! what the reset job reads instead of the table. TTL attribute `ttl`
+//! removes finished reservations after a week.
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
@@ -23,13 +27,24 @@ pub const TTL_ATTRIBUTE: &str = "ttl";
 /// `(index name, partition key, sort key)`, all string attributes, all
 /// projecting keys only: a counter update of a key item then never
 /// rewrites index entries (they would double its write cost).
-pub const INDEXES: [(&str, &str, &str); 2] =
-    [("gsi1", "gsi1pk", "gsi1sk"), ("gsi2", "gsi2pk", "gsi2sk")];
+pub const INDEXES: [(&str, &str, &str); 3] = [
+    ("gsi1", "gsi1pk", "gsi1sk"),
+    ("gsi2", "gsi2pk", "gsi2sk"),
+    (DUE_INDEX, DUE_PK, DUE_SK),
+];
 /// Held reservations are spread over this many index partitions, so the
 /// index never has one hot partition.
 pub const HELD_SHARDS: u32 = 16;
+/// The index of entities by their earliest window boundary.
+pub const DUE_INDEX: &str = "due";
+pub const DUE_PK: &str = "due_pk";
+pub const DUE_SK: &str = "due_sk";
+/// Entities are spread over this many partitions of the `due` index (an
+/// entity stays in one: its shard is a hash of its key), so a midnight
+/// boundary shared by every entity is not one hot partition.
+pub const DUE_SHARDS: u32 = 16;
 
-/// Creates the table as AWS would from `template.yaml` (on-demand, the two
+/// Creates the table as AWS would from `template.yaml` (on-demand, the
 /// indexes, TTL). An existing table is left alone.
 pub async fn create_table(client: &Client, name: &str) -> Result<bool, StoreError> {
     let unavailable = |e: String| StoreError::Unavailable(e);

@@ -134,7 +134,7 @@ impl AdminStore for DynamoStore {
     }
 
     async fn update(&self, old: &Entity, new: &Entity) -> Result<AdminWrite, StoreError> {
-        let (guards, edits) = plan::update(old, new);
+        let (guards, edits, due) = plan::update(old, new);
         let mut ex = Expr::default();
         let conds = guards.iter().map(|g| render_guard(&mut ex, g)).collect();
         let (ver, one) = (ex.name("ver"), ex.value(n(1)));
@@ -170,6 +170,11 @@ impl AdminStore for DynamoStore {
                 }
                 WindowEdit::Drop(id) => removes.push(ex.path(&["w", id])),
             }
+        }
+        if let plan::Change::SetNextDue(at) = due {
+            let (set, remove) = render_due(&mut ex, &old.entity, at);
+            sets.extend(set);
+            removes.extend(remove);
         }
         let update = self.update(entity_pk(&old.entity), sets, removes, conds, &ex)?;
         let mut items = vec![TransactWriteItem::builder().update(update).build()];

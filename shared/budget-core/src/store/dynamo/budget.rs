@@ -24,13 +24,17 @@ impl DynamoStore {
         write: &EntityWrite,
     ) -> Result<TransactWriteItem, StoreError> {
         let mut ex = Expr::default();
-        let (conds, sets) = render(&mut ex, write);
+        let Rendered {
+            conds,
+            sets,
+            removes,
+        } = render(&mut ex, write);
         let pk = entity_pk(&write.entity);
-        if sets.is_empty() {
+        if sets.is_empty() && removes.is_empty() {
             let check = self.condition_check(pk, conds, &ex)?;
             return Ok(TransactWriteItem::builder().condition_check(check).build());
         }
-        let update = self.update(pk, sets, vec![], conds, &ex)?;
+        let update = self.update(pk, sets, removes, conds, &ex)?;
         Ok(TransactWriteItem::builder().update(update).build())
     }
 

@@ -12,7 +12,7 @@ use crate::model::{
     Entity, EntityKind, EntityRef, Hold, Reservation, ReservationState, Span, Window,
 };
 use crate::money::Money;
-use crate::store::table::{HELD_SHARDS, PARTITION_KEY, TTL_ATTRIBUTE};
+use crate::store::table::{DUE_PK, DUE_SHARDS, DUE_SK, HELD_SHARDS, PARTITION_KEY, TTL_ATTRIBUTE};
 use crate::store::StoreError;
 
 use super::expr::*;
@@ -185,7 +185,22 @@ pub(super) fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
     if e.entity.kind == EntityKind::Key {
         item.insert(OWNERS.into(), AttributeValue::M(HashMap::new()));
     }
+    if let Some(at) = crate::plan::next_due(e) {
+        let (pk, sk) = due_keys(&e.entity, at);
+        item.insert(DUE_PK.into(), s(pk));
+        item.insert(DUE_SK.into(), s(sk));
+    }
     item
+}
+
+/// The entity's entry in the `due` index: its shard (a hash of its key,
+/// so it stays in one) and its earliest boundary.
+pub(super) fn due_keys(entity: &EntityRef, at: DateTime<Utc>) -> (String, String) {
+    let shard = entity_pk(entity)
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()))
+        % DUE_SHARDS;
+    (format!("due#{shard}"), expiry_sort_key(at))
 }
 
 /// Keys carry a snapshot of their user's and team's configuration (id,

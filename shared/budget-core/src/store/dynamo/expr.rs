@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, Update};
 use chrono::{DateTime, Utc};
 
+use crate::model::EntityRef;
 use crate::money::Money;
 use crate::plan::{Change, Counter, EntityWrite, Guard};
-use crate::store::table::PARTITION_KEY;
+use crate::store::table::{DUE_PK, DUE_SK, PARTITION_KEY};
 use crate::store::StoreError;
 
 use super::codec::*;
@@ -99,12 +100,52 @@ impl WindowPaths {
     }
 }
 
-/// A plan's guards and changes as condition and SET clauses (no rule
-/// here: each guard and change has one rendering).
-pub(super) fn render(ex: &mut Expr, write: &EntityWrite) -> (Vec<String>, Vec<String>) {
+/// A plan's guards and changes as condition, SET and REMOVE clauses (no
+/// rule here: each guard and change has one rendering).
+pub(super) struct Rendered {
+    pub(super) conds: Vec<String>,
+    pub(super) sets: Vec<String>,
+    pub(super) removes: Vec<String>,
+}
+
+pub(super) fn render(ex: &mut Expr, write: &EntityWrite) -> Rendered {
     let conds = write.guards.iter().map(|g| render_guard(ex, g)).collect();
-    let sets = write.changes.iter().map(|c| render_change(ex, c)).collect();
-    (conds, sets)
+    let (mut sets, mut removes) = (Vec::new(), Vec::new());
+    for c in &write.changes {
+        match render_change(ex, c) {
+            Some(set) => sets.push(set),
+            None => {
+                if let Change::SetNextDue(due) = c {
+                    let (set, remove) = render_due(ex, &write.entity, *due);
+                    sets.extend(set);
+                    removes.extend(remove);
+                }
+            }
+        }
+    }
+    Rendered {
+        conds,
+        sets,
+        removes,
+    }
+}
+
+/// The entity's entry in the `due` index: set to its earliest boundary,
+/// or removed (out of the sparse index) when it has none.
+pub(super) fn render_due(
+    ex: &mut Expr,
+    entity: &EntityRef,
+    due: Option<DateTime<Utc>>,
+) -> (Vec<String>, Vec<String>) {
+    let (pk, sk) = (ex.name(DUE_PK), ex.name(DUE_SK));
+    match due {
+        Some(at) => {
+            let (shard, at) = due_keys(entity, at);
+            let (pv, sv) = (ex.value(s(shard)), ex.value(s(at)));
+            (vec![format!("{pk} = {pv}"), format!("{sk} = {sv}")], vec![])
+        }
+        None => (vec![], vec![pk, sk]),
+    }
 }
 
 pub(super) fn counter_name(c: Counter) -> &'static str {
@@ -161,8 +202,10 @@ pub(super) fn render_guard(ex: &mut Expr, guard: &Guard) -> String {
     }
 }
 
-pub(super) fn render_change(ex: &mut Expr, change: &Change) -> String {
-    match change {
+/// A change to the item's windows as a SET clause; `None` for the index
+/// entry ([`render_due`]: it needs the entity, and may REMOVE).
+fn render_change(ex: &mut Expr, change: &Change) -> Option<String> {
+    let set = match change {
         Change::Add(w, c, m) => {
             let (path, value) = (
                 WindowPaths::new(w).field(ex, counter_name(*c)),
@@ -187,7 +230,21 @@ pub(super) fn render_change(ex: &mut Expr, change: &Change) -> String {
             );
             format!("{path} = {value}")
         }
+        Change::SetNextDue(_) => return None,
+    };
+    Some(set)
+}
+
+/// `SET …` and `REMOVE …` clauses as one update expression.
+pub(super) fn update_expression(sets: &[String], removes: &[String]) -> String {
+    let mut clauses = Vec::new();
+    if !sets.is_empty() {
+        clauses.push(format!("SET {}", sets.join(", ")));
     }
+    if !removes.is_empty() {
+        clauses.push(format!("REMOVE {}", removes.join(", ")));
+    }
+    clauses.join(" ")
 }
 
 /// The condition "this item is the incarnation `incarnation`" (an item
@@ -211,10 +268,7 @@ impl DynamoStore {
         conds: Vec<String>,
         ex: &Expr,
     ) -> Result<Update, StoreError> {
-        let mut expression = format!("SET {}", sets.join(", "));
-        if !removes.is_empty() {
-            expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
-        }
+        let expression = update_expression(&sets, &removes);
         Update::builder()
             .table_name(&self.table)
             .set_key(Some(key_of(pk)))

@@ -1,5 +1,6 @@
-//! The scheduled job's reads and writes: roll over due windows, list
-//! entities and expired reservations.
+//! The scheduled job's reads and writes: roll over due windows, list the
+//! entities that are due and the expired reservations (from indexes: never
+//! a scan of the table).
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
@@ -9,8 +10,8 @@ use chrono::{DateTime, Utc};
 use crate::duration::ResetClock;
 use crate::model::Entity;
 use crate::plan::{self, Guard};
-use crate::store::table::{HELD_SHARDS, PARTITION_KEY};
-use crate::store::{Cursor, ResetStore, StoreError};
+use crate::store::table::{DUE_INDEX, DUE_PK, DUE_SHARDS, DUE_SK, HELD_SHARDS, PARTITION_KEY};
+use crate::store::{ResetStore, StoreError};
 
 use super::codec::*;
 use super::errors::*;
@@ -25,22 +26,27 @@ impl ResetStore for DynamoStore {
         now: DateTime<Utc>,
         clock: &ResetClock,
     ) -> Result<Option<usize>, StoreError> {
-        let Some(write) = plan::roll_over(entity, now, clock) else {
+        let write = plan::roll_over(entity, now, clock);
+        if write.changes.is_empty() {
             return Ok(Some(0));
-        };
+        }
         let rolled = write
             .guards
             .iter()
             .filter(|g| matches!(g, Guard::ResetAtIs(..)))
             .count();
         let mut ex = Expr::default();
-        let (conds, sets) = render(&mut ex, &write);
+        let Rendered {
+            conds,
+            sets,
+            removes,
+        } = render(&mut ex, &write);
         let request = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key_of(entity_pk(&entity.entity))))
-            .update_expression(format!("SET {}", sets.join(", ")))
+            .update_expression(update_expression(&sets, &removes))
             .condition_expression(conds.join(" AND "))
             .set_expression_attribute_names(ex.names())
             .set_expression_attribute_values(ex.values());
@@ -54,35 +60,49 @@ impl ResetStore for DynamoStore {
         }
     }
 
-    async fn scan_entities(&self, cursor: Cursor) -> Result<(Vec<Entity>, Cursor), StoreError> {
-        let mut ex = Expr::default();
-        let kind = ex.name("kind");
-        let (k, u, t) = (ex.value(s("key")), ex.value(s("user")), ex.value(s("team")));
-        let page = self
-            .client
-            .scan()
-            .table_name(&self.table)
-            .filter_expression(format!("{kind} IN ({k}, {u}, {t})"))
-            .set_expression_attribute_names(ex.names())
-            .set_expression_attribute_values(ex.values())
-            .consistent_read(true)
-            .set_exclusive_start_key(cursor.map(key_of))
-            .send()
-            .await
-            .map_err(|e| unavailable("scan", e))?;
-        let entities = page
-            .items()
+    async fn due_entities(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Entity>, StoreError> {
+        // The index holds keys only (a counter update never rewrites an
+        // index entry): its sort key says the entity is due, the items
+        // themselves are then read (strongly consistent, 100 a request).
+        let mut pks = Vec::new();
+        for shard in 0..DUE_SHARDS {
+            let items = self
+                .query_all(
+                    DUE_INDEX,
+                    DUE_PK,
+                    format!("due#{shard}"),
+                    Some((DUE_SK, expiry_sort_key(now))),
+                    limit - pks.len(),
+                )
+                .await?;
+            pks.extend(
+                items
+                    .iter()
+                    .filter_map(|item| match item.get(PARTITION_KEY) {
+                        Some(AttributeValue::S(pk)) => Some(pk.clone()),
+                        _ => None,
+                    }),
+            );
+            if pks.len() >= limit {
+                pks.truncate(limit);
+                break;
+            }
+        }
+        if pks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut found = self
+            .batch_get(pks)
+            .await?
             .iter()
             .map(entity_from_item)
             .collect::<Result<Vec<_>, _>>()?;
-        // The table's key is its partition key alone: the cursor is it.
-        let next = page
-            .last_evaluated_key()
-            .and_then(|k| match k.get(PARTITION_KEY) {
-                Some(AttributeValue::S(pk)) => Some(pk.clone()),
-                _ => None,
-            });
-        Ok((entities, next))
+        found.sort_by(|a, b| a.entity.cmp(&b.entity));
+        Ok(found)
     }
 
     async fn expired_reservations(
