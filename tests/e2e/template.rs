@@ -256,6 +256,23 @@ fn the_authorize_deadlines_are_well_under_the_function_timeout() {
     );
 }
 
+/// The reset job stops starting new work well before Lambda stops it, so a
+/// backlog is left cleanly to the next run instead of cut mid-write.
+#[test]
+fn the_reset_deadline_is_well_under_the_function_timeout() {
+    let t = template();
+    let f = &t["Resources"]["ResetFunction"]["Properties"];
+    let timeout_ms = f["Timeout"].as_u64().expect("ResetFunction.Timeout") * 1000;
+    let deadline: u64 = f["Environment"]["Variables"]["RESET_DEADLINE_MS"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("the reset function sets RESET_DEADLINE_MS");
+    assert!(
+        deadline + 10_000 <= timeout_ms,
+        "RESET_DEADLINE_MS {deadline} leaves less than 10 s of the {timeout_ms} ms timeout"
+    );
+}
+
 /// Each authorization reserves budget: a cached decision would let requests
 /// through without reserving. Every authorizer of both APIs has caching off.
 #[test]

@@ -33,6 +33,9 @@ pub async fn handle<S: ResetStore>(
         windows_reset = summary.windows_reset,
         reservations_released = summary.reservations_released,
         entities_due = summary.entities_due,
+        stopped_at_deadline = summary.stopped_at_deadline,
+        backlog_reservations = summary.backlog_reservations,
+        oldest_expired_seconds = ?summary.oldest_expired_seconds,
         errors = summary.errors.len(),
         "reset done"
     );

@@ -41,6 +41,10 @@ pub struct Settings {
     /// `STORE_TIMEOUT_MS` (default 2000): the deadline of one store
     /// operation, retries included; past it authorize fails closed.
     pub store_timeout_ms: u64,
+    /// `RESET_DEADLINE_MS` (default 45000): the reset job stops starting
+    /// new work past this (keep it under the reset function's timeout,
+    /// 60 s in template.yaml); what is left is done by the next run.
+    pub reset_deadline_ms: u64,
 }
 
 impl Settings {
@@ -114,6 +118,7 @@ impl Settings {
         let reservation_ttl_seconds = int("RESERVATION_TTL_SECONDS", 900, 1, 7 * 24 * 3600)?;
         let store_timeout_ms = int("STORE_TIMEOUT_MS", 2000, 50, 60_000)? as u64;
         let authorize_deadline_ms = int("AUTHORIZE_DEADLINE_MS", 2500, 50, 30_000)? as u64;
+        let reset_deadline_ms = int("RESET_DEADLINE_MS", 45_000, 100, 900_000)? as u64;
         Ok(Settings {
             table_name,
             clock,
@@ -123,6 +128,7 @@ impl Settings {
             max_reservation,
             min_reservation,
             authorize_deadline_ms,
+            reset_deadline_ms,
             reservation_ttl_seconds,
             store_timeout_ms,
         })

@@ -20,6 +20,14 @@ pub struct ResetSummary {
     pub entities_due: usize,
     /// Windows another writer rolled between our read and our write.
     pub already_rolled: usize,
+    /// The run reached `RESET_DEADLINE_MS` and stopped starting new work;
+    /// the next run continues where it stopped (the indexes still list
+    /// what is left).
+    pub stopped_at_deadline: bool,
+    /// Expired reservations this run listed but did not release (the
+    /// backlog), and how long the oldest of them has been expired.
+    pub backlog_reservations: usize,
+    pub oldest_expired_seconds: Option<i64>,
     pub errors: Vec<String>,
     pub started_at: String,
     pub finished_at: String,
@@ -42,18 +50,37 @@ pub async fn reset<S: ResetStore>(
         started_at: crate::decision::rfc3339(now),
         ..ResetSummary::default()
     };
-    release_expired(store, now, settings, &mut summary).await;
-    roll_due(store, now, settings, &mut summary).await;
+    let deadline = Deadline(
+        std::time::Instant::now() + std::time::Duration::from_millis(settings.reset_deadline_ms),
+    );
+    release_expired(store, now, settings, &deadline, &mut summary).await;
+    if !deadline.passed(&mut summary) {
+        roll_due(store, now, settings, &deadline, &mut summary).await;
+    }
     summary.finished_at = crate::decision::rfc3339(Utc::now().max(now));
     summary
 }
 
+/// When the run stops starting new work.
+struct Deadline(std::time::Instant);
+
+impl Deadline {
+    /// Past it? (Records it in the summary.)
+    fn passed(&self, summary: &mut ResetSummary) -> bool {
+        if std::time::Instant::now() >= self.0 {
+            summary.stopped_at_deadline = true;
+        }
+        summary.stopped_at_deadline
+    }
+}
+
 /// Releases held reservations past their expiry, in batches from the
-/// `held` index.
+/// `held` index, until the deadline; what is left is the backlog.
 async fn release_expired<S: ResetStore>(
     store: &S,
     now: DateTime<Utc>,
     settings: &Settings,
+    deadline: &Deadline,
     summary: &mut ResetSummary,
 ) {
     const BATCH: usize = 500;
@@ -69,7 +96,15 @@ async fn release_expired<S: ResetStore>(
             }
         };
         let mut released_now = 0;
-        for id in &batch {
+        for (i, (id, _)) in batch.iter().enumerate() {
+            if deadline.passed(summary) {
+                let left = &batch[i..];
+                summary.backlog_reservations = left.len();
+                summary.oldest_expired_seconds =
+                    left.iter().map(|(_, at)| (now - *at).num_seconds()).max();
+                summary.reservations_released += released_now;
+                return;
+            }
             match expire(store, id, now, settings).await {
                 Ok(true) => released_now += 1,
                 Ok(false) => {}
@@ -98,6 +133,7 @@ async fn roll_due<S: ResetStore>(
     store: &S,
     now: DateTime<Utc>,
     settings: &Settings,
+    deadline: &Deadline,
     summary: &mut ResetSummary,
 ) {
     let due = match store.due_entities(now, DUE_PER_RUN).await {
@@ -111,6 +147,9 @@ async fn roll_due<S: ResetStore>(
     };
     summary.entities_due += due.len();
     for entity in due {
+        if deadline.passed(summary) {
+            return;
+        }
         roll_one(store, entity, now, &settings.clock, summary).await;
     }
     if summary.entities_due >= DUE_PER_RUN {
@@ -253,5 +292,49 @@ mod tests {
         let third = reset(&store, much_later, &settings()).await;
         assert_eq!(third.entities_due, 2, "{third:?}");
         assert_eq!(third.windows_reset, 2, "{third:?}");
+    }
+
+    #[tokio::test]
+    async fn a_run_stopped_at_its_deadline_reports_the_backlog_and_the_next_run_drains_it() {
+        use crate::service::Authorizer;
+        let store = MemoryStore::new();
+        let u = user("u-backlog", &["1d"]);
+        assert_eq!(store.create(&u).await.unwrap(), AdminWrite::Done);
+        let key = crate::keys::generate_key();
+        let mut k = Entity::new(EntityRef::key(crate::keys::hash_key(&key)), now());
+        k.user_id = Some("u-backlog".into());
+        assert_eq!(store.create(&k).await.unwrap(), AdminWrite::Done);
+        let a = Authorizer::new(store.clone(), settings());
+        for _ in 0..3 {
+            let r = a.authorize(&key, Money::usd(1), None, now()).await;
+            assert!(
+                matches!(r, crate::service::AuthorizeOutcome::Allowed { .. }),
+                "{r:?}"
+            );
+        }
+        // 15 minutes (the TTL) and 10 seconds later, all three are expired.
+        let later = now() + chrono::Duration::seconds(settings().reservation_ttl_seconds + 10);
+        let mut summary = ResetSummary::default();
+        let past = Deadline(std::time::Instant::now());
+        release_expired(&store, later, &settings(), &past, &mut summary).await;
+        assert!(summary.stopped_at_deadline);
+        assert_eq!(summary.reservations_released, 0);
+        assert_eq!(summary.backlog_reservations, 3);
+        assert_eq!(summary.oldest_expired_seconds, Some(10));
+        assert_eq!(
+            store.entity(&u.entity).unwrap().windows[0].reserved,
+            Money::usd(3)
+        );
+        // The next run (with time to spare) continues where it stopped.
+        let next = reset(&store, later, &settings()).await;
+        assert!(!next.stopped_at_deadline);
+        assert_eq!(
+            (next.reservations_released, next.backlog_reservations),
+            (3, 0)
+        );
+        assert_eq!(
+            store.entity(&u.entity).unwrap().windows[0].reserved,
+            Money::ZERO
+        );
     }
 }

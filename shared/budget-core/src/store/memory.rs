@@ -310,15 +310,17 @@ impl ResetStore for MemoryStore {
         &self,
         now: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        Ok(self
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let mut due: Vec<(String, DateTime<Utc>)> = self
             .state()
             .reservations
             .values()
             .filter(|r| r.state == ReservationState::Held && r.expires_at <= now)
-            .take(limit)
-            .map(|r| r.id.clone())
-            .collect())
+            .map(|r| (r.id.clone(), r.expires_at))
+            .collect();
+        due.sort_by_key(|(_, at)| *at);
+        due.truncate(limit);
+        Ok(due)
     }
 }
 

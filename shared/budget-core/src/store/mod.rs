@@ -181,13 +181,14 @@ pub trait ResetStore: BudgetStore {
         limit: usize,
     ) -> Result<Vec<Entity>, StoreError>;
 
-    /// Ids of held reservations whose expiry is at or before `now` (read
-    /// from an index: check the reservation itself before acting).
+    /// Held reservations whose expiry is at or before `now`, with that
+    /// expiry (read from an index: check the reservation itself before
+    /// acting).
     async fn expired_reservations(
         &self,
         now: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError>;
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError>;
 }
 
 /// The management API's writes and queries.

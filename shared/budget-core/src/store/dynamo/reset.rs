@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 
 use crate::duration::ResetClock;
 use crate::model::Entity;
@@ -109,9 +109,9 @@ impl ResetStore for DynamoStore {
         &self,
         now: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
         // The index holds keys only (no write amplification on every
-        // counter update); the sort key already says the expiry is due.
+        // counter update); the sort key is the expiry.
         let mut out = Vec::new();
         for shard in 0..HELD_SHARDS {
             let items = self
@@ -123,14 +123,16 @@ impl ResetStore for DynamoStore {
                     limit,
                 )
                 .await?;
-            out.extend(
-                items
-                    .iter()
-                    .filter_map(|item| match item.get(PARTITION_KEY) {
-                        Some(AttributeValue::S(pk)) => pk.strip_prefix("res#").map(str::to_string),
-                        _ => None,
-                    }),
-            );
+            out.extend(items.iter().filter_map(|item| {
+                match (item.get(PARTITION_KEY), item.get("gsi1sk")) {
+                    (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) => {
+                        let id = pk.strip_prefix("res#")?.to_string();
+                        let at = Utc.timestamp_opt(sk.parse().ok()?, 0).single()?;
+                        Some((id, at))
+                    }
+                    _ => None,
+                }
+            }));
             if out.len() >= limit {
                 break;
             }
