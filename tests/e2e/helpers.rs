@@ -471,3 +471,31 @@ impl<'a> KeyBuilder<'a> {
             .await
     }
 }
+
+/// The DynamoDB operation a request names (its `X-Amz-Target` header,
+/// `DynamoDB_20120810.GetItem` → `GetItem`), for interceptors that count.
+pub fn operation_of(
+    context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+) -> String {
+    let target = context
+        .request()
+        .headers()
+        .get("x-amz-target")
+        .unwrap_or("?");
+    target.rsplit('.').next().unwrap_or(target).to_string()
+}
+
+/// The test table's store on a client that runs `interceptor` on every
+/// request (to count what an operation sends).
+pub fn store_with(
+    t: &TestTable,
+    interceptor: impl aws_sdk_dynamodb::config::Intercept + 'static,
+) -> DynamoStore {
+    let config = t
+        .client
+        .config()
+        .to_builder()
+        .interceptor(interceptor)
+        .build();
+    DynamoStore::new(aws_sdk_dynamodb::Client::from_conf(config), t.store.table())
+}

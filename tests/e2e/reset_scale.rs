@@ -30,7 +30,7 @@ use budget_core::Money;
 use chrono::{DateTime, Duration, Utc};
 use edge_budget::{at, hex_id, http_api_event, TestTable};
 
-use crate::helpers::{heavy_run, TestApp};
+use crate::helpers::{heavy_run, operation_of, store_with, TestApp};
 
 /// Requests by operation, and the items the reads answered (Query and
 /// Scan: items evaluated; GetItem: 0 or 1; BatchGetItem: items returned).
@@ -60,12 +60,7 @@ impl Intercept for Meter {
         _: &RuntimeComponents,
         _: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let target = context
-            .request()
-            .headers()
-            .get("x-amz-target")
-            .unwrap_or("?");
-        let operation = target.rsplit('.').next().unwrap_or(target).to_string();
+        let operation = operation_of(context);
         *self
             .0
             .lock()
@@ -105,14 +100,7 @@ impl Intercept for Meter {
 
 fn metered_store(t: &TestTable) -> (DynamoStore, Meter) {
     let meter = Meter::default();
-    let config = t
-        .client
-        .config()
-        .to_builder()
-        .interceptor(meter.clone())
-        .build();
-    let client = aws_sdk_dynamodb::Client::from_conf(config);
-    (DynamoStore::new(client, t.store.table()), meter)
+    (store_with(t, meter.clone()), meter)
 }
 
 const NOW: &str = "2026-11-28T15:08:00Z";

@@ -22,7 +22,9 @@ use budget_core::Money;
 use edge_budget::{at, response_json};
 use serde_json::json;
 
-use crate::helpers::{allowed, authorize_via, reservation_id, TestApp, NOW};
+use crate::helpers::{
+    allowed, authorize_via, operation_of, reservation_id, store_with, TestApp, NOW,
+};
 
 /// Records the operation of every request the client sends (the
 /// `X-Amz-Target` header, `DynamoDB_20120810.GetItem` → `GetItem`).
@@ -47,12 +49,7 @@ impl Intercept for RequestLog {
         _runtime_components: &RuntimeComponents,
         _cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let target = context
-            .request()
-            .headers()
-            .get("x-amz-target")
-            .unwrap_or("?");
-        let operation = target.rsplit('.').next().unwrap_or(target).to_string();
+        let operation = operation_of(context);
         self.0.lock().expect("request log").push(operation);
         Ok(())
     }
@@ -61,14 +58,7 @@ impl Intercept for RequestLog {
 /// The test table's store, on a client that logs its requests.
 fn counted_store(app: &TestApp) -> (DynamoStore, RequestLog) {
     let log = RequestLog::default();
-    let config = app
-        .client
-        .config()
-        .to_builder()
-        .interceptor(log.clone())
-        .build();
-    let client = aws_sdk_dynamodb::Client::from_conf(config);
-    (DynamoStore::new(client, app.store.table()), log)
+    (store_with(app, log.clone()), log)
 }
 
 /// A user and a team with three windows each, and a key of both with
