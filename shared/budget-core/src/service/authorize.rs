@@ -144,6 +144,16 @@ impl<S: BudgetStore> Authorizer<S> {
                 return Ok(AuthorizeOutcome::InvalidKey);
             }
             stale = false;
+            // A retry of a request that was admitted is recognised before it
+            // is judged (its own reservation may be what fills the window
+            // now), on a fresh read and only while the key itself is good:
+            // only the budget is forgiven.
+            if req.fresh && check_key(&req.chain.key, now).is_ok() {
+                if let Some(first) = req.own.take_if(|r| r.state.holds_budget()) {
+                    self.remember(&req.hash, Some(req.chain));
+                    return Ok(first_answer(first));
+                }
+            }
             let estimate = self.reservation_for(requested, &req.chain);
             let admission = match judge(&req.chain, estimate, now, &self.settings.clock) {
                 Ok(a) => a,
@@ -212,16 +222,11 @@ impl<S: BudgetStore> Authorizer<S> {
         Ok(true)
     }
 
-    /// The answer to a request refused on a fresh read. A retry of a request
-    /// that was admitted is recognised before it is judged: its own
-    /// reservation may be what fills the window now. Only the budget is
-    /// forgiven: a key blocked (or expired) since is refused, retry or not.
+    /// The answer to a request refused on a fresh read (a retry whose
+    /// first reservation holds never gets here: see `try_authorize`).
     fn refused(&self, req: InFlight, outcome: AuthorizeOutcome) -> AuthorizeOutcome {
         self.remember(&req.hash, Some(req.chain));
-        match outcome {
-            AuthorizeOutcome::Denied(_) => req.own.and_then(answer_of).unwrap_or(outcome),
-            other => other,
-        }
+        outcome
     }
 
     /// The one atomic write of an admitted request, and what it means.
@@ -314,18 +319,20 @@ fn judge(
 
 /// The answer given when `first` was taken, if it still holds.
 fn answer_of(first: Reservation) -> Option<AuthorizeOutcome> {
-    if !first.state.holds_budget() {
-        return None;
-    }
+    first.state.holds_budget().then(|| first_answer(first))
+}
+
+/// The answer given when `first` was taken (same id, same `remaining`).
+fn first_answer(first: Reservation) -> AuthorizeOutcome {
     let admission = Admission {
         tightest: first.tightest.clone(),
         remaining: first.remaining,
     };
-    Some(AuthorizeOutcome::Allowed {
+    AuthorizeOutcome::Allowed {
         reservation: Box::new(first),
         admission,
         duplicate: true,
-    })
+    }
 }
 
 fn new_reservation(
@@ -441,7 +448,12 @@ mod tests {
             Authorizer::new(store.clone(), settings()),
             Authorizer::new(store.clone(), settings()),
         ] {
+            let before = store.requests();
             let again = a.authorize(&key, Money::usd(1), Some("req-1"), now()).await;
+            // Cold: the chain (the memory store's shows the window full),
+            // then the fresh read that finds the first reservation — no
+            // write at all.
+            assert_eq!(store.requests() - before, 2);
             assert_eq!(reservation_of(&again).id, reservation_of(&first).id);
             match again {
                 AuthorizeOutcome::Allowed {
