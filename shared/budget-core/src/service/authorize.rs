@@ -96,13 +96,8 @@ impl<S: BudgetStore> Authorizer<S> {
         }
     }
 
-    /// What a request reserves (the rule: [`reservation_amount`]).
-    pub fn reservation_for(&self, requested: Requested, chain: &Chain) -> Money {
-        reservation_amount(requested, chain, &self.settings)
-    }
-
     /// Checks every window of the key's chain and reserves what the request
-    /// asked for (see [`Authorizer::reservation_for`]) in one atomic write.
+    /// asked for (see [`reservation_amount`]) in one atomic write.
     /// Everything it does ends within `AUTHORIZE_DEADLINE_MS`; past it, the
     /// request is denied `unavailable`.
     pub async fn authorize(
@@ -154,7 +149,7 @@ impl<S: BudgetStore> Authorizer<S> {
                     return Ok(first_answer(first));
                 }
             }
-            let estimate = self.reservation_for(requested, &req.chain);
+            let estimate = reservation_amount(requested, &req.chain, &self.settings);
             let admission = match judge(&req.chain, estimate, now, &self.settings.clock) {
                 Ok(a) => a,
                 // What memory says may be out of date: only a fresh read denies.
