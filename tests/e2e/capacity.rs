@@ -494,3 +494,46 @@ async fn metadata_written_inline_by_an_older_version_is_kept_and_moved_out() {
         stored.keys()
     );
 }
+
+#[tokio::test]
+async fn deleting_a_hundred_keys_takes_three_transactions() {
+    let app = TestApp::new().await;
+    app.user("cap-del").window("1d", 10.0).create().await;
+    let mut keys = Vec::new();
+    for _ in 0..100 {
+        keys.push(app.key().user("cap-del").create().await);
+    }
+    let rec = Recorder::default();
+    let store = store_with(&app, rec.clone());
+    let app = &app;
+    let body = json!({"keys": keys});
+    let ((status, answer), bill) = metered(app, &store, &rec, |s| async move {
+        app.admin_via(&s, app.now, "POST", "/key/delete", body)
+            .await
+    })
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["deleted_keys"].as_array().map(Vec::len), Some(100));
+    println!(
+        "/key/delete of 100 keys of one user: {} WRU, {} RRU, {} requests",
+        bill.write_units(),
+        bill.read_units,
+        bill.requests
+    );
+    // 49 keys a transaction: each key and its meta item, plus the user once.
+    let info = app.user_info("cap-del").await;
+    assert_eq!(info["keys"], json!([]), "{info}");
+    assert_eq!(info["user_info"]["key_count"], json!(0), "{info}");
+    let left = items(app).await;
+    assert!(
+        !left.keys().any(|pk| pk.starts_with("key#")),
+        "{:?}",
+        left.keys()
+    );
+    assert_eq!(
+        bill.requests,
+        1 + 3,
+        "one BatchGetItem, three transactions: {}",
+        bill.line()
+    );
+}

@@ -386,7 +386,12 @@ impl<S: AdminStore> Admin<'_, S> {
                 "keys",
             ));
         }
-        for e in found {
+        // In as few transactions as DynamoDB allows; what changed since it
+        // was read is deleted one by one, from a fresh read.
+        let count = found.len();
+        let left = self.store.delete_keys(&found).await.map_err(write_failed)?;
+        tracing::info!(keys = count, one_by_one = left.len(), "deleting keys");
+        for e in left {
             self.delete_one(e).await?;
         }
         Ok(json!({"deleted_keys": hashes}))

@@ -514,6 +514,22 @@ pub struct OwnerBookkeeping {
     pub revision: bool,
 }
 
+/// The bookkeeping of several key writes in one transaction: one write per
+/// owner (a transaction may touch an item once), counts summed.
+pub fn merge_bookkeeping(all: impl IntoIterator<Item = OwnerBookkeeping>) -> Vec<OwnerBookkeeping> {
+    let mut out: Vec<OwnerBookkeeping> = Vec::new();
+    for b in all {
+        match out.iter_mut().find(|o| o.owner == b.owner) {
+            Some(o) => {
+                o.key_count += b.key_count;
+                o.revision |= b.revision;
+            }
+            None => out.push(b),
+        }
+    }
+    out
+}
+
 /// What writing a key as `new` over `old` (`None`: created, or deleted)
 /// does to its owners: a new key counts itself on them; a deleted one
 /// uncounts itself and bumps their key revision; an updated one moves its

@@ -219,6 +219,14 @@ pub trait AdminStore: Reads {
     /// (`Conflict`); a key uncounts itself from its owners.
     async fn delete(&self, entity: &Entity) -> Result<AdminWrite, StoreError>;
 
+    /// Deletes `keys` (as read) in as few writes as the store allows, each
+    /// write all or nothing; answers the keys it did not delete (changed
+    /// since they were read, or a store that deletes one at a time: the
+    /// default), for the caller to delete one by one.
+    async fn delete_keys(&self, keys: &[Entity]) -> Result<Vec<Entity>, StoreError> {
+        Ok(keys.to_vec())
+    }
+
     /// `entity` with its attributes (LiteLLM's `metadata` and the like),
     /// which the budget reads ([`Reads::load`]) leave out because they are
     /// stored apart from the counters: what the management API shows and

@@ -79,6 +79,25 @@ impl DynamoStore {
         }
     }
 
+    /// The delete of `entity` (as read), under `plan::delete`'s guards.
+    fn delete_item(&self, entity: &Entity) -> Result<TransactWriteItem, StoreError> {
+        let mut ex = Expr::default();
+        let condition = plan::delete(entity)
+            .iter()
+            .map(|g| render_guard(&mut ex, g))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_of(entity_pk(&entity.entity))))
+            .condition_expression(condition)
+            .set_expression_attribute_names(ex.names())
+            .set_expression_attribute_values(ex.values())
+            .build()
+            .map_err(build_error)?;
+        Ok(TransactWriteItem::builder().delete(delete).build())
+    }
+
     fn meta_delete(&self, entity: &EntityRef) -> Result<TransactWriteItem, StoreError> {
         let delete = Delete::builder()
             .table_name(&self.table)
@@ -196,24 +215,7 @@ impl AdminStore for DynamoStore {
     }
 
     async fn delete(&self, entity: &Entity) -> Result<AdminWrite, StoreError> {
-        let mut ex = Expr::default();
-        let condition = plan::delete(entity)
-            .iter()
-            .map(|g| render_guard(&mut ex, g))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let delete = Delete::builder()
-            .table_name(&self.table)
-            .set_key(Some(key_of(entity_pk(&entity.entity))))
-            .condition_expression(condition)
-            .set_expression_attribute_names(ex.names())
-            .set_expression_attribute_values(ex.values())
-            .build()
-            .map_err(build_error)?;
-        let mut items = vec![
-            TransactWriteItem::builder().delete(delete).build(),
-            self.meta_delete(&entity.entity)?,
-        ];
+        let mut items = vec![self.delete_item(entity)?, self.meta_delete(&entity.entity)?];
         for books in plan::key_bookkeeping(Some(entity), None) {
             items.push(keep_books(self, &books)?);
         }
@@ -221,6 +223,47 @@ impl AdminStore for DynamoStore {
             TxOutcome::Committed => Ok(AdminWrite::Done),
             TxOutcome::Busy | TxOutcome::Failed(_) => Ok(AdminWrite::Conflict),
         }
+    }
+
+    async fn delete_keys(&self, keys: &[Entity]) -> Result<Vec<Entity>, StoreError> {
+        let mut left = Vec::new();
+        let mut rest = keys;
+        while !rest.is_empty() {
+            // As many keys as fit in one transaction: two items each (the
+            // key and its meta item) and one per distinct owner.
+            let mut n = 0;
+            while n < rest.len() {
+                let owners = plan::merge_bookkeeping(
+                    rest[..=n]
+                        .iter()
+                        .flat_map(|k| plan::key_bookkeeping(Some(k), None)),
+                );
+                if 2 * (n + 1) + owners.len() > TRANSACTION_ITEMS {
+                    break;
+                }
+                n += 1;
+            }
+            let (chunk, after) = rest.split_at(n.max(1));
+            rest = after;
+            let mut items = Vec::new();
+            for key in chunk {
+                items.push(self.delete_item(key)?);
+                items.push(self.meta_delete(&key.entity)?);
+            }
+            let books = plan::merge_bookkeeping(
+                chunk
+                    .iter()
+                    .flat_map(|k| plan::key_bookkeeping(Some(k), None)),
+            );
+            for b in &books {
+                items.push(keep_books(self, b)?);
+            }
+            match transact(&self.client, items).await? {
+                TxOutcome::Committed => {}
+                TxOutcome::Busy | TxOutcome::Failed(_) => left.extend(chunk.iter().cloned()),
+            }
+        }
+        Ok(left)
     }
 
     async fn load_described(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
