@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AdminStore, AdminWrite, BudgetStore, Finish, FinishWrite, Reads, ReserveWrite, ResetStore,
-    StoreError,
+    AdminStore, AdminWrite, BudgetStore, Finish, FinishWrite, PlanWrite, Reads, ReserveWrite,
+    ResetStore, StoreError,
 };
 use crate::duration::ResetClock;
 use crate::model::{Chain, Entity, EntityKind, EntityRef, Reservation, ReservationState};
@@ -212,15 +212,17 @@ impl BudgetStore for MemoryStore {
         if self.fault()? == Some(Injected::Conflict) {
             return Ok(ReserveWrite::Conflict);
         }
-        let Some(writes) = plan::reserve_chain(chain, reservation.amount, now, clock) else {
+        let pick = crate::escrow::pick_of(&reservation.id);
+        let Some(writes) = plan::reserve_chain(chain, reservation.amount, now, clock, pick) else {
             return Ok(ReserveWrite::Stale);
         };
         let mut state = self.state();
         if state.reservations.contains_key(&reservation.id) {
             return Ok(ReserveWrite::Duplicate);
         }
-        if !writes.iter().all(|w| state.holds(w)) {
-            return Ok(ReserveWrite::Stale);
+        let failed: Vec<bool> = writes.iter().map(|w| !state.holds(w)).collect();
+        if failed.iter().any(|f| *f) {
+            return Ok(crate::store::reserve_refused(&writes, &failed));
         }
         for w in &writes {
             state.apply(w);
@@ -233,6 +235,20 @@ impl BudgetStore for MemoryStore {
 
     async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError> {
         Ok(self.state().reservations.get(id).cloned())
+    }
+
+    async fn write_all(&self, writes: &[plan::EntityWrite]) -> Result<PlanWrite, StoreError> {
+        if self.fault()? == Some(Injected::Conflict) {
+            return Ok(PlanWrite::Busy);
+        }
+        let mut state = self.state();
+        if !writes.iter().all(|w| state.holds(w)) {
+            return Ok(PlanWrite::Refused);
+        }
+        for w in writes {
+            state.apply(w);
+        }
+        Ok(PlanWrite::Done)
     }
 
     async fn finish(

@@ -166,7 +166,7 @@ impl AdminStore for DynamoStore {
                 }
                 WindowEdit::Open(w) => {
                     let path = ex.path(&["w", &w.id()]);
-                    let v = ex.value(window_item(w));
+                    let v = ex.value(window_item(w, false));
                     sets.push(format!("{path} = {v}"));
                 }
                 WindowEdit::Drop(id) => removes.push(ex.path(&["w", id])),
