@@ -21,4 +21,5 @@ mod reset_scale;
 mod retention;
 mod round_trips;
 mod security;
+mod sharded;
 mod template;

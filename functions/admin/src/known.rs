@@ -203,7 +203,7 @@ const DELETE_TEAM_REQUEST: &[&str] = &["team_ids"];
 /// LiteLLM's `duration`).
 const OURS_KEY: &[&str] = &["budget_limits", "reservation_floor", "expires"];
 /// edge-budget's own fields on users and teams.
-const OURS_OWNER: &[&str] = &["budget_limits", "reservation_floor"];
+const OURS_OWNER: &[&str] = &["budget_limits", "reservation_floor", "budget_shards"];
 /// Naming a key by its token (the hash) instead of its plaintext.
 const OURS_TOKEN: &[&str] = &["token"];
 

@@ -382,6 +382,34 @@ pub fn admin_change(
     (writes, create)
 }
 
+/// The slot items of `e` created sharded: the pool holding every window's
+/// whole limit, and its shards, empty.
+pub fn slots_of_new(e: &Entity) -> Vec<Entity> {
+    if !is_sharded(e) {
+        return Vec::new();
+    }
+    std::iter::once(new_slot(e, SlotId::Pool, |w| w.max))
+        .chain((0..e.shards).map(|k| new_slot(e, SlotId::Shard(k), |_| Money::ZERO)))
+        .collect()
+}
+
+/// The guards an entity's own item needs when it becomes sharded: its
+/// counters as read, since the pool starts with `max − used` of them.
+pub fn conversion_guards(old: &Entity, new: &Entity) -> Vec<Guard> {
+    if is_sharded(old) || !is_sharded(new) {
+        return Vec::new();
+    }
+    old.windows
+        .iter()
+        .flat_map(|w| {
+            [
+                Guard::Is(w.id(), Counter::Spent, w.spent),
+                Guard::Is(w.id(), Counter::Reserved, w.reserved),
+            ]
+        })
+        .collect()
+}
+
 // ---- policy: nothing below affects exactness ----
 
 /// How much a dry shard takes from the pool: at least what the request
@@ -457,7 +485,7 @@ mod tests {
         ok
     }
 
-    fn slot<'a>(store: &'a [Entity], k: SlotId) -> &'a Entity {
+    fn slot(store: &[Entity], k: SlotId) -> &Entity {
         store.iter().find(|s| s.entity.slot == Some(k)).unwrap()
     }
 

@@ -363,15 +363,38 @@ impl AdminStore for MemoryStore {
         }
         state.keep_books(&plan::key_bookkeeping(None, Some(entity)));
         state.entities.insert(entity.entity.clone(), entity.clone());
+        for slot in crate::escrow::slots_of_new(entity) {
+            state.entities.insert(slot.entity.clone(), slot);
+        }
         state.set_due(&entity.entity, plan::next_due(entity));
         Ok(AdminWrite::Done)
     }
 
     async fn update(&self, old: &Entity, new: &Entity) -> Result<AdminWrite, StoreError> {
-        let (guards, edits, due) = plan::update(old, new);
+        let (mut guards, edits, due) = plan::update(old, new);
+        guards.extend(crate::escrow::conversion_guards(old, new));
         let mut state = self.state();
         if !plan::guards_hold(&guards, state.entities.get(&old.entity)) {
             return Ok(AdminWrite::Conflict);
+        }
+        let slots: Vec<Entity> = crate::escrow::slot_refs(old)
+            .iter()
+            .filter_map(|r| state.entities.get(r).cloned())
+            .collect();
+        let (slot_writes, create) =
+            if crate::escrow::is_sharded(old) || crate::escrow::is_sharded(new) {
+                crate::escrow::admin_change(old, new, &slots)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+        if !slot_writes.iter().all(|w| state.holds(w)) {
+            return Ok(AdminWrite::Conflict);
+        }
+        for w in &slot_writes {
+            state.apply(w);
+        }
+        for slot in create {
+            state.entities.insert(slot.entity.clone(), slot);
         }
         let books = plan::key_bookkeeping(Some(old), Some(new));
         if let Some(missing) = books
@@ -427,6 +450,9 @@ impl AdminStore for MemoryStore {
             return Ok(AdminWrite::Conflict);
         }
         state.entities.remove(&entity.entity);
+        for slot in crate::escrow::slot_refs(entity) {
+            state.entities.remove(&slot);
+        }
         state.due.remove(&entity.entity);
         state.keep_books(&plan::key_bookkeeping(Some(entity), None));
         Ok(AdminWrite::Done)
