@@ -156,19 +156,20 @@ pub fn finish_window(write: &mut EntityWrite, w: &Window, release: Money, cost: 
 /// the periods read, so the transaction never creates budget. `None` when
 /// `from` does not cover it as read.
 pub fn transfer(from: &Entity, to: &EntityRef, amount: Money) -> Option<[EntityWrite; 2]> {
+    Some([give(from, amount)?, receive(from, to, amount)])
+}
+
+/// The giver's side of a transfer: `amount` of every window's `avail` of
+/// `from` (as read), conditional on covering it in the period read.
+fn give(from: &Entity, amount: Money) -> Option<EntityWrite> {
+    if amount < Money::ZERO {
+        return None;
+    }
     let mut give = EntityWrite {
         entity: from.entity.clone(),
         guards: vec![Guard::Incarnation(from.incarnation)],
         changes: Vec::new(),
     };
-    let mut take = EntityWrite {
-        entity: to.clone(),
-        guards: vec![Guard::Incarnation(from.incarnation)],
-        changes: Vec::new(),
-    };
-    if amount < Money::ZERO {
-        return None;
-    }
     for w in &from.windows {
         if w.avail < amount {
             return None;
@@ -176,18 +177,34 @@ pub fn transfer(from: &Entity, to: &EntityRef, amount: Money) -> Option<[EntityW
         let id = w.id();
         give.guards
             .push(Guard::AtLeast(id.clone(), Counter::Avail, amount));
-        for side in [&mut give, &mut take] {
-            side.guards
-                .push(Guard::Generation(id.clone(), w.generation));
-            if let Some(at) = w.reset_at {
-                side.guards.push(Guard::ResetAtIs(id.clone(), at));
-            }
-        }
+        period_guards(&mut give, w);
         give.changes
-            .push(Change::Add(id.clone(), Counter::Avail, amount.negated()));
-        take.changes.push(Change::Add(id, Counter::Avail, amount));
+            .push(Change::Add(id, Counter::Avail, amount.negated()));
     }
-    Some([give, take])
+    Some(give)
+}
+
+/// The taker's side: `amount` more `avail` in every window of slot `to`,
+/// in the periods (and generations) of `like` (a slot as read).
+fn receive(like: &Entity, to: &EntityRef, amount: Money) -> EntityWrite {
+    let mut take = EntityWrite {
+        entity: to.clone(),
+        guards: vec![Guard::Incarnation(like.incarnation)],
+        changes: Vec::new(),
+    };
+    for w in &like.windows {
+        period_guards(&mut take, w);
+        take.changes
+            .push(Change::Add(w.id(), Counter::Avail, amount));
+    }
+    take
+}
+
+fn period_guards(write: &mut EntityWrite, w: &Window) {
+    write.guards.push(Guard::Generation(w.id(), w.generation));
+    if let Some(at) = w.reset_at {
+        write.guards.push(Guard::ResetAtIs(w.id(), at));
+    }
 }
 
 /// Every shard's headroom back to the pool, each window's `extra` added to
@@ -412,17 +429,51 @@ pub fn conversion_guards(old: &Entity, new: &Entity) -> Vec<Guard> {
 
 // ---- policy: nothing below affects exactness ----
 
-/// How much a dry shard takes from the pool: at least what the request
-/// needs, normally a share of the pool (so a shard refills about once per
-/// `2 × shards`-th of the pool it spends: a second or two at a steady
-/// rate), never more than the pool has. `None`: the pool cannot cover the
-/// request (gather the shards' headroom, or deny).
-pub fn refill_amount(pool_avail: Money, need: Money, shards: u32) -> Option<Money> {
+/// How much a dry shard takes from the pool: a fixed slice of the limit,
+/// `limit / (16 × shards)` (at least what the request needs, never more
+/// than the pool has). Fixed slices spread the refills evenly over the
+/// budget's life — a shard refills once per 1/16th of its share — and
+/// leave at most 1/16th of the limit spread over the shards when the pool
+/// runs out, which the last requests borrow (a few round trips, only in
+/// the last sixteenth of the budget). `None`: the pool cannot cover the
+/// request (borrow from the shards, or deny).
+pub fn refill_amount(pool_avail: Money, need: Money, limit: Money, shards: u32) -> Option<Money> {
     if pool_avail < need {
         return None;
     }
-    let share = Money::from_nanos(pool_avail.nanos() / (2 * i64::from(shards.max(1))));
-    Some(share.max(need).min(pool_avail))
+    let slice = Money::from_nanos(limit.nanos() / (16 * i64::from(shards.max(1))));
+    Some(slice.max(need).min(pool_avail))
+}
+
+/// Near the cap (the pool cannot cover a request): what `to` (as read
+/// among `slots`) lacks to cover `need`, taken from the slots with the most
+/// headroom, the fewest that cover it — one transaction of those givers
+/// and `to`, each giver conditional on covering its part. `None`: all the
+/// slots together do not cover it (deny).
+pub fn borrow(slots: &[Entity], to: &EntityRef, need: Money) -> Option<Vec<EntityWrite>> {
+    let target = slots.iter().find(|s| &s.entity == to)?;
+    let mut missing = need.saturating_sub(headroom(target));
+    if missing <= Money::ZERO {
+        return Some(Vec::new());
+    }
+    let mut givers: Vec<&Entity> = slots.iter().filter(|s| &s.entity != to).collect();
+    givers.sort_by_key(|s| std::cmp::Reverse(headroom(s)));
+    let mut writes = Vec::new();
+    let mut taken = Money::ZERO;
+    for g in givers {
+        let part = headroom(g).min(missing);
+        if part <= Money::ZERO {
+            break;
+        }
+        writes.push(give(g, part)?);
+        missing = missing.saturating_sub(part);
+        taken = taken.saturating_add(part);
+        if missing <= Money::ZERO {
+            writes.push(receive(target, to, taken));
+            return Some(writes);
+        }
+    }
+    None
 }
 
 /// The least headroom any window of `slot` holds.
@@ -607,10 +658,10 @@ mod tests {
     #[test]
     fn a_refill_takes_a_share_of_the_pool_and_never_more_than_it_has() {
         let usd = Money::usd;
-        assert_eq!(refill_amount(usd(80), usd(1), 4), Some(usd(10)));
-        assert_eq!(refill_amount(usd(4), usd(1), 4), Some(usd(1)));
-        assert_eq!(refill_amount(usd(1), usd(2), 4), None);
-        assert_eq!(refill_amount(usd(2), usd(2), 64), Some(usd(2)));
+        assert_eq!(refill_amount(usd(80), usd(1), usd(640), 4), Some(usd(10)));
+        assert_eq!(refill_amount(usd(4), usd(1), usd(640), 4), Some(usd(4)));
+        assert_eq!(refill_amount(usd(80), usd(20), usd(640), 4), Some(usd(20)));
+        assert_eq!(refill_amount(usd(1), usd(2), usd(640), 4), None);
     }
 
     #[test]

@@ -31,10 +31,12 @@ pub(super) enum Next {
 
 /// One step for a request of `estimate` whose write found `slot` of
 /// sharded `owner` (as known) short: refill the shard from the pool when
-/// the pool covers it (one two-item transaction; a shard takes a share of
-/// the pool, so this happens about once per `2 × shards`-th of it); else
+/// the pool covers it (one two-item transaction; a shard takes a slice of
+/// the limit, so this happens about 16 times per shard over the budget's
+/// life); else
 /// read every slot in one isolated read and deny if the totals are below
-/// the estimate, or gather every shard's headroom into the pool.
+/// the estimate, or borrow what the shard lacks from the slots with the
+/// most headroom.
 pub(super) async fn step<S: BudgetStore>(
     store: &S,
     owner: &Entity,
@@ -62,7 +64,15 @@ pub(super) async fn step<S: BudgetStore>(
     if escrow::headroom(shard) >= estimate {
         return Ok(Next::Retry);
     }
-    if let Some(amount) = escrow::refill_amount(escrow::headroom(pool), estimate, owner.shards) {
+    let limit = owner
+        .windows
+        .iter()
+        .map(|w| w.max)
+        .min()
+        .unwrap_or(Money::ZERO);
+    if let Some(amount) =
+        escrow::refill_amount(escrow::headroom(pool), estimate, limit, owner.shards)
+    {
         if let Some(writes) = escrow::transfer(pool, slot, amount) {
             return Ok(match store.write_all(&writes).await? {
                 PlanWrite::Done | PlanWrite::Refused => Next::Retry,
@@ -84,7 +94,11 @@ pub(super) async fn step<S: BudgetStore>(
             retry_after: w.reset_at.map(|at| retry_after_seconds(at, now)),
         })));
     }
-    let writes = escrow::gather(&slots, |_| Money::ZERO, owner.version);
+    // Borrow what the shard lacks from the slots with the most headroom
+    // (the fewest that cover it: usually one, a two-item transaction).
+    let Some(writes) = escrow::borrow(&slots, slot, estimate) else {
+        return Ok(Next::Retry);
+    };
     Ok(match store.write_all(&writes).await? {
         PlanWrite::Done | PlanWrite::Refused => Next::Retry,
         PlanWrite::Busy => Next::Busy,
