@@ -47,6 +47,11 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 /// `template.yaml` declares it (`tests/e2e/gateway.rs` compares them).
 pub const REST_DENIAL_TEMPLATE: &str = r#"{"error": {"message": "$context.authorizer.message", "type": "$context.authorizer.reason", "entity": "$context.authorizer.entity", "entity_id": "$context.authorizer.entity_id", "budget_duration": "$context.authorizer.budget_duration", "max_budget": "$context.authorizer.max_budget", "spend": "$context.authorizer.spend", "reserved": "$context.authorizer.reserved", "estimate": "$context.authorizer.estimate", "reset_at": "$context.authorizer.reset_at", "retry_after": "$context.authorizer.retry_after"}}"#;
 
+/// The REST API's `UNAUTHORIZED` gateway response body (an unknown or
+/// missing key), as `template.yaml` declares it.
+pub const REST_UNAUTHORIZED_BODY: &str =
+    r#"{"error": {"message": "Missing or unknown API key.", "type": "invalid_key"}}"#;
+
 /// Which of the template's two APIs to behave like.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Api {
@@ -403,7 +408,18 @@ impl Gateway {
                 self.forward(parts, path, query, body, peer, &context).await
             }
             Decision::Deny(context) => self.denied(&context),
-            Decision::Unauthorized => message(StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Decision::Unauthorized => match self.config.api {
+                Api::Rest { .. } => {
+                    let mut r = Response::new(full(REST_UNAUTHORIZED_BODY));
+                    *r.status_mut() = StatusCode::UNAUTHORIZED;
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                Api::Http => message(StatusCode::UNAUTHORIZED, "Unauthorized"),
+            },
             Decision::Failure(why) => {
                 tracing::error!(%why, "authorizer failure");
                 match self.config.api {
