@@ -38,7 +38,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
 cd "$ROOT"
 
 FUNCTIONS=(authorize settle-spend reset admin)
-LOCAL_DIR="$ROOT/.local"
+# LOCAL_STATE_DIR: where this stack writes env, stack.env, events and logs
+# (.local by default; the LiteLLM e2e test runs its own stack elsewhere).
+LOCAL_DIR="${LOCAL_STATE_DIR:-$ROOT/.local}"
 LOG_DIR="$LOCAL_DIR/logs"
 STACK_ENV="$LOCAL_DIR/stack.env"
 LOCAL_ENV="$LOCAL_DIR/env"
