@@ -165,6 +165,8 @@ def spend_until_denied() -> None:
         window_spend == expected,
         f"spend {window_spend} nanos != sum of LiteLLM's response_cost {expected} nanos",
     )
+    # LiteLLM's `spend` of a user budgeted by budget_limits: everything spent.
+    check(nanos(state["spend"]) == expected, f"top-level spend {state['spend']} != {expected} nanos")
     check(state["window"]["reserved"] == 0, f"still reserved: {state}")
     print(
         f"spend {expected / 1e9:.9f} USD = sum of {len(mine)} response_cost values "

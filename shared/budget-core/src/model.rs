@@ -243,6 +243,10 @@ pub struct Entity {
     pub expires: Option<DateTime<Utc>>,
     /// Users and teams: how many keys point at them.
     pub key_count: i64,
+    /// Everything settled against this entity since it was created, in
+    /// any window (what LiteLLM calls `spend` when there is no
+    /// `budget_duration`): never reset, only added to by settles.
+    pub lifetime_spent: Money,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Everything else the operator gave (aliases, metadata, models, …),
@@ -263,6 +267,7 @@ impl Entity {
             blocked: false,
             expires: None,
             key_count: 0,
+            lifetime_spent: Money::ZERO,
             created_at: now,
             updated_at: now,
             attributes: Map::new(),

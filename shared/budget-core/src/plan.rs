@@ -70,6 +70,9 @@ pub enum Change {
     /// worst earlier (the job then looks once for nothing). See
     /// [`next_due`].
     SetNextDue(Option<DateTime<Utc>>),
+    /// `entity.lifetime_spent += amount` (a settle's cost, once per
+    /// entity whatever its number of windows).
+    AddLifetimeSpent(Money),
 }
 
 /// The earliest boundary of `entity`'s windows (lifetime windows have
@@ -227,6 +230,9 @@ pub fn finish(
     }
     if write.changes.is_empty() {
         return None;
+    }
+    if !cost.is_zero() {
+        write.changes.push(Change::AddLifetimeSpent(cost));
     }
     write.guards.push(Guard::Incarnation(entity.incarnation));
     if write
@@ -445,6 +451,10 @@ pub fn apply(changes: &[Change], stored: &mut Entity) {
             | Change::SetResetAt(id, _) => id,
             // Not part of the entity: stores keep their index themselves.
             Change::SetNextDue(_) => continue,
+            Change::AddLifetimeSpent(m) => {
+                stored.lifetime_spent = stored.lifetime_spent.saturating_add(*m);
+                continue;
+            }
         };
         let Some(w) = stored.windows.iter_mut().find(|w| w.id() == *id) else {
             continue;
@@ -455,7 +465,7 @@ pub fn apply(changes: &[Change], stored: &mut Entity) {
             Change::Add(_, Counter::Used, _) | Change::UsedFromReserved(..) => {}
             Change::SetSpent(_, m) => w.spent = *m,
             Change::SetResetAt(_, at) => w.reset_at = Some(*at),
-            Change::SetNextDue(_) => {}
+            Change::SetNextDue(_) | Change::AddLifetimeSpent(_) => {}
         }
     }
 }

@@ -375,6 +375,7 @@ impl AdminStore for MemoryStore {
             version: stored.version + 1,
             incarnation: stored.incarnation,
             key_count: stored.key_count,
+            lifetime_spent: stored.lifetime_spent,
             created_at: stored.created_at,
             windows,
             ..new.clone()

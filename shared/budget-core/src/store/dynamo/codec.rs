@@ -181,6 +181,9 @@ pub(super) fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
     );
     item.extend(entity_config_attributes(e));
     item.insert("key_count".into(), n(e.key_count));
+    if !e.lifetime_spent.is_zero() {
+        item.insert(super::expr::LIFETIME_SPENT.into(), money(e.lifetime_spent));
+    }
     item.insert("created_at".into(), epoch(e.created_at));
     if e.entity.kind == EntityKind::Key {
         item.insert(OWNERS.into(), AttributeValue::M(HashMap::new()));
@@ -380,6 +383,9 @@ pub(super) fn entity_from_item(
         blocked: r.bool(item, "blocked"),
         expires: r.time(item, "expires")?,
         key_count: r.opt_n(item, "key_count")?.unwrap_or(0),
+        lifetime_spent: r
+            .opt_n(item, super::expr::LIFETIME_SPENT)?
+            .map_or(Money::ZERO, Money::from_nanos),
         created_at,
         updated_at: r.time(item, "updated_at")?.unwrap_or(created_at),
         attributes,

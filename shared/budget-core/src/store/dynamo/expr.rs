@@ -202,6 +202,10 @@ pub(super) fn render_guard(ex: &mut Expr, guard: &Guard) -> String {
     }
 }
 
+/// The entity attribute of [`Entity::lifetime_spent`](crate::model::Entity)
+/// (nano-USD; absent means 0).
+pub(super) const LIFETIME_SPENT: &str = "lifetime_spent";
+
 /// A change to the item's windows as a SET clause; `None` for the index
 /// entry ([`render_due`]: it needs the entity, and may REMOVE).
 fn render_change(ex: &mut Expr, change: &Change) -> Option<String> {
@@ -229,6 +233,14 @@ fn render_change(ex: &mut Expr, change: &Change) -> Option<String> {
                 ex.value(epoch(*at)),
             );
             format!("{path} = {value}")
+        }
+        Change::AddLifetimeSpent(m) => {
+            let (path, zero, value) = (
+                ex.name(LIFETIME_SPENT),
+                ex.value(money(Money::ZERO)),
+                ex.value(money(*m)),
+            );
+            format!("{path} = if_not_exists({path}, {zero}) + {value}")
         }
         Change::SetNextDue(_) => return None,
     };
