@@ -21,7 +21,7 @@
 # TABLE_NAME, MASTER_KEY, RUST_LOG, BUDGET_TIMEZONE, BUDGET_RESET_TIME,
 # DEFAULT_RESERVATION_USD, MAX_RESERVATION_USD, RESERVATION_TTL_SECONDS,
 # STORE_TIMEOUT_MS; DYNAMODB_PORT, LAMBDA_PORT and GATEWAY_PORT pick the
-# preferred ports (8000, 9000, 4000; a busy one is replaced by a free one,
+# preferred ports (8000, 9000, 8080 - not 4000, LiteLLM's; a busy one is replaced by a free one,
 # and .local/env says which); GATEWAY_API=http makes the gateway behave like
 # the HTTP API variant instead; UPSTREAM_URL (http://) is the upstream.
 
@@ -235,7 +235,7 @@ done
 step "local gateway (the deployed API's routes) in front of ${UPSTREAM_URL:-the built-in mock upstream}"
 GATEWAY_API="${GATEWAY_API:-rest}"
 GATEWAY_STAGE="${GATEWAY_STAGE:-api}"
-GATEWAY_PORT="$(pick_port "${GATEWAY_PORT:-4000}")"
+GATEWAY_PORT="$(pick_port "${GATEWAY_PORT:-8080}")"
 GATEWAY_SECRET="${GATEWAY_SECRET:-$(python3 -c 'import secrets; print(secrets.token_hex(24))')}"
 LAMBDA_URL="$LAMBDA_URL" GATEWAY_PORT="$GATEWAY_PORT" GATEWAY_API="$GATEWAY_API" \
     GATEWAY_STAGE="$GATEWAY_STAGE" GATEWAY_SECRET="$GATEWAY_SECRET" \
