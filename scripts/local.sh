@@ -336,8 +336,8 @@ $WINDOWS
 $(sed 's/^/  /' "$LOCAL_ENV")
 
 Through the gateway, as a client would (a fresh request id each time; denials as deployed):
-  curl -s $API_URL/v1/chat/completions -H 'Authorization: Bearer $DEMO_KEY' -H 'x-budget-reserve: 0.25' -d '$CHAT'
-  curl -sN $API_URL/v1/chat/completions -H 'Authorization: Bearer $DEMO_KEY' -d '$STREAM'
+  curl -s $API_URL/v1/chat/completions -H 'Authorization: Bearer $DEMO_KEY' -H 'x-budget-reserve: 0.25' -H 'Content-Type: application/json' -d '$CHAT'
+  curl -sN $API_URL/v1/chat/completions -H 'Authorization: Bearer $DEMO_KEY' -H 'Content-Type: application/json' -d '$STREAM'
 
 Settle / release (IAM is not emulated locally: no signature needed):
   curl -s $API_URL/spend/settle -d '{"reservation_id": "RESERVATION_ID", "cost": 0.0123}'
