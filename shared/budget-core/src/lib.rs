@@ -5,6 +5,7 @@
 pub mod config;
 pub mod decision;
 pub mod duration;
+pub mod escrow;
 pub mod ids;
 pub mod keys;
 pub mod model;
