@@ -518,7 +518,8 @@ mod tests {
     }
 
     fn in_flight_of(held: &[(SlotId, Money)]) -> Money {
-        held.iter().fold(Money::ZERO, |a, (_, m)| a.saturating_add(*m))
+        held.iter()
+            .fold(Money::ZERO, |a, (_, m)| a.saturating_add(*m))
     }
 
     #[test]
