@@ -437,9 +437,11 @@ pub(super) fn entity_from_item(
         blocked: r.bool(item, "blocked"),
         expires: r.time(item, "expires")?,
         key_count: r.opt_n(item, "key_count")?.unwrap_or(0),
-        lifetime_spent: r
-            .opt_n(item, super::expr::LIFETIME_SPENT)?
-            .map_or(Money::ZERO, Money::from_nanos),
+        // A counter like a window's: read saturated past i64.
+        lifetime_spent: match item.get(super::expr::LIFETIME_SPENT) {
+            None => Money::ZERO,
+            Some(_) => r.counter(item, super::expr::LIFETIME_SPENT)?,
+        },
         key_revision: r.opt_n(item, KEY_REVISION)?.unwrap_or(0) as u64,
         created_at,
         updated_at: r.time(item, "updated_at")?.unwrap_or(created_at),
