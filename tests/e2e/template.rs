@@ -497,6 +497,15 @@ fn the_upstream_gets_the_gateway_secret_and_the_authorizers_reservation_id() {
         )),
         format!("'{secret_ref}'")
     );
+    // A new GatewaySecretRevision changes the REST method itself (so
+    // CloudFormation resolves the secret again), not only the deployment.
+    assert_eq!(
+        sub_text(&get(
+            rest,
+            "integration.request.header.x-edge-budget-gateway-revision"
+        )),
+        "'${GatewaySecretRevision}'"
+    );
     // REST cannot remove a header: these carry the authorizer's values.
     assert_eq!(
         s(&get(rest, "integration.request.header.x-budget-reserve")),

@@ -561,6 +561,7 @@ impl Gateway {
             // REST mappings cannot remove a header: the template sets these
             // two from the authorizer instead.
             owned.push(("x-budget-reserve", text("reserved")));
+            owned.push(("x-edge-budget-gateway-revision", "local".to_string()));
             owned.push(("x-api-key", text("key_hash")));
         }
         for (name, value) in owned {
