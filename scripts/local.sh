@@ -409,6 +409,13 @@ if [ "$EXIT_AFTER_DEMO" = 1 ]; then
     if [ "$GATEWAY_API" = http ]; then want=403; else want=429; fi
     [ "$status" = "$want" ] || fail "a request over budget got $status, not $want"
     rm -f "$LOCAL_DIR/denial.json"
+    # An unknown key: the authorizer's Unauthorized error, as cargo lambda
+    # reports it, becomes the REST API's 401 (the HTTP API's 403).
+    status="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 30 "$API_URL/v1/chat/completions" \
+        -H "Authorization: Bearer sk-unknown" -d "$CHAT")"
+    echo "unknown key: $status"
+    if [ "$GATEWAY_API" = http ]; then want=403; else want=401; fi
+    [ "$status" = "$want" ] || fail "an unknown key got $status, not $want"
 
     step "all four functions and the gateway answered; stopping (LOCAL_EXIT_AFTER_DEMO=1)"
     exit 0
