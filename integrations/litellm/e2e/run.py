@@ -9,7 +9,9 @@ Asserts what a user would notice:
 2. the spend /user/info shows equals the sum of LiteLLM's own
    response_cost values (as the witness callback saw them), to the
    nano-dollar, and nothing stays reserved;
-3. a failing upstream call leaves nothing reserved and spends nothing.
+3. a failing upstream call leaves nothing reserved and spends nothing;
+4. (offline) deployed, the callback's settle requests are SigV4-signed
+   for execute-api; locally they are plain HTTP.
 
 Environment: API_URL, MASTER_KEY (the local stack's), LITELLM_MASTER_KEY,
 WITNESS_FILE. Exits non-zero on the first broken expectation.
@@ -187,7 +189,42 @@ def failing_call_reserves_nothing() -> None:
     print(f"a failing upstream call: released, nothing reserved or spent ({state['window']})")
 
 
+def settle_requests_are_signed_when_deployed() -> None:
+    """Deployed, the callback signs with SigV4 for execute-api (botocore);
+    checked offline with made-up credentials: the signature's scope names
+    the region and the service, and the signed headers cover the host."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    os.environ.setdefault("EDGE_BUDGET_API_URL", API_URL)
+    import edge_budget_callback as cb
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "EDGE_BUDGET_SIGV4")}
+    os.environ.update(AWS_ACCESS_KEY_ID="AKIDEXAMPLE", AWS_SECRET_ACCESS_KEY="secret", AWS_SESSION_TOKEN="token", AWS_REGION="eu-west-1")
+    os.environ.pop("EDGE_BUDGET_SIGV4", None)
+    try:
+        deployed = cb.EdgeBudgetSettler("https://abc123.execute-api.eu-west-1.amazonaws.com/api")
+        check(deployed.sign, "an https API URL is signed by default")
+        headers = deployed._headers(f"{deployed.api_url}/spend/settle", '{"reservation_id": "r-x", "cost": 0.1}')
+        auth = headers.get("Authorization", "")
+        check(
+            auth.startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+            and "/eu-west-1/execute-api/aws4_request" in auth
+            and "host" in auth.split("SignedHeaders=")[1].split(",")[0].split(";"),
+            f"signature: {auth!r}",
+        )
+        check(headers.get("X-Amz-Security-Token") == "token", f"session token: {headers}")
+        local = cb.EdgeBudgetSettler("http://127.0.0.1:8080/api")
+        check(not local.sign and "Authorization" not in local._headers("http://x/spend/settle", "{}"), "local is plain HTTP")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    print("settle requests are SigV4-signed for execute-api when the API URL is https, plain locally")
+
+
 if __name__ == "__main__":
+    settle_requests_are_signed_when_deployed()
     spend_until_denied()
     failing_call_reserves_nothing()
-    print("litellm e2e: 3 passed, 0 failed")
+    print("litellm e2e: 4 passed, 0 failed")
