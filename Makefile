@@ -6,13 +6,14 @@ SHELL := /bin/bash
 # aarch64-unknown-linux-gnu Rust target and Zig, which cargo-lambda brings).
 LAMBDA_ARCH ?= x86-64
 
-.PHONY: help local walkthrough test lint-template release-build sam-build bench reliability
+.PHONY: help local walkthrough test lint-template release-build sam-build bench reliability litellm-e2e
 
 help:
-	@echo "make local          DynamoDB emulator + cargo lambda watch + demo team/user/key (Ctrl-C stops)"
+	@echo "make local          DynamoDB emulator + the functions + the local gateway + a demo key (Ctrl-C stops)"
 	@echo "make walkthrough    authorize until a budget denies, settle, info, window reset (uses 'make local' if up)"
 	@echo "make test           every test of the workspace against the DynamoDB emulator"
 	@echo "make lint-template  cfn-lint + sam validate --lint on template.yaml"
+	@echo "make litellm-e2e    OpenAI SDK -> local gateway -> LiteLLM proxy (mock models) -> settle callback"
 	@echo "make release-build  cargo lambda build --release (LAMBDA_ARCH=$(LAMBDA_ARCH)) -> target/lambda/<fn>/bootstrap"
 	@echo "make sam-build      sam build --beta-features for x86_64 (what 'sam deploy' would upload)"
 	@echo "make bench          the figures of docs/performance.md (scripts/bench.sh)"
@@ -29,6 +30,9 @@ test:
 
 lint-template:
 	bash scripts/lint-template.sh
+
+litellm-e2e:
+	bash scripts/litellm-e2e.sh
 
 # cargo-lambda links with Zig against the glibc of Lambda's provided.al2023
 # (not this machine's); LAMBDA_COMPILER=cargo links with the host toolchain.

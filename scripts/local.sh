@@ -6,23 +6,44 @@
 #      or a free one), and creates the table from its Rust definition;
 #   3. starts `cargo lambda watch` (the Lambda runtime API on port 9000, or a
 #      free one) and the four functions against it;
-#   4. creates a demo team, user and key through the admin API, writes
-#      ready-made authorizer events to .local/, and prints how to call each
-#      function.
-# Ctrl-C stops everything it started. With LOCAL_EXIT_AFTER_DEMO=1 it also
-# calls every function once, checks the answers, and exits (CI uses this).
+#   4. starts the local gateway (dev/local-gateway: the routes of the REST
+#      API that template.yaml deploys, each proxied request authorized by the
+#      real authorize function) in front of UPSTREAM_URL, or of its built-in
+#      mock upstream when UPSTREAM_URL is unset;
+#   5. creates a demo team, user and key through the admin API, writes
+#      .local/env (API_URL, DEMO_KEY, MASTER_KEY, ...) and ready-made
+#      authorizer events to .local/, and prints how to call everything.
+# Ctrl-C (or SIGTERM, or SIGINT when started in the background) stops
+# everything it started. With LOCAL_EXIT_AFTER_DEMO=1 it also calls every
+# function and the gateway once, checks the answers, and exits (CI uses this).
 #
 # Settings come from the environment (defaults below and in docs/deploy.md):
 # TABLE_NAME, MASTER_KEY, RUST_LOG, BUDGET_TIMEZONE, BUDGET_RESET_TIME,
 # DEFAULT_RESERVATION_USD, MAX_RESERVATION_USD, RESERVATION_TTL_SECONDS,
-# STORE_TIMEOUT_MS; DYNAMODB_PORT and LAMBDA_PORT pick the preferred ports.
+# STORE_TIMEOUT_MS; DYNAMODB_PORT, LAMBDA_PORT and GATEWAY_PORT pick the
+# preferred ports (8000, 9000, 8080 - not 4000, LiteLLM's; a busy one is replaced by a free one,
+# and .local/env says which); GATEWAY_API=http makes the gateway behave like
+# the HTTP API variant instead; UPSTREAM_URL (http://) is the upstream.
+
+# A shell that starts a job in the background (`make local &`) starts it
+# with SIGINT ignored, and bash cannot trap a signal ignored at entry: run
+# this script again with SIGINT restored, so `kill -INT` stops it too.
+if [ -z "${EDGE_BUDGET_SIGINT_RESTORED:-}" ]; then
+    export EDGE_BUDGET_SIGINT_RESTORED=1
+    exec python3 -c 'import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execvp("bash", ["bash"] + sys.argv[1:])' "${BASH_SOURCE[0]}" "$@"
+fi
 source "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
 cd "$ROOT"
 
 FUNCTIONS=(authorize settle-spend reset admin)
-LOCAL_DIR="$ROOT/.local"
+# LOCAL_STATE_DIR: where this stack writes env, stack.env, events and logs
+# (.local by default; the LiteLLM e2e test runs its own stack elsewhere).
+LOCAL_DIR="${LOCAL_STATE_DIR:-$ROOT/.local}"
 LOG_DIR="$LOCAL_DIR/logs"
 STACK_ENV="$LOCAL_DIR/stack.env"
+LOCAL_ENV="$LOCAL_DIR/env"
 EXIT_AFTER_DEMO="${LOCAL_EXIT_AFTER_DEMO:-0}"
 STARTED=$SECONDS
 
@@ -49,7 +70,11 @@ cleanup() {
     local status=$?
     trap - EXIT INT TERM
     if [ -f "$STACK_ENV" ] && grep -qx "STACK_PID=$$" "$STACK_ENV"; then
-        rm -f "$STACK_ENV"
+        rm -f "$STACK_ENV" "$LOCAL_ENV"
+    fi
+    if [ -n "${GATEWAY_PID:-}" ]; then
+        kill "$GATEWAY_PID" 2>/dev/null || true
+        wait "$GATEWAY_PID" 2>/dev/null || true
     fi
     if [ -n "${TAIL_PID:-}" ]; then
         kill "$TAIL_PID" 2>/dev/null || true
@@ -69,8 +94,9 @@ cleanup() {
     exit "$status"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# Ctrl-C and SIGTERM are how this stack is meant to stop: a clean exit (0),
+# so make does not report "Error 130" for it.
+trap 'exit 0' INT TERM
 
 # start_function INDEX: runs FUNCTIONS[INDEX] against the runtime API, as
 # Lambda would: it polls `.../.rt/<name>/2018-06-01/runtime/invocation/next`.
@@ -85,11 +111,12 @@ start_function() {
 }
 
 # ------------------------------------------------------------------ helpers
-# http METHOD URL [JSON]: sets HTTP_STATUS and HTTP_BODY. Never hangs.
+# http METHOD URL [JSON]: sets HTTP_STATUS and HTTP_BODY. Never hangs
+# (HTTP_MAX_TIME seconds at most, 30 by default).
 http() {
     local method="$1" url="$2" data="${3:-}" out
     out="$(mktemp)"
-    local args=(-sS -o "$out" -w '%{http_code}' --max-time 30 -X "$method"
+    local args=(-sS -o "$out" -w '%{http_code}' --max-time "${HTTP_MAX_TIME:-30}" -X "$method"
         -H "Authorization: Bearer $MASTER_KEY" -H 'Content-Type: application/json')
     if [ -n "$data" ]; then
         args+=(--data "$data")
@@ -147,14 +174,14 @@ step "tools (.tools/)"
 ensure_cargo_lambda
 ensure_moto
 mkdir -p "$LOG_DIR"
-for f in "${FUNCTIONS[@]}" watch; do : >"$LOG_DIR/$f.log"; done
+for f in "${FUNCTIONS[@]}" watch gateway; do : >"$LOG_DIR/$f.log"; done
 
 step "build the functions (cargo build)"
-cargo build --bins -p budget-core -p authorize -p settle-spend -p reset -p admin ||
+cargo build --bins -p budget-core -p authorize -p settle-spend -p reset -p admin -p local-gateway ||
     fail "the functions do not build"
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | json_get target_directory)"
 BIN_DIR="$TARGET_DIR/debug"
-for f in "${FUNCTIONS[@]}" create-table; do
+for f in "${FUNCTIONS[@]}" create-table local-gateway; do
     [ -x "$BIN_DIR/$f" ] || fail "no binary $BIN_DIR/$f after the build"
 done
 
@@ -177,18 +204,56 @@ wait_for_port "$LAMBDA_PORT" 60 "$WATCH_PID" ||
     fail "cargo lambda watch did not listen on port $LAMBDA_PORT within 60 s"
 for i in "${!FUNCTIONS[@]}"; do start_function "$i"; done
 
-# The first admin call doubles as the readiness check: the runtime API
-# holds it until the function polls for work.
-deadline=$((SECONDS + 60))
-while :; do
-    http GET "$LAMBDA_URL/lambda-url/admin/team/info?team_id=demo-team"
-    case "$HTTP_STATUS" in 200 | 404) break ;; esac
+# fail_if_a_function_exited: a function that stops at start (a bad
+# setting) says why on its first line; say it now, not after a timeout.
+fail_if_a_function_exited() {
+    local i
     for i in "${!FUNCTIONS[@]}"; do
-        kill -0 "${FN_PIDS[$i]}" 2>/dev/null || fail "function ${FUNCTIONS[$i]} exited at start"
+        if ! kill -0 "${FN_PIDS[$i]}" 2>/dev/null; then
+            echo "make local: function ${FUNCTIONS[$i]} exited at start:" >&2
+            grep -m1 "cannot start" "$LOG_DIR/${FUNCTIONS[$i]}.log" >&2 ||
+                tail -n 5 "$LOG_DIR/${FUNCTIONS[$i]}.log" >&2
+            exit 1
+        fi
     done
+}
+
+# The first admin call doubles as the readiness check: the runtime API
+# holds it until the function polls for work (so each try is short, and the
+# functions' liveness is checked between tries).
+deadline=$((SECONDS + 60))
+sleep 0.3
+while :; do
+    fail_if_a_function_exited
+    HTTP_MAX_TIME=2 http GET "$LAMBDA_URL/lambda-url/admin/team/info?team_id=demo-team"
+    case "$HTTP_STATUS" in 200 | 404) break ;; esac
     [ "$SECONDS" -lt "$deadline" ] || fail "the admin function did not answer within 60 s (last: $HTTP_STATUS $HTTP_BODY)"
-    sleep 0.5
+    sleep 0.3
 done
+
+# ----------------------------------------------------------------- gateway
+step "local gateway (the deployed API's routes) in front of ${UPSTREAM_URL:-the built-in mock upstream}"
+GATEWAY_API="${GATEWAY_API:-rest}"
+GATEWAY_STAGE="${GATEWAY_STAGE:-api}"
+GATEWAY_PORT="$(pick_port "${GATEWAY_PORT:-8080}")"
+GATEWAY_SECRET="${GATEWAY_SECRET:-$(python3 -c 'import secrets; print(secrets.token_hex(24))')}"
+LAMBDA_URL="$LAMBDA_URL" GATEWAY_PORT="$GATEWAY_PORT" GATEWAY_API="$GATEWAY_API" \
+    GATEWAY_STAGE="$GATEWAY_STAGE" GATEWAY_SECRET="$GATEWAY_SECRET" \
+    "$BIN_DIR/local-gateway" >>"$LOG_DIR/gateway.log" 2>&1 &
+GATEWAY_PID=$!
+for _ in $(seq 1 100); do
+    grep -q "^listening on" "$LOG_DIR/gateway.log" && break
+    kill -0 "$GATEWAY_PID" 2>/dev/null || fail "the local gateway exited at start"
+    sleep 0.1
+done
+grep -q "^listening on" "$LOG_DIR/gateway.log" || fail "the local gateway did not start within 10 s"
+if [ "$GATEWAY_API" = http ]; then
+    API_URL="http://127.0.0.1:$GATEWAY_PORT"
+else
+    API_URL="http://127.0.0.1:$GATEWAY_PORT/$GATEWAY_STAGE"
+fi
+MOCK_PORT="$(sed -n 's/^mock upstream on //p' "$LOG_DIR/gateway.log" | head -1)"
+EFFECTIVE_UPSTREAM="${UPSTREAM_URL:-http://127.0.0.1:$MOCK_PORT}"
 
 # -------------------------------------------------------------------- demo
 step "demo team, user and key (admin API)"
@@ -213,34 +278,81 @@ AWS_ENDPOINT_URL_DYNAMODB=$AWS_ENDPOINT_URL_DYNAMODB
 TABLE_NAME=$TABLE_NAME
 MASTER_KEY=$MASTER_KEY
 DEMO_KEY=$DEMO_KEY
+API_URL=$API_URL
+EOF
+# .local/env: what a client, a script or `set -a; . .local/env; set +a`
+# needs (OPENAI_* point the OpenAI SDKs at the gateway with the demo key).
+cat >"$LOCAL_ENV" <<EOF
+API_URL=$API_URL
+DEMO_KEY=$DEMO_KEY
+MASTER_KEY=$MASTER_KEY
+GATEWAY_API=$GATEWAY_API
+UPSTREAM_URL=$EFFECTIVE_UPSTREAM
+SETTLE_URL=$API_URL/spend/settle
+LAMBDA_URL=$LAMBDA_URL
+AWS_ENDPOINT_URL_DYNAMODB=$AWS_ENDPOINT_URL_DYNAMODB
+TABLE_NAME=$TABLE_NAME
+OPENAI_BASE_URL=$API_URL/v1
+OPENAI_API_KEY=$DEMO_KEY
 EOF
 
+# The demo user's windows with their next resets: "30d" is a calendar
+# month here (in BUDGET_TIMEZONE), so it may well reset in two days.
+http GET "$LAMBDA_URL/lambda-url/admin/user/info?user_id=demo-user"
+WINDOWS="$(printf '%s' "$HTTP_BODY" | python3 -c '
+import json, sys
+try:
+    info = json.load(sys.stdin)
+except ValueError:
+    sys.exit(0)
+user = info.get("user_info", info)
+notes = {"1d": "a calendar day, from the reset time",
+         "7d": "a calendar week, from Monday", "1w": "a calendar week, from Monday",
+         "30d": "a calendar month, from the 1st", "1mo": "a calendar month, from the 1st"}
+for w in user.get("windows", []):
+    d = w.get("budget_duration")
+    print("    %-5s $%-7g next reset %s  (%s)" % (d, w.get("max_budget"),
+          w.get("reset_at") or "never", notes.get(d, "calendar-aligned")))
+')"
+
+if [ "$GATEWAY_API" = http ]; then API_KIND="HTTP API"; else API_KIND="REST API, stage $GATEWAY_STAGE"; fi
+CARGO_LAMBDA=".tools/venv/bin/cargo-lambda lambda"
+UPSTREAM_NOTE=""
+[ -n "${UPSTREAM_URL:-}" ] || UPSTREAM_NOTE='  (the built-in mock: it settles $0.002 per answer)'
+CHAT='{"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}'
+STREAM='{"model": "mock-model", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
 cat <<EOF
 
 edge-budget runs locally (ready in $((SECONDS - STARTED)) s):
+  API (local gateway) $API_URL  (like the deployed $API_KIND)
+  upstream            $EFFECTIVE_UPSTREAM$UPSTREAM_NOTE
   DynamoDB emulator   $AWS_ENDPOINT_URL_DYNAMODB   table $TABLE_NAME
   Lambda runtime API  $LAMBDA_URL   (cargo lambda watch; logs in .local/logs/)
-  master key          $MASTER_KEY
   demo key            $DEMO_KEY   (user demo-user, team demo-team)
+  demo-user's windows, calendar-aligned (BUDGET_TIMEZONE=${BUDGET_TIMEZONE:-UTC}):
+$WINDOWS
 
-Authorize (the API Gateway authorizer; events with the demo key are in .local/):
-  cargo lambda invoke -A 127.0.0.1 -P $LAMBDA_PORT authorize --data-file .local/authorize-http-api.json
-  cargo lambda invoke -A 127.0.0.1 -P $LAMBDA_PORT authorize --data-file .local/authorize-rest-request.json
-  cargo lambda invoke -A 127.0.0.1 -P $LAMBDA_PORT authorize --data-file .local/authorize-rest-token.json
-  (cargo-lambda is in .tools/venv/bin; or: curl -s $LAMBDA_URL/2015-03-31/functions/authorize/invocations -d @.local/authorize-http-api.json)
+.local/env (for a shell: set -a; . .local/env; set +a):
+$(sed 's/^/  /' "$LOCAL_ENV")
 
-Settle / release (put the reservation_id from an allow here):
-  curl -s $LAMBDA_URL/lambda-url/settle-spend/spend/settle -d '{"reservation_id": "RESERVATION_ID", "cost": 0.0123}'
-  curl -s $LAMBDA_URL/lambda-url/settle-spend/spend/release -d '{"reservation_id": "RESERVATION_ID"}'
+Through the gateway, as a client would (a fresh request id each time; denials as deployed):
+  curl -s $API_URL/v1/chat/completions -H 'Authorization: Bearer $DEMO_KEY' -H 'x-budget-reserve: 0.25' -H 'Content-Type: application/json' -d '$CHAT'
+  curl -sN $API_URL/v1/chat/completions -H 'Authorization: Bearer $DEMO_KEY' -H 'Content-Type: application/json' -d '$STREAM'
 
-Reset job (what the EventBridge schedule does every minute):
-  cargo lambda invoke -A 127.0.0.1 -P $LAMBDA_PORT reset --data-file events/reset-schedule.json
+Settle / release (IAM is not emulated locally: no signature needed):
+  curl -s $API_URL/spend/settle -d '{"reservation_id": "RESERVATION_ID", "cost": 0.0123}'
+  curl -s $API_URL/spend/release -d '{"reservation_id": "RESERVATION_ID"}'
 
-Admin (LiteLLM-style):
-  curl -s '$LAMBDA_URL/lambda-url/admin/user/info?user_id=demo-user' -H 'Authorization: Bearer $MASTER_KEY'
-  curl -s '$LAMBDA_URL/lambda-url/admin/team/info?team_id=demo-team' -H 'Authorization: Bearer $MASTER_KEY'
-  curl -s '$LAMBDA_URL/lambda-url/admin/key/info?key=$DEMO_KEY' -H 'Authorization: Bearer $MASTER_KEY'
-  curl -s $LAMBDA_URL/lambda-url/admin/key/generate -H 'Authorization: Bearer $MASTER_KEY' -d '{"user_id": "demo-user", "max_budget": 5, "budget_duration": "1h"}'
+Admin (LiteLLM-style; the master key as Bearer here, in x-litellm-api-key when deployed):
+  curl -s '$API_URL/user/info?user_id=demo-user' -H 'Authorization: Bearer $MASTER_KEY'
+  curl -s '$API_URL/key/info?key=$DEMO_KEY' -H 'Authorization: Bearer $MASTER_KEY'
+  curl -s $API_URL/key/generate -H 'Authorization: Bearer $MASTER_KEY' -d '{"user_id": "demo-user", "max_budget": 5, "budget_duration": "1h"}'
+
+The functions directly (authorizer events with the demo key are in .local/):
+  $CARGO_LAMBDA invoke -A 127.0.0.1 -P $LAMBDA_PORT authorize --data-file .local/authorize-rest-request.json
+  $CARGO_LAMBDA invoke -A 127.0.0.1 -P $LAMBDA_PORT authorize --data-file .local/authorize-http-api.json
+  $CARGO_LAMBDA invoke -A 127.0.0.1 -P $LAMBDA_PORT reset --data-file events/reset-schedule.json
+  (reset is what EventBridge runs every minute when deployed)
 
 Walkthrough (in another terminal):  make walkthrough
 EOF
@@ -278,19 +390,47 @@ if [ "$EXIT_AFTER_DEMO" = 1 ]; then
     echo "user/info: $HTTP_STATUS $HTTP_BODY"
     [ "$HTTP_STATUS" = 200 ] || fail "user/info answered $HTTP_STATUS"
 
-    step "all four functions answered; stopping (LOCAL_EXIT_AFTER_DEMO=1)"
+    step "the gateway: allowed, streamed, denied (LOCAL_EXIT_AFTER_DEMO=1)"
+    # A forged reservation id must not reach the upstream.
+    answer="$(curl -sS --max-time 30 "$API_URL/v1/chat/completions" -H "Authorization: Bearer $DEMO_KEY" \
+        -H 'x-budget-reservation-id: r-forged' -d "$CHAT")"
+    echo "chat completion: $answer"
+    seen="$(printf '%s' "$answer" | json_get 'edge_budget.received.x-budget-reservation-id')"
+    case "$seen" in r-????????????????????????????????*) ;; *) fail "the upstream did not get the authorizer's reservation id (got '$seen')" ;; esac
+    [ "$(printf '%s' "$answer" | json_get edge_budget.settle.status)" = 200 ] || fail "the mock upstream's settle failed"
+    chunks="$(curl -sS -N --max-time 30 "$API_URL/v1/chat/completions" -H "Authorization: Bearer $DEMO_KEY" -d "$STREAM" | grep -c '^data: ')"
+    echo "streamed: $chunks SSE events"
+    [ "$chunks" -ge 3 ] || fail "the streamed answer had $chunks events"
+    http POST "$LAMBDA_URL/lambda-url/admin/key/generate" '{"user_id": "demo-user", "max_budget": 0.01}'
+    small_key="$(printf '%s' "$HTTP_BODY" | json_get key)"
+    status="$(curl -sS -o "$LOCAL_DIR/denial.json" -w '%{http_code}' --max-time 30 "$API_URL/v1/chat/completions" \
+        -H "Authorization: Bearer $small_key" -H 'x-budget-reserve: 1' -d "$CHAT")"
+    echo "denied: $status $(cat "$LOCAL_DIR/denial.json")"
+    if [ "$GATEWAY_API" = http ]; then want=403; else want=429; fi
+    [ "$status" = "$want" ] || fail "a request over budget got $status, not $want"
+    rm -f "$LOCAL_DIR/denial.json"
+    # An unknown key: the authorizer's Unauthorized error, as cargo lambda
+    # reports it, becomes the REST API's 401 (the HTTP API's 403).
+    status="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 30 "$API_URL/v1/chat/completions" \
+        -H "Authorization: Bearer sk-unknown" -d "$CHAT")"
+    echo "unknown key: $status"
+    if [ "$GATEWAY_API" = http ]; then want=403; else want=401; fi
+    [ "$status" = "$want" ] || fail "an unknown key got $status, not $want"
+
+    step "all four functions and the gateway answered; stopping (LOCAL_EXIT_AFTER_DEMO=1)"
     exit 0
 fi
 
 # ------------------------------------------------------------------- serve
 echo
 echo "Function logs follow. Ctrl-C stops everything."
-tail -n 0 -F "$LOG_DIR"/authorize.log "$LOG_DIR"/settle-spend.log "$LOG_DIR"/reset.log "$LOG_DIR"/admin.log &
+tail -n 0 -F "$LOG_DIR"/authorize.log "$LOG_DIR"/settle-spend.log "$LOG_DIR"/reset.log "$LOG_DIR"/admin.log "$LOG_DIR"/gateway.log &
 TAIL_PID=$!
 restarts=0
 while :; do
     sleep 1
     kill -0 "$WATCH_PID" 2>/dev/null || fail "cargo lambda watch stopped"
+    kill -0 "$GATEWAY_PID" 2>/dev/null || fail "the local gateway stopped"
     for i in "${!FUNCTIONS[@]}"; do
         if ! kill -0 "${FN_PIDS[$i]}" 2>/dev/null; then
             wait "${FN_PIDS[$i]}" 2>/dev/null || true

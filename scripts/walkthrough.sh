@@ -237,7 +237,7 @@ bold "4. The denial: the authorizer's context (what the REST API puts in its 429
 printf '%s' "$deny" | py '
 import json, sys
 c = json.load(sys.stdin)["context"]
-for k in ("reason", "entity", "entity_id", "budget_duration", "max_budget", "spend", "reserved", "reset_at", "retry_after", "message"):
+for k in ("reason", "entity", "entity_id", "budget_duration", "max_budget", "spend", "reserved", "estimate", "reset_at", "retry_after", "message"):
     if k in c:
         print("    %-16s %s" % (k, c[k]))
 '
@@ -248,7 +248,7 @@ echo "ACCESS_DENIED gateway response the client gets HTTP 429 and:"
 printf '%s' "$answer" | py '
 import json, sys
 c = json.load(sys.stdin).get("context", {})
-keys = ("message", "reason", "entity", "entity_id", "budget_duration", "max_budget", "spend", "reset_at", "retry_after")
+keys = ("message", "reason", "entity", "entity_id", "budget_duration", "max_budget", "spend", "reserved", "estimate", "reset_at", "retry_after")
 body = {"error": {("type" if k == "reason" else k): str(c.get(k, "")) for k in keys}}
 print("    " + json.dumps(body))
 '

@@ -1107,6 +1107,78 @@ async fn store_failures_are_503() {
     }
 }
 
+/// LiteLLM's numbers where LiteLLM clients read them: an entity budgeted
+/// by `budget_limits` alone shows its lifetime spend as `spend` (not 0),
+/// one with a legacy window that window's; durations come back as sent
+/// ("1w", "weekly"), the windows keep the canonical id.
+#[tokio::test]
+async fn top_level_spend_and_durations_read_as_in_litellm() {
+    let app = TestApp::new().await;
+    let user = format!("u-{}", edge_budget::hex_id());
+    app.post(
+        "/user/new",
+        json!({"user_id": user, "budget_limits": [
+            {"budget_duration": "1w", "max_budget": 5},
+            {"budget_duration": "1d", "max_budget": 2}]}),
+    )
+    .await;
+    let key = app
+        .post(
+            "/key/generate",
+            json!({"user_id": user, "max_budget": 3, "budget_duration": "weekly"}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let authorizer = app.authorizer_on(app.another_store());
+    spend(&app, &authorizer, &key, "0.5", 0.75).await;
+    spend(&app, &authorizer, &key, "0.5", 0.000000001).await;
+
+    let u = app.user_info(&user).await["user_info"].clone();
+    assert_eq!(u["spend"], 0.750000001, "{u}");
+    assert_eq!(u["lifetime_spend"], 0.750000001);
+    assert_eq!(u["budget_duration"], Value::Null);
+    assert_eq!(
+        u["budget_limits"],
+        json!([{"budget_duration": "1d", "max_budget": 2.0},
+               {"budget_duration": "1w", "max_budget": 5.0}])
+    );
+    assert_eq!(window(&u, "7d")["spend"], 0.750000001);
+    assert!(
+        u.get(view_texts()).is_none(),
+        "the bookkeeping is not shown: {u}"
+    );
+
+    let k = app.key_info(&key).await["info"].clone();
+    assert_eq!(k["budget_duration"], "weekly", "{k}");
+    assert_eq!(k["spend"], 0.750000001, "the legacy window's spend");
+
+    // Sent again in canonical form, it comes back canonical.
+    let updated = app
+        .post(
+            "/user/update",
+            json!({"user_id": user, "budget_limits": [
+                {"budget_duration": "7d", "max_budget": 5},
+                {"budget_duration": "daily", "max_budget": 2}]}),
+        )
+        .await;
+    assert_eq!(
+        updated["budget_limits"],
+        json!([{"budget_duration": "daily", "max_budget": 2.0},
+               {"budget_duration": "7d", "max_budget": 5.0}]),
+        "{updated}"
+    );
+    assert_eq!(
+        updated["spend"], 0.750000001,
+        "an update keeps the lifetime spend"
+    );
+}
+
+fn view_texts() -> &'static str {
+    "edge_budget_duration_texts"
+}
+
 /// A key with no window of its own is not part of the reservation's write
 /// (it would cost a condition check): its user's write carries the guard.
 /// Blocking, moving or deleting the key must still be seen by an instance

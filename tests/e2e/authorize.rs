@@ -56,9 +56,11 @@ async fn a_users_windows_cap_spend_across_all_of_its_keys() {
     assert_eq!(money(&c["max_budget"]), Money::usd(150));
     assert_eq!(c["reset_at"], "2026-11-29T00:00:00Z");
     assert_eq!(c["retry_after"], 8 * 3600 + 52 * 60);
+    // The estimate that did not fit is in the denial.
+    assert_eq!(money(&c["estimate"]), Money::usd(10));
     assert_eq!(
         c["message"],
-        "Budget exceeded: user=user-123 over 1d budget. Spend=$145.0000, Limit=$150.00, resets 2026-11-29T00:00:00Z"
+        "Budget exceeded: user=user-123 over 1d budget. Spend=$145.0000, Estimate=$10.0000, Limit=$150.00, resets 2026-11-29T00:00:00Z"
     );
     let ok = app.authorize(&key2, Some("5")).await;
     assert!(allowed(&ok), "{ok}");

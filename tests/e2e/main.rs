@@ -14,6 +14,7 @@ mod conservation;
 mod dynamo_errors;
 mod faults;
 mod fuzz;
+mod gateway;
 mod load;
 mod plans;
 mod receipts;

@@ -19,7 +19,7 @@ use crate::helpers::TestApp;
 /// An index: name, key schema, projection.
 type Index = (String, Vec<(String, String)>, String);
 
-fn template() -> Value {
+pub fn template() -> Value {
     let path = format!("{}/template.yaml", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).expect("template.yaml");
     serde_yaml::from_str(&text).expect("template.yaml is YAML")
@@ -291,29 +291,101 @@ fn authorizer_decisions_are_never_cached() {
         resources_of_type(&t, "AWS::Serverless::HttpApi").is_empty(),
         "the HTTP API is declared resource by resource"
     );
-    let rest = resources_of_type(&t, "AWS::Serverless::Api");
-    assert!(!rest.is_empty(), "the REST API variant exists");
-    for (name, api) in rest {
-        let authorizers = api["Properties"]["Auth"]["Authorizers"]
-            .as_mapping()
-            .expect("REST authorizers");
-        for (aname, a) in authorizers {
-            assert_eq!(
-                a["Identity"]["ReauthorizeEvery"].as_u64(),
-                Some(0),
-                "{name}.{}: Identity.ReauthorizeEvery must be 0",
-                s(aname)
+    let rest = resources_of_type(&t, "AWS::ApiGateway::Authorizer");
+    assert!(!rest.is_empty(), "the REST API has an authorizer");
+    for (name, a) in rest {
+        assert_eq!(
+            a["Properties"]["AuthorizerResultTtlInSeconds"].as_u64(),
+            Some(0),
+            "{name}: AuthorizerResultTtlInSeconds must be 0"
+        );
+        assert!(
+            a["Properties"]["IdentitySource"].is_null(),
+            "{name}: an identity source would answer 401 itself when that one header is absent"
+        );
+    }
+    assert!(
+        resources_of_type(&t, "AWS::Serverless::Api").is_empty(),
+        "the REST API is declared resource by resource (no imported OpenAPI body)"
+    );
+}
+
+/// The default deployment is the one LLM clients need: a REST API whose
+/// upstream route streams (STREAM, up to 15 minutes), with no imported
+/// body (where a mapping may be dropped) and warnings failing the
+/// deployment; the HTTP API stays an option. A reservation outlives the
+/// longest request the gateway allows.
+#[test]
+fn the_default_api_streams_and_reservations_outlive_it() {
+    let t = template();
+    assert_eq!(s(&t["Parameters"]["ApiType"]["Default"]), "rest");
+    let api = &t["Resources"]["BudgetRestApi"];
+    assert_eq!(s(&api["Type"]), "AWS::ApiGateway::RestApi");
+    assert_eq!(s(&api["Condition"]), "UseRestApi");
+    assert_eq!(api["Properties"]["FailOnWarnings"], Value::Bool(true));
+    assert!(api["Properties"]["Body"].is_null() && api["Properties"]["BodyS3Location"].is_null());
+    assert_eq!(
+        s(&t["Resources"]["BudgetHttpApi"]["Condition"]),
+        "UseHttpApi"
+    );
+
+    let m = &t["Resources"]["RestUpstreamMethod"]["Properties"];
+    assert_eq!(s(&m["AuthorizationType"]), "CUSTOM");
+    assert_eq!(
+        tagged(&m["AuthorizerId"], "Ref").map(s).as_deref(),
+        Some("BudgetRestAuthorizer")
+    );
+    let i = &m["Integration"];
+    assert_eq!(s(&i["Type"]), "HTTP_PROXY");
+    assert_eq!(s(&i["ResponseTransferMode"]), "STREAM");
+    let timeouts = setting_bounds_ms(&t, &i["TimeoutInMillis"], "stream timeout");
+    let longest = timeouts.iter().map(|(_, ms)| *ms).max().unwrap();
+    assert_eq!(
+        longest, 900_000,
+        "{timeouts:?}: streaming allows 15 minutes"
+    );
+
+    // The reservation must outlive the longest request, and the settle
+    // after it: its TTL (default and minimum of the code) above the longest
+    // stream plus the authorizer's timeout, with room for a retried settle.
+    let ttl = &t["Parameters"]["ReservationTtlSeconds"];
+    let ttl_default = ttl["Default"].as_u64().unwrap();
+    assert!(
+        ttl_default * 1000 >= 2 * longest,
+        "TTL {ttl_default} s vs a {longest} ms stream"
+    );
+    let code_default =
+        budget_core::Settings::from_lookup(|k| (k == "TABLE_NAME").then(|| "t".to_string()))
+            .unwrap()
+            .reservation_ttl_seconds;
+    assert_eq!(
+        code_default as u64, ttl_default,
+        "the code's default is the template's"
+    );
+
+    // Every REST method is behind the budget authorizer or IAM.
+    for (name, m) in resources_of_type(&t, "AWS::ApiGateway::Method") {
+        let auth = s(&m["Properties"]["AuthorizationType"]);
+        assert!(auth == "CUSTOM" || auth == "AWS_IAM", "{name}: {auth}");
+    }
+    // The deployment is made after every method and gateway response.
+    let depends: BTreeSet<String> = t["Resources"]["BudgetRestApiDeployment"]["DependsOn"]
+        .as_sequence()
+        .expect("DependsOn")
+        .iter()
+        .map(s)
+        .collect();
+    for kind in [
+        "AWS::ApiGateway::Method",
+        "AWS::ApiGateway::GatewayResponse",
+    ] {
+        for (name, _) in resources_of_type(&t, kind) {
+            assert!(
+                depends.contains(&name),
+                "BudgetRestApiDeployment must depend on {name}"
             );
         }
     }
-    let raw: Vec<String> = resources_of_type(&t, "AWS::ApiGateway::Authorizer")
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect();
-    assert!(
-        raw.is_empty(),
-        "{raw:?}: declare REST authorizers in BudgetRestApi (tested here)"
-    );
 }
 
 /// The header mappings of the upstream integration of each API.
@@ -326,11 +398,11 @@ fn http_upstream_mappings(t: &Value) -> &serde_yaml::Mapping {
         .expect("UpstreamIntegration.RequestParameters")
 }
 
+/// On the method resource, where API Gateway applies them.
 fn rest_upstream_mappings(t: &Value) -> &serde_yaml::Mapping {
-    t["Resources"]["BudgetRestApi"]["Properties"]["DefinitionBody"]["paths"]["/{proxy+}"]
-        ["x-amazon-apigateway-any-method"]["x-amazon-apigateway-integration"]["requestParameters"]
+    t["Resources"]["RestUpstreamMethod"]["Properties"]["Integration"]["RequestParameters"]
         .as_mapping()
-        .expect("REST requestParameters")
+        .expect("RestUpstreamMethod.Integration.RequestParameters")
 }
 
 fn sub_text(v: &Value) -> String {
@@ -425,6 +497,15 @@ fn the_upstream_gets_the_gateway_secret_and_the_authorizers_reservation_id() {
         )),
         format!("'{secret_ref}'")
     );
+    // A new GatewaySecretRevision changes the REST method itself (so
+    // CloudFormation resolves the secret again), not only the deployment.
+    assert_eq!(
+        sub_text(&get(
+            rest,
+            "integration.request.header.x-edge-budget-gateway-revision"
+        )),
+        "'${GatewaySecretRevision}'"
+    );
     // REST cannot remove a header: these carry the authorizer's values.
     assert_eq!(
         s(&get(rest, "integration.request.header.x-budget-reserve")),
@@ -478,12 +559,17 @@ async fn the_mapped_authorizer_fields_are_in_an_allowed_answer() {
     }
 }
 
+/// The JSON body template of a gateway response.
+pub fn gateway_response_body(t: &Value, name: &str) -> String {
+    s(&t["Resources"][name]["Properties"]["ResponseTemplates"]["application/json"])
+}
+
 /// The REST API's ACCESS_DENIED body template.
-fn rest_denial_template(t: &Value) -> String {
-    s(
-        &t["Resources"]["BudgetRestApi"]["Properties"]["GatewayResponses"]["ACCESS_DENIED"]
-            ["ResponseTemplates"]["application/json"],
-    )
+pub fn rest_denial_template(t: &Value) -> String {
+    let r = &t["Resources"]["RestDeniedResponse"]["Properties"];
+    assert_eq!(s(&r["ResponseType"]), "ACCESS_DENIED");
+    assert_eq!(s(&r["StatusCode"]), "429");
+    s(&r["ResponseTemplates"]["application/json"])
 }
 
 /// What API Gateway does with a gateway response template: substitutes
@@ -561,10 +647,11 @@ fn the_rest_denial_body_is_json_for_adversarial_but_allowed_values() {
                 "max_budget": max,
                 "spend": spend,
                 "reserved": 0.05,
+                "estimate": 0.25,
                 "reset_at": "2026-11-29T00:00:00Z",
                 "retry_after": 86399,
                 "message": format!(
-                    "Budget exceeded: team={id} over 30d budget. Spend=${spend:.4} (+$0.0500 reserved), Limit=${max:.2}, resets 2026-11-29T00:00:00Z"
+                    "Budget exceeded: team={id} over 30d budget. Spend=${spend:.4} (+$0.0500 reserved), Estimate=$0.2500, Limit=${max:.2}, resets 2026-11-29T00:00:00Z"
                 ),
             });
             assert_denial_body_is_json(&template, &context);

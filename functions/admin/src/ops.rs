@@ -321,6 +321,10 @@ impl<S: AdminStore> Admin<'_, S> {
         let blocked = bool_patch(body, "blocked")?.apply(None).unwrap_or(false);
         let floor = fields::floor_patch(body)?.apply(None);
         let mut attrs = attributes(body, KEY_FIELDS)?;
+        attrs.remove(view::DURATION_TEXTS);
+        if let Some(t) = view::duration_texts(&Map::new(), body) {
+            attrs.insert(view::DURATION_TEXTS.into(), t);
+        }
         let key = custom.unwrap_or_else(generate_key);
         attrs.insert("key_name".into(), json!(fields::key_name(&key)));
         let mut e = Entity::new(EntityRef::key(hash_key(&key)), self.now);
@@ -348,6 +352,7 @@ impl<S: AdminStore> Admin<'_, S> {
         let mut attrs = attributes(body, KEY_FIELDS)?;
         // The key's name comes from the key itself, set once.
         attrs.remove("key_name");
+        attrs.remove(view::DURATION_TEXTS);
         let (now, clock) = (self.now, &self.settings.clock);
         let e = self
             .modify(&EntityRef::key(hash), "key", |old| {
@@ -360,6 +365,9 @@ impl<S: AdminStore> Admin<'_, S> {
                 new.blocked = blocked.clone().apply(Some(old.blocked)).unwrap_or(false);
                 new.reservation_floor = floor.clone().apply(old.reservation_floor);
                 new.attributes.extend(attrs.clone());
+                if let Some(t) = view::duration_texts(&old.attributes, body) {
+                    new.attributes.insert(view::DURATION_TEXTS.into(), t);
+                }
                 Ok(new)
             })
             .await?;
@@ -453,7 +461,11 @@ impl<S: AdminStore> Admin<'_, S> {
         let limits = BudgetPatch::parse(body)?.resolve(&[])?;
         let floor = fields::floor_patch(body)?.apply(None);
         let shards = fields::shards_field(body)?;
-        let attrs = attributes(body, &owner_fields(kind))?;
+        let mut attrs = attributes(body, &owner_fields(kind))?;
+        attrs.remove(view::DURATION_TEXTS);
+        if let Some(t) = view::duration_texts(&Map::new(), body) {
+            attrs.insert(view::DURATION_TEXTS.into(), t);
+        }
         let mut e = Entity::new(EntityRef::new(kind, id), self.now);
         e.windows = limits::apply(&[], &limits, self.now, &self.settings.clock);
         e.reservation_floor = floor;
@@ -475,7 +487,8 @@ impl<S: AdminStore> Admin<'_, S> {
         let budget = BudgetPatch::parse(body)?;
         let floor = fields::floor_patch(body)?;
         let shards = fields::shards_field(body)?;
-        let attrs = attributes(body, &owner_fields(kind))?;
+        let mut attrs = attributes(body, &owner_fields(kind))?;
+        attrs.remove(view::DURATION_TEXTS);
         let (now, clock) = (self.now, &self.settings.clock);
         let e = self
             .modify(&EntityRef::new(kind, id), field, |old| {
@@ -484,6 +497,9 @@ impl<S: AdminStore> Admin<'_, S> {
                 new.windows = limits::apply(&old.windows, &limits, now, clock);
                 new.reservation_floor = floor.clone().apply(old.reservation_floor);
                 new.attributes.extend(attrs.clone());
+                if let Some(t) = view::duration_texts(&old.attributes, body) {
+                    new.attributes.insert(view::DURATION_TEXTS.into(), t);
+                }
                 with_shards(Some(old), new, shards)
             })
             .await?;

@@ -4,11 +4,69 @@
 //! `now` (a window past its boundary shows spend 0 and its next reset).
 
 use budget_core::decision::rfc3339;
-use budget_core::duration::ResetClock;
+use budget_core::duration::{BudgetDuration, ResetClock};
 use budget_core::model::{Entity, EntityKind, SlotId, Span, Window};
 use budget_core::Money;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
+
+/// The attribute that keeps the durations as the operator wrote them
+/// (`"1w"`, `"weekly"`), by canonical id (`"7d"`), for the ones that differ:
+/// LiteLLM clients read back what they sent.
+pub const DURATION_TEXTS: &str = "edge_budget_duration_texts";
+
+/// The `budget_duration`s `body` names (its own and its `budget_limits`'),
+/// merged over those kept in `old`; `None` when it names none. A text is
+/// kept only where it differs from the canonical id.
+pub fn duration_texts(old: &Map<String, Value>, body: &Map<String, Value>) -> Option<Value> {
+    let mut sent: Vec<&str> = Vec::new();
+    if let Some(Value::String(d)) = body.get("budget_duration") {
+        sent.push(d);
+    }
+    if let Some(Value::Array(limits)) = body.get("budget_limits") {
+        for l in limits {
+            if let Some(Value::String(d)) = l.get("budget_duration") {
+                sent.push(d);
+            }
+        }
+    }
+    if sent.is_empty() {
+        return None;
+    }
+    let mut texts = match old.get(DURATION_TEXTS) {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Map::new(),
+    };
+    for text in sent {
+        let Ok(d) = text.trim().parse::<BudgetDuration>() else {
+            continue;
+        };
+        let id = d.to_string();
+        if text.trim() == id {
+            texts.remove(&id);
+        } else {
+            texts.insert(id, json!(text.trim()));
+        }
+    }
+    Some(Value::Object(texts))
+}
+
+/// A window's duration as the operator sent it (only a text that means
+/// that same duration is ever shown), else its canonical id.
+fn sent_duration(texts: &Map<String, Value>, w: &Window) -> String {
+    let id = w.id();
+    match texts.get(&id) {
+        Some(Value::String(t))
+            if t.parse::<BudgetDuration>()
+                .map(|d| d.to_string())
+                .as_deref()
+                == Ok(id.as_str()) =>
+        {
+            t.clone()
+        }
+        _ => id,
+    }
+}
 
 fn usd(m: Money) -> Value {
     json!(m.as_f64())
@@ -75,6 +133,10 @@ pub fn sharded(
 /// (`reservation_floor` included, null when unset).
 pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String, Value> {
     let mut m = e.attributes.clone();
+    let texts = match m.remove(DURATION_TEXTS) {
+        Some(Value::Object(t)) => t,
+        _ => Map::new(),
+    };
     match e.entity.kind {
         EntityKind::Key => {
             m.insert("token".into(), json!(e.entity.id));
@@ -97,18 +159,21 @@ pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String,
         .iter()
         .find(|w| w.legacy)
         .map(|w| w.as_of(now, clock));
+    // LiteLLM's `spend`: the legacy window's (the period of its
+    // budget_duration), else everything ever spent (budget_limits only).
     m.insert(
         "spend".into(),
-        usd(legacy.as_ref().map_or(Money::ZERO, |w| w.spent)),
+        usd(legacy.as_ref().map_or(e.lifetime_spent, |w| w.spent)),
     );
+    m.insert("lifetime_spend".into(), usd(e.lifetime_spent));
     m.insert(
         "max_budget".into(),
         legacy.as_ref().map_or(Value::Null, |w| usd(w.max)),
     );
     m.insert(
         "budget_duration".into(),
-        match legacy.as_ref().map(|w| w.span) {
-            Some(Span::Every(d)) => json!(d.to_string()),
+        match legacy.as_ref() {
+            Some(w) if matches!(w.span, Span::Every(_)) => json!(sent_duration(&texts, w)),
             _ => Value::Null,
         },
     );
@@ -122,7 +187,7 @@ pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String,
             e.windows
                 .iter()
                 .filter(|w| !w.legacy)
-                .map(|w| json!({"budget_duration": w.id(), "max_budget": usd(w.max)}))
+                .map(|w| json!({"budget_duration": sent_duration(&texts, w), "max_budget": usd(w.max)}))
                 .collect(),
         ),
     );

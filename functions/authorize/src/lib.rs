@@ -334,6 +334,7 @@ fn deny_context(c: &mut Map<String, Value>, d: &Denial) {
     c.insert("max_budget".into(), usd(d.max));
     c.insert("spend".into(), usd(d.spend));
     c.insert("reserved".into(), usd(d.reserved));
+    c.insert("estimate".into(), usd(d.estimate));
     c.insert(
         "reset_at".into(),
         json!(d.reset_at.map(rfc3339).unwrap_or_default()),

@@ -84,14 +84,18 @@ pub struct Denial {
     /// Spend in the current period (a window past its boundary shows 0).
     pub spend: Money,
     pub reserved: Money,
+    /// What this request would have reserved: the amount that did not fit.
+    pub estimate: Money,
     pub reset_at: Option<DateTime<Utc>>,
     /// Seconds until the window resets; `None` for lifetime budgets.
     pub retry_after: Option<i64>,
 }
 
 impl Denial {
-    /// `Budget exceeded: user=user-123 over 1d budget. Spend=$150.0000,
-    /// Limit=$150.00, resets 2026-11-29T00:00:00Z`
+    /// `Budget exceeded: user=user-123 over 1d budget. Spend=$140.0000
+    /// (+$5.0000 reserved), Estimate=$10.0000, Limit=$150.00, resets
+    /// 2026-11-29T00:00:00Z`: what is spent, what is held, what this
+    /// request asked for, against the limit.
     pub fn message(&self) -> String {
         let window = match self.span {
             Span::Lifetime => "lifetime".to_string(),
@@ -107,12 +111,13 @@ impl Denial {
             None => "never resets".to_string(),
         };
         format!(
-            "Budget exceeded: {}={} over {} budget. Spend={}{}, Limit={}, {}",
+            "Budget exceeded: {}={} over {} budget. Spend={}{}, Estimate={}, Limit={}, {}",
             self.entity.kind,
             self.entity.display_id(),
             window,
             self.spend.display_usd(),
             reserved,
+            self.estimate.display_usd(),
             limit_usd(self.max),
             resets
         )
@@ -185,6 +190,7 @@ pub fn admit(
                 max: window.max,
                 spend: window.spent_at(now),
                 reserved: window.reserved,
+                estimate,
                 reset_at,
                 retry_after: reset_at.map(|at| retry_after_seconds(at, now)),
             };
@@ -259,7 +265,7 @@ mod tests {
         assert_eq!(denied.retry_after, Some(9 * 3600));
         assert_eq!(
             denied.message(),
-            "Budget exceeded: user=user-123 over 1d budget. Spend=$140.0000, Limit=$150.00, resets 2026-11-29T00:00:00Z"
+            "Budget exceeded: user=user-123 over 1d budget. Spend=$140.0000, Estimate=$10.000000001, Limit=$150.00, resets 2026-11-29T00:00:00Z"
         );
     }
 
@@ -322,9 +328,9 @@ mod tests {
         });
         let d = admit(&c, Money::ZERO, now, &ResetClock::default()).unwrap_err();
         assert_eq!(d.retry_after, None);
-        assert!(d
-            .message()
-            .ends_with("over lifetime budget. Spend=$5.0000, Limit=$5.00, never resets"));
+        assert!(d.message().ends_with(
+            "over lifetime budget. Spend=$5.0000, Estimate=$0.0000, Limit=$5.00, never resets"
+        ));
     }
 
     #[test]

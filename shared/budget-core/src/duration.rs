@@ -404,11 +404,9 @@ pub struct ResetClock {
 /// A `BUDGET_TIMEZONE` or `BUDGET_RESET_TIME` that is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClockError {
-    #[error(
-        "BUDGET_TIMEZONE: unknown IANA time zone \"{0}\" (e.g. \"UTC\", \"America/New_York\")"
-    )]
+    #[error("unknown IANA time zone \"{0}\" (e.g. \"UTC\", \"America/New_York\")")]
     Timezone(String),
-    #[error("BUDGET_RESET_TIME: expected HH:MM between 00:00 and 23:59, got \"{0}\"")]
+    #[error("expected HH:MM between 00:00 and 23:59, got \"{0}\"")]
     ResetTime(String),
 }
 
@@ -822,7 +820,7 @@ mod tests {
             assert_eq!(err, ClockError::ResetTime(s.to_owned()));
             assert_eq!(
                 err.to_string(),
-                format!("BUDGET_RESET_TIME: expected HH:MM between 00:00 and 23:59, got \"{s}\"")
+                format!("expected HH:MM between 00:00 and 23:59, got \"{s}\"")
             );
         }
     }
@@ -845,7 +843,7 @@ mod tests {
             assert_eq!(
                 err.to_string(),
                 format!(
-                    "BUDGET_TIMEZONE: unknown IANA time zone \"{s}\" \
+                    "unknown IANA time zone \"{s}\" \
                      (e.g. \"UTC\", \"America/New_York\")"
                 )
             );

@@ -328,6 +328,10 @@ pub fn same_periods(e: &Entity, slot: &Entity) -> bool {
 /// denial names.
 pub fn totals(e: &Entity, slots: &[Entity]) -> Entity {
     let mut out = e.clone();
+    // Settles on a shard count its lifetime spend there.
+    for s in slots {
+        out.lifetime_spent = out.lifetime_spent.saturating_add(s.lifetime_spent);
+    }
     for w in &mut out.windows {
         let id = w.id();
         for p in slots.iter().filter_map(|s| s.window(&id)) {

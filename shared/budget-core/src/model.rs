@@ -273,6 +273,10 @@ pub struct Entity {
     pub expires: Option<DateTime<Utc>>,
     /// Users and teams: how many keys point at them.
     pub key_count: i64,
+    /// Everything settled against this entity since it was created, in
+    /// any window (what LiteLLM calls `spend` when there is no
+    /// `budget_duration`): never reset, only added to by settles.
+    pub lifetime_spent: Money,
     /// Users and teams: bumped by every admin change of one of their keys
     /// (update, block, delete; not creation: a new key is in no cache).
     /// A key with no window of its own then costs a reservation nothing:
@@ -306,6 +310,7 @@ impl Entity {
             blocked: false,
             expires: None,
             key_count: 0,
+            lifetime_spent: Money::ZERO,
             key_revision: 0,
             shards: 0,
             shard_items: 0,

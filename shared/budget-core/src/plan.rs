@@ -88,6 +88,9 @@ pub enum Change {
     DropWindow(String),
     /// `version = v` (an escrow slot's copy of its entity's version).
     SetVersion(u64),
+    /// `entity.lifetime_spent += amount` (a settle's cost, once per
+    /// entity whatever its number of windows).
+    AddLifetimeSpent(Money),
 }
 
 /// The earliest boundary of `entity`'s windows (lifetime windows have
@@ -250,6 +253,9 @@ pub fn finish(
     }
     if write.changes.is_empty() {
         return None;
+    }
+    if !cost.is_zero() {
+        write.changes.push(Change::AddLifetimeSpent(cost));
     }
     write.guards.push(Guard::Incarnation(entity.incarnation));
     if write
@@ -470,6 +476,10 @@ pub fn apply(changes: &[Change], stored: &mut Entity) {
                 stored.version = *v;
                 continue;
             }
+            Change::AddLifetimeSpent(m) => {
+                stored.lifetime_spent = stored.lifetime_spent.saturating_add(*m);
+                continue;
+            }
         };
         let Some(w) = stored.windows.iter_mut().find(|w| w.id() == *id) else {
             continue;
@@ -485,6 +495,7 @@ pub fn apply(changes: &[Change], stored: &mut Entity) {
             Change::Set(_, Counter::Used, _) => {}
             Change::SetResetAt(_, at) => w.reset_at = Some(*at),
             Change::SetNextDue(_)
+            | Change::AddLifetimeSpent(_)
             | Change::PutWindow(_)
             | Change::DropWindow(_)
             | Change::SetVersion(_) => {}

@@ -92,6 +92,7 @@ pub(super) async fn step<S: BudgetStore>(
             reserved: w.reserved,
             reset_at: w.reset_at,
             retry_after: w.reset_at.map(|at| retry_after_seconds(at, now)),
+            estimate,
         })));
     }
     // Borrow what the shard lacks from the slots with the most headroom

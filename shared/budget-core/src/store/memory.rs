@@ -433,6 +433,7 @@ impl AdminStore for MemoryStore {
             version: stored.version + 1,
             incarnation: stored.incarnation,
             key_count: stored.key_count,
+            lifetime_spent: stored.lifetime_spent,
             key_revision: stored.key_revision,
             created_at: stored.created_at,
             windows,

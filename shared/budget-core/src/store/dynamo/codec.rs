@@ -253,6 +253,9 @@ pub(super) fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
     );
     item.extend(entity_config_attributes(e));
     item.insert("key_count".into(), n(e.key_count));
+    if !e.lifetime_spent.is_zero() {
+        item.insert(super::expr::LIFETIME_SPENT.into(), money(e.lifetime_spent));
+    }
     if e.key_revision != 0 {
         item.insert(KEY_REVISION.into(), n(e.key_revision as i64));
     }
@@ -485,6 +488,11 @@ pub(super) fn entity_from_item(
         blocked: r.bool(item, "blocked"),
         expires: r.time(item, "expires")?,
         key_count: r.opt_n(item, "key_count")?.unwrap_or(0),
+        // A counter like a window's: read saturated past i64.
+        lifetime_spent: match item.get(super::expr::LIFETIME_SPENT) {
+            None => Money::ZERO,
+            Some(_) => r.counter(item, super::expr::LIFETIME_SPENT)?,
+        },
         key_revision: r.opt_n(item, KEY_REVISION)?.unwrap_or(0) as u64,
         shards: r.opt_n(item, SHARDS)?.unwrap_or(0) as u32,
         shard_items: r.opt_n(item, SHARD_ITEMS)?.unwrap_or(0) as u32,

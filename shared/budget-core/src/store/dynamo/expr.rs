@@ -221,6 +221,10 @@ pub(super) fn render_guard(ex: &mut Expr, guard: &Guard) -> String {
     }
 }
 
+/// The entity attribute of [`Entity::lifetime_spent`](crate::model::Entity)
+/// (nano-USD; absent means 0).
+pub(super) const LIFETIME_SPENT: &str = "lifetime_spent";
+
 /// A change to the item's windows as a SET clause; `None` for the index
 /// entry ([`render_due`]: it needs the entity, and may REMOVE).
 fn render_change(ex: &mut Expr, change: &Change) -> Option<String> {
@@ -263,6 +267,14 @@ fn render_change(ex: &mut Expr, change: &Change) -> Option<String> {
         Change::SetVersion(v) => {
             let (ver, value) = (ex.name("ver"), ex.value(n(*v as i64)));
             format!("{ver} = {value}")
+        }
+        Change::AddLifetimeSpent(m) => {
+            let (path, zero, value) = (
+                ex.name(LIFETIME_SPENT),
+                ex.value(money(Money::ZERO)),
+                ex.value(money(*m)),
+            );
+            format!("{path} = if_not_exists({path}, {zero}) + {value}")
         }
         Change::SetNextDue(_) | Change::DropWindow(_) => return None,
     };
