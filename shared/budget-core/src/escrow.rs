@@ -207,54 +207,86 @@ fn period_guards(write: &mut EntityWrite, w: &Window) {
     }
 }
 
+/// Where `headroom` (the whole headroom of one window, possibly negative:
+/// a limit lowered below what is used) goes when the slots are
+/// re-balanced, by slot (in `slots`' order): all of it to the pool. A
+/// debt is never left on the pool alone — the shards would go on
+/// admitting what their reservations give back — but charged first to the
+/// shards holding reservations (each at most what it holds in flight), so
+/// what a release or a cheap settle returns pays the debt before that
+/// shard can admit again; what is left of it (spend past the new limit)
+/// stays on the pool.
+fn placement(slots: &[&Entity], window: &str, headroom: Money) -> Vec<Money> {
+    let mut out: Vec<Money> = slots.iter().map(|_| Money::ZERO).collect();
+    let pool = slots
+        .iter()
+        .position(|s| s.entity.slot == Some(SlotId::Pool));
+    let mut debt = headroom.negated().max(Money::ZERO);
+    for (i, s) in slots.iter().enumerate() {
+        if Some(i) == pool || debt <= Money::ZERO {
+            continue;
+        }
+        let held = s.window(window).map_or(Money::ZERO, |w| w.reserved.max(Money::ZERO));
+        let share = held.min(debt);
+        out[i] = share.negated();
+        debt = debt.saturating_sub(share);
+    }
+    if let Some(p) = pool {
+        out[p] = if headroom >= Money::ZERO {
+            headroom
+        } else {
+            debt.negated()
+        };
+    }
+    out
+}
+
 /// Every shard's headroom back to the pool, each window's `extra` added to
 /// it (a changed limit), the slots' copy of the entity's version set to
 /// `version`: one transaction over all `slots` (as read, the pool among
-/// them), each conditional on its headroom being as read.
+/// them), each conditional on its headroom being as read. A window whose
+/// headroom turns negative (a limit lowered below what is used) is placed
+/// by [`placement`].
 pub fn gather(slots: &[Entity], extra: impl Fn(&str) -> Money, version: u64) -> Vec<EntityWrite> {
-    let mut gathered: std::collections::BTreeMap<String, Money> = Default::default();
-    for s in slots.iter().filter(|s| s.entity.slot != Some(SlotId::Pool)) {
-        for w in &s.windows {
-            let g = gathered.entry(w.id()).or_insert(Money::ZERO);
-            *g = g.saturating_add(w.avail);
+    let refs: Vec<&Entity> = slots.iter().collect();
+    let mut writes: Vec<EntityWrite> = slots
+        .iter()
+        .map(|s| EntityWrite {
+            entity: s.entity.clone(),
+            guards: vec![Guard::Incarnation(s.incarnation)],
+            changes: vec![Change::SetVersion(version)],
+        })
+        .collect();
+    let ids: Vec<String> = slots
+        .first()
+        .map(|s| s.windows.iter().map(Window::id).collect())
+        .unwrap_or_default();
+    for id in ids {
+        let headroom = slots
+            .iter()
+            .filter_map(|s| s.window(&id))
+            .fold(extra(&id), |a, w| a.saturating_add(w.avail));
+        for ((write, s), to) in writes.iter_mut().zip(slots).zip(placement(&refs, &id, headroom)) {
+            let Some(w) = s.window(&id) else { continue };
+            write.guards.push(Guard::Is(id.clone(), Counter::Avail, w.avail));
+            write.changes.push(Change::Set(id.clone(), Counter::Avail, to));
         }
     }
-    slots
-        .iter()
-        .map(|s| {
-            let pool = s.entity.slot == Some(SlotId::Pool);
-            let mut write = EntityWrite {
-                entity: s.entity.clone(),
-                guards: vec![Guard::Incarnation(s.incarnation)],
-                changes: vec![Change::SetVersion(version)],
-            };
-            for w in &s.windows {
-                let id = w.id();
-                write
-                    .guards
-                    .push(Guard::Is(id.clone(), Counter::Avail, w.avail));
-                let to = if pool {
-                    w.avail
-                        .saturating_add(gathered.get(&id).copied().unwrap_or(Money::ZERO))
-                        .saturating_add(extra(&id))
-                } else {
-                    Money::ZERO
-                };
-                write.changes.push(Change::Set(id, Counter::Avail, to));
-            }
-            write
-        })
-        .collect()
+    writes
 }
 
 /// The roll-over of `e`'s windows on its slots (as read) into the period
 /// current at `now` (`period(w)`: that period's boundary), for every window
 /// whose slots are still in an older one: the period's spend goes,
-/// reservations in flight stay on their slot, shards keep no headroom, and
-/// the pool gets `max − Σ reserved` (the entity item's own reservations
-/// included). One transaction over all slots, each conditional on being as
-/// read (slots always move together). The entity item itself rolls by
-/// `plan::roll_over` (or has already, lazily: this follows it).
+/// reservations in flight stay on their slot, and the new period's headroom
+/// (`max − Σ reserved`, the entity item's own reservations included) is
+/// placed by [`placement`] (all to the pool, unless more is in flight than
+/// the limit). The windows not due are gathered into the pool at the same
+/// time, so every shard's windows stay in step (a shard's headroom is the
+/// same slice in each). One transaction over all slots, each conditional on
+/// being as read. The entity item itself rolls by `plan::roll_over` (or
+/// has already, lazily: this follows it, and its spend in the new period,
+/// from such a settle, is counted).
 pub fn roll(
     e: &Entity,
     slots: &[Entity],
@@ -273,46 +305,57 @@ pub fn roll(
     if due.is_empty() {
         return Vec::new();
     }
-    slots
+    let refs: Vec<&Entity> = slots.iter().collect();
+    let mut writes: Vec<EntityWrite> = slots
         .iter()
-        .map(|s| {
-            let is_pool = s.entity.slot == Some(SlotId::Pool);
-            let mut write = EntityWrite {
-                entity: s.entity.clone(),
-                guards: vec![Guard::Incarnation(s.incarnation)],
-                changes: Vec::new(),
-            };
-            for (w, next) in &due {
-                let id = w.id();
-                let Some(mine) = s.window(&id) else { continue };
-                if let Some(at) = mine.reset_at {
-                    write.guards.push(Guard::ResetAtIs(id.clone(), at));
-                }
-                write
-                    .guards
-                    .push(Guard::Is(id.clone(), Counter::Reserved, mine.reserved));
+        .map(|s| EntityWrite {
+            entity: s.entity.clone(),
+            guards: vec![Guard::Incarnation(s.incarnation)],
+            changes: Vec::new(),
+        })
+        .collect();
+    for w in &e.windows {
+        let id = w.id();
+        let next = due.iter().find(|(d, _)| d.id() == id).map(|(_, at)| *at);
+        let headroom = match next {
+            // The new period: the limit less what is in flight (and what
+            // the entity item already spent in it, rolled lazily).
+            Some(at) => {
                 let in_flight = slots
                     .iter()
                     .filter_map(|x| x.window(&id))
                     .fold(w.reserved, |a, p| a.saturating_add(p.reserved));
-                let avail = if is_pool {
-                    w.max.saturating_sub(in_flight)
-                } else {
-                    Money::ZERO
-                };
+                let item_spent = if w.reset_at == at { w.spent } else { Money::ZERO };
+                w.max.saturating_sub(in_flight).saturating_sub(item_spent)
+            }
+            // Not due: what the slots hold, gathered.
+            None => slots
+                .iter()
+                .filter_map(|x| x.window(&id))
+                .fold(Money::ZERO, |a, p| a.saturating_add(p.avail)),
+        };
+        let places = placement(&refs, &id, headroom);
+        for ((write, s), to) in writes.iter_mut().zip(slots).zip(places) {
+            let Some(mine) = s.window(&id) else { continue };
+            write.guards.push(Guard::Is(id.clone(), Counter::Avail, mine.avail));
+            if let Some(at) = next {
+                if let Some(old) = mine.reset_at {
+                    write.guards.push(Guard::ResetAtIs(id.clone(), old));
+                }
+                write
+                    .guards
+                    .push(Guard::Is(id.clone(), Counter::Reserved, mine.reserved));
                 write
                     .changes
                     .push(Change::Set(id.clone(), Counter::Spent, Money::ZERO));
-                write
-                    .changes
-                    .push(Change::Set(id.clone(), Counter::Avail, avail));
-                if let Some(at) = next {
-                    write.changes.push(Change::SetResetAt(id, *at));
+                if let Some(at) = at {
+                    write.changes.push(Change::SetResetAt(id.clone(), at));
                 }
             }
-            write
-        })
-        .collect()
+            write.changes.push(Change::Set(id.clone(), Counter::Avail, to));
+        }
+    }
+    writes
 }
 
 /// Whether `slot`'s parts are in the periods `e` (as known) is in.
