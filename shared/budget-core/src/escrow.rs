@@ -226,7 +226,9 @@ fn placement(slots: &[&Entity], window: &str, headroom: Money) -> Vec<Money> {
         if Some(i) == pool || debt <= Money::ZERO {
             continue;
         }
-        let held = s.window(window).map_or(Money::ZERO, |w| w.reserved.max(Money::ZERO));
+        let held = s
+            .window(window)
+            .map_or(Money::ZERO, |w| w.reserved.max(Money::ZERO));
         let share = held.min(debt);
         out[i] = share.negated();
         debt = debt.saturating_sub(share);
@@ -266,10 +268,18 @@ pub fn gather(slots: &[Entity], extra: impl Fn(&str) -> Money, version: u64) -> 
             .iter()
             .filter_map(|s| s.window(&id))
             .fold(extra(&id), |a, w| a.saturating_add(w.avail));
-        for ((write, s), to) in writes.iter_mut().zip(slots).zip(placement(&refs, &id, headroom)) {
+        for ((write, s), to) in writes
+            .iter_mut()
+            .zip(slots)
+            .zip(placement(&refs, &id, headroom))
+        {
             let Some(w) = s.window(&id) else { continue };
-            write.guards.push(Guard::Is(id.clone(), Counter::Avail, w.avail));
-            write.changes.push(Change::Set(id.clone(), Counter::Avail, to));
+            write
+                .guards
+                .push(Guard::Is(id.clone(), Counter::Avail, w.avail));
+            write
+                .changes
+                .push(Change::Set(id.clone(), Counter::Avail, to));
         }
     }
     writes
@@ -325,7 +335,11 @@ pub fn roll(
                     .iter()
                     .filter_map(|x| x.window(&id))
                     .fold(w.reserved, |a, p| a.saturating_add(p.reserved));
-                let item_spent = if w.reset_at == at { w.spent } else { Money::ZERO };
+                let item_spent = if w.reset_at == at {
+                    w.spent
+                } else {
+                    Money::ZERO
+                };
                 w.max.saturating_sub(in_flight).saturating_sub(item_spent)
             }
             // Not due: what the slots hold, gathered.
@@ -337,7 +351,9 @@ pub fn roll(
         let places = placement(&refs, &id, headroom);
         for ((write, s), to) in writes.iter_mut().zip(slots).zip(places) {
             let Some(mine) = s.window(&id) else { continue };
-            write.guards.push(Guard::Is(id.clone(), Counter::Avail, mine.avail));
+            write
+                .guards
+                .push(Guard::Is(id.clone(), Counter::Avail, mine.avail));
             if let Some(at) = next {
                 if let Some(old) = mine.reset_at {
                     write.guards.push(Guard::ResetAtIs(id.clone(), old));
@@ -352,7 +368,9 @@ pub fn roll(
                     write.changes.push(Change::SetResetAt(id.clone(), at));
                 }
             }
-            write.changes.push(Change::Set(id.clone(), Counter::Avail, to));
+            write
+                .changes
+                .push(Change::Set(id.clone(), Counter::Avail, to));
         }
     }
     writes
