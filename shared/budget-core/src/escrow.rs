@@ -243,6 +243,19 @@ fn placement(slots: &[&Entity], window: &str, headroom: Money) -> Vec<Money> {
     out
 }
 
+/// One write per slot (as read), conditional on its incarnation, starting
+/// with `changes`: what a re-balancing of all slots fills in.
+fn slot_writes(slots: &[Entity], changes: &[Change]) -> Vec<EntityWrite> {
+    slots
+        .iter()
+        .map(|s| EntityWrite {
+            entity: s.entity.clone(),
+            guards: vec![Guard::Incarnation(s.incarnation)],
+            changes: changes.to_vec(),
+        })
+        .collect()
+}
+
 /// Every shard's headroom back to the pool, each window's `extra` added to
 /// it (a changed limit), the slots' copy of the entity's version set to
 /// `version`: one transaction over all `slots` (as read, the pool among
@@ -251,14 +264,7 @@ fn placement(slots: &[&Entity], window: &str, headroom: Money) -> Vec<Money> {
 /// by [`placement`].
 pub fn gather(slots: &[Entity], extra: impl Fn(&str) -> Money, version: u64) -> Vec<EntityWrite> {
     let refs: Vec<&Entity> = slots.iter().collect();
-    let mut writes: Vec<EntityWrite> = slots
-        .iter()
-        .map(|s| EntityWrite {
-            entity: s.entity.clone(),
-            guards: vec![Guard::Incarnation(s.incarnation)],
-            changes: vec![Change::SetVersion(version)],
-        })
-        .collect();
+    let mut writes = slot_writes(slots, &[Change::SetVersion(version)]);
     let ids: Vec<String> = slots
         .first()
         .map(|s| s.windows.iter().map(Window::id).collect())
@@ -316,14 +322,7 @@ pub fn roll(
         return Vec::new();
     }
     let refs: Vec<&Entity> = slots.iter().collect();
-    let mut writes: Vec<EntityWrite> = slots
-        .iter()
-        .map(|s| EntityWrite {
-            entity: s.entity.clone(),
-            guards: vec![Guard::Incarnation(s.incarnation)],
-            changes: Vec::new(),
-        })
-        .collect();
+    let mut writes = slot_writes(slots, &[]);
     for w in &e.windows {
         let id = w.id();
         let next = due.iter().find(|(d, _)| d.id() == id).map(|(_, at)| *at);

@@ -178,18 +178,14 @@ async fn roll_one<S: ResetStore>(
                     return;
                 }
                 Ok(false) => super::backoff(attempt).await,
-                Err(e) => {
-                    summary
-                        .errors
-                        .push(format!("{name}: windows not rolled: {e}"));
-                    return;
-                }
+                Err(e) => return not_rolled(summary, &name, e),
             }
         }
-        summary.errors.push(format!(
-            "{name}: windows not rolled: it kept moving ({MAX_ATTEMPTS} attempts)"
-        ));
-        return;
+        return not_rolled(
+            summary,
+            &name,
+            format_args!("it kept moving ({MAX_ATTEMPTS} attempts)"),
+        );
     }
     let mut current = entity;
     for _ in 0..MAX_ATTEMPTS {
@@ -207,25 +203,24 @@ async fn roll_one<S: ResetStore>(
                         current = e;
                     }
                     Ok(None) => return,
-                    Err(e) => {
-                        summary
-                            .errors
-                            .push(format!("{name}: windows not rolled: {e}"));
-                        return;
-                    }
+                    Err(e) => return not_rolled(summary, &name, e),
                 }
             }
-            Err(e) => {
-                summary
-                    .errors
-                    .push(format!("{name}: windows not rolled: {e}"));
-                return;
-            }
+            Err(e) => return not_rolled(summary, &name, e),
         }
     }
-    summary.errors.push(format!(
-        "{name}: windows not rolled: it kept moving ({MAX_ATTEMPTS} attempts)"
-    ));
+    not_rolled(
+        summary,
+        &name,
+        format_args!("it kept moving ({MAX_ATTEMPTS} attempts)"),
+    );
+}
+
+/// The error line of an entity the job could not roll.
+fn not_rolled(summary: &mut ResetSummary, name: &str, why: impl std::fmt::Display) {
+    summary
+        .errors
+        .push(format!("{name}: windows not rolled: {why}"));
 }
 
 #[cfg(test)]
