@@ -12,7 +12,33 @@ use crate::escrow;
 use crate::model::{Chain, Entity, EntityRef, SlotId};
 use crate::money::Money;
 use crate::plan;
-use crate::store::{BudgetStore, PlanWrite, StoreError};
+use crate::store::{BudgetStore, Isolated, PlanWrite, StoreError};
+
+/// Isolated reads of all slots one step makes before it gives the attempt
+/// up as busy: DynamoDB cancels one while any of its items is in a
+/// transaction, which under load is brief but frequent.
+const ISOLATED_READS: usize = 3;
+
+/// Every slot of `owner` as of one instant, read again after a short
+/// jittered pause (1–2 ms, 2–4 ms) while a transaction holds one of them;
+/// `None` when all [`ISOLATED_READS`] were busy (nothing may be decided on
+/// a read that is not isolated).
+async fn read_all<S: BudgetStore>(
+    store: &S,
+    refs: &[EntityRef],
+) -> Result<Option<Vec<Entity>>, StoreError> {
+    for attempt in 0..ISOLATED_READS {
+        if attempt > 0 {
+            let base = 1u64 << (attempt - 1);
+            let jitter = rand::random::<u64>() % (base * 1000);
+            tokio::time::sleep(std::time::Duration::from_micros(base * 1000 + jitter)).await;
+        }
+        if let Isolated::Read(slots) = store.load_isolated(refs).await? {
+            return Ok(Some(slots));
+        }
+    }
+    Ok(None)
+}
 
 /// What a request whose shard did not cover it does next.
 #[derive(Debug)]
@@ -81,7 +107,9 @@ pub(super) async fn step<S: BudgetStore>(
         }
     }
     // Near the cap: the totals decide, from one isolated read of all slots.
-    let slots = store.load_isolated(&escrow::slot_refs(owner)).await?;
+    let Some(slots) = read_all(store, &escrow::slot_refs(owner)).await? else {
+        return Ok(Next::Busy);
+    };
     let totals = escrow::totals(owner, &slots);
     if let Some(w) = totals.windows.iter().find(|w| w.avail < estimate) {
         return Ok(Next::Deny(Box::new(Denial {
@@ -126,8 +154,117 @@ pub async fn roll<S: BudgetStore>(
     let Some(e) = store.load(entity).await? else {
         return Ok(false);
     };
-    let slots = store.load_isolated(&escrow::slot_refs(&e)).await?;
+    let Some(slots) = read_all(store, &escrow::slot_refs(&e)).await? else {
+        return Ok(false);
+    };
     let mut writes = vec![plan::roll_over(&e, now, clock)];
     writes.extend(escrow::roll(&e, &slots, |w| w.reset_at_as_of(now, clock)));
     Ok(store.write_all(&writes).await? == PlanWrite::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The request path of a sharded team over the memory store (which
+    //! executes the same plans as DynamoDB).
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::keys::{generate_key, hash_key};
+    use crate::model::{Span, Window};
+    use crate::service::{AuthorizeOutcome, Authorizer};
+    use crate::store::memory::MemoryStore;
+    use crate::store::{AdminStore, AdminWrite};
+
+    pub(crate) fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap()
+    }
+
+    pub(crate) fn settings() -> Settings {
+        Settings::from_lookup(|k| (k == "TABLE_NAME").then(|| "t".to_string())).unwrap()
+    }
+
+    /// A team of `shards` shards with a 1d window of `max` USD, and a key
+    /// of it; returns the key.
+    pub(crate) async fn hot_team(store: &MemoryStore, shards: u32, max: i64) -> String {
+        let clock = settings().clock;
+        let mut team = Entity::new(EntityRef::team("t"), now());
+        team.shards = shards;
+        team.shard_items = shards;
+        team.windows.push(Window::open(
+            Span::parse_id("1d").unwrap(),
+            Money::usd(max),
+            false,
+            now(),
+            &clock,
+        ));
+        assert_eq!(store.create(&team).await.unwrap(), AdminWrite::Done);
+        let key = generate_key();
+        let mut k = Entity::new(EntityRef::key(hash_key(&key)), now());
+        k.team_id = Some("t".into());
+        assert_eq!(store.create(&k).await.unwrap(), AdminWrite::Done);
+        key
+    }
+
+    fn admitted(outcome: &AuthorizeOutcome) -> bool {
+        matches!(outcome, AuthorizeOutcome::Allowed { .. })
+    }
+
+    #[tokio::test]
+    async fn a_busy_isolated_read_is_read_again_and_the_denial_comes_from_the_totals() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 4, 1).await;
+        let a = Authorizer::new(store.clone(), settings());
+        assert!(admitted(
+            &a.authorize(&key, Money::usd(1), None, now()).await
+        ));
+        // A transaction holds a slot at the first two isolated reads.
+        store.inject_busy_reads(2);
+        let denied = a.authorize(&key, Money::usd(1), None, now()).await;
+        match denied {
+            AuthorizeOutcome::Denied(d) => {
+                assert_eq!(d.entity, EntityRef::team("t"));
+                assert_eq!(d.max, Money::usd(1));
+            }
+            other => panic!("not denied on the totals: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn isolated_reads_that_stay_busy_fail_closed_and_never_deny() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 4, 1).await;
+        let a = Authorizer::new(store.clone(), settings());
+        assert!(admitted(
+            &a.authorize(&key, Money::usd(1), None, now()).await
+        ));
+        store.inject_busy_reads(1_000);
+        let outcome = a.authorize(&key, Money::usd(1), None, now()).await;
+        assert!(
+            matches!(outcome, AuthorizeOutcome::Unavailable(_)),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_busy_isolated_read_still_borrows_what_another_shard_holds() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 2, 1).await;
+        // The whole limit on shard 0, none in the pool.
+        let pool = store
+            .entity(&EntityRef::team("t").at(SlotId::Pool))
+            .unwrap();
+        let to = EntityRef::team("t").at(SlotId::Shard(0));
+        let moved = escrow::transfer(&pool, &to, Money::usd(1)).unwrap();
+        assert_eq!(store.write_all(&moved).await.unwrap(), PlanWrite::Done);
+        let a = Authorizer::new(store.clone(), settings());
+        store.inject_busy_reads(2);
+        for _ in 0..4 {
+            let outcome = a
+                .authorize(&key, Money::from_nanos(250_000_000), None, now())
+                .await;
+            assert!(admitted(&outcome), "{outcome:?}");
+        }
+    }
 }

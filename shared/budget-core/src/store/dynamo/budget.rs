@@ -10,7 +10,8 @@ use crate::model::{Chain, Entity, EntityRef, Reservation, ReservationState};
 use crate::plan::{self, EntityWrite, ReservationEnd, ReservationGuard};
 use crate::store::table::TTL_ATTRIBUTE;
 use crate::store::{
-    reserve_refused, BudgetStore, Finish, FinishWrite, PlanWrite, Reads, ReserveWrite, StoreError,
+    reserve_refused, BudgetStore, Finish, FinishWrite, Isolated, PlanWrite, Reads, ReserveWrite,
+    StoreError,
 };
 
 use super::codec::*;
@@ -191,9 +192,9 @@ impl BudgetStore for DynamoStore {
         }
     }
 
-    async fn load_isolated(&self, entities: &[EntityRef]) -> Result<Vec<Entity>, StoreError> {
+    async fn load_isolated(&self, entities: &[EntityRef]) -> Result<Isolated, StoreError> {
         if entities.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Isolated::Read(Vec::new()));
         }
         let mut request = self.client.transact_get_items();
         for e in entities {
@@ -208,15 +209,16 @@ impl BudgetStore for DynamoStore {
                     .build(),
             );
         }
-        let out = request
-            .send()
-            .await
-            .map_err(|e| unavailable("isolated read", e))?;
+        let out = match request.send().await {
+            Ok(out) => out,
+            Err(e) => return isolated_refused(e),
+        };
         out.responses()
             .iter()
             .filter_map(|r| r.item())
             .map(entity_from_item)
-            .collect()
+            .collect::<Result<_, _>>()
+            .map(Isolated::Read)
     }
 
     async fn write_all(&self, writes: &[EntityWrite]) -> Result<PlanWrite, StoreError> {
