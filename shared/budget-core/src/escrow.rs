@@ -92,6 +92,14 @@ fn part(w: &Window, avail: Money) -> Window {
     }
 }
 
+/// The headroom a reservation of `estimate` needs on a slot, and over all
+/// slots not to be denied: the estimate, and never less than one nano — a
+/// zero estimate still needs room, as `decision::window_admits` asks of a
+/// plain window (`used < max`).
+pub fn need(estimate: Money) -> Money {
+    estimate.max(Money::from_nanos(1))
+}
+
 /// The reservation of `estimate` on slot `slot` of `e` (as known: its
 /// configuration, not its counters): every window's part there covers it,
 /// in the period known. `None` when a window is past its boundary (the
@@ -114,7 +122,7 @@ pub fn reserve(
         let id = w.id();
         write
             .guards
-            .push(Guard::AtLeast(id.clone(), Counter::Avail, estimate));
+            .push(Guard::AtLeast(id.clone(), Counter::Avail, need(estimate)));
         write
             .guards
             .push(Guard::Generation(id.clone(), w.generation));

@@ -87,7 +87,9 @@ pub(super) async fn step<S: BudgetStore>(
         roll(store, &owner.entity, now, clock).await?;
         return Ok(Next::Reread);
     }
-    if escrow::headroom(shard) >= estimate {
+    // What the shard must hold: a zero estimate still needs room.
+    let need = escrow::need(estimate);
+    if escrow::headroom(shard) >= need {
         return Ok(Next::Retry);
     }
     let limit = owner
@@ -96,9 +98,7 @@ pub(super) async fn step<S: BudgetStore>(
         .map(|w| w.max)
         .min()
         .unwrap_or(Money::ZERO);
-    if let Some(amount) =
-        escrow::refill_amount(escrow::headroom(pool), estimate, limit, owner.shards)
-    {
+    if let Some(amount) = escrow::refill_amount(escrow::headroom(pool), need, limit, owner.shards) {
         if let Some(writes) = escrow::transfer(pool, slot, amount) {
             return Ok(match store.write_all(&writes).await? {
                 PlanWrite::Done | PlanWrite::Refused => Next::Retry,
@@ -111,7 +111,7 @@ pub(super) async fn step<S: BudgetStore>(
         return Ok(Next::Busy);
     };
     let totals = escrow::totals(owner, &slots);
-    if let Some(w) = totals.windows.iter().find(|w| w.avail < estimate) {
+    if let Some(w) = totals.windows.iter().find(|w| w.avail < need) {
         return Ok(Next::Deny(Box::new(Denial {
             entity: owner.entity.clone(),
             span: w.span,
@@ -125,7 +125,7 @@ pub(super) async fn step<S: BudgetStore>(
     }
     // Borrow what the shard lacks from the slots with the most headroom
     // (the fewest that cover it: usually one, a two-item transaction).
-    let Some(writes) = escrow::borrow(&slots, slot, estimate) else {
+    let Some(writes) = escrow::borrow(&slots, slot, need) else {
         return Ok(Next::Retry);
     };
     Ok(match store.write_all(&writes).await? {
@@ -182,7 +182,13 @@ mod tests {
     }
 
     pub(crate) fn settings() -> Settings {
-        Settings::from_lookup(|k| (k == "TABLE_NAME").then(|| "t".to_string())).unwrap()
+        // No floor: a zero estimate stays zero.
+        Settings::from_lookup(|k| match k {
+            "TABLE_NAME" => Some("t".to_string()),
+            "MIN_RESERVATION_USD" => Some("0".to_string()),
+            _ => None,
+        })
+        .unwrap()
     }
 
     /// A team of `shards` shards with a 1d window of `max` USD, and a key
@@ -265,6 +271,28 @@ mod tests {
                 .authorize(&key, Money::from_nanos(250_000_000), None, now())
                 .await;
             assert!(admitted(&outcome), "{outcome:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_zero_estimate_is_denied_on_an_exhausted_sharded_team_as_on_a_plain_one() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 4, 1).await;
+        let a = Authorizer::new(store.clone(), settings());
+        // Room left: a zero estimate is admitted on any shard (one with
+        // nothing yet refills first).
+        let outcome = a.authorize(&key, Money::ZERO, None, now()).await;
+        assert!(admitted(&outcome), "{outcome:?}");
+        assert!(admitted(
+            &a.authorize(&key, Money::usd(1), None, now()).await
+        ));
+        // Exhausted: every shard holds 0, and 0 >= 0 must not admit.
+        for _ in 0..8 {
+            let outcome = a.authorize(&key, Money::ZERO, None, now()).await;
+            assert!(
+                matches!(outcome, AuthorizeOutcome::Denied(_)),
+                "{outcome:?}"
+            );
         }
     }
 }
