@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::decision::{retry_after_seconds, Denial};
+use crate::decision::Denial;
 use crate::duration::ResetClock;
 use crate::escrow;
 use crate::model::{Chain, Entity, EntityRef, SlotId};
@@ -106,22 +106,28 @@ pub(super) async fn step<S: BudgetStore>(
             });
         }
     }
-    // Near the cap: the totals decide, from one isolated read of all slots.
-    let Some(slots) = read_all(store, &escrow::slot_refs(owner)).await? else {
+    // Near the cap: the totals decide, from one isolated read of all slots
+    // and the entity's own item (its counters as stored, not the hints a
+    // cached chain carries: they are part of the totals a denial names).
+    let refs: Vec<EntityRef> = std::iter::once(owner.entity.clone())
+        .chain(escrow::slot_refs(owner))
+        .collect();
+    let Some(mut read) = read_all(store, &refs).await? else {
         return Ok(Next::Busy);
     };
-    let totals = escrow::totals(owner, &slots);
+    let Some(at) = read.iter().position(|e| e.entity == owner.entity) else {
+        return Ok(Next::Reread);
+    };
+    let item = read.swap_remove(at);
+    let slots = read;
+    if item.version != owner.version || item.incarnation != owner.incarnation {
+        return Ok(Next::Reread);
+    }
+    let totals = escrow::totals(&item, &slots);
     if let Some(w) = totals.windows.iter().find(|w| w.avail < need) {
-        return Ok(Next::Deny(Box::new(Denial {
-            entity: owner.entity.clone(),
-            span: w.span,
-            max: w.max,
-            spend: w.spent,
-            reserved: w.reserved,
-            reset_at: w.reset_at,
-            retry_after: w.reset_at.map(|at| retry_after_seconds(at, now)),
-            estimate,
-        })));
+        // Named as a plain window's denial is (`decision::admit`).
+        let denial = Denial::of(&owner.entity, w, estimate, now, clock);
+        return Ok(Next::Deny(Box::new(denial)));
     }
     // Borrow what the shard lacks from the slots with the most headroom
     // (the fewest that cover it: usually one, a two-item transaction).
@@ -293,6 +299,35 @@ mod tests {
                 matches!(outcome, AuthorizeOutcome::Denied(_)),
                 "{outcome:?}"
             );
+        }
+    }
+
+    /// What the second of two $1 requests on a team of $1 is answered,
+    /// the team sharded over `shards` (0: a plain team).
+    async fn second_dollar(shards: u32) -> AuthorizeOutcome {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, shards, 1).await;
+        let a = Authorizer::new(store.clone(), settings());
+        assert!(admitted(
+            &a.authorize(&key, Money::usd(1), None, now()).await
+        ));
+        // A cold instance too: it knows the team from nothing but the key.
+        let cold = Authorizer::new(store.clone(), settings());
+        let other = cold.authorize(&key, Money::usd(1), None, now()).await;
+        let warm = a.authorize(&key, Money::usd(1), None, now()).await;
+        assert_eq!(other, warm);
+        warm
+    }
+
+    #[tokio::test]
+    async fn an_exhausted_sharded_team_is_denied_as_a_plain_one_is() {
+        let plain = second_dollar(0).await;
+        let AuthorizeOutcome::Denied(d) = &plain else {
+            panic!("{plain:?}");
+        };
+        assert_eq!(d.reserved, Money::usd(1));
+        for shards in [2, 8] {
+            assert_eq!(second_dollar(shards).await, plain, "{shards} shards");
         }
     }
 }
