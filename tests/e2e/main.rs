@@ -14,6 +14,7 @@ mod dynamo_errors;
 mod faults;
 mod fuzz;
 mod load;
+mod observability;
 mod plans;
 mod receipts;
 mod reset_scale;

@@ -18,6 +18,7 @@ use crate::model::{Chain, Reservation};
 use crate::money::Money;
 use crate::store::{BudgetStore, ReserveWrite, StoreError};
 
+use super::stats::{retried, store_call};
 use super::{backoff, MAX_ATTEMPTS};
 
 /// Chains kept in memory per function instance.
@@ -135,6 +136,9 @@ impl<S: BudgetStore> Authorizer<S> {
         // Set when what we hold may be out of date: read the chain afresh.
         let mut stale = false;
         for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                retried();
+            }
             if stale && !self.refresh(&mut req).await? {
                 return Ok(AuthorizeOutcome::InvalidKey);
             }
@@ -183,7 +187,7 @@ impl<S: BudgetStore> Authorizer<S> {
     ) -> Result<Option<InFlight>, StoreError> {
         let chain = match self.cached(&hash) {
             Some(c) => c,
-            None => match self.store.load_chain_quick(&hash).await? {
+            None => match store_call(self.store.load_chain_quick(&hash)).await? {
                 Some(c) => c,
                 None => return Ok(None),
             },
@@ -203,11 +207,9 @@ impl<S: BudgetStore> Authorizer<S> {
     /// own reservation in the same request). `false`: the key is gone.
     async fn refresh(&self, req: &mut InFlight) -> Result<bool, StoreError> {
         let (read, own) = if req.retry {
-            self.store
-                .load_chain_and_reservation(&req.hash, &req.id)
-                .await?
+            store_call(self.store.load_chain_and_reservation(&req.hash, &req.id)).await?
         } else {
-            (self.store.load_chain(&req.hash).await?, None)
+            (store_call(self.store.load_chain(&req.hash)).await?, None)
         };
         let Some(chain) = read else {
             self.remember(&req.hash, None);
@@ -244,11 +246,7 @@ impl<S: BudgetStore> Authorizer<S> {
         reservation.remaining = admission.remaining;
         reservation.tightest = admission.tightest.clone();
         Ok(
-            match self
-                .store
-                .reserve(&req.chain, &reservation, now, clock)
-                .await?
-            {
+            match store_call(self.store.reserve(&req.chain, &reservation, now, clock)).await? {
                 ReserveWrite::Reserved => {
                     let after = apply_reservation(req.chain.clone(), estimate, now, clock);
                     self.remember(&req.hash, Some(after));
@@ -275,7 +273,9 @@ impl<S: BudgetStore> Authorizer<S> {
 
     /// The answer already given for reservation `id`, if it still holds.
     async fn held(&self, id: &str) -> Result<Option<AuthorizeOutcome>, StoreError> {
-        Ok(self.store.reservation(id).await?.and_then(answer_of))
+        Ok(store_call(self.store.reservation(id))
+            .await?
+            .and_then(answer_of))
     }
 }
 
