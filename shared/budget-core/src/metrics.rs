@@ -28,6 +28,39 @@ use crate::money::Money;
 use crate::service::stats::OpStats;
 use crate::service::{AuthorizeOutcome, ResetSummary, MAX_KEY_BYTES};
 
+/// Every metric name a line can carry (the template's alarms and dashboard
+/// may name only these; `tests/e2e/template.rs` checks).
+pub const METRIC_NAMES: &[&str] = &[
+    "Admitted",
+    "Denied",
+    "ReservedUsd",
+    "Settled",
+    "Duplicates",
+    "SettledUsd",
+    "LateSettles",
+    "Errors5xx",
+    "ReservationsReleased",
+    "WindowsReset",
+    "EntitiesDue",
+    "ResetBacklog",
+    "ResetLagSeconds",
+    "ResetErrors",
+    "ResetStoppedAtDeadline",
+    "Latency",
+    "StoreLatency",
+    "StoreRetries",
+];
+
+/// Every value of the `Reason` dimension.
+pub const REASONS: &[&str] = &[
+    "budget",
+    "blocked",
+    "expired",
+    "invalid_key",
+    "invalid_request",
+    "unavailable",
+];
+
 /// The unit of a metric, as EMF names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
@@ -99,6 +132,10 @@ impl Record {
     }
 
     pub fn metric(mut self, name: &'static str, unit: Unit, value: f64) -> Record {
+        debug_assert!(
+            METRIC_NAMES.contains(&name),
+            "{name} is not in METRIC_NAMES"
+        );
         self.metrics.retain(|(n, _, _)| *n != name);
         self.metrics.push((name, unit, value));
         self
