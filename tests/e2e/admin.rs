@@ -1106,3 +1106,53 @@ async fn store_failures_are_503() {
         assert_eq!(answer["error"]["type"], "service_unavailable");
     }
 }
+
+/// A key with no window of its own is not part of the reservation's write
+/// (it would cost a condition check): its user's write carries the guard.
+/// Blocking, moving or deleting the key must still be seen by an instance
+/// that has it in memory.
+#[tokio::test]
+async fn a_key_without_windows_is_still_refused_the_moment_it_is_blocked_or_deleted() {
+    let app = TestApp::new().await;
+    app.user("kw-u").window("1d", 10.0).create().await;
+    app.team("kw-t").window("1d", 10.0).create().await;
+    let g = app.post("/key/generate", json!({"user_id": "kw-u"})).await;
+    let key = g["key"].as_str().unwrap().to_string();
+    let sibling = app.key().user("kw-u").create().await;
+    let authorizer = app.authorizer_on(app.another_store());
+    for k in [&key, &sibling] {
+        let a = authorize_via(&authorizer, k, Some("0.1"), app.now).await;
+        assert_eq!(a["isAuthorized"], true, "{a}");
+    }
+
+    app.post("/key/block", json!({"key": key})).await;
+    let answer = authorize_via(&authorizer, &key, Some("0.1"), app.now).await;
+    assert_eq!(answer["context"]["reason"], "key_blocked", "{answer}");
+    // The sibling's cached chain is out of date too (the user's key
+    // revision moved): refused write, fresh read, admitted.
+    let answer = authorize_via(&authorizer, &sibling, Some("0.1"), app.now).await;
+    assert_eq!(answer["isAuthorized"], true, "{answer}");
+    app.post("/key/unblock", json!({"key": key})).await;
+
+    // Moved to a team: charged there on the very next request.
+    app.post(
+        "/key/update",
+        json!({"key": key, "user_id": null, "team_id": "kw-t"}),
+    )
+    .await;
+    let answer = authorize_via(&authorizer, &key, Some("0.5"), app.now).await;
+    assert_eq!(answer["isAuthorized"], true, "{answer}");
+    let team = app.window(&EntityRef::team("kw-t"), "1d").await;
+    assert_eq!(team.reserved, Money::parse_decimal("0.5").unwrap());
+
+    app.post("/key/delete", json!({"keys": [key]})).await;
+    let answer = authorize_via(&authorizer, &key, Some("0.1"), app.now).await;
+    assert_eq!(answer["isAuthorized"], false, "{answer}");
+    assert_eq!(answer["context"]["reason"], "invalid_key", "{answer}");
+    let team = app.window(&EntityRef::team("kw-t"), "1d").await;
+    assert_eq!(
+        team.reserved,
+        Money::parse_decimal("0.5").unwrap(),
+        "nothing more"
+    );
+}

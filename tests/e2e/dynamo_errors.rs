@@ -329,9 +329,10 @@ async fn admin_answers_a_refused_write_with_400_and_writes_nothing() {
     assert_eq!(proxy.seen("TransactWriteItems"), 2);
     assert_eq!(app.snapshot().await, before);
 
-    // A read refused: 500 store_rejected, no retry signal.
+    // A read refused (info reads the counters and the metadata in one
+    // BatchGetItem): 500 store_rejected, no retry signal.
     proxy.inject(
-        "GetItem",
+        "BatchGetItem",
         Answer::ValidationException(KEY_TOO_LONG.into()),
         100,
     );

@@ -9,6 +9,7 @@ mod admin;
 mod admin_hardening;
 mod adversarial;
 mod authorize;
+mod capacity;
 mod conservation;
 mod dynamo_errors;
 mod faults;

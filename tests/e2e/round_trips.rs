@@ -245,9 +245,12 @@ async fn a_lowered_limit_denies_the_very_next_warm_request() {
     assert_eq!(answer["context"]["max_budget"], json!(25.0), "{answer}");
     log.take();
 
-    // Raised again: the update refreshed the snapshot in the key, so a
-    // cold instance admits with one read and one write (a stale snapshot
-    // would fail the version condition and cost a re-read).
+    // Raised again. The update does not rewrite the snapshots of the
+    // team's keys (that would be a write per key inside the admin
+    // request): the first cold instance finds the snapshot out of date —
+    // its write is refused by the team's version — reads the chain,
+    // refreshes the key's snapshot (one UpdateItem) and admits; every cold
+    // instance after it admits with one read and one write again.
     let old = app.store.load(&team).await.expect("load").expect("team");
     let mut new = old.clone();
     for w in &mut new.windows {
@@ -260,6 +263,20 @@ async fn a_lowered_limit_denies_the_very_next_warm_request() {
         AdminWrite::Done
     );
     log.take();
+    let cold = app.authorizer_on(store.clone());
+    let answer = authorize_via(&cold, &key, Some("0.5"), now).await;
+    assert!(allowed(&answer), "{answer}");
+    assert_eq!(
+        log.take(),
+        ops(&[
+            "GetItem",
+            "TransactWriteItems",
+            "GetItem",
+            "BatchGetItem",
+            "UpdateItem",
+            "TransactWriteItems"
+        ])
+    );
     let cold = app.authorizer_on(store.clone());
     let answer = authorize_via(&cold, &key, Some("0.5"), now).await;
     assert!(allowed(&answer), "{answer}");

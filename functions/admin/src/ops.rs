@@ -160,6 +160,7 @@ impl<S: AdminStore> Admin<'_, S> {
     }
 
     async fn create(&self, e: &Entity) -> Result<(), ApiError> {
+        check_attributes_size(e)?;
         for attempt in 0..ATTEMPTS {
             match self.store.create(e).await.map_err(write_failed)? {
                 AdminWrite::Done => {
@@ -190,7 +191,7 @@ impl<S: AdminStore> Admin<'_, S> {
     }
 
     async fn load(&self, r: &EntityRef, param: &str) -> Result<Entity, ApiError> {
-        match self.store.load(r).await.map_err(unavailable)? {
+        match self.store.load_described(r).await.map_err(unavailable)? {
             Some(e) => Ok(e),
             None => Err(with_param(
                 ApiError::not_found(format!("{} not found", named(r))),
@@ -210,13 +211,20 @@ impl<S: AdminStore> Admin<'_, S> {
         for attempt in 0..ATTEMPTS {
             let old = self.load(r, param).await?;
             let mut new = change(&old)?;
+            check_attributes_size(&new)?;
             new.updated_at = self.now;
             match self.store.update(&old, &new).await.map_err(write_failed)? {
                 AdminWrite::Done => {
                     tracing::info!(entity = %named(r), windows = new.windows.len(), "updated");
                     new.version = old.version + 1;
                     // Show what the table holds now (counters may have moved).
-                    return Ok(self.store.load(r).await.ok().flatten().unwrap_or(new));
+                    return Ok(self
+                        .store
+                        .load_described(r)
+                        .await
+                        .ok()
+                        .flatten()
+                        .unwrap_or(new));
                 }
                 AdminWrite::Missing(owner) => return Err(missing_owner(&owner)),
                 AdminWrite::AlreadyExists => {
@@ -378,7 +386,12 @@ impl<S: AdminStore> Admin<'_, S> {
                 "keys",
             ));
         }
-        for e in found {
+        // In as few transactions as DynamoDB allows; what changed since it
+        // was read is deleted one by one, from a fresh read.
+        let count = found.len();
+        let left = self.store.delete_keys(&found).await.map_err(write_failed)?;
+        tracing::info!(keys = count, one_by_one = left.len(), "deleting keys");
+        for e in left {
             self.delete_one(e).await?;
         }
         Ok(json!({"deleted_keys": hashes}))
@@ -484,6 +497,25 @@ impl<S: AdminStore> Admin<'_, S> {
         }
         Ok(json!({format!("deleted_{kind}s"): ids}))
     }
+}
+
+/// The attributes an entity keeps beside its budget (LiteLLM's `metadata`,
+/// aliases, models, …) are stored in one item of their own, which DynamoDB
+/// caps at 400 KB; updates merge into them, so their total is bounded here.
+pub const MAX_ATTRIBUTES_BYTES: usize = 256 * 1024;
+
+fn check_attributes_size(e: &Entity) -> Result<(), ApiError> {
+    let size = Value::Object(e.attributes.clone()).to_string().len();
+    if size > MAX_ATTRIBUTES_BYTES {
+        return Err(ApiError::bad_request(
+            "metadata",
+            format!(
+                "{}'s metadata and other attributes would take {size} bytes, more than {MAX_ATTRIBUTES_BYTES}: send smaller values; nothing was written",
+                named(&e.entity)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn still_has_keys(e: &Entity) -> ApiError {

@@ -243,6 +243,12 @@ pub struct Entity {
     pub expires: Option<DateTime<Utc>>,
     /// Users and teams: how many keys point at them.
     pub key_count: i64,
+    /// Users and teams: bumped by every admin change of one of their keys
+    /// (update, block, delete; not creation: a new key is in no cache).
+    /// A key with no window of its own then costs a reservation nothing:
+    /// its owner's write, which happens anyway, is conditional on this
+    /// instead of the key being checked too (see `plan::reserve_chain`).
+    pub key_revision: u64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Everything else the operator gave (aliases, metadata, models, …),
@@ -263,10 +269,30 @@ impl Entity {
             blocked: false,
             expires: None,
             key_count: 0,
+            key_revision: 0,
             created_at: now,
             updated_at: now,
             attributes: Map::new(),
         }
+    }
+
+    /// The same configuration as `other` as far as a reservation's guards
+    /// see it (version, incarnation, key revision, floor, and each
+    /// window's span, limit and generation): what a key's snapshot of its
+    /// owners records. Counters and boundaries are not compared.
+    pub fn same_configuration(&self, other: &Entity) -> bool {
+        let shape = |e: &Entity| {
+            e.windows
+                .iter()
+                .map(|w| (w.span, w.max, w.generation, w.legacy))
+                .collect::<Vec<_>>()
+        };
+        self.entity == other.entity
+            && self.version == other.version
+            && self.incarnation == other.incarnation
+            && self.key_revision == other.key_revision
+            && self.reservation_floor == other.reservation_floor
+            && shape(self) == shape(other)
     }
 
     pub fn window(&self, id: &str) -> Option<&Window> {

@@ -49,6 +49,10 @@ pub enum Guard {
     Generation(String, u64),
     /// No key points at this user or team (it may be deleted).
     NoKeys,
+    /// No key of this user or team changed since the decision was made
+    /// (it stands in for a check of the key itself: see
+    /// [`reserve_chain`]).
+    KeyRevision(u64),
 }
 
 /// What a write changes in the stored item.
@@ -377,23 +381,6 @@ pub fn update(old: &Entity, new: &Entity) -> (Vec<Guard>, Vec<WindowEdit>, Chang
     (guards, edits, Change::SetNextDue(due))
 }
 
-/// The owners a key leaves and joins when `old` becomes `new` (its key
-/// count moves with it). Users and teams have no owners.
-pub fn owners_moved(old: &Entity, new: &Entity) -> (Vec<EntityRef>, Vec<EntityRef>) {
-    let (before, after) = (old.owners(), new.owners());
-    let left = before
-        .iter()
-        .filter(|o| !after.contains(o))
-        .cloned()
-        .collect();
-    let joined = after
-        .iter()
-        .filter(|o| !before.contains(o))
-        .cloned()
-        .collect();
-    (left, joined)
-}
-
 /// The guards of deleting `entity` (as read): the configuration and
 /// incarnation read, and for a user or team that no key points at it.
 pub fn delete(entity: &Entity) -> Vec<Guard> {
@@ -431,6 +418,7 @@ pub fn guards_hold(guards: &[Guard], stored: Option<&Entity>) -> bool {
         }
         Guard::Generation(id, g) => window(id).is_some_and(|w| w.generation == *g),
         Guard::NoKeys => e.key_count == 0,
+        Guard::KeyRevision(r) => e.key_revision == *r,
     })
 }
 
@@ -484,16 +472,85 @@ pub struct ReservationEnd {
 /// Reserve: one write per entity of the chain (all or none), and the
 /// reservation recorded if its id is new. `None` when the estimate can
 /// never fit a window of the chain.
+///
+/// A key with no window of its own would only be *checked* (its version and
+/// incarnation: not blocked, not deleted, not changed since it was read) —
+/// and a condition check costs what a write does, two write units. When an
+/// owner is written anyway, the key is left out and that owner's write is
+/// conditional on its [`Entity::key_revision`] instead, which every admin
+/// change of one of its keys bumps: the same guarantee, for nothing.
 pub fn reserve_chain(
     chain: &Chain,
     estimate: Money,
     now: DateTime<Utc>,
     clock: &ResetClock,
 ) -> Option<Vec<EntityWrite>> {
-    chain
+    let mut writes: Vec<EntityWrite> = chain
         .entities()
         .map(|e| reserve(e, estimate, now, clock))
-        .collect()
+        .collect::<Option<_>>()?;
+    let key_only_checked = writes[0].changes.is_empty();
+    let carrier = chain
+        .entities()
+        .zip(writes.iter_mut())
+        .skip(1)
+        .find(|(_, w)| !w.changes.is_empty());
+    if let (true, Some((owner, write))) = (key_only_checked, carrier) {
+        write.guards.push(Guard::KeyRevision(owner.key_revision));
+        writes.remove(0);
+    }
+    Some(writes)
+}
+
+/// The bookkeeping an admin write of a key does on one of its owners, in
+/// the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerBookkeeping {
+    pub owner: EntityRef,
+    /// `key_count += this` (the owner must exist).
+    pub key_count: i64,
+    /// `key_revision += 1`: the key changed, so reservations decided on
+    /// what was known of it before must fail (see [`reserve_chain`]).
+    pub revision: bool,
+}
+
+/// The bookkeeping of several key writes in one transaction: one write per
+/// owner (a transaction may touch an item once), counts summed.
+pub fn merge_bookkeeping(all: impl IntoIterator<Item = OwnerBookkeeping>) -> Vec<OwnerBookkeeping> {
+    let mut out: Vec<OwnerBookkeeping> = Vec::new();
+    for b in all {
+        match out.iter_mut().find(|o| o.owner == b.owner) {
+            Some(o) => {
+                o.key_count += b.key_count;
+                o.revision |= b.revision;
+            }
+            None => out.push(b),
+        }
+    }
+    out
+}
+
+/// What writing a key as `new` over `old` (`None`: created, or deleted)
+/// does to its owners: a new key counts itself on them; a deleted one
+/// uncounts itself and bumps their key revision; an updated one moves its
+/// count from the owners it leaves to those it joins, and bumps the key
+/// revision of all of them. Users and teams have no owners.
+pub fn key_bookkeeping(old: Option<&Entity>, new: Option<&Entity>) -> Vec<OwnerBookkeeping> {
+    let owners = |e: Option<&Entity>| e.map(Entity::owners).unwrap_or_default();
+    let (before, after) = (owners(old), owners(new));
+    let mut out: Vec<OwnerBookkeeping> = Vec::new();
+    for o in before.iter().chain(&after) {
+        if out.iter().any(|b| &b.owner == o) {
+            continue;
+        }
+        let count = i64::from(after.contains(o)) - i64::from(before.contains(o));
+        out.push(OwnerBookkeeping {
+            owner: o.clone(),
+            key_count: count,
+            revision: old.is_some(),
+        });
+    }
+    out
 }
 
 /// Settle, release or expire `reservation` (as read or as its receipt
@@ -606,6 +663,78 @@ mod tests {
         e
     }
 
+    /// The entity of `chain` that `write` is for.
+    fn stored_as<'a>(chain: &'a Chain, write: &EntityWrite) -> &'a Entity {
+        chain
+            .entities()
+            .find(|e| e.entity == write.entity)
+            .expect("a write for an entity of the chain")
+    }
+
+    #[test]
+    fn a_key_without_windows_is_guarded_by_its_owners_key_revision() {
+        let clock = ResetClock::utc_midnight();
+        let mut user = entity(EntityKind::User, vec![window("1d", 5, 0, 0, 1)]);
+        user.key_revision = 3;
+        let chain = Chain {
+            key: entity(EntityKind::Key, vec![]),
+            user: Some(user.clone()),
+            team: None,
+        };
+        let writes = reserve_chain(&chain, Money::usd(1), now(), &clock).unwrap();
+        assert_eq!(writes.len(), 1, "{writes:?}");
+        assert!(writes[0].guards.contains(&Guard::KeyRevision(3)));
+        // A key of the user changed since: the write is refused.
+        user.key_revision = 4;
+        assert!(!guards_hold(&writes[0].guards, Some(&user)));
+        // Alone, the key is checked itself.
+        let alone = Chain {
+            key: entity(EntityKind::Key, vec![]),
+            user: None,
+            team: None,
+        };
+        let writes = reserve_chain(&alone, Money::usd(1), now(), &clock).unwrap();
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].entity.kind, EntityKind::Key);
+        assert!(writes[0].changes.is_empty());
+        // What a key change does to its owners' books.
+        let mut key = entity(EntityKind::Key, vec![]);
+        key.user_id = Some("u".into());
+        let mut moved = key.clone();
+        moved.user_id = None;
+        moved.team_id = Some("t".into());
+        let books = |b: Vec<OwnerBookkeeping>| {
+            b.into_iter()
+                .map(|b| {
+                    (
+                        format!("{} {}", b.owner.kind.as_str(), b.owner.id),
+                        b.key_count,
+                        b.revision,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            books(key_bookkeeping(None, Some(&key))),
+            [("user u".to_string(), 1, false)]
+        );
+        assert_eq!(
+            books(key_bookkeeping(Some(&key), Some(&moved))),
+            [
+                ("user u".to_string(), -1, true),
+                ("team t".to_string(), 1, true)
+            ]
+        );
+        assert_eq!(
+            books(key_bookkeeping(Some(&key), Some(&key))),
+            [("user u".to_string(), 0, true)]
+        );
+        assert_eq!(
+            books(key_bookkeeping(Some(&key), None)),
+            [("user u".to_string(), -1, true)]
+        );
+    }
+
     fn windows() -> impl Strategy<Value = Vec<Window>> {
         let spans = ["1h", "1d", "lifetime"];
         proptest::collection::vec((0..3usize, 0i64..6, 0i64..6, 0i64..6, 0u8..2), 0..3).prop_map(
@@ -649,12 +778,20 @@ mod tests {
             let holds = plan.as_ref().is_some_and(|writes| {
                 writes
                     .iter()
-                    .zip(chain.entities())
-                    .all(|(w, stored)| guards_hold(&w.guards, Some(stored)))
+                    .all(|w| guards_hold(&w.guards, Some(stored_as(&chain, w))))
             });
             prop_assert_eq!(admits, holds);
+            if let Some(writes) = &plan {
+                // A key with no window is left out when an owner is written.
+                let key_written = writes.iter().any(|w| w.entity.kind == EntityKind::Key);
+                let owner_changed = writes
+                    .iter()
+                    .any(|w| w.entity.kind != EntityKind::Key && !w.changes.is_empty());
+                prop_assert_eq!(key_written, !chain.key.windows.is_empty() || !owner_changed);
+            }
             if let (true, Some(writes)) = (holds, plan) {
-                for (w, before) in writes.iter().zip(chain.entities()) {
+                for w in &writes {
+                    let before = stored_as(&chain, w);
                     let mut after = before.clone();
                     apply(&w.changes, &mut after);
                     for (b, a) in before.windows.iter().zip(&after.windows) {
@@ -694,8 +831,7 @@ mod tests {
             let holds = reserve_chain(&known, e, now(), &clock).is_some_and(|writes| {
                 writes
                     .iter()
-                    .zip(stored.entities())
-                    .all(|(w, s)| guards_hold(&w.guards, Some(s)))
+                    .all(|w| guards_hold(&w.guards, Some(stored_as(&stored, w))))
             });
             prop_assert!(!holds || admits, "admitted on a snapshot, refused on the store");
             let any_due = stored.entities().any(|x| x.windows.iter().any(|w| w.is_due(now())));

@@ -185,10 +185,10 @@ impl<S: BudgetStore> Authorizer<S> {
         hash: String,
         request_id: Option<&str>,
     ) -> Result<Option<InFlight>, StoreError> {
-        let chain = match self.cached(&hash) {
-            Some(c) => c,
+        let (chain, snapshot) = match self.cached(&hash) {
+            Some(c) => (c, false),
             None => match store_call(self.store.load_chain_quick(&hash)).await? {
-                Some(c) => c,
+                Some(c) => (c, true),
                 None => return Ok(None),
             },
         };
@@ -197,6 +197,7 @@ impl<S: BudgetStore> Authorizer<S> {
             id: reservation_id(&hash, retry),
             retry: retry.is_some(),
             hash,
+            from_snapshot: snapshot,
             chain,
             fresh: false,
             own: None,
@@ -215,6 +216,13 @@ impl<S: BudgetStore> Authorizer<S> {
             self.remember(&req.hash, None);
             return Ok(false);
         };
+        if std::mem::take(&mut req.from_snapshot) && snapshot_out_of_date(&req.chain, &chain) {
+            // Once per key after an owner changed: the next cold instance
+            // then decides from the key item alone again.
+            if let Err(e) = store_call(self.store.refresh_snapshot(&chain)).await {
+                tracing::warn!(error = %e, "owner snapshot not refreshed");
+            }
+        }
         (req.chain, req.fresh, req.own) = (chain, true, own);
         Ok(true)
     }
@@ -289,6 +297,8 @@ struct InFlight {
     chain: Chain,
     /// Read from the store during this request (so it may deny).
     fresh: bool,
+    /// `chain` came from the key item and its snapshot of the owners.
+    from_snapshot: bool,
     /// This request's own reservation, as the last fresh read found it.
     own: Option<Reservation>,
 }
@@ -299,6 +309,14 @@ enum Step {
     Reread,
     Retry,
     NewId,
+}
+
+/// Whether the owners in the key's snapshot (`quick`) differ from what a
+/// fresh read found.
+fn snapshot_out_of_date(quick: &Chain, fresh: &Chain) -> bool {
+    let owners = |c: &Chain| c.entities().skip(1).cloned().collect::<Vec<_>>();
+    let (was, is) = (owners(quick), owners(fresh));
+    was.len() != is.len() || was.iter().zip(&is).any(|(a, b)| !a.same_configuration(b))
 }
 
 /// The key's state, then the budget rule, on `chain` as known.

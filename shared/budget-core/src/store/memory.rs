@@ -143,10 +143,11 @@ impl State {
         Some(chain)
     }
 
-    fn count_key(&mut self, owners: &[EntityRef], delta: i64) {
-        for o in owners {
-            if let Some(e) = self.entities.get_mut(o) {
-                e.key_count += delta;
+    fn keep_books(&mut self, books: &[plan::OwnerBookkeeping]) {
+        for b in books {
+            if let Some(e) = self.entities.get_mut(&b.owner) {
+                e.key_count += b.key_count;
+                e.key_revision += u64::from(b.revision);
             }
         }
     }
@@ -335,7 +336,7 @@ impl AdminStore for MemoryStore {
         if let Some(missing) = owners.iter().find(|o| !state.entities.contains_key(o)) {
             return Ok(AdminWrite::Missing(missing.clone()));
         }
-        state.count_key(&owners, 1);
+        state.keep_books(&plan::key_bookkeeping(None, Some(entity)));
         state.entities.insert(entity.entity.clone(), entity.clone());
         state.set_due(&entity.entity, plan::next_due(entity));
         Ok(AdminWrite::Done)
@@ -347,12 +348,14 @@ impl AdminStore for MemoryStore {
         if !plan::guards_hold(&guards, state.entities.get(&old.entity)) {
             return Ok(AdminWrite::Conflict);
         }
-        let (removed, added) = plan::owners_moved(old, new);
-        if let Some(missing) = added.iter().find(|o| !state.entities.contains_key(o)) {
-            return Ok(AdminWrite::Missing(missing.clone()));
+        let books = plan::key_bookkeeping(Some(old), Some(new));
+        if let Some(missing) = books
+            .iter()
+            .find(|b| !state.entities.contains_key(&b.owner))
+        {
+            return Ok(AdminWrite::Missing(missing.owner.clone()));
         }
-        state.count_key(&removed, -1);
-        state.count_key(&added, 1);
+        state.keep_books(&books);
         let Some(stored) = state.entities.get_mut(&old.entity) else {
             return Ok(AdminWrite::Missing(old.entity.clone()));
         };
@@ -375,6 +378,7 @@ impl AdminStore for MemoryStore {
             version: stored.version + 1,
             incarnation: stored.incarnation,
             key_count: stored.key_count,
+            key_revision: stored.key_revision,
             created_at: stored.created_at,
             windows,
             ..new.clone()
@@ -392,7 +396,7 @@ impl AdminStore for MemoryStore {
         }
         state.entities.remove(&entity.entity);
         state.due.remove(&entity.entity);
-        state.count_key(&entity.owners(), -1);
+        state.keep_books(&plan::key_bookkeeping(Some(entity), None));
         Ok(AdminWrite::Done)
     }
 

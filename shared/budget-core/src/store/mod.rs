@@ -126,6 +126,17 @@ pub trait BudgetStore: Reads {
         self.load_chain(key_hash).await
     }
 
+    /// Writes the owners of `chain` (as just read) into its key's snapshot
+    /// (the one `load_chain_quick` reads), if the key is still the one
+    /// read. Admin changes of a user or team do not rewrite the snapshots
+    /// of all its keys (that would cost a write per key inside one admin
+    /// request): an authorizer that found a snapshot out of date refreshes
+    /// it, once, after its fresh read. Only ever a hint: every reservation
+    /// is conditional on the owners' real versions.
+    async fn refresh_snapshot(&self, _chain: &Chain) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// The one atomic write of admission: every window of every entity of
     /// `chain` (as read) admits `reservation.amount` and reserves it, a
     /// window past its boundary is rolled over in the same write, and the
@@ -207,6 +218,22 @@ pub trait AdminStore: Reads {
     /// Deletes `entity` (as read). A user or team with keys is refused
     /// (`Conflict`); a key uncounts itself from its owners.
     async fn delete(&self, entity: &Entity) -> Result<AdminWrite, StoreError>;
+
+    /// Deletes `keys` (as read) in as few writes as the store allows, each
+    /// write all or nothing; answers the keys it did not delete (changed
+    /// since they were read, or a store that deletes one at a time: the
+    /// default), for the caller to delete one by one.
+    async fn delete_keys(&self, keys: &[Entity]) -> Result<Vec<Entity>, StoreError> {
+        Ok(keys.to_vec())
+    }
+
+    /// `entity` with its attributes (LiteLLM's `metadata` and the like),
+    /// which the budget reads ([`Reads::load`]) leave out because they are
+    /// stored apart from the counters: what the management API shows and
+    /// changes.
+    async fn load_described(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
+        self.load(entity).await
+    }
 
     /// Hashes of the keys that belong to a user or team.
     async fn keys_of(&self, owner: &EntityRef) -> Result<Vec<String>, StoreError>;

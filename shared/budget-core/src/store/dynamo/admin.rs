@@ -2,8 +2,7 @@
 //! the key counts of their owners), and the owner snapshots keys carry.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 
 use crate::model::{Entity, EntityKind, EntityRef};
 use crate::plan::{self, WindowEdit};
@@ -21,20 +20,17 @@ impl DynamoStore {
         &self,
         owners: &[EntityRef],
     ) -> Result<AttributeValue, StoreError> {
-        let loaded = self.load_many(owners).await?;
-        Ok(AttributeValue::M(
-            loaded
-                .iter()
-                .map(|o| (o.entity.kind.as_str().to_string(), owner_snapshot(o)))
-                .collect(),
-        ))
+        Ok(owner_snapshots(&self.load_many(owners).await?))
     }
 
-    /// After an admin update: a user or team refreshes the snapshot in
-    /// each of its keys (never replacing a newer one), a key re-reads its
-    /// owners. Best effort: a snapshot left stale costs a cold authorizer
-    /// one more read, never a wrong admission.
-    pub(super) async fn refresh_snapshots(&self, old: &Entity, new: &Entity) {
+    /// After an admin update of a key: it re-reads its owners into its
+    /// snapshot. A user's or team's update leaves its keys' snapshots as
+    /// they are (rewriting them would cost a write per key inside the admin
+    /// request): the first cold authorizer of each key that finds its
+    /// snapshot out of date refreshes it (`BudgetStore::refresh_snapshot`).
+    /// Best effort: a snapshot left stale costs a cold authorizer one more
+    /// read, never a wrong admission.
+    pub(super) async fn refresh_snapshots(&self, new: &Entity) {
         let result = match new.entity.kind {
             EntityKind::Key => match self.owner_snapshots(&new.owners()).await {
                 Ok(snapshots) => {
@@ -58,54 +54,57 @@ impl DynamoStore {
                 }
                 Err(e) => Err(e),
             },
-            EntityKind::User | EntityKind::Team => {
-                // The stored form: kept windows keep their generation.
-                let mut stored = new.clone();
-                stored.version = old.version + 1;
-                for w in &mut stored.windows {
-                    if let Some(o) = old.window(&w.id()) {
-                        w.generation = o.generation;
-                    }
-                }
-                self.push_snapshot(&stored).await
-            }
+            EntityKind::User | EntityKind::Team => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "owner snapshot not refreshed");
         }
     }
+}
 
-    pub(super) async fn push_snapshot(&self, owner: &Entity) -> Result<(), StoreError> {
-        let snapshot = owner_snapshot(owner);
-        for key in self.keys_of(&owner.entity).await? {
-            let mut ex = Expr::default();
-            let owners = ex.name(OWNERS);
-            let kind = ex.name(owner.entity.kind.as_str());
-            let ver = ex.name("ver");
-            let v = ex.value(n(owner.version as i64));
-            let inc = ex.name(INCARNATION);
-            let inc_value = ex.value(n(owner.incarnation as i64));
-            let snap = ex.value(snapshot.clone());
-            let request = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(key_of(entity_pk(&EntityRef::key(key)))))
-                .update_expression(format!("SET {owners}.{kind} = {snap}"))
-                .condition_expression(format!(
-                    "attribute_exists({owners}) AND (attribute_not_exists({owners}.{kind}) OR {owners}.{kind}.{ver} < {v} OR {owners}.{kind}.{inc} <> {inc_value} OR attribute_not_exists({owners}.{kind}.{inc}))"
-                ))
-                .set_expression_attribute_names(ex.names())
-                .set_expression_attribute_values(ex.values());
-            let result = send_plain(|| request.clone().send()).await;
-            match result {
-                Ok(_) => {}
-                Err(SdkError::ServiceError(e))
-                    if e.err().is_conditional_check_failed_exception() => {}
-                Err(e) => return Err(unavailable("push owner snapshot", e)),
+impl DynamoStore {
+    /// The attributes of `e` written to its meta item (the item removed
+    /// when it has none), in the transaction of its admin write.
+    fn meta_write(&self, e: &Entity) -> Result<TransactWriteItem, StoreError> {
+        match meta_item(e) {
+            Some(item) => {
+                let put = Put::builder()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .build()
+                    .map_err(build_error)?;
+                Ok(TransactWriteItem::builder().put(put).build())
             }
+            None => self.meta_delete(&e.entity),
         }
-        Ok(())
+    }
+
+    /// The delete of `entity` (as read), under `plan::delete`'s guards.
+    fn delete_item(&self, entity: &Entity) -> Result<TransactWriteItem, StoreError> {
+        let mut ex = Expr::default();
+        let condition = plan::delete(entity)
+            .iter()
+            .map(|g| render_guard(&mut ex, g))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_of(entity_pk(&entity.entity))))
+            .condition_expression(condition)
+            .set_expression_attribute_names(ex.names())
+            .set_expression_attribute_values(ex.values())
+            .build()
+            .map_err(build_error)?;
+        Ok(TransactWriteItem::builder().delete(delete).build())
+    }
+
+    fn meta_delete(&self, entity: &EntityRef) -> Result<TransactWriteItem, StoreError> {
+        let delete = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(key_of(meta_pk(entity))))
+            .build()
+            .map_err(build_error)?;
+        Ok(TransactWriteItem::builder().delete(delete).build())
     }
 }
 
@@ -119,9 +118,11 @@ impl AdminStore for DynamoStore {
         }
         let put = self.put(item, "attribute_not_exists(pk)")?;
         let mut items = vec![TransactWriteItem::builder().put(put).build()];
-        for owner in &owners {
-            items.push(count_key(self, owner, 1)?);
+        for books in plan::key_bookkeeping(None, Some(entity)) {
+            items.push(keep_books(self, &books)?);
         }
+        // Last, so the indexes of the owners' counts stay those above.
+        items.push(self.meta_write(entity)?);
         match transact(&self.client, items).await? {
             TxOutcome::Committed => Ok(AdminWrite::Done),
             TxOutcome::Busy => Ok(AdminWrite::Conflict),
@@ -176,21 +177,29 @@ impl AdminStore for DynamoStore {
             sets.extend(set);
             removes.extend(remove);
         }
+        // Changed attributes go to the meta item (and an item written
+        // before they moved out of it loses its own copy).
+        let attributes_changed = old.attributes != new.attributes;
+        if attributes_changed {
+            removes.push(ex.name(ATTRS));
+        }
         let update = self.update(entity_pk(&old.entity), sets, removes, conds, &ex)?;
         let mut items = vec![TransactWriteItem::builder().update(update).build()];
-        // A key that changes owner moves its count from the old to the new.
-        let (left, joined) = plan::owners_moved(old, new);
-        for owner in &left {
-            items.push(count_key(self, owner, -1)?);
+        if attributes_changed {
+            items.push(self.meta_write(new)?);
         }
+        // A key moves its count from the owners it leaves to those it
+        // joins, and tells all of them it changed.
         let mut added = Vec::new();
-        for owner in joined {
-            items.push(count_key(self, &owner, 1)?);
-            added.push((items.len() - 1, owner));
+        for books in plan::key_bookkeeping(Some(old), Some(new)) {
+            items.push(keep_books(self, &books)?);
+            if books.key_count > 0 {
+                added.push((items.len() - 1, books.owner));
+            }
         }
         match transact(&self.client, items).await? {
             TxOutcome::Committed => {
-                self.refresh_snapshots(old, new).await;
+                self.refresh_snapshots(new).await;
                 Ok(AdminWrite::Done)
             }
             TxOutcome::Busy => Ok(AdminWrite::Conflict),
@@ -206,35 +215,72 @@ impl AdminStore for DynamoStore {
     }
 
     async fn delete(&self, entity: &Entity) -> Result<AdminWrite, StoreError> {
-        let mut ex = Expr::default();
-        let condition = plan::delete(entity)
-            .iter()
-            .map(|g| render_guard(&mut ex, g))
-            .collect::<Vec<_>>()
-            .join(" AND ");
-        let delete = Delete::builder()
-            .table_name(&self.table)
-            .set_key(Some(key_of(entity_pk(&entity.entity))))
-            .condition_expression(condition)
-            .set_expression_attribute_names(ex.names())
-            .set_expression_attribute_values(ex.values())
-            .build()
-            .map_err(build_error)?;
-        let mut items = vec![TransactWriteItem::builder().delete(delete).build()];
-        if entity.entity.kind == EntityKind::Key {
-            for owner in entity
-                .user_id
-                .iter()
-                .map(|u| EntityRef::user(u.clone()))
-                .chain(entity.team_id.iter().map(|t| EntityRef::team(t.clone())))
-            {
-                items.push(count_key(self, &owner, -1)?);
-            }
+        let mut items = vec![self.delete_item(entity)?, self.meta_delete(&entity.entity)?];
+        for books in plan::key_bookkeeping(Some(entity), None) {
+            items.push(keep_books(self, &books)?);
         }
         match transact(&self.client, items).await? {
             TxOutcome::Committed => Ok(AdminWrite::Done),
             TxOutcome::Busy | TxOutcome::Failed(_) => Ok(AdminWrite::Conflict),
         }
+    }
+
+    async fn delete_keys(&self, keys: &[Entity]) -> Result<Vec<Entity>, StoreError> {
+        let mut left = Vec::new();
+        let mut rest = keys;
+        while !rest.is_empty() {
+            // As many keys as fit in one transaction: two items each (the
+            // key and its meta item) and one per distinct owner.
+            let mut n = 0;
+            while n < rest.len() {
+                let owners = plan::merge_bookkeeping(
+                    rest[..=n]
+                        .iter()
+                        .flat_map(|k| plan::key_bookkeeping(Some(k), None)),
+                );
+                if 2 * (n + 1) + owners.len() > TRANSACTION_ITEMS {
+                    break;
+                }
+                n += 1;
+            }
+            let (chunk, after) = rest.split_at(n.max(1));
+            rest = after;
+            let mut items = Vec::new();
+            for key in chunk {
+                items.push(self.delete_item(key)?);
+                items.push(self.meta_delete(&key.entity)?);
+            }
+            let books = plan::merge_bookkeeping(
+                chunk
+                    .iter()
+                    .flat_map(|k| plan::key_bookkeeping(Some(k), None)),
+            );
+            for b in &books {
+                items.push(keep_books(self, b)?);
+            }
+            match transact(&self.client, items).await? {
+                TxOutcome::Committed => {}
+                TxOutcome::Busy | TxOutcome::Failed(_) => left.extend(chunk.iter().cloned()),
+            }
+        }
+        Ok(left)
+    }
+
+    async fn load_described(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
+        let items = self
+            .batch_get(vec![entity_pk(entity), meta_pk(entity)])
+            .await?;
+        let pk_is = |item: &std::collections::HashMap<String, AttributeValue>, pk: &str| matches!(item.get(PARTITION_KEY), Some(AttributeValue::S(p)) if p == pk);
+        let main = entity_pk(entity);
+        let Some(counters) = items.iter().find(|i| pk_is(i, &main)) else {
+            return Ok(None);
+        };
+        let mut e = entity_from_item(counters)?;
+        let meta = meta_pk(entity);
+        if let Some(item) = items.iter().find(|i| pk_is(i, &meta)) {
+            e.attributes = attributes_of(item)?;
+        }
+        Ok(Some(e))
     }
 
     async fn keys_of(&self, owner: &EntityRef) -> Result<Vec<String>, StoreError> {
@@ -264,20 +310,25 @@ impl AdminStore for DynamoStore {
     }
 }
 
-/// `key_count += delta` on an owner that must exist.
-pub(super) fn count_key(
+/// An owner's bookkeeping for a write of one of its keys (the owner must
+/// exist): `key_count += delta`, `key_revision += 1`.
+pub(super) fn keep_books(
     store: &DynamoStore,
-    owner: &EntityRef,
-    delta: i64,
+    books: &plan::OwnerBookkeeping,
 ) -> Result<TransactWriteItem, StoreError> {
     let mut ex = Expr::default();
     let kc = ex.name("key_count");
-    let d = ex.value(n(delta));
+    let d = ex.value(n(books.key_count));
     let zero = ex.value(n(0));
     let pk = ex.name(PARTITION_KEY);
+    let mut sets = vec![format!("{kc} = if_not_exists({kc}, {zero}) + {d}")];
+    if books.revision {
+        let (kv, one) = (ex.name(KEY_REVISION), ex.value(n(1)));
+        sets.push(format!("{kv} = if_not_exists({kv}, {zero}) + {one}"));
+    }
     let update = store.update(
-        entity_pk(owner),
-        vec![format!("{kc} = if_not_exists({kc}, {zero}) + {d}")],
+        entity_pk(&books.owner),
+        sets,
         vec![],
         vec![format!("attribute_exists({pk})")],
         &ex,

@@ -188,6 +188,37 @@ impl BudgetStore for DynamoStore {
         }
     }
 
+    async fn refresh_snapshot(&self, chain: &Chain) -> Result<(), StoreError> {
+        let owners: Vec<Entity> = chain.entities().skip(1).cloned().collect();
+        let mut ex = Expr::default();
+        let (name, v) = (ex.name(OWNERS), ex.value(owner_snapshots(&owners)));
+        let (ver, kv) = (ex.name("ver"), ex.value(n(chain.key.version as i64)));
+        let conds = [
+            format!("{ver} = {kv}"),
+            incarnation_is(&mut ex, chain.key.incarnation),
+        ];
+        let pk = entity_pk(&chain.key.entity);
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(pk)))
+            .update_expression(format!("SET {name} = {v}"))
+            .condition_expression(conds.join(" AND "))
+            .set_expression_attribute_names(ex.names())
+            .set_expression_attribute_values(ex.values());
+        match send_plain(|| request.clone().send()).await {
+            Ok(_) => Ok(()),
+            // The key changed meanwhile: its own update wrote a snapshot.
+            Err(aws_sdk_dynamodb::error::SdkError::ServiceError(e))
+                if e.err().is_conditional_check_failed_exception() =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(unavailable("refresh owner snapshot", e)),
+        }
+    }
+
     async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError> {
         let out = self
             .client

@@ -33,6 +33,50 @@ pub fn entity_pk(entity: &EntityRef) -> String {
     format!("{}#{}", entity.kind.as_str(), entity.id)
 }
 
+/// The partition key of the item that holds an entity's rarely-read
+/// attributes (LiteLLM's `metadata`, aliases, models, …): kept off the
+/// counter item, so what every request writes stays small however much
+/// metadata an entity carries (see [`meta_item`]).
+pub fn meta_pk(entity: &EntityRef) -> String {
+    format!("meta#{}", entity_pk(entity))
+}
+
+/// The attribute that holds the JSON of an entity's attributes.
+pub(super) const ATTRS: &str = "attrs";
+
+/// The item of an entity's attributes (`None`: it has none, and no item).
+pub(super) fn meta_item(e: &Entity) -> Option<HashMap<String, AttributeValue>> {
+    if e.attributes.is_empty() {
+        return None;
+    }
+    let mut item = key_of(meta_pk(&e.entity));
+    item.insert("kind".into(), s("meta"));
+    item.insert(
+        ATTRS.into(),
+        s(Value::Object(e.attributes.clone()).to_string()),
+    );
+    Some(item)
+}
+
+/// The attributes in `item` (an entity's meta item, or a counter item
+/// written before they moved out of it).
+pub(super) fn attributes_of(
+    item: &HashMap<String, AttributeValue>,
+) -> Result<Map<String, Value>, StoreError> {
+    let pk = match item.get(PARTITION_KEY) {
+        Some(AttributeValue::S(pk)) => pk.as_str(),
+        _ => "?",
+    };
+    let r = ItemReader { pk };
+    match r.opt_s(item, ATTRS)? {
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(r.corrupt("attrs is not a JSON object")),
+        },
+        None => Ok(Map::new()),
+    }
+}
+
 pub fn reservation_pk(id: &str) -> String {
     format!("res#{id}")
 }
@@ -181,6 +225,9 @@ pub(super) fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
     );
     item.extend(entity_config_attributes(e));
     item.insert("key_count".into(), n(e.key_count));
+    if e.key_revision != 0 {
+        item.insert(KEY_REVISION.into(), n(e.key_revision as i64));
+    }
     item.insert("created_at".into(), epoch(e.created_at));
     if e.entity.kind == EntityKind::Key {
         item.insert(OWNERS.into(), AttributeValue::M(HashMap::new()));
@@ -214,11 +261,26 @@ pub(super) const OWNERS: &str = "owners";
 /// [`Entity::incarnation`]).
 pub(super) const INCARNATION: &str = "inc";
 
+/// The attribute of a user's or team's key revision (see
+/// [`Entity::key_revision`]); absent means 0.
+pub(super) const KEY_REVISION: &str = "kv";
+
+/// The `owners` attribute of a key whose owners are `owners`.
+pub(super) fn owner_snapshots(owners: &[Entity]) -> AttributeValue {
+    AttributeValue::M(
+        owners
+            .iter()
+            .map(|o| (o.entity.kind.as_str().to_string(), owner_snapshot(o)))
+            .collect(),
+    )
+}
+
 pub(super) fn owner_snapshot(e: &Entity) -> AttributeValue {
     let mut snapshot = HashMap::from([
         ("id".to_string(), s(e.entity.id.clone())),
         ("ver".to_string(), n(e.version as i64)),
         (INCARNATION.to_string(), n(e.incarnation as i64)),
+        (KEY_REVISION.to_string(), n(e.key_revision as i64)),
         (
             "w".to_string(),
             AttributeValue::M(
@@ -268,6 +330,7 @@ pub(super) fn owner_from_snapshot(
     let mut e = Entity::new(EntityRef::new(kind, id), Utc::now());
     e.version = r.n(snap, "ver").ok()? as u64;
     e.incarnation = r.n(snap, INCARNATION).ok()? as u64;
+    e.key_revision = r.opt_n(snap, KEY_REVISION).ok()?.unwrap_or(0) as u64;
     e.reservation_floor = r.opt_n(snap, FLOOR).ok()?.map(Money::from_nanos);
     if let Some(AttributeValue::M(ws)) = snap.get("w") {
         for (wid, w) in ws {
@@ -287,17 +350,13 @@ pub(super) fn owner_from_snapshot(
     Some(e)
 }
 
-/// The attributes an admin update rewrites (everything but counters,
-/// windows, version and creation time). Absent optional values are
-/// `None`, to be REMOVEd.
+/// The attributes an admin update rewrites on the counter item (everything
+/// but counters, windows, version, creation time and the attributes, which
+/// live in the meta item).
 pub(super) fn entity_config_attributes(e: &Entity) -> Vec<(String, AttributeValue)> {
     let mut out = vec![
         ("blocked".to_string(), AttributeValue::Bool(e.blocked)),
         ("updated_at".to_string(), epoch(e.updated_at)),
-        (
-            "attrs".to_string(),
-            s(Value::Object(e.attributes.clone()).to_string()),
-        ),
     ];
     if let Some(u) = &e.user_id {
         out.push(("user_id".into(), s(u.clone())));
@@ -361,13 +420,8 @@ pub(super) fn entity_from_item(
         }
     }
     windows.sort_by_key(|w| w.span);
-    let attributes = match r.opt_s(item, "attrs")? {
-        Some(text) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(m)) => m,
-            _ => return Err(r.corrupt("attrs is not a JSON object")),
-        },
-        None => Map::new(),
-    };
+    // Only items written before the attributes moved out have them here.
+    let attributes = attributes_of(item)?;
     let created_at = r.time(item, "created_at")?.unwrap_or_default();
     Ok(Entity {
         entity,
@@ -380,6 +434,7 @@ pub(super) fn entity_from_item(
         blocked: r.bool(item, "blocked"),
         expires: r.time(item, "expires")?,
         key_count: r.opt_n(item, "key_count")?.unwrap_or(0),
+        key_revision: r.opt_n(item, KEY_REVISION)?.unwrap_or(0) as u64,
         created_at,
         updated_at: r.time(item, "updated_at")?.unwrap_or(created_at),
         attributes,
@@ -544,10 +599,15 @@ mod tests {
             &clock,
         ));
         e.windows.sort_by_key(|w| w.span);
-        e.attributes
-            .insert("metadata".into(), serde_json::json!({"team": "x"}));
         let back = entity_from_item(&entity_item(&e)).unwrap();
         assert_eq!(back, e);
+        e.attributes
+            .insert("metadata".into(), serde_json::json!({"team": "x"}));
+        // The attributes live in their own item, never on the counters.
+        assert_eq!(entity_item(&e), entity_item(&back));
+        let meta = meta_item(&e).unwrap();
+        assert_eq!(attributes_of(&meta).unwrap(), e.attributes);
+        assert!(meta_item(&back).is_none());
     }
 
     #[test]

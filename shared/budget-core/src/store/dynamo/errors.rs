@@ -166,6 +166,8 @@ pub(super) async fn transact(
 
 /// DynamoDB's limit of keys in one BatchGetItem.
 pub(super) const BATCH_GET_KEYS: usize = 100;
+/// TransactWriteItems takes at most 100 items.
+pub(super) const TRANSACTION_ITEMS: usize = 100;
 /// Answers with unprocessed keys a batch read accepts before giving up.
 pub(super) const BATCH_GET_ROUNDS: usize = 8;
 

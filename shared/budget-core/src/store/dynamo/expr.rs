@@ -199,6 +199,11 @@ pub(super) fn render_guard(ex: &mut Expr, guard: &Guard) -> String {
             let (kc, zero) = (ex.name("key_count"), ex.value(n(0)));
             format!("({kc} = {zero} OR attribute_not_exists({kc}))")
         }
+        Guard::KeyRevision(0) => format!("attribute_not_exists({})", ex.name(KEY_REVISION)),
+        Guard::KeyRevision(r) => {
+            let (kv, value) = (ex.name(KEY_REVISION), ex.value(n(*r as i64)));
+            format!("{kv} = {value}")
+        }
     }
 }
 

@@ -16,12 +16,13 @@ mod errors;
 mod expr;
 mod queries;
 mod reset;
+pub mod size;
 
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 
-pub use codec::{entity_pk, reservation_pk};
+pub use codec::{entity_pk, meta_pk, reservation_pk};
 
 #[derive(Clone, Debug)]
 pub struct DynamoStore {
