@@ -295,3 +295,34 @@ pub fn at(text: &str) -> DateTime<Utc> {
         .expect("RFC 3339")
         .with_timezone(&Utc)
 }
+
+/// One call of an AWS JSON-protocol API (`X-Amz-Target: <target>`) on the
+/// emulator at `endpoint`, for services this package has no SDK client
+/// of (the alert tests read EventBridge's deliveries from an SQS queue).
+/// The request is signed with a placeholder signature: the emulator reads
+/// the service from the credential scope and checks nothing else.
+pub async fn aws_json(endpoint: &str, service: &str, target: &str, body: &Value) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::net::TcpStream::connect(hostport)
+        .await
+        .expect("the emulator accepts connections");
+    let body = body.to_string();
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {hostport}\r\nX-Amz-Target: {target}\r\n\
+         Content-Type: application/x-amz-json-1.0\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=local/20261128/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    let text = String::from_utf8_lossy(&answer);
+    let (head, payload) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{target}: {text}"
+    );
+    serde_json::from_str(payload).unwrap_or(Value::Null)
+}

@@ -8,6 +8,7 @@ mod helpers;
 mod admin;
 mod admin_hardening;
 mod adversarial;
+mod alerts;
 mod authorize;
 mod capacity;
 mod conservation;

@@ -153,6 +153,16 @@ async fn the_template_declares_the_table_the_code_creates() {
         p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],
         Value::Bool(true)
     );
+    // The stream notify reads: both images, as the code creates it.
+    let stream = described.stream_specification().expect("a stream");
+    assert!(stream.stream_enabled());
+    let view = stream
+        .stream_view_type()
+        .expect("a view type")
+        .as_str()
+        .to_string();
+    assert_eq!(view, "NEW_AND_OLD_IMAGES");
+    assert_eq!(s(&p["StreamSpecification"]["StreamViewType"]), view);
 }
 
 #[test]
@@ -165,7 +175,7 @@ fn every_function_in_the_template_is_a_workspace_binary() {
             binaries.insert(s(&resource["Metadata"]["BuildProperties"]["Binary"]));
         }
     }
-    let expected: BTreeSet<String> = ["authorize", "settle-spend", "reset", "admin"]
+    let expected: BTreeSet<String> = ["authorize", "settle-spend", "reset", "admin", "notify"]
         .into_iter()
         .map(str::to_string)
         .collect();

@@ -48,13 +48,14 @@ fn allowed(meta: &tracing::Metadata<'_>) -> bool {
 
 /// Targets of edge-budget's own crates (none of which logs a secret).
 pub fn is_ours(target: &str) -> bool {
-    const OURS: [&str; 6] = [
+    const OURS: [&str; 7] = [
         "budget_core",
         "authorize",
         "settle_spend",
         "reset",
         "admin",
         "edge_budget",
+        "notify",
     ];
     let krate = target.split("::").next().unwrap_or(target);
     OURS.contains(&krate)

@@ -12,11 +12,14 @@
 //! earliest boundary of their windows (`due#<shard>`, zero-padded epoch
 //! seconds), sparse (an entity with no window that resets is not in it):
 //! what the reset job reads instead of the table. TTL attribute `ttl`
-//! removes finished reservations after a week.
+//! removes finished reservations after a week (and alert markers, `alert#<id>`,
+//! five weeks after their window period). The stream (new and old images)
+//! feeds the `notify` function's budget alerts.
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
+    TimeToLiveSpecification,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -88,6 +91,13 @@ pub async fn create_table(client: &Client, name: &str) -> Result<bool, StoreErro
         .set_attribute_definitions(Some(attributes))
         .key_schema(key(PARTITION_KEY, KeyType::Hash)?)
         .set_global_secondary_indexes(Some(indexes))
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()
+                .map_err(|e| unavailable(e.to_string()))?,
+        )
         .send()
         .await;
     match created {
