@@ -330,9 +330,9 @@ async fn admin_answers_a_refused_write_with_400_and_writes_nothing() {
     assert_eq!(app.snapshot().await, before);
 
     // A read refused (info reads the counters and the metadata in one
-    // BatchGetItem): 500 store_rejected, no retry signal.
+    // TransactGetItems): 500 store_rejected, no retry signal.
     proxy.inject(
-        "BatchGetItem",
+        "TransactGetItems",
         Answer::ValidationException(KEY_TOO_LONG.into()),
         100,
     );

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod config;
 pub mod decision;
 pub mod duration;
+pub mod escrow;
 pub mod ids;
 pub mod keys;
 pub mod metrics;

@@ -90,6 +90,11 @@ impl Money {
         Money(self.0.saturating_add(other.0))
     }
 
+    /// The opposite amount (a delta that takes away).
+    pub const fn negated(self) -> Money {
+        Money(self.0.saturating_neg())
+    }
+
     pub fn saturating_sub(self, other: Money) -> Money {
         Money(self.0.saturating_sub(other.0))
     }

@@ -544,13 +544,42 @@ pub fn key_bookkeeping(old: Option<&Entity>, new: Option<&Entity>) -> Vec<OwnerB
             continue;
         }
         let count = i64::from(after.contains(o)) - i64::from(before.contains(o));
+        let revision = match (old, new) {
+            (Some(o), Some(n)) => reserves_differently(o, n),
+            (Some(_), None) => true,
+            _ => false,
+        };
+        // Nothing to write: the owner's item (which every request of its
+        // keys writes) is left out of the admin transaction.
+        if count == 0 && !revision {
+            continue;
+        }
         out.push(OwnerBookkeeping {
             owner: o.clone(),
             key_count: count,
-            revision: old.is_some(),
+            revision,
         });
     }
     out
+}
+
+/// Whether a key written as `new` over `old` may reserve otherwise: its
+/// state, owners, floor or windows changed (not its metadata or alias,
+/// which no reservation reads). Only then do its owners' key revisions
+/// move, so an update of a key's metadata leaves the cached chains of
+/// every other key of its team alone.
+fn reserves_differently(old: &Entity, new: &Entity) -> bool {
+    let windows = |e: &Entity| {
+        e.windows
+            .iter()
+            .map(|w| (w.span, w.max, w.legacy))
+            .collect::<Vec<_>>()
+    };
+    old.blocked != new.blocked
+        || old.expires != new.expires
+        || old.owners() != new.owners()
+        || old.reservation_floor != new.reservation_floor
+        || windows(old) != windows(new)
 }
 
 /// Settle, release or expire `reservation` (as read or as its receipt
@@ -725,8 +754,13 @@ mod tests {
                 ("team t".to_string(), 1, true)
             ]
         );
+        assert_eq!(books(key_bookkeeping(Some(&key), Some(&key))), []);
+        let blocked = Entity {
+            blocked: true,
+            ..key.clone()
+        };
         assert_eq!(
-            books(key_bookkeeping(Some(&key), Some(&key))),
+            books(key_bookkeeping(Some(&key), Some(&blocked))),
             [("user u".to_string(), 0, true)]
         );
         assert_eq!(

@@ -153,10 +153,19 @@ impl State {
     }
 }
 
+fn without_attributes(e: &Entity) -> Entity {
+    Entity {
+        attributes: Default::default(),
+        ..e.clone()
+    }
+}
+
 #[async_trait]
 impl Reads for MemoryStore {
+    /// As DynamoDB's: without the attributes (kept apart from the
+    /// counters there; see `AdminStore::load_described`).
     async fn load(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
-        Ok(self.state().entities.get(entity).cloned())
+        Ok(self.state().entities.get(entity).map(without_attributes))
     }
 
     async fn load_many(&self, entities: &[EntityRef]) -> Result<Vec<Entity>, StoreError> {
@@ -166,7 +175,7 @@ impl Reads for MemoryStore {
         let state = self.state();
         let mut found: Vec<Entity> = entities
             .iter()
-            .filter_map(|e| state.entities.get(e).cloned())
+            .filter_map(|e| state.entities.get(e).map(without_attributes))
             .collect();
         found.sort_by(|a, b| a.entity.cmp(&b.entity));
         found.dedup_by(|a, b| a.entity == b.entity);
@@ -374,7 +383,14 @@ impl AdminStore for MemoryStore {
             }
         }
         windows.sort_by_key(|w| w.span);
+        // As DynamoDB's: the attributes are written only when they change.
+        let attributes = if old.attributes == new.attributes {
+            stored.attributes.clone()
+        } else {
+            new.attributes.clone()
+        };
         *stored = Entity {
+            attributes,
             version: stored.version + 1,
             incarnation: stored.incarnation,
             key_count: stored.key_count,
@@ -398,6 +414,10 @@ impl AdminStore for MemoryStore {
         state.due.remove(&entity.entity);
         state.keep_books(&plan::key_bookkeeping(Some(entity), None));
         Ok(AdminWrite::Done)
+    }
+
+    async fn load_described(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
+        Ok(self.state().entities.get(entity).cloned())
     }
 
     async fn keys_of(&self, owner: &EntityRef) -> Result<Vec<String>, StoreError> {

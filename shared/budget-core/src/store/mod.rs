@@ -209,8 +209,9 @@ pub trait AdminStore: Reads {
     /// which must exist.
     async fn create(&self, entity: &Entity) -> Result<AdminWrite, StoreError>;
 
-    /// Writes the configuration of `new` over `old` (as read): limits,
-    /// owners, flags and attributes. Counters of windows that are kept are
+    /// Writes the configuration of `new` over `old` (as read, with
+    /// [`AdminStore::load_described`]): limits, owners, flags, and the
+    /// attributes when they differ from `old`'s. Counters of windows that are kept are
     /// left as they are in the table (requests may be moving them); new
     /// windows start empty; removed windows go.
     async fn update(&self, old: &Entity, new: &Entity) -> Result<AdminWrite, StoreError>;
@@ -219,8 +220,9 @@ pub trait AdminStore: Reads {
     /// (`Conflict`); a key uncounts itself from its owners.
     async fn delete(&self, entity: &Entity) -> Result<AdminWrite, StoreError>;
 
-    /// Deletes `keys` (as read) in as few writes as the store allows, each
-    /// write all or nothing; answers the keys it did not delete (changed
+    /// Deletes `keys` (as read, each once) in as few writes as the store
+    /// allows, each write all or nothing (a failure part way leaves the
+    /// writes before it done); answers the keys it did not delete (changed
     /// since they were read, or a store that deletes one at a time: the
     /// default), for the caller to delete one by one.
     async fn delete_keys(&self, keys: &[Entity]) -> Result<Vec<Entity>, StoreError> {

@@ -267,18 +267,36 @@ impl AdminStore for DynamoStore {
     }
 
     async fn load_described(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
-        let items = self
-            .batch_get(vec![entity_pk(entity), meta_pk(entity)])
-            .await?;
-        let pk_is = |item: &std::collections::HashMap<String, AttributeValue>, pk: &str| matches!(item.get(PARTITION_KEY), Some(AttributeValue::S(p)) if p == pk);
-        let main = entity_pk(entity);
-        let Some(counters) = items.iter().find(|i| pk_is(i, &main)) else {
+        // One isolated read of both items (a BatchGetItem could see an
+        // admin transaction's counter item and not its meta item, and an
+        // update merged into that would lose the other's metadata).
+        let get = |pk: String| {
+            aws_sdk_dynamodb::types::Get::builder()
+                .table_name(&self.table)
+                .set_key(Some(key_of(pk)))
+                .build()
+                .map(|g| {
+                    aws_sdk_dynamodb::types::TransactGetItem::builder()
+                        .get(g)
+                        .build()
+                })
+                .map_err(build_error)
+        };
+        let out = self
+            .client
+            .transact_get_items()
+            .transact_items(get(entity_pk(entity))?)
+            .transact_items(get(meta_pk(entity))?)
+            .send()
+            .await
+            .map_err(|e| unavailable("read with attributes", e))?;
+        let mut items = out.responses().iter().map(|r| r.item());
+        let Some(counters) = items.next().flatten() else {
             return Ok(None);
         };
         let mut e = entity_from_item(counters)?;
-        let meta = meta_pk(entity);
-        if let Some(item) = items.iter().find(|i| pk_is(i, &meta)) {
-            e.attributes = attributes_of(item)?;
+        if let Some(meta) = items.next().flatten() {
+            e.attributes = attributes_of(meta)?;
         }
         Ok(Some(e))
     }

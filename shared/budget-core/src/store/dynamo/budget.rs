@@ -207,7 +207,8 @@ impl BudgetStore for DynamoStore {
             .condition_expression(conds.join(" AND "))
             .set_expression_attribute_names(ex.names())
             .set_expression_attribute_values(ex.values());
-        match send_plain(|| request.clone().send()).await {
+        // One attempt, no retry: it is only a hint, and this request waits.
+        match request.send().await {
             Ok(_) => Ok(()),
             // The key changed meanwhile: its own update wrote a snapshot.
             Err(aws_sdk_dynamodb::error::SdkError::ServiceError(e))
