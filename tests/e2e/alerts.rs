@@ -390,3 +390,80 @@ async fn an_alert_that_could_not_be_sent_is_sent_on_redelivery() {
     );
     assert_eq!(run(&app, &bus, batch(&[&r])).await.duplicates, 1);
 }
+
+/// The records of the table's own stream (read through the emulator's
+/// DynamoDB Streams API, as Lambda's poller reads them), every write of
+/// the flow included — the key's, the reservations', the owners' — in
+/// Lambda's event shape: the alerts of the user's day, once, and nothing
+/// more when the whole stream is delivered again.
+#[tokio::test]
+async fn the_tables_own_stream_alerts_each_crossing_once() {
+    let app = TestApp::new().await;
+    let bus = Bus::new().await;
+    app.user("u-stream").window("1d", 10.0).create().await;
+    let key = app
+        .key()
+        .user("u-stream")
+        .window("1d", 100.0)
+        .create()
+        .await;
+    for cost in [4.0, 2.0, 3.0] {
+        spend(&app, &key, cost).await;
+    }
+    let table = app
+        .client
+        .describe_table()
+        .table_name(app.store.table())
+        .send()
+        .await
+        .expect("describe")
+        .table
+        .expect("table");
+    let arn = table
+        .latest_stream_arn()
+        .expect("the table has a stream")
+        .to_string();
+    let streams = |target: &str, body: Value| {
+        let target = format!("DynamoDBStreams_20120810.{target}");
+        async move { aws_json(&emulator(), "dynamodb", &target, &body).await }
+    };
+    let stream = streams("DescribeStream", json!({"StreamArn": arn})).await;
+    let shard = stream["StreamDescription"]["Shards"][0]["ShardId"].clone();
+    let iterator = streams(
+        "GetShardIterator",
+        json!({"StreamArn": arn, "ShardId": shard, "ShardIteratorType": "TRIM_HORIZON"}),
+    )
+    .await;
+    let got = streams(
+        "GetRecords",
+        json!({"ShardIterator": iterator["ShardIterator"], "Limit": 1000}),
+    )
+    .await;
+    let records: Vec<Value> = got["Records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            // Lambda hands over epoch seconds and the stream's ARN.
+            r["dynamodb"]["ApproximateCreationDateTime"] = json!(1795878480);
+            r["eventSourceARN"] = json!(arn);
+            r
+        })
+        .collect();
+    assert!(records.len() >= 8, "the flow's writes: {}", records.len());
+    let all: Vec<&Value> = records.iter().collect();
+    let first = run(&app, &bus, batch(&all)).await;
+    assert_eq!(first.unreadable, 0, "{first:?}");
+    assert_eq!(
+        crossed(&bus.received().await),
+        [
+            ("u-stream".into(), "1d".into(), 50),
+            ("u-stream".into(), "1d".into(), 80)
+        ],
+        "the user's day at 9 of 10; the key's 9 of 100 crosses nothing"
+    );
+    let again = run(&app, &bus, batch(&all)).await;
+    assert_eq!((again.sent, again.duplicates), (0, 2));
+    assert!(bus.received().await.is_empty());
+}
