@@ -248,6 +248,31 @@ fn authorize_cpu(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The decision's log line with its embedded metrics, alone (it is
+    // inside every handler figure above).
+    let denied =
+        budget_core::service::AuthorizeOutcome::Denied(Box::new(budget_core::decision::Denial {
+            entity: budget_core::model::EntityRef::user("user-123"),
+            span: budget_core::model::Span::parse_id("1d").expect("span"),
+            max: Money::usd(150),
+            spend: Money::usd(150),
+            reserved: Money::ZERO,
+            reset_at: Some(now),
+            retry_after: Some(1),
+        }));
+    let context = budget_core::metrics::AuthorizeContext {
+        request_id: Some("c6af9ac6-7b61-11e6-9a41-93e8deadbeef"),
+        key: Some("sk-bench-0123456789abcdef0123456789abcdef"),
+        event: "http_api",
+        latency: std::time::Duration::from_millis(3),
+        stats: Default::default(),
+    };
+    g.bench_function("log_line_with_metrics", |b| {
+        b.iter(|| {
+            budget_core::metrics::authorize_record(black_box(&denied), &context)
+                .render("EdgeBudget", now)
+        })
+    });
     let digits = "9".repeat(100_000);
     g.bench_function("parse_amount_100kb_of_digits", |b| {
         b.iter(|| Money::parse_decimal(black_box(&digits)))

@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::Client;
 use budget_core::duration::ResetClock;
 use budget_core::model::{Entity, EntityRef, Span, Window};
 use budget_core::store::dynamo::DynamoStore;
-use budget_core::store::table::create_table;
+use budget_core::store::table::create_table_with;
 use budget_core::store::{prelude::*, AdminWrite};
 use budget_core::{Money, Settings};
 use chrono::{DateTime, Utc};
@@ -49,7 +49,18 @@ impl TestTable {
     }
 
     /// `vars` override the settings' environment (TABLE_NAME is set here).
+    /// The table has no stream (see `create_table_with`); `with_stream`
+    /// makes one that has, exactly as `create_table` defines it.
     pub async fn with_settings(vars: &[(&str, &str)]) -> TestTable {
+        TestTable::make(vars, false).await
+    }
+
+    /// The table exactly as production defines it, stream included.
+    pub async fn with_stream(vars: &[(&str, &str)]) -> TestTable {
+        TestTable::make(vars, true).await
+    }
+
+    async fn make(vars: &[(&str, &str)], stream: bool) -> TestTable {
         assert!(
             std::env::var("AWS_ENDPOINT_URL_DYNAMODB").is_ok(),
             "AWS_ENDPOINT_URL_DYNAMODB is not set: run the tests with scripts/test.sh (make test), which starts the DynamoDB emulator"
@@ -75,7 +86,9 @@ impl TestTable {
         })
         .expect("test settings");
         let client = DynamoStore::client_from_env(Duration::from_secs(30)).await;
-        create_table(&client, &name).await.expect("create table");
+        create_table_with(&client, &name, stream)
+            .await
+            .expect("create table");
         TestTable {
             store: DynamoStore::new(client.clone(), name),
             client,

@@ -398,7 +398,7 @@ async fn an_alert_that_could_not_be_sent_is_sent_on_redelivery() {
 /// more when the whole stream is delivered again.
 #[tokio::test]
 async fn the_tables_own_stream_alerts_each_crossing_once() {
-    let app = TestApp::new().await;
+    let app = TestApp::with_stream().await;
     let bus = Bus::new().await;
     app.user("u-stream").window("1d", 10.0).create().await;
     let key = app

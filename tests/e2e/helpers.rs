@@ -125,6 +125,14 @@ impl TestApp {
         TestApp::make(vars, Some(turn)).await
     }
 
+    /// An app whose table has the stream production has (the alert tests
+    /// that read it, the template's table comparison).
+    pub async fn with_stream() -> TestApp {
+        let turn = EMULATOR.read().await;
+        let table = TestTable::with_stream(&[]).await;
+        TestApp::assemble(table, Some(turn))
+    }
+
     /// An app of a heavy run, which has the emulator to itself already.
     pub async fn alone(_alone: &Alone, vars: &[(&str, &str)]) -> TestApp {
         TestApp::make(vars, None).await
@@ -135,6 +143,13 @@ impl TestApp {
         turn: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
     ) -> TestApp {
         let table = TestTable::with_settings(vars).await;
+        TestApp::assemble(table, turn)
+    }
+
+    fn assemble(
+        table: TestTable,
+        turn: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
+    ) -> TestApp {
         let authorizer = Authorizer::new(table.store.clone(), table.settings.clone());
         TestApp {
             table,

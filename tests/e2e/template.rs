@@ -46,7 +46,7 @@ async fn the_template_declares_the_table_the_code_creates() {
     assert_eq!(s(&table["Type"]), "AWS::DynamoDB::Table");
     let p = &table["Properties"];
 
-    let app = TestApp::new().await;
+    let app = TestApp::with_stream().await;
     let described = app
         .client
         .describe_table()
