@@ -778,3 +778,46 @@ fn functions_log_json_with_retention_and_the_reset_job_runs_alone() {
         "no parameter holds the master key"
     );
 }
+
+/// Both gateways throttle at the stage (before the authorizer runs, so a
+/// flood costs no invocation) and write access logs that carry the
+/// authorizer's error and the reservation id — and the key's hash prefix,
+/// never a header that holds the key.
+#[test]
+fn both_gateways_throttle_and_log_the_authorizers_error_and_reservation() {
+    let t = template();
+    let r = &t["Resources"];
+    let http = &r["BudgetHttpApiStage"]["Properties"];
+    assert!(tagged(&http["DefaultRouteSettings"]["ThrottlingRateLimit"], "Ref").is_some());
+    assert!(tagged(&http["DefaultRouteSettings"]["ThrottlingBurstLimit"], "Ref").is_some());
+    let rest = &r["BudgetRestApi"]["Properties"];
+    let method = &rest["MethodSettings"][0];
+    assert_eq!(
+        (s(&method["ResourcePath"]), s(&method["HttpMethod"])),
+        ("/*".into(), "*".into())
+    );
+    assert!(tagged(&method["ThrottlingRateLimit"], "Ref").is_some());
+    for format in [
+        &http["AccessLogSettings"]["Format"],
+        &rest["AccessLogSetting"]["Format"],
+    ] {
+        let line: serde_json::Value = serde_json::from_str(&s(format)).expect("a JSON line");
+        let fields: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .values()
+            .filter_map(|v| v.as_str())
+            .collect();
+        for needed in [
+            "$context.requestId",
+            "$context.authorizer.error",
+            "$context.authorizer.reservation_id",
+            "$context.authorizer.reason",
+            "$context.authorizer.key_hash",
+            "$context.status",
+        ] {
+            assert!(fields.contains(&needed), "{needed} missing from {line}");
+        }
+        assert!(!s(format).contains("header"), "no header is logged: {line}");
+    }
+}
