@@ -311,6 +311,23 @@ async fn an_owner_chooses_thresholds_and_a_soft_budget() {
     );
     assert_eq!(crossed(&got)[1], ("t-alert".into(), "30d".into(), 25));
 
+    // The owner turns alerts off (an update): the next crossings (50 %
+    // and 90 %) send nothing.
+    let (status, body) = app
+        .admin(
+            "POST",
+            "/team/update",
+            json!({"team_id": "t-alert", "budget_alert_thresholds": [], "soft_budget": null}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let v2 = item(&app, pk).await;
+    spend(&app, &key, 65.0).await;
+    let v3 = item(&app, pk).await;
+    let off = run(&app, &bus, batch(&[&record(3, &v2, &v3)])).await;
+    assert_eq!((off.sent, off.duplicates), (0, 0), "{off:?}");
+    assert!(bus.received().await.is_empty());
+
     // The reservation's item changed too: nothing to say about it.
     let reservation = record(2, &v0, &v0);
     let mut other = reservation.clone();
