@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use crate::decision::{rfc3339, KeyRefusal};
 use crate::keys::hash_key;
@@ -85,17 +85,68 @@ impl Unit {
     }
 }
 
+/// A field's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Str(String),
+    Num(f64),
+    Int(i64),
+    Bool(bool),
+    List(Vec<String>),
+}
+
+impl From<&str> for FieldValue {
+    fn from(v: &str) -> FieldValue {
+        FieldValue::Str(v.to_string())
+    }
+}
+impl From<String> for FieldValue {
+    fn from(v: String) -> FieldValue {
+        FieldValue::Str(v)
+    }
+}
+impl From<f64> for FieldValue {
+    fn from(v: f64) -> FieldValue {
+        FieldValue::Num(v)
+    }
+}
+impl From<bool> for FieldValue {
+    fn from(v: bool) -> FieldValue {
+        FieldValue::Bool(v)
+    }
+}
+impl From<Vec<String>> for FieldValue {
+    fn from(v: Vec<String>) -> FieldValue {
+        FieldValue::List(v)
+    }
+}
+macro_rules! int_field {
+    ($($t:ty),*) => {$(
+        impl From<$t> for FieldValue {
+            fn from(v: $t) -> FieldValue {
+                FieldValue::Int(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+        }
+    )*};
+}
+int_field!(u16, u32, u64, usize, i64);
+
 /// One log line: fields for people and queries, metrics for CloudWatch.
+/// Rendered straight into one string (no intermediate JSON tree): it is
+/// on the authorizer's path.
 #[derive(Debug, Clone)]
 pub struct Record {
     function: &'static str,
     level: &'static str,
     message: &'static str,
-    fields: Map<String, Value>,
+    fields: Vec<(&'static str, FieldValue)>,
     metrics: Vec<(&'static str, Unit, f64)>,
     /// A second dimension (name, value) and the metrics broken down by it.
-    breakdown: Option<(&'static str, &'static str, Vec<&'static str>)>,
+    breakdown: Option<(&'static str, &'static str, &'static [&'static str])>,
 }
+
+/// Names every line has whatever its fields say.
+const RESERVED: [&str; 5] = ["_aws", "timestamp", "level", "message", "Function"];
 
 impl Record {
     /// A line of `function` (the `Function` dimension) saying `message`.
@@ -104,8 +155,8 @@ impl Record {
             function,
             level: "INFO",
             message,
-            fields: Map::new(),
-            metrics: Vec::new(),
+            fields: Vec::with_capacity(24),
+            metrics: Vec::with_capacity(8),
             breakdown: None,
         }
     }
@@ -115,14 +166,19 @@ impl Record {
         self
     }
 
-    /// A field for the log only (not a metric, not a dimension).
-    pub fn field(mut self, name: &str, value: impl Into<Value>) -> Record {
-        self.fields.insert(name.to_string(), value.into());
+    /// A field for the log only (not a metric, not a dimension); a second
+    /// value for the same name replaces the first.
+    pub fn field(mut self, name: &'static str, value: impl Into<FieldValue>) -> Record {
+        let value = value.into();
+        match self.fields.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.fields.push((name, value)),
+        }
         self
     }
 
     /// A field whose value may be absent (left out then).
-    pub fn opt(self, name: &str, value: Option<impl Into<Value>>) -> Record {
+    pub fn opt(self, name: &'static str, value: Option<impl Into<FieldValue>>) -> Record {
         match value {
             Some(v) => self.field(name, v),
             None => self,
@@ -130,7 +186,7 @@ impl Record {
     }
 
     /// An amount, exact, as a decimal string (`"0.05"`).
-    pub fn usd(self, name: &str, amount: Money) -> Record {
+    pub fn usd(self, name: &'static str, amount: Money) -> Record {
         self.field(name, amount.to_string())
     }
 
@@ -139,8 +195,10 @@ impl Record {
             METRIC_NAMES.contains(&name),
             "{name} is not in METRIC_NAMES"
         );
-        self.metrics.retain(|(n, _, _)| *n != name);
-        self.metrics.push((name, unit, value));
+        match self.metrics.iter_mut().find(|(n, _, _)| *n == name) {
+            Some(slot) => *slot = (name, unit, value),
+            None => self.metrics.push((name, unit, value)),
+        }
         self
     }
 
@@ -149,58 +207,146 @@ impl Record {
         mut self,
         name: &'static str,
         value: &'static str,
-        metrics: &[&'static str],
+        metrics: &'static [&'static str],
     ) -> Record {
-        self.breakdown = Some((name, value, metrics.to_vec()));
+        self.breakdown = Some((name, value, metrics));
         self
+    }
+
+    fn unit_of(&self, name: &str) -> Unit {
+        self.metrics
+            .iter()
+            .find(|(m, _, _)| *m == name)
+            .map_or(Unit::None, |(_, u, _)| *u)
     }
 
     /// The JSON line (without its newline).
     pub fn render(&self, namespace: &str, at: DateTime<Utc>) -> String {
-        let mut line = Map::new();
-        let definitions = |names: &mut dyn Iterator<Item = &'static str>| -> Vec<Value> {
-            names
-                .map(|n| {
-                    let unit = self
-                        .metrics
-                        .iter()
-                        .find(|(m, _, _)| *m == n)
-                        .map_or(Unit::None, |(_, u, _)| *u);
-                    json!({"Name": n, "Unit": unit.as_str()})
-                })
-                .collect()
-        };
-        let mut directives = vec![json!({
-            "Namespace": namespace,
-            "Dimensions": [["Function"]],
-            "Metrics": definitions(&mut self.metrics.iter().map(|(n, _, _)| *n)),
-        })];
-        if let Some((dim, value, names)) = &self.breakdown {
-            directives.push(json!({
-                "Namespace": namespace,
-                "Dimensions": [["Function", dim]],
-                "Metrics": definitions(&mut names.iter().copied()),
-            }));
-            line.insert((*dim).to_string(), json!(value));
+        let mut o = String::with_capacity(1024);
+        o.push_str("{\"_aws\":{\"Timestamp\":");
+        push_int(&mut o, at.timestamp_millis());
+        o.push_str(",\"CloudWatchMetrics\":[");
+        self.directive(
+            &mut o,
+            namespace,
+            None,
+            &mut self.metrics.iter().map(|m| m.0),
+        );
+        if let Some((dim, _, names)) = self.breakdown {
+            o.push(',');
+            self.directive(&mut o, namespace, Some(dim), &mut names.iter().copied());
         }
-        line.insert(
-            "_aws".into(),
-            json!({"Timestamp": at.timestamp_millis(), "CloudWatchMetrics": directives}),
-        );
-        line.insert(
-            "timestamp".into(),
-            json!(at.to_rfc3339_opts(SecondsFormat::Millis, true)),
-        );
-        line.insert("level".into(), json!(self.level));
-        line.insert("message".into(), json!(self.message));
-        line.insert("Function".into(), json!(self.function));
-        for (k, v) in &self.fields {
-            line.entry(k.clone()).or_insert_with(|| v.clone());
+        o.push_str("]},\"timestamp\":");
+        push_str(&mut o, &at.to_rfc3339_opts(SecondsFormat::Millis, true));
+        o.push_str(",\"level\":");
+        push_str(&mut o, self.level);
+        o.push_str(",\"message\":");
+        push_str(&mut o, self.message);
+        o.push_str(",\"Function\":");
+        push_str(&mut o, self.function);
+        if let Some((dim, value, _)) = self.breakdown {
+            o.push(',');
+            push_str(&mut o, dim);
+            o.push(':');
+            push_str(&mut o, value);
+        }
+        let taken = |n: &str| {
+            RESERVED.contains(&n)
+                || self.breakdown.is_some_and(|(d, _, _)| d == n)
+                || self.metrics.iter().any(|(m, _, _)| *m == n)
+        };
+        for (name, value) in self.fields.iter().filter(|(n, _)| !taken(n)) {
+            o.push(',');
+            push_str(&mut o, name);
+            o.push(':');
+            match value {
+                FieldValue::Str(v) => push_str(&mut o, v),
+                FieldValue::Num(v) => push_num(&mut o, *v),
+                FieldValue::Int(v) => push_int(&mut o, *v),
+                FieldValue::Bool(v) => o.push_str(if *v { "true" } else { "false" }),
+                FieldValue::List(list) => {
+                    o.push('[');
+                    for (i, v) in list.iter().enumerate() {
+                        if i > 0 {
+                            o.push(',');
+                        }
+                        push_str(&mut o, v);
+                    }
+                    o.push(']');
+                }
+            }
         }
         for (name, _, value) in &self.metrics {
-            line.insert((*name).to_string(), json!(value));
+            o.push(',');
+            push_str(&mut o, name);
+            o.push(':');
+            push_num(&mut o, *value);
         }
-        Value::Object(line).to_string()
+        o.push('}');
+        o
+    }
+
+    fn directive(
+        &self,
+        o: &mut String,
+        namespace: &str,
+        dim: Option<&str>,
+        names: &mut dyn Iterator<Item = &'static str>,
+    ) {
+        o.push_str("{\"Namespace\":");
+        push_str(o, namespace);
+        o.push_str(",\"Dimensions\":[[\"Function\"");
+        if let Some(d) = dim {
+            o.push(',');
+            push_str(o, d);
+        }
+        o.push_str("]],\"Metrics\":[");
+        for (i, n) in names.enumerate() {
+            if i > 0 {
+                o.push(',');
+            }
+            o.push_str("{\"Name\":");
+            push_str(o, n);
+            o.push_str(",\"Unit\":\"");
+            o.push_str(self.unit_of(n).as_str());
+            o.push_str("\"}");
+        }
+        o.push_str("]}");
+    }
+}
+
+/// `text` as a JSON string.
+fn push_str(o: &mut String, text: &str) {
+    use std::fmt::Write;
+    o.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+}
+
+fn push_int(o: &mut String, v: i64) {
+    use std::fmt::Write;
+    let _ = write!(o, "{v}");
+}
+
+/// A JSON number (a non-finite value, which JSON cannot say, as 0).
+fn push_num(o: &mut String, v: f64) {
+    use std::fmt::Write;
+    if v.is_finite() {
+        let _ = write!(o, "{v}");
+    } else {
+        o.push('0');
     }
 }
 
@@ -510,7 +656,12 @@ pub fn reset_record(summary: &ResetSummary, trigger: &str, latency: Duration) ->
         // The first few errors: enough to act on, bounded in size.
         .field(
             "errors",
-            summary.errors.iter().take(5).cloned().collect::<Vec<_>>(),
+            summary
+                .errors
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<String>>(),
         )
         .field("error_count", errors)
         .metric(
@@ -663,6 +814,31 @@ mod tests {
         assert_eq!(line["level"], "ERROR");
         assert_eq!(line["Reason"], "unavailable");
         assert!(line.get("key").is_none());
+    }
+
+    #[test]
+    fn any_text_in_a_field_comes_back_as_it_was() {
+        let nasty = "a\"b\\c\n\u{1}\u{2028}é🦀}{";
+        let line = Record::new("reset", "x")
+            .field("error", nasty)
+            .field("errors", vec![nasty.to_string()])
+            .field("count", 3usize)
+            .field("ok", true)
+            .field("level", "not the level")
+            .metric("ResetErrors", Unit::Count, f64::NAN)
+            .render("EdgeBudget", at());
+        let v: Value = serde_json::from_str(&line).expect(&line);
+        assert_eq!(v["error"], nasty);
+        assert_eq!(v["errors"][0], nasty);
+        assert_eq!(
+            (v["count"].as_i64(), v["ok"].as_bool()),
+            (Some(3), Some(true))
+        );
+        assert_eq!(v["level"], "INFO", "a field cannot replace the line's own");
+        assert_eq!(
+            v["ResetErrors"], 0.0,
+            "a non-finite metric is 0, not invalid JSON"
+        );
     }
 
     #[test]
