@@ -108,6 +108,12 @@ impl BudgetStore for BenchStore {
     async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError> {
         self.memory.reservation(id).await
     }
+    async fn write_all(
+        &self,
+        writes: &[budget_core::plan::EntityWrite],
+    ) -> Result<budget_core::store::PlanWrite, StoreError> {
+        self.memory.write_all(writes).await
+    }
     async fn finish(
         &self,
         r: &Reservation,

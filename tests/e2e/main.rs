@@ -23,4 +23,5 @@ mod reset_scale;
 mod retention;
 mod round_trips;
 mod security;
+mod sharded;
 mod template;

@@ -47,15 +47,9 @@ fn reservation(n: usize, chain: &Chain, amount: Money, now: DateTime<Utc>) -> Re
     let owners = (chain.key.user_id.clone(), None);
     let expires_at = now + Duration::minutes(15);
     let key_hash = chain.key.entity.id.clone();
-    Reservation::held(
-        format!("r-{n:032x}"),
-        amount,
-        chain.holds(),
-        key_hash,
-        owners,
-        now,
-        expires_at,
-    )
+    let id = format!("r-{n:032x}");
+    let holds = chain.holds(budget_core::escrow::pick_of(&id));
+    Reservation::held(id, amount, holds, key_hash, owners, now, expires_at)
 }
 
 /// DynamoDB stores `used` (a condition cannot add two attributes); the

@@ -253,6 +253,29 @@ pub fn floor_patch(body: &Map<String, Value>) -> Result<Patch<Money>, ApiError> 
     }
 }
 
+/// `budget_shards` (an edge-budget extension): how many escrow shards a
+/// user's or team's windows are split over, 1 to
+/// [`budget_core::escrow::MAX_SHARDS`]; absent or `null`: unchanged (1 on
+/// creation, not sharded).
+pub fn shards_field(body: &Map<String, Value>) -> Result<Option<u32>, ApiError> {
+    const FIELD: &str = "budget_shards";
+    let max = budget_core::escrow::MAX_SHARDS;
+    match body.get(FIELD) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(k) if (1..=u64::from(max)).contains(&k) => Ok(Some(k as u32)),
+            _ => Err(ApiError::bad_request(
+                FIELD,
+                format!("{FIELD} must be a whole number from 1 to {max}"),
+            )),
+        },
+        Some(_) => Err(ApiError::bad_request(
+            FIELD,
+            format!("{FIELD} must be a whole number from 1 to {max}"),
+        )),
+    }
+}
+
 /// A boolean field: absent, `null`, or `true`/`false`.
 pub fn bool_patch(body: &Map<String, Value>, field: &str) -> Result<Patch<bool>, ApiError> {
     match body.get(field) {

@@ -211,6 +211,7 @@ const OURS_KEY: &[&str] = &[
 const OURS_OWNER: &[&str] = &[
     "budget_limits",
     "reservation_floor",
+    "budget_shards",
     "budget_alert_thresholds",
 ];
 /// Naming a key by its token (the hash) instead of its plaintext.

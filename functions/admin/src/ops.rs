@@ -51,14 +51,39 @@ pub(crate) fn id_field(kind: EntityKind) -> &'static str {
     }
 }
 
-fn owner_fields(kind: EntityKind) -> [&'static str; 5] {
+fn owner_fields(kind: EntityKind) -> [&'static str; 6] {
     [
         id_field(kind),
         "max_budget",
         "budget_duration",
         "budget_limits",
         "reservation_floor",
+        "budget_shards",
     ]
+}
+
+/// `old` (`None`: new) with `budget_shards` set to `n`: 1 stays 1 (not
+/// sharded); a sharded entity never goes back to 1 (its reservations live
+/// on its shards), and keeps every shard item it had (lowered shards are
+/// retired: nothing new is reserved there, what they hold settles there).
+fn with_shards(old: Option<&Entity>, mut new: Entity, n: Option<u32>) -> Result<Entity, ApiError> {
+    let Some(n) = n else { return Ok(new) };
+    let sharded = old.is_some_and(budget_core::escrow::is_sharded);
+    if n < 2 {
+        if sharded {
+            return Err(ApiError::bad_request(
+                "budget_shards",
+                format!(
+                    "{} is sharded: budget_shards can be lowered to 2, not to 1 (its reservations live on its shards); delete and re-create it to undo sharding",
+                    named(&new.entity)
+                ),
+            ));
+        }
+        return Ok(new);
+    }
+    new.shards = n;
+    new.shard_items = old.map_or(0, |o| o.shard_items).max(n);
+    Ok(new)
 }
 
 /// A failed read: 503 to retry, or 500 when DynamoDB refused the request
@@ -157,6 +182,23 @@ fn named_key(body: &Map<String, Value>) -> Result<String, ApiError> {
 impl<S: AdminStore> Admin<'_, S> {
     fn show(&self, e: &Entity) -> Map<String, Value> {
         view::entity(e, self.now, &self.settings.clock)
+    }
+
+    /// A user or team as shown: a sharded one with its windows' totals
+    /// over its slots, and each slot's part.
+    async fn show_owner(&self, e: &Entity) -> Result<Map<String, Value>, ApiError> {
+        let refs = budget_core::escrow::slot_refs(e);
+        if refs.is_empty() {
+            return Ok(self.show(e));
+        }
+        let slots = self.store.load_many(&refs).await.map_err(unavailable)?;
+        let totals = budget_core::escrow::totals(e, &slots);
+        Ok(view::sharded(
+            &totals,
+            &slots,
+            self.now,
+            &self.settings.clock,
+        ))
     }
 
     async fn create(&self, e: &Entity) -> Result<(), ApiError> {
@@ -410,13 +452,15 @@ impl<S: AdminStore> Admin<'_, S> {
         refuse_owner_blocking(kind, body)?;
         let limits = BudgetPatch::parse(body)?.resolve(&[])?;
         let floor = fields::floor_patch(body)?.apply(None);
+        let shards = fields::shards_field(body)?;
         let attrs = attributes(body, &owner_fields(kind))?;
         let mut e = Entity::new(EntityRef::new(kind, id), self.now);
         e.windows = limits::apply(&[], &limits, self.now, &self.settings.clock);
         e.reservation_floor = floor;
         e.attributes = attrs;
+        let e = with_shards(None, e, shards)?;
         self.create(&e).await?;
-        Ok(Value::Object(self.show(&e)))
+        Ok(Value::Object(self.show_owner(&e).await?))
     }
 
     pub async fn update_owner(
@@ -430,6 +474,7 @@ impl<S: AdminStore> Admin<'_, S> {
         refuse_owner_blocking(kind, body)?;
         let budget = BudgetPatch::parse(body)?;
         let floor = fields::floor_patch(body)?;
+        let shards = fields::shards_field(body)?;
         let attrs = attributes(body, &owner_fields(kind))?;
         let (now, clock) = (self.now, &self.settings.clock);
         let e = self
@@ -439,10 +484,10 @@ impl<S: AdminStore> Admin<'_, S> {
                 new.windows = limits::apply(&old.windows, &limits, now, clock);
                 new.reservation_floor = floor.clone().apply(old.reservation_floor);
                 new.attributes.extend(attrs.clone());
-                Ok(new)
+                with_shards(Some(old), new, shards)
             })
             .await?;
-        Ok(Value::Object(self.show(&e)))
+        Ok(Value::Object(self.show_owner(&e).await?))
     }
 
     pub async fn info(&self, kind: EntityKind, id: Option<String>) -> Result<Value, ApiError> {
@@ -458,7 +503,10 @@ impl<S: AdminStore> Admin<'_, S> {
         let keys = self.store.keys_of(&e.entity).await.map_err(unavailable)?;
         let mut out = Map::new();
         out.insert(field.into(), json!(id));
-        out.insert(format!("{kind}_info"), Value::Object(self.show(&e)));
+        out.insert(
+            format!("{kind}_info"),
+            Value::Object(self.show_owner(&e).await?),
+        );
         out.insert("keys".into(), json!(keys));
         Ok(Value::Object(out))
     }

@@ -5,7 +5,7 @@
 
 use budget_core::decision::rfc3339;
 use budget_core::duration::ResetClock;
-use budget_core::model::{Entity, EntityKind, Span, Window};
+use budget_core::model::{Entity, EntityKind, SlotId, Span, Window};
 use budget_core::Money;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -32,6 +32,42 @@ pub fn window(w: &Window, now: DateTime<Utc>, clock: &ResetClock) -> Value {
         "reset_at": time(w.reset_at),
         "legacy": w.legacy,
     })
+}
+
+/// A sharded user or team (`totals`: its windows summed over its slots):
+/// as [`entity`], with `budget_shards` and each window's part in each slot
+/// (`shards`: `slot` is `"pool"` or the shard's number).
+pub fn sharded(
+    totals: &Entity,
+    slots: &[Entity],
+    now: DateTime<Utc>,
+    clock: &ResetClock,
+) -> Map<String, Value> {
+    let mut m = entity(totals, now, clock);
+    if let Some(Value::Array(windows)) = m.get_mut("windows") {
+        for (shown, w) in windows.iter_mut().zip(&totals.windows) {
+            let parts: Vec<Value> = slots
+                .iter()
+                .filter_map(|s| {
+                    let p = s.window(&w.id())?;
+                    let slot = match s.entity.slot {
+                        Some(SlotId::Shard(k)) => json!(k),
+                        _ => json!("pool"),
+                    };
+                    Some(json!({
+                        "slot": slot,
+                        "avail": usd(p.avail),
+                        "reserved": usd(p.reserved),
+                        "spend": usd(p.spent),
+                    }))
+                })
+                .collect();
+            if let Value::Object(o) = shown {
+                o.insert("shards".into(), Value::Array(parts));
+            }
+        }
+    }
+    m
 }
 
 /// The entity as the `info` answers and the writes show it: the
@@ -98,6 +134,16 @@ pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String,
         "reservation_floor".into(),
         e.reservation_floor.map_or(Value::Null, usd),
     );
+    if e.entity.kind != EntityKind::Key {
+        m.insert(
+            "budget_shards".into(),
+            if budget_core::escrow::is_sharded(e) {
+                json!(e.shards)
+            } else {
+                json!(1)
+            },
+        );
+    }
     m.insert("created_at".into(), json!(rfc3339(e.created_at)));
     m.insert("updated_at".into(), json!(rfc3339(e.updated_at)));
     m

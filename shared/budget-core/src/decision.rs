@@ -161,7 +161,13 @@ pub fn admit(
     let mut worst: Option<Denial> = None;
     let mut tightest: Option<(EntityRef, Span, Money)> = None;
     for entity in chain.entities() {
+        let sharded = crate::escrow::is_sharded(entity);
         for window in &entity.windows {
+            // A sharded entity's headroom is on its shards, whose writes
+            // decide (and whose totals deny: `service::authorize`).
+            if sharded && estimate <= window.max {
+                continue;
+            }
             if window_admits(window, estimate, now) {
                 let left = window
                     .remaining_at(now)
@@ -221,6 +227,7 @@ mod tests {
             reset_at: Some(at(reset)),
             generation: 1,
             legacy: false,
+            avail: Money::ZERO,
         }
     }
 
@@ -311,6 +318,7 @@ mod tests {
             reset_at: None,
             generation: 1,
             legacy: true,
+            avail: Money::ZERO,
         });
         let d = admit(&c, Money::ZERO, now, &ResetClock::default()).unwrap_err();
         assert_eq!(d.retry_after, None);

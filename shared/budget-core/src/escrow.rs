@@ -1,406 +1,534 @@
-//! Escrow shards: one budget past one DynamoDB item (issue 11), as rules
-//! on data, like `plan.rs`.
+//! Escrow shards: one budget past one DynamoDB item (issue 11), as plans
+//! (`plan.rs`'s guards and changes) like every other rule.
 //!
-//! A hot entity's windows are split over **slots**: a pool and N shards,
-//! each its own item (its own partition key). Every window's part in a
-//! slot is `{avail, reserved, spent}`, and for each window
+//! A sharded user's or team's windows keep their configuration (limit,
+//! boundary, generation) on the entity's item; their headroom is split
+//! over **slots**, each an item of its own (its own partition key): a pool
+//! and N shards. A slot is stored like an entity whose windows hold
+//! `{avail, reserved, spent}`, and for each window
 //!
 //! ```text
-//!   Σ over all slots (avail + reserved + spent) = max_budget
+//!   Σ over all slots (avail + reserved + spent) + the entity item's (reserved + spent) ≤ max_budget
 //! ```
 //!
-//! after every write: a reservation moves `estimate` from `avail` to
-//! `reserved` on one shard, and is admitted only if that shard's `avail`
-//! covers it (`avail ≥ estimate` is the write's condition, so no
-//! concurrency overspends); a settle moves the held amount out of
-//! `reserved` into `spent` (the cost) and back to `avail` (what was not
-//! used) on the shard that held; a transfer lowers the giver's `avail`
-//! under the condition that it covers the amount and raises the taker's in
-//! the same transaction, so a crash never creates budget; a roll-over
-//! gives the new period's headroom (`max_budget − Σ reserved`) to the pool
-//! and leaves every reservation in flight where it is. Only a settle that
-//! costs more than it held can take a shard's `avail` below zero, exactly
-//! as it takes a plain window past its limit today.
+//! with equality as long as nothing was reserved on the entity item itself
+//! (only an entity that was sharded after it took reservations has those,
+//! and what they do not spend comes back at the next roll-over). Every
+//! write keeps it: a reservation moves `estimate` from `avail` to
+//! `reserved` on one shard and is admitted only if that shard's `avail`
+//! covers it — the write's own condition, so no concurrency overspends; a
+//! settle moves the held amount out of `reserved`, the cost into `spent`
+//! and the rest back to `avail`, on the shard that held; a transfer lowers
+//! the giver's `avail` on condition that it covers the amount and raises
+//! the taker's in the same transaction, so a crash never creates budget; a
+//! roll-over gives the new period's headroom (`max − Σ reserved`) to the
+//! pool and leaves every reservation in flight on its shard; an admin
+//! change gathers every shard's headroom into the pool and adds the change
+//! of limit to it. Only a settle that costs more than it held takes a
+//! shard's `avail` below zero, as it takes a plain window past its limit.
 //!
-//! What to do when (which shard a request uses, how much a refill moves,
-//! when to collect) is policy, in the functions at the end; the guarantee
-//! does not depend on it. `examples/hot_sim.rs` drives these rules under
-//! DynamoDB's per-item write capacity.
-
-use std::collections::BTreeMap;
+//! What to do when — which shard a request uses, how much a refill moves,
+//! when to gather — is policy ([`shard_of`], [`refill_amount`]); the
+//! guarantee does not depend on it. `examples/hot_sim.rs` drives these
+//! rules under DynamoDB's per-item write capacity.
 
 use chrono::{DateTime, Utc};
 
+use crate::model::{Entity, EntityKind, EntityRef, SlotId, Span, Window};
 use crate::money::Money;
+use crate::plan::{Change, Counter, EntityWrite, Guard};
 
-/// Which item of a sharded window set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SlotId {
-    Pool,
-    Shard(u32),
+/// The most shards an entity may have: an admin change writes the entity,
+/// its pool and every shard in one transaction (DynamoDB takes 100 items).
+pub const MAX_SHARDS: u32 = 64;
+
+/// Whether `e`'s windows are split over escrow slots.
+pub fn is_sharded(e: &Entity) -> bool {
+    e.shards >= 2 && e.entity.kind != EntityKind::Key && e.entity.slot.is_none()
 }
 
-/// One window's part in one slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Part {
-    pub avail: Money,
-    pub reserved: Money,
-    pub spent: Money,
-    /// The boundary of the period the part counts in (`None`: lifetime).
-    pub period: Option<DateTime<Utc>>,
-    /// The window's generation (see `Window::generation`).
-    pub generation: u64,
+/// The number a request's shard is chosen by (a hash of its reservation
+/// id: a retry lands on the same shard).
+pub fn pick_of(reservation_id: &str) -> u32 {
+    reservation_id
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()))
 }
 
-impl Part {
-    pub fn empty(period: Option<DateTime<Utc>>, generation: u64) -> Part {
-        Part {
-            avail: Money::ZERO,
-            reserved: Money::ZERO,
-            spent: Money::ZERO,
-            period,
-            generation,
-        }
+/// The shard of `e` a request with `pick` uses (`None`: not sharded).
+pub fn shard_of(e: &Entity, pick: u32) -> Option<SlotId> {
+    is_sharded(e).then(|| SlotId::Shard(pick % e.shards))
+}
+
+/// Every slot item of `e`: the pool and each shard item that exists
+/// (retired ones included: reservations may still settle there).
+pub fn slot_refs(e: &Entity) -> Vec<EntityRef> {
+    if !is_sharded(e) && e.shard_items == 0 {
+        return Vec::new();
     }
-
-    /// `avail + reserved + spent`: what of the limit this part accounts for.
-    pub fn total(&self) -> Money {
-        self.avail
-            .saturating_add(self.reserved)
-            .saturating_add(self.spent)
-    }
+    std::iter::once(e.entity.at(SlotId::Pool))
+        .chain((0..e.shard_items.max(e.shards)).map(|k| e.entity.at(SlotId::Shard(k))))
+        .collect()
 }
 
-/// A slot as stored: each window's part, by window id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
-    pub id: SlotId,
-    pub parts: BTreeMap<String, Part>,
+/// A new slot of `e` (its configuration copied: version, incarnation,
+/// each window's period and generation), holding `avail` of each window.
+pub fn new_slot(e: &Entity, slot: SlotId, avail: impl Fn(&Window) -> Money) -> Entity {
+    let mut s = Entity::new(e.entity.at(slot), e.created_at);
+    s.version = e.version;
+    s.incarnation = e.incarnation;
+    s.windows = e.windows.iter().map(|w| part(w, avail(w))).collect();
+    s
 }
 
-/// What must hold in the stored slot for a write to happen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SlotGuard {
-    /// `avail ≥ amount` in the window's part.
-    AvailAtLeast(String, Money),
-    /// The part counts in this period (nobody rolled it meanwhile).
-    PeriodIs(String, Option<DateTime<Utc>>),
-    /// The part is of this generation of the window.
-    Generation(String, u64),
-    /// The part is exactly as read (a roll-over or collection computed
-    /// from it).
-    Is(String, Part),
-}
-
-/// What a write changes in one window's part of a slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SlotChange {
-    /// Adds each amount (negative to take away).
-    Move {
-        window: String,
-        avail: Money,
-        reserved: Money,
-        spent: Money,
-    },
-    /// Replaces the part.
-    Set(String, Part),
-}
-
-/// One conditional write to one slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotWrite {
-    pub slot: SlotId,
-    pub guards: Vec<SlotGuard>,
-    pub changes: Vec<SlotChange>,
-}
-
-/// Whether `guards` hold on `stored` (`None`: no such slot).
-pub fn guards_hold(guards: &[SlotGuard], stored: Option<&Slot>) -> bool {
-    let Some(slot) = stored else {
-        return false;
-    };
-    guards.iter().all(|g| match g {
-        SlotGuard::AvailAtLeast(w, m) => slot.parts.get(w).is_some_and(|p| p.avail >= *m),
-        SlotGuard::PeriodIs(w, at) => slot.parts.get(w).is_some_and(|p| p.period == *at),
-        SlotGuard::Generation(w, g) => slot.parts.get(w).is_some_and(|p| p.generation == *g),
-        SlotGuard::Is(w, part) => slot.parts.get(w) == Some(part),
-    })
-}
-
-/// Applies `changes` to `stored` (its guards held).
-pub fn apply(changes: &[SlotChange], stored: &mut Slot) {
-    for change in changes {
-        match change {
-            SlotChange::Move {
-                window,
-                avail,
-                reserved,
-                spent,
-            } => {
-                if let Some(p) = stored.parts.get_mut(window) {
-                    p.avail = p.avail.saturating_add(*avail);
-                    p.reserved = p.reserved.saturating_add(*reserved);
-                    p.spent = p.spent.saturating_add(*spent);
-                }
-            }
-            SlotChange::Set(window, part) => {
-                stored.parts.insert(window.clone(), *part);
-            }
-        }
+/// A slot's part of window `w` holding `avail`.
+fn part(w: &Window, avail: Money) -> Window {
+    Window {
+        max: Money::ZERO,
+        spent: Money::ZERO,
+        reserved: Money::ZERO,
+        avail,
+        ..w.clone()
     }
 }
 
-/// The windows a reservation on a sharded entity takes part in: id,
-/// current period, generation.
-pub type Held = (String, Option<DateTime<Utc>>, u64);
-
-/// Reserve `estimate` on `shard` in every window of `windows`: admitted
-/// only where the shard's `avail` covers it, in the period the decision
-/// was made for.
-pub fn reserve(shard: SlotId, windows: &[Held], estimate: Money) -> SlotWrite {
-    let mut w = SlotWrite {
-        slot: shard,
-        guards: Vec::new(),
+/// The reservation of `estimate` on slot `slot` of `e` (as known: its
+/// configuration, not its counters): every window's part there covers it,
+/// in the period known. `None` when a window is past its boundary (the
+/// slots roll over first: [`roll`]) or the estimate can never fit.
+pub fn reserve(
+    e: &Entity,
+    slot: SlotId,
+    estimate: Money,
+    now: DateTime<Utc>,
+) -> Option<EntityWrite> {
+    let mut write = EntityWrite {
+        entity: e.entity.at(slot),
+        guards: vec![Guard::Version(e.version), Guard::Incarnation(e.incarnation)],
         changes: Vec::new(),
     };
-    for (id, period, generation) in windows {
-        w.guards.push(SlotGuard::AvailAtLeast(id.clone(), estimate));
-        w.guards.push(SlotGuard::PeriodIs(id.clone(), *period));
-        w.guards
-            .push(SlotGuard::Generation(id.clone(), *generation));
-        w.changes.push(SlotChange::Move {
-            window: id.clone(),
-            avail: estimate.negated(),
-            reserved: estimate,
-            spent: Money::ZERO,
-        });
-    }
-    w
-}
-
-/// End a reservation of `held` on `shard` at `cost` (`None`: released or
-/// expired, nothing spent): the held amount leaves `reserved`, the cost
-/// goes to `spent`, the rest back to `avail` — in whatever period the
-/// part is in now (a roll-over carried the reservation into it).
-pub fn finish(
-    shard: SlotId,
-    windows: &[(String, u64)],
-    held: Money,
-    cost: Option<Money>,
-) -> SlotWrite {
-    let cost = cost.unwrap_or(Money::ZERO);
-    let mut w = SlotWrite {
-        slot: shard,
-        guards: Vec::new(),
-        changes: Vec::new(),
-    };
-    for (id, generation) in windows {
-        w.guards
-            .push(SlotGuard::Generation(id.clone(), *generation));
-        w.changes.push(SlotChange::Move {
-            window: id.clone(),
-            avail: held.saturating_sub(cost),
-            reserved: held.negated(),
-            spent: cost,
-        });
-    }
-    w
-}
-
-/// Move `amounts` (by window) of `avail` from `from` (as read) to `to`:
-/// the giver's write is conditional on covering each amount and both on
-/// the period read, so the two writes — one transaction — never create
-/// budget. `None` when `from` does not cover them as read.
-pub fn transfer(from: &Slot, to: SlotId, amounts: &[(String, Money)]) -> Option<[SlotWrite; 2]> {
-    let mut give = SlotWrite {
-        slot: from.id,
-        guards: Vec::new(),
-        changes: Vec::new(),
-    };
-    let mut take = SlotWrite {
-        slot: to,
-        guards: Vec::new(),
-        changes: Vec::new(),
-    };
-    for (id, amount) in amounts {
-        let part = from.parts.get(id)?;
-        if part.avail < *amount || *amount < Money::ZERO {
+    for w in &e.windows {
+        if w.is_due(now) || estimate > w.max {
             return None;
         }
-        give.guards
-            .push(SlotGuard::AvailAtLeast(id.clone(), *amount));
-        give.guards
-            .push(SlotGuard::PeriodIs(id.clone(), part.period));
-        take.guards
-            .push(SlotGuard::PeriodIs(id.clone(), part.period));
-        give.changes.push(SlotChange::Move {
-            window: id.clone(),
-            avail: amount.negated(),
-            reserved: Money::ZERO,
-            spent: Money::ZERO,
-        });
-        take.changes.push(SlotChange::Move {
-            window: id.clone(),
-            avail: *amount,
-            reserved: Money::ZERO,
-            spent: Money::ZERO,
-        });
+        let id = w.id();
+        write
+            .guards
+            .push(Guard::AtLeast(id.clone(), Counter::Avail, estimate));
+        write
+            .guards
+            .push(Guard::Generation(id.clone(), w.generation));
+        match w.reset_at {
+            Some(at) => write.guards.push(Guard::ResetAtIs(id.clone(), at)),
+            None if matches!(w.span, Span::Every(_)) => {
+                write.guards.push(Guard::ResetAfter(id.clone(), now))
+            }
+            None => {}
+        }
+        write
+            .changes
+            .push(Change::Add(id.clone(), Counter::Avail, estimate.negated()));
+        write
+            .changes
+            .push(Change::Add(id, Counter::Reserved, estimate));
     }
-    Some([give, take])
+    Some(write)
 }
 
-/// Every shard's `avail` of `window` back to the pool, `extra` added to it
-/// (a raised limit; negative for a lowered one): one transaction over all
-/// slots (as read), each conditional on its part being as read. `slots`
-/// holds the pool and every shard.
-pub fn collect(slots: &[Slot], window: &str, extra: Money) -> Vec<SlotWrite> {
-    let mut gathered = extra;
-    let mut writes = Vec::new();
-    for s in slots.iter().filter(|s| s.id != SlotId::Pool) {
-        let Some(part) = s.parts.get(window) else {
-            continue;
-        };
-        gathered = gathered.saturating_add(part.avail);
-        writes.push(SlotWrite {
-            slot: s.id,
-            guards: vec![SlotGuard::Is(window.to_string(), *part)],
-            changes: vec![SlotChange::Set(
-                window.to_string(),
-                Part {
-                    avail: Money::ZERO,
-                    ..*part
-                },
-            )],
-        });
+/// One window's part of ending a reservation on a slot: `release` leaves
+/// `reserved`, `cost` joins `spent`, and what was released but not spent
+/// returns to `avail` — in whatever period the part is in now (a roll-over
+/// carried the reservation into it).
+pub fn finish_window(write: &mut EntityWrite, w: &Window, release: Money, cost: Money) {
+    let id = w.id();
+    write
+        .guards
+        .push(Guard::Generation(id.clone(), w.generation));
+    write.changes.extend([
+        Change::Add(id.clone(), Counter::Reserved, release.negated()),
+        Change::Add(id.clone(), Counter::Spent, cost),
+        Change::Add(id, Counter::Avail, release.saturating_sub(cost)),
+    ]);
+}
+
+/// Moves `amount` of `avail` of every window from `from` (a slot as read)
+/// to slot `to`: the giver's write is conditional on covering it, both on
+/// the periods read, so the transaction never creates budget. `None` when
+/// `from` does not cover it as read.
+pub fn transfer(from: &Entity, to: &EntityRef, amount: Money) -> Option<[EntityWrite; 2]> {
+    Some([give(from, amount)?, receive(from, to, amount)])
+}
+
+/// The giver's side of a transfer: `amount` of every window's `avail` of
+/// `from` (as read), conditional on covering it in the period read.
+fn give(from: &Entity, amount: Money) -> Option<EntityWrite> {
+    if amount < Money::ZERO {
+        return None;
     }
-    if let Some(pool) = slots.iter().find(|s| s.id == SlotId::Pool) {
-        if let Some(part) = pool.parts.get(window) {
-            writes.push(SlotWrite {
-                slot: SlotId::Pool,
-                guards: vec![SlotGuard::Is(window.to_string(), *part)],
-                changes: vec![SlotChange::Set(
-                    window.to_string(),
-                    Part {
-                        avail: part.avail.saturating_add(gathered),
-                        ..*part
-                    },
-                )],
-            });
+    let mut give = EntityWrite {
+        entity: from.entity.clone(),
+        guards: vec![Guard::Incarnation(from.incarnation)],
+        changes: Vec::new(),
+    };
+    for w in &from.windows {
+        if w.avail < amount {
+            return None;
+        }
+        let id = w.id();
+        give.guards
+            .push(Guard::AtLeast(id.clone(), Counter::Avail, amount));
+        period_guards(&mut give, w);
+        give.changes
+            .push(Change::Add(id, Counter::Avail, amount.negated()));
+    }
+    Some(give)
+}
+
+/// The taker's side: `amount` more `avail` in every window of slot `to`,
+/// in the periods (and generations) of `like` (a slot as read).
+fn receive(like: &Entity, to: &EntityRef, amount: Money) -> EntityWrite {
+    let mut take = EntityWrite {
+        entity: to.clone(),
+        guards: vec![Guard::Incarnation(like.incarnation)],
+        changes: Vec::new(),
+    };
+    for w in &like.windows {
+        period_guards(&mut take, w);
+        take.changes
+            .push(Change::Add(w.id(), Counter::Avail, amount));
+    }
+    take
+}
+
+fn period_guards(write: &mut EntityWrite, w: &Window) {
+    write.guards.push(Guard::Generation(w.id(), w.generation));
+    if let Some(at) = w.reset_at {
+        write.guards.push(Guard::ResetAtIs(w.id(), at));
+    }
+}
+
+/// Every shard's headroom back to the pool, each window's `extra` added to
+/// it (a changed limit), the slots' copy of the entity's version set to
+/// `version`: one transaction over all `slots` (as read, the pool among
+/// them), each conditional on its headroom being as read.
+pub fn gather(slots: &[Entity], extra: impl Fn(&str) -> Money, version: u64) -> Vec<EntityWrite> {
+    let mut gathered: std::collections::BTreeMap<String, Money> = Default::default();
+    for s in slots.iter().filter(|s| s.entity.slot != Some(SlotId::Pool)) {
+        for w in &s.windows {
+            let g = gathered.entry(w.id()).or_insert(Money::ZERO);
+            *g = g.saturating_add(w.avail);
         }
     }
-    writes
-}
-
-/// The roll-over of `window` (limit `max`) into the period ending at
-/// `next`: the period's spend goes, reservations in flight stay on their
-/// shard, shards keep no headroom, and the pool gets `max − Σ reserved`.
-/// One transaction over all slots (as read).
-pub fn roll(
-    slots: &[Slot],
-    window: &str,
-    max: Money,
-    next: Option<DateTime<Utc>>,
-) -> Vec<SlotWrite> {
-    let reserved: Money = slots
-        .iter()
-        .filter_map(|s| s.parts.get(window))
-        .fold(Money::ZERO, |a, p| a.saturating_add(p.reserved));
     slots
         .iter()
-        .filter_map(|s| {
-            let part = s.parts.get(window)?;
-            let avail = if s.id == SlotId::Pool {
-                max.saturating_sub(reserved)
-            } else {
-                Money::ZERO
+        .map(|s| {
+            let pool = s.entity.slot == Some(SlotId::Pool);
+            let mut write = EntityWrite {
+                entity: s.entity.clone(),
+                guards: vec![Guard::Incarnation(s.incarnation)],
+                changes: vec![Change::SetVersion(version)],
             };
-            Some(SlotWrite {
-                slot: s.id,
-                guards: vec![SlotGuard::Is(window.to_string(), *part)],
-                changes: vec![SlotChange::Set(
-                    window.to_string(),
-                    Part {
-                        avail,
-                        reserved: part.reserved,
-                        spent: Money::ZERO,
-                        period: next,
-                        generation: part.generation,
-                    },
-                )],
-            })
+            for w in &s.windows {
+                let id = w.id();
+                write
+                    .guards
+                    .push(Guard::Is(id.clone(), Counter::Avail, w.avail));
+                let to = if pool {
+                    w.avail
+                        .saturating_add(gathered.get(&id).copied().unwrap_or(Money::ZERO))
+                        .saturating_add(extra(&id))
+                } else {
+                    Money::ZERO
+                };
+                write.changes.push(Change::Set(id, Counter::Avail, to));
+            }
+            write
         })
         .collect()
 }
 
-/// One window over all slots: the entity's figures (`/…/info` shows these).
-pub fn totals(slots: &[Slot], window: &str) -> Option<Part> {
-    let mut parts = slots.iter().filter_map(|s| s.parts.get(window));
-    let first = *parts.next()?;
-    Some(parts.fold(first, |a, p| Part {
-        avail: a.avail.saturating_add(p.avail),
-        reserved: a.reserved.saturating_add(p.reserved),
-        spent: a.spent.saturating_add(p.spent),
-        ..a
-    }))
+/// The roll-over of `e`'s windows on its slots (as read) into the period
+/// current at `now` (`period(w)`: that period's boundary), for every window
+/// whose slots are still in an older one: the period's spend goes,
+/// reservations in flight stay on their slot, shards keep no headroom, and
+/// the pool gets `max − Σ reserved` (the entity item's own reservations
+/// included). One transaction over all slots, each conditional on being as
+/// read (slots always move together). The entity item itself rolls by
+/// `plan::roll_over` (or has already, lazily: this follows it).
+pub fn roll(
+    e: &Entity,
+    slots: &[Entity],
+    period: impl Fn(&Window) -> Option<DateTime<Utc>>,
+) -> Vec<EntityWrite> {
+    let pool = slots.iter().find(|s| s.entity.slot == Some(SlotId::Pool));
+    let due: Vec<(&Window, Option<DateTime<Utc>>)> = e
+        .windows
+        .iter()
+        .map(|w| (w, period(w)))
+        .filter(|(w, at)| {
+            pool.and_then(|p| p.window(&w.id()))
+                .is_some_and(|p| p.reset_at != *at)
+        })
+        .collect();
+    if due.is_empty() {
+        return Vec::new();
+    }
+    slots
+        .iter()
+        .map(|s| {
+            let is_pool = s.entity.slot == Some(SlotId::Pool);
+            let mut write = EntityWrite {
+                entity: s.entity.clone(),
+                guards: vec![Guard::Incarnation(s.incarnation)],
+                changes: Vec::new(),
+            };
+            for (w, next) in &due {
+                let id = w.id();
+                let Some(mine) = s.window(&id) else { continue };
+                if let Some(at) = mine.reset_at {
+                    write.guards.push(Guard::ResetAtIs(id.clone(), at));
+                }
+                write
+                    .guards
+                    .push(Guard::Is(id.clone(), Counter::Reserved, mine.reserved));
+                let in_flight = slots
+                    .iter()
+                    .filter_map(|x| x.window(&id))
+                    .fold(w.reserved, |a, p| a.saturating_add(p.reserved));
+                let avail = if is_pool {
+                    w.max.saturating_sub(in_flight)
+                } else {
+                    Money::ZERO
+                };
+                write
+                    .changes
+                    .push(Change::Set(id.clone(), Counter::Spent, Money::ZERO));
+                write
+                    .changes
+                    .push(Change::Set(id.clone(), Counter::Avail, avail));
+                if let Some(at) = next {
+                    write.changes.push(Change::SetResetAt(id, *at));
+                }
+            }
+            write
+        })
+        .collect()
+}
+
+/// Whether `slot`'s parts are in the periods `e` (as known) is in.
+pub fn same_periods(e: &Entity, slot: &Entity) -> bool {
+    e.windows.iter().all(|w| {
+        slot.window(&w.id())
+            .is_some_and(|p| p.reset_at == w.reset_at)
+    })
+}
+
+/// `e` (its item as read) with each window's `spent`, `reserved` and
+/// `avail` summed over its slots: the figures `/…/info` shows and a
+/// denial names.
+pub fn totals(e: &Entity, slots: &[Entity]) -> Entity {
+    let mut out = e.clone();
+    for w in &mut out.windows {
+        let id = w.id();
+        for p in slots.iter().filter_map(|s| s.window(&id)) {
+            w.spent = w.spent.saturating_add(p.spent);
+            w.reserved = w.reserved.saturating_add(p.reserved);
+            w.avail = w.avail.saturating_add(p.avail);
+        }
+    }
+    out
+}
+
+/// The slot writes of an admin change of a sharded entity from `old` (its
+/// item as read) to `new` (version `old.version + 1`), on its `slots` (as
+/// read): every slot takes the new version and the new set of windows,
+/// every shard's headroom goes back to the pool, which also gets each
+/// window's change of limit (a new window: its whole limit; a new entity
+/// made sharded: `max − used` of its item). And the slot items to create
+/// (the pool of a newly sharded entity, shards added).
+pub fn admin_change(
+    old: &Entity,
+    new: &Entity,
+    slots: &[Entity],
+) -> (Vec<EntityWrite>, Vec<Entity>) {
+    let version = old.version + 1;
+    let mut stored = new.clone();
+    stored.version = version;
+    let mut create = Vec::new();
+    let exists = |slot: SlotId| slots.iter().any(|s| s.entity.slot == Some(slot));
+    if !exists(SlotId::Pool) {
+        create.push(new_slot(&stored, SlotId::Pool, |w| {
+            match old.window(&w.id()) {
+                Some(o) => w.max.saturating_sub(o.spent.saturating_add(o.reserved)),
+                None => w.max,
+            }
+        }));
+    }
+    for k in 0..stored.shard_items.max(stored.shards) {
+        if !exists(SlotId::Shard(k)) {
+            create.push(new_slot(&stored, SlotId::Shard(k), |_| Money::ZERO));
+        }
+    }
+    let mut writes = gather(
+        slots,
+        |id| match (old.window(id), new.window(id)) {
+            (Some(o), Some(n)) => n.max.saturating_sub(o.max),
+            _ => Money::ZERO,
+        },
+        version,
+    );
+    for (write, slot) in writes.iter_mut().zip(slots) {
+        let pool = slot.entity.slot == Some(SlotId::Pool);
+        // Windows no longer given go; new ones join (the pool holds all of
+        // a new window's limit).
+        for w in &slot.windows {
+            if new.window(&w.id()).is_none() {
+                write
+                    .changes
+                    .retain(|c| !matches!(c, Change::Set(id, ..) if *id == w.id()));
+                write.changes.push(Change::DropWindow(w.id()));
+            }
+        }
+        for w in &new.windows {
+            if slot.window(&w.id()).is_none() {
+                let avail = if pool { w.max } else { Money::ZERO };
+                write.changes.push(Change::PutWindow(part(w, avail)));
+            }
+        }
+    }
+    (writes, create)
+}
+
+/// The slot items of `e` created sharded: the pool holding every window's
+/// whole limit, and its shards, empty.
+pub fn slots_of_new(e: &Entity) -> Vec<Entity> {
+    if !is_sharded(e) {
+        return Vec::new();
+    }
+    std::iter::once(new_slot(e, SlotId::Pool, |w| w.max))
+        .chain((0..e.shards).map(|k| new_slot(e, SlotId::Shard(k), |_| Money::ZERO)))
+        .collect()
+}
+
+/// The guards an entity's own item needs when it becomes sharded: its
+/// counters as read, since the pool starts with `max − used` of them.
+pub fn conversion_guards(old: &Entity, new: &Entity) -> Vec<Guard> {
+    if is_sharded(old) || !is_sharded(new) {
+        return Vec::new();
+    }
+    old.windows
+        .iter()
+        .flat_map(|w| {
+            [
+                Guard::Is(w.id(), Counter::Spent, w.spent),
+                Guard::Is(w.id(), Counter::Reserved, w.reserved),
+            ]
+        })
+        .collect()
 }
 
 // ---- policy: nothing below affects exactness ----
 
-/// The shard a request uses: spread by its reservation id, so retries of
-/// one request land on the same shard.
-pub fn shard_for(reservation_id: &str, shards: u32) -> SlotId {
-    let h = reservation_id
-        .bytes()
-        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
-    SlotId::Shard(h % shards.max(1))
-}
-
-/// How much a dry shard takes from the pool: at least what the request
-/// needs, normally a share of the pool (so a shard refills about once per
-/// `2 × shards`-th of the pool it spends, a second or two at a steady
-/// rate), never more than the pool has. `None`: the pool cannot cover the
-/// request (borrow from other shards, or deny).
-pub fn refill_amount(pool_avail: Money, need: Money, shards: u32) -> Option<Money> {
+/// How much a dry shard takes from the pool: a fixed slice of the limit,
+/// `limit / (16 × shards)` (at least what the request needs, never more
+/// than the pool has). Fixed slices spread the refills evenly over the
+/// budget's life — a shard refills once per 1/16th of its share — and
+/// leave at most 1/16th of the limit spread over the shards when the pool
+/// runs out, which the last requests borrow (a few round trips, only in
+/// the last sixteenth of the budget). `None`: the pool cannot cover the
+/// request (borrow from the shards, or deny).
+pub fn refill_amount(pool_avail: Money, need: Money, limit: Money, shards: u32) -> Option<Money> {
     if pool_avail < need {
         return None;
     }
-    let share = Money::from_nanos(pool_avail.nanos() / (2 * i64::from(shards.max(1))));
-    Some(share.max(need).min(pool_avail))
+    let slice = Money::from_nanos(limit.nanos() / (16 * i64::from(shards.max(1))));
+    Some(slice.max(need).min(pool_avail))
+}
+
+/// Near the cap (the pool cannot cover a request): what `to` (as read
+/// among `slots`) lacks to cover `need`, taken from the slots with the most
+/// headroom, the fewest that cover it — one transaction of those givers
+/// and `to`, each giver conditional on covering its part. `None`: all the
+/// slots together do not cover it (deny).
+pub fn borrow(slots: &[Entity], to: &EntityRef, need: Money) -> Option<Vec<EntityWrite>> {
+    let target = slots.iter().find(|s| &s.entity == to)?;
+    let mut missing = need.saturating_sub(headroom(target));
+    if missing <= Money::ZERO {
+        return Some(Vec::new());
+    }
+    let mut givers: Vec<&Entity> = slots.iter().filter(|s| &s.entity != to).collect();
+    givers.sort_by_key(|s| std::cmp::Reverse(headroom(s)));
+    let mut writes = Vec::new();
+    let mut taken = Money::ZERO;
+    for g in givers {
+        let part = headroom(g).min(missing);
+        if part <= Money::ZERO {
+            break;
+        }
+        writes.push(give(g, part)?);
+        missing = missing.saturating_sub(part);
+        taken = taken.saturating_add(part);
+        if missing <= Money::ZERO {
+            writes.push(receive(target, to, taken));
+            return Some(writes);
+        }
+    }
+    None
+}
+
+/// The least headroom any window of `slot` holds.
+pub fn headroom(slot: &Entity) -> Money {
+    slot.windows
+        .iter()
+        .map(|w| w.avail)
+        .min()
+        .unwrap_or(Money::ZERO)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::{apply, guards_hold};
     use proptest::prelude::*;
 
-    fn slots(n: u32, max: Money) -> Vec<Slot> {
-        let mut out = vec![Slot {
-            id: SlotId::Pool,
-            parts: BTreeMap::from([(
-                "1d".to_string(),
-                Part {
-                    avail: max,
-                    ..Part::empty(None, 1)
-                },
-            )]),
-        }];
-        for k in 0..n {
-            out.push(Slot {
-                id: SlotId::Shard(k),
-                parts: BTreeMap::from([("1d".to_string(), Part::empty(None, 1))]),
-            });
-        }
-        out
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_000_000, 0).unwrap()
+    }
+
+    /// A team sharded over `n` with a 1d window of `max` dollars, and its
+    /// slots (the pool holding everything).
+    fn team(n: u32, max: i64) -> (Entity, Vec<Entity>) {
+        let mut e = Entity::new(EntityRef::team("t"), t0());
+        e.shards = n;
+        e.shard_items = n;
+        e.windows.push(Window {
+            span: Span::parse_id("1d").unwrap(),
+            max: Money::usd(max),
+            spent: Money::ZERO,
+            reserved: Money::ZERO,
+            reset_at: Some(t0() + chrono::Duration::days(1)),
+            generation: 1,
+            legacy: false,
+            avail: Money::ZERO,
+        });
+        let old = Entity {
+            shards: 0,
+            shard_items: 0,
+            ..e.clone()
+        };
+        let (_, create) = admin_change(&old, &e, &[]);
+        e.version += 1;
+        (e, create)
     }
 
     /// Runs `writes` as one transaction: all guards hold, then all apply.
-    fn run(store: &mut [Slot], writes: &[SlotWrite]) -> bool {
+    fn run(store: &mut [Entity], writes: &[EntityWrite]) -> bool {
         let ok = writes
             .iter()
-            .all(|w| guards_hold(&w.guards, store.iter().find(|s| s.id == w.slot)));
+            .all(|w| guards_hold(&w.guards, store.iter().find(|s| s.entity == w.entity)));
         if ok {
             for w in writes {
-                if let Some(s) = store.iter_mut().find(|s| s.id == w.slot) {
+                if let Some(s) = store.iter_mut().find(|s| s.entity == w.entity) {
                     apply(&w.changes, s);
                 }
             }
@@ -408,13 +536,17 @@ mod tests {
         ok
     }
 
+    fn slot(store: &[Entity], k: SlotId) -> &Entity {
+        store.iter().find(|s| s.entity.slot == Some(k)).unwrap()
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Reserve(u32, i64),
         Settle(usize, i64),
-        Refill(u32, i64),
-        Borrow(u32, u32, i64),
-        Collect(i64),
+        Refill(u32, i64, bool),
+        Borrow(u32, u32, i64, bool),
+        Change(i64),
         Roll,
     }
 
@@ -422,113 +554,138 @@ mod tests {
         prop_oneof![
             (0u32..4, 0i64..4).prop_map(|(s, e)| Op::Reserve(s, e)),
             (0usize..8, 0i64..5).prop_map(|(i, c)| Op::Settle(i, c)),
-            (0u32..4, 0i64..6).prop_map(|(s, x)| Op::Refill(s, x)),
-            (0u32..4, 0u32..4, 0i64..3).prop_map(|(a, b, x)| Op::Borrow(a, b, x)),
-            (-2i64..3).prop_map(Op::Collect),
+            (0u32..4, 0i64..6, any::<bool>()).prop_map(|(s, x, st)| Op::Refill(s, x, st)),
+            (0u32..4, 0u32..4, 0i64..3, any::<bool>())
+                .prop_map(|(a, b, x, st)| Op::Borrow(a, b, x, st)),
+            (-3i64..4).prop_map(Op::Change),
             Just(Op::Roll),
         ]
     }
 
     proptest! {
         /// Whatever runs in whatever order — reservations, settles (also
-        /// over what they held), refills, borrows, collections with a
-        /// changed limit, roll-overs, each read possibly stale — the slots
-        /// always account for the limit exactly, and no `avail` is taken
-        /// below zero except by a settle that cost more than it held.
+        /// over what they held), refills and borrows from stale reads,
+        /// limit changes, roll-overs — the slots account for the limit
+        /// exactly after every step, what is reserved is what is in flight,
+        /// and no headroom goes below zero except by a settle that cost
+        /// more than it held or a limit lowered below what was used.
         #[test]
         fn the_slots_always_account_for_the_limit(ops in proptest::collection::vec(op(), 1..60)) {
-            let mut max = Money::usd(10);
-            let mut store = slots(4, max);
-            // What a slow reader saw: the slots as of the last roll-over
-            // or collection.
+            let (mut e, mut store) = team(4, 10);
             let mut stale = store.clone();
             let mut held: Vec<(SlotId, Money)> = Vec::new();
-            let mut overrun = Money::ZERO;
-            // What lowered limits took from the pool since the last roll.
-            let mut lowered = Money::ZERO;
+            let mut debt = Money::ZERO;
+            let mut now = t0();
             for op in ops {
                 match op {
-                    Op::Reserve(s, e) => {
-                        let e = Money::usd(e);
-                        let period = store[0].parts["1d"].period;
-                        let w = reserve(SlotId::Shard(s), &[("1d".into(), period, 1)], e);
-                        let before = store.iter().find(|x| x.id == SlotId::Shard(s)).unwrap().parts["1d"].avail;
-                        if run(&mut store, &[w]) {
-                            prop_assert!(before >= e);
-                            held.push((SlotId::Shard(s), e));
+                    Op::Reserve(s, x) => {
+                        let x = Money::usd(x);
+                        let w = reserve(&e, SlotId::Shard(s), x, now);
+                        let before = headroom(slot(&store, SlotId::Shard(s)));
+                        if let Some(w) = w {
+                            if run(&mut store, &[w]) {
+                                prop_assert!(before >= x);
+                                held.push((SlotId::Shard(s), x));
+                            }
                         }
                     }
                     Op::Settle(i, c) => {
                         if i < held.len() {
-                            let (slot, amount) = held.remove(i);
+                            let (k, amount) = held.remove(i);
                             let cost = Money::usd(c);
-                            overrun = overrun.saturating_add(cost.saturating_sub(amount).max(Money::ZERO));
-                            prop_assert!(run(&mut store, &[finish(slot, &[("1d".into(), 1)], amount, Some(cost))]));
+                            debt = debt.saturating_add(cost.saturating_sub(amount).max(Money::ZERO));
+                            let s = slot(&store, k);
+                            let mut write = EntityWrite { entity: s.entity.clone(), guards: vec![], changes: vec![] };
+                            finish_window(&mut write, &s.windows[0], amount, cost);
+                            prop_assert!(run(&mut store, &[write]));
                         }
                     }
-                    Op::Refill(s, x) => {
-                        // From a stale read sometimes: the guards decide.
-                        let pool = if x % 2 == 0 { stale[0].clone() } else { store[0].clone() };
-                        let x = x / 2 * 2 + 1;
-                        if let Some(t) = transfer(&pool, SlotId::Shard(s), &[("1d".into(), Money::usd(x))]) {
+                    Op::Refill(s, x, st) => {
+                        let read = if st { &stale } else { &store };
+                        let pool = slot(read, SlotId::Pool).clone();
+                        if let Some(t) = transfer(&pool, &e.entity.at(SlotId::Shard(s)), Money::usd(x)) {
                             run(&mut store, &t);
                         }
                     }
-                    Op::Borrow(a, b, x) => {
-                        let read = if x % 2 == 0 { &stale } else { &store };
-                        let from = read.iter().find(|s| s.id == SlotId::Shard(a)).unwrap().clone();
-                        if let Some(t) = transfer(&from, SlotId::Shard(b), &[("1d".into(), Money::usd(x))]) {
-                            if a != b {
+                    Op::Borrow(a, b, x, st) => {
+                        let read = if st { &stale } else { &store };
+                        let from = slot(read, SlotId::Shard(a)).clone();
+                        if a != b {
+                            if let Some(t) = transfer(&from, &e.entity.at(SlotId::Shard(b)), Money::usd(x)) {
                                 run(&mut store, &t);
                             }
                         }
                     }
-                    Op::Collect(d) => {
-                        let snapshot = store.clone();
-                        stale = snapshot.clone();
-                        if run(&mut store, &collect(&snapshot, "1d", Money::usd(d))) {
-                            max = max.saturating_add(Money::usd(d));
-                            lowered = lowered.saturating_add(Money::usd(d).negated().max(Money::ZERO));
-                        }
+                    Op::Change(d) => {
+                        let mut new = e.clone();
+                        new.windows[0].max = e.windows[0].max.saturating_add(Money::usd(d)).max(Money::ZERO);
+                        let lowered = e.windows[0].max.saturating_sub(new.windows[0].max).max(Money::ZERO);
+                        stale = store.clone();
+                        let (writes, create) = admin_change(&e, &new, &store);
+                        prop_assert!(create.is_empty());
+                        prop_assert!(run(&mut store, &writes));
+                        debt = debt.saturating_add(lowered);
+                        e = Entity { version: e.version + 1, ..new };
                     }
                     Op::Roll => {
-                        let snapshot = store.clone();
-                        let next = Some(chrono::DateTime::<Utc>::from_timestamp(86_400 * (held.len() as i64 + 1), 0).unwrap());
-                        stale = snapshot.clone();
-                        prop_assert!(run(&mut store, &roll(&snapshot, "1d", max, next)));
-                        overrun = Money::ZERO;
-                        lowered = in_flight_of(&held).saturating_sub(max).max(Money::ZERO);
+                        now = e.windows[0].reset_at.unwrap();
+                        let next = now + chrono::Duration::days(1);
+                        stale = store.clone();
+                        let writes = roll(&e, &store, |_| Some(next));
+                        prop_assert!(run(&mut store, &writes));
+                        e.windows[0].reset_at = Some(next);
+                        let in_flight = held.iter().fold(Money::ZERO, |a, (_, m)| a.saturating_add(*m));
+                        debt = in_flight.saturating_sub(e.windows[0].max).max(Money::ZERO);
                     }
                 }
-                let total = totals(&store, "1d").unwrap();
-                prop_assert_eq!(total.total(), max, "{:?}", store);
-                // Below zero only by overruns (cumulative within the period;
-                // a collection may move a shard's debt to the pool) and by
-                // lowered limits: no transfer ever gives away what is not
-                // there.
-                let negative = store
-                    .iter()
-                    .map(|s| s.parts["1d"].avail.min(Money::ZERO))
-                    .fold(Money::ZERO, |a, b| a.saturating_add(b));
-                prop_assert!(negative.negated() <= overrun.saturating_add(lowered), "{:?}", store);
+                let total = totals(&e, &store).windows[0].clone();
+                prop_assert_eq!(
+                    total.avail.saturating_add(total.reserved).saturating_add(total.spent),
+                    e.windows[0].max,
+                    "{:?}", store
+                );
                 let in_flight = held.iter().fold(Money::ZERO, |a, (_, m)| a.saturating_add(*m));
                 prop_assert_eq!(total.reserved, in_flight);
+                let negative = store
+                    .iter()
+                    .map(|s| s.windows[0].avail.min(Money::ZERO))
+                    .fold(Money::ZERO, |a, b| a.saturating_add(b));
+                prop_assert!(negative.negated() <= debt, "{:?}", store);
             }
         }
-    }
-
-    fn in_flight_of(held: &[(SlotId, Money)]) -> Money {
-        held.iter()
-            .fold(Money::ZERO, |a, (_, m)| a.saturating_add(*m))
     }
 
     #[test]
     fn a_refill_takes_a_share_of_the_pool_and_never_more_than_it_has() {
         let usd = Money::usd;
-        assert_eq!(refill_amount(usd(80), usd(1), 4), Some(usd(10)));
-        assert_eq!(refill_amount(usd(4), usd(1), 4), Some(usd(1)));
-        assert_eq!(refill_amount(usd(1), usd(2), 4), None);
-        assert_eq!(refill_amount(usd(2), usd(2), 64), Some(usd(2)));
-        assert_eq!(shard_for("r-1", 8), shard_for("r-1", 8));
+        assert_eq!(refill_amount(usd(80), usd(1), usd(640), 4), Some(usd(10)));
+        assert_eq!(refill_amount(usd(4), usd(1), usd(640), 4), Some(usd(4)));
+        assert_eq!(refill_amount(usd(80), usd(20), usd(640), 4), Some(usd(20)));
+        assert_eq!(refill_amount(usd(1), usd(2), usd(640), 4), None);
+    }
+
+    #[test]
+    fn a_newly_sharded_entity_takes_what_it_has_left_into_the_pool() {
+        let (mut e, _) = team(0, 10);
+        e.windows[0].spent = Money::usd(3);
+        e.windows[0].reserved = Money::usd(1);
+        let new = Entity {
+            shards: 2,
+            shard_items: 2,
+            ..e.clone()
+        };
+        let (writes, create) = admin_change(&e, &new, &[]);
+        assert!(writes.is_empty());
+        let ids: Vec<Option<SlotId>> = create.iter().map(|s| s.entity.slot).collect();
+        assert_eq!(
+            ids,
+            [
+                Some(SlotId::Pool),
+                Some(SlotId::Shard(0)),
+                Some(SlotId::Shard(1))
+            ]
+        );
+        assert_eq!(create[0].windows[0].avail, Money::usd(6));
+        assert_eq!(create[0].version, e.version + 1);
     }
 }

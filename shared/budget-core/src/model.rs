@@ -43,11 +43,22 @@ impl fmt::Display for EntityKind {
     }
 }
 
-/// Names one entity: a key by its SHA-256 hash, a user or team by its id.
+/// Which item of a sharded entity's budget (see `escrow.rs`): the pool,
+/// or shard `k`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SlotId {
+    Pool,
+    Shard(u32),
+}
+
+/// Names one entity: a key by its SHA-256 hash, a user or team by its id —
+/// or, with `slot`, one escrow slot of a sharded user's or team's budget
+/// (an item of its own, holding part of its windows' headroom).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntityRef {
     pub kind: EntityKind,
     pub id: String,
+    pub slot: Option<SlotId>,
 }
 
 impl EntityRef {
@@ -55,7 +66,21 @@ impl EntityRef {
         EntityRef {
             kind,
             id: id.into(),
+            slot: None,
         }
+    }
+
+    /// Slot `slot` of this entity's budget.
+    pub fn at(&self, slot: SlotId) -> EntityRef {
+        EntityRef {
+            slot: Some(slot),
+            ..self.owner()
+        }
+    }
+
+    /// The entity itself (without a slot).
+    pub fn owner(&self) -> EntityRef {
+        EntityRef::new(self.kind, self.id.clone())
     }
 
     pub fn key(hash: impl Into<String>) -> EntityRef {
@@ -138,6 +163,10 @@ pub struct Window {
     pub generation: u64,
     /// Came from the legacy `max_budget` + `budget_duration` pair.
     pub legacy: bool,
+    /// Escrow slots only (see `escrow.rs`): the headroom this slot holds,
+    /// what a reservation on it may take. Zero on ordinary windows, whose
+    /// headroom is `max − used`.
+    pub avail: Money,
 }
 
 impl Window {
@@ -157,6 +186,7 @@ impl Window {
             reset_at: span.next_reset(now, clock),
             generation: rand::random::<u32>() as u64,
             legacy,
+            avail: Money::ZERO,
         }
     }
 
@@ -249,6 +279,13 @@ pub struct Entity {
     /// its owner's write, which happens anyway, is conditional on this
     /// instead of the key being checked too (see `plan::reserve_chain`).
     pub key_revision: u64,
+    /// Users and teams: the escrow shards its windows are split over
+    /// (`budget_shards`; 0 or 1: not sharded, the windows' counters are on
+    /// this item), and how many shard items exist (never fewer: lowering
+    /// `budget_shards` retires shards, whose reservations still settle
+    /// there). See `escrow.rs`.
+    pub shards: u32,
+    pub shard_items: u32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Everything else the operator gave (aliases, metadata, models, …),
@@ -270,6 +307,8 @@ impl Entity {
             expires: None,
             key_count: 0,
             key_revision: 0,
+            shards: 0,
+            shard_items: 0,
             created_at: now,
             updated_at: now,
             attributes: Map::new(),
@@ -291,6 +330,8 @@ impl Entity {
             && self.version == other.version
             && self.incarnation == other.incarnation
             && self.key_revision == other.key_revision
+            && self.shards == other.shards
+            && self.shard_items == other.shard_items
             && self.reservation_floor == other.reservation_floor
             && shape(self) == shape(other)
     }
@@ -429,12 +470,16 @@ pub struct Reservation {
 }
 
 impl Chain {
-    /// Every window of every entity of the chain, as a reservation holds it.
-    pub fn holds(&self) -> Vec<Hold> {
+    /// Every window of every entity of the chain, as a reservation holds it
+    /// (a sharded entity's on the shard the request uses, chosen by `pick`:
+    /// see `escrow::shard_of`).
+    pub fn holds(&self, pick: u32) -> Vec<Hold> {
         self.entities()
             .flat_map(|e| {
-                e.windows.iter().map(|w| Hold {
-                    entity: e.entity.clone(),
+                let at = crate::escrow::shard_of(e, pick)
+                    .map_or_else(|| e.entity.clone(), |s| e.entity.at(s));
+                e.windows.iter().map(move |w| Hold {
+                    entity: at.clone(),
                     incarnation: e.incarnation,
                     window: w.id(),
                     generation: w.generation,

@@ -26,6 +26,8 @@ pub enum Counter {
     Used,
     Spent,
     Reserved,
+    /// An escrow slot's headroom (see `escrow.rs`).
+    Avail,
 }
 
 /// What must hold in the stored item for a write to happen.
@@ -53,6 +55,10 @@ pub enum Guard {
     /// (it stands in for a check of the key itself: see
     /// [`reserve_chain`]).
     KeyRevision(u64),
+    /// `window.counter >= amount` (an escrow slot covers a reservation).
+    AtLeast(String, Counter, Money),
+    /// `window.counter == amount` (a slot is as read).
+    Is(String, Counter, Money),
 }
 
 /// What a write changes in the stored item.
@@ -74,6 +80,14 @@ pub enum Change {
     /// worst earlier (the job then looks once for nothing). See
     /// [`next_due`].
     SetNextDue(Option<DateTime<Utc>>),
+    /// `window.counter = amount`.
+    Set(String, Counter, Money),
+    /// The window, as given (an escrow slot's part of a new window).
+    PutWindow(Window),
+    /// The window goes.
+    DropWindow(String),
+    /// `version = v` (an escrow slot's copy of its entity's version).
+    SetVersion(u64),
 }
 
 /// The earliest boundary of `entity`'s windows (lifetime windows have
@@ -225,6 +239,11 @@ pub fn finish(
             Money::ZERO
         };
         if release.is_zero() && cost.is_zero() {
+            continue;
+        }
+        if entity.entity.slot.is_some() {
+            // An escrow slot: back to the shard that held (see escrow.rs).
+            crate::escrow::finish_window(&mut write, w, release, cost);
             continue;
         }
         settle_window(&mut write, w, release, cost, now, clock)?;
@@ -406,6 +425,7 @@ pub fn guards_hold(guards: &[Guard], stored: Option<&Entity>) -> bool {
         Counter::Used => w.spent.saturating_add(w.reserved),
         Counter::Spent => w.spent,
         Counter::Reserved => w.reserved,
+        Counter::Avail => w.avail,
     };
     guards.iter().all(|g| match g {
         Guard::Version(v) => e.version == *v,
@@ -419,6 +439,8 @@ pub fn guards_hold(guards: &[Guard], stored: Option<&Entity>) -> bool {
         Guard::Generation(id, g) => window(id).is_some_and(|w| w.generation == *g),
         Guard::NoKeys => e.key_count == 0,
         Guard::KeyRevision(r) => e.key_revision == *r,
+        Guard::AtLeast(id, c, m) => window(id).is_some_and(|w| counter(w, *c) >= *m),
+        Guard::Is(id, c, m) => window(id).is_some_and(|w| counter(w, *c) == *m),
     })
 }
 
@@ -430,9 +452,24 @@ pub fn apply(changes: &[Change], stored: &mut Entity) {
             Change::Add(id, ..)
             | Change::UsedFromReserved(id, _)
             | Change::SetSpent(id, _)
+            | Change::Set(id, ..)
             | Change::SetResetAt(id, _) => id,
             // Not part of the entity: stores keep their index themselves.
             Change::SetNextDue(_) => continue,
+            Change::PutWindow(w) => {
+                stored.windows.retain(|x| x.span != w.span);
+                stored.windows.push(w.clone());
+                stored.windows.sort_by_key(|x| x.span);
+                continue;
+            }
+            Change::DropWindow(id) => {
+                stored.windows.retain(|x| x.id() != *id);
+                continue;
+            }
+            Change::SetVersion(v) => {
+                stored.version = *v;
+                continue;
+            }
         };
         let Some(w) = stored.windows.iter_mut().find(|w| w.id() == *id) else {
             continue;
@@ -440,10 +477,17 @@ pub fn apply(changes: &[Change], stored: &mut Entity) {
         match change {
             Change::Add(_, Counter::Spent, m) => w.spent = w.spent.saturating_add(*m),
             Change::Add(_, Counter::Reserved, m) => w.reserved = w.reserved.saturating_add(*m),
+            Change::Add(_, Counter::Avail, m) => w.avail = w.avail.saturating_add(*m),
             Change::Add(_, Counter::Used, _) | Change::UsedFromReserved(..) => {}
-            Change::SetSpent(_, m) => w.spent = *m,
+            Change::SetSpent(_, m) | Change::Set(_, Counter::Spent, m) => w.spent = *m,
+            Change::Set(_, Counter::Reserved, m) => w.reserved = *m,
+            Change::Set(_, Counter::Avail, m) => w.avail = *m,
+            Change::Set(_, Counter::Used, _) => {}
             Change::SetResetAt(_, at) => w.reset_at = Some(*at),
-            Change::SetNextDue(_) => {}
+            Change::SetNextDue(_)
+            | Change::PutWindow(_)
+            | Change::DropWindow(_)
+            | Change::SetVersion(_) => {}
         }
     }
 }
@@ -479,22 +523,30 @@ pub struct ReservationEnd {
 /// owner is written anyway, the key is left out and that owner's write is
 /// conditional on its [`Entity::key_revision`] instead, which every admin
 /// change of one of its keys bumps: the same guarantee, for nothing.
+///
+/// A sharded user or team (see `escrow.rs`) reserves on one of its shards,
+/// chosen by `pick`, instead of its own item.
 pub fn reserve_chain(
     chain: &Chain,
     estimate: Money,
     now: DateTime<Utc>,
     clock: &ResetClock,
+    pick: u32,
 ) -> Option<Vec<EntityWrite>> {
     let mut writes: Vec<EntityWrite> = chain
         .entities()
-        .map(|e| reserve(e, estimate, now, clock))
+        .map(|e| match crate::escrow::shard_of(e, pick) {
+            Some(shard) => crate::escrow::reserve(e, shard, estimate, now),
+            None => reserve(e, estimate, now, clock),
+        })
         .collect::<Option<_>>()?;
     let key_only_checked = writes[0].changes.is_empty();
+    // The key revision lives on the owner's own item, not on its shards.
     let carrier = chain
         .entities()
         .zip(writes.iter_mut())
         .skip(1)
-        .find(|(_, w)| !w.changes.is_empty());
+        .find(|(_, w)| !w.changes.is_empty() && w.entity.slot.is_none());
     if let (true, Some((owner, write))) = (key_only_checked, carrier) {
         write.guards.push(Guard::KeyRevision(owner.key_revision));
         writes.remove(0);
@@ -640,6 +692,7 @@ pub fn entities_as_held(reservation: &Reservation) -> Vec<Entity> {
             reset_at: None,
             generation: hold.generation,
             legacy: false,
+            avail: Money::ZERO,
         };
         match out
             .iter_mut()
@@ -683,6 +736,7 @@ mod tests {
             },
             generation: 7,
             legacy: false,
+            avail: Money::ZERO,
         }
     }
 
@@ -710,7 +764,7 @@ mod tests {
             user: Some(user.clone()),
             team: None,
         };
-        let writes = reserve_chain(&chain, Money::usd(1), now(), &clock).unwrap();
+        let writes = reserve_chain(&chain, Money::usd(1), now(), &clock, 0).unwrap();
         assert_eq!(writes.len(), 1, "{writes:?}");
         assert!(writes[0].guards.contains(&Guard::KeyRevision(3)));
         // A key of the user changed since: the write is refused.
@@ -722,7 +776,7 @@ mod tests {
             user: None,
             team: None,
         };
-        let writes = reserve_chain(&alone, Money::usd(1), now(), &clock).unwrap();
+        let writes = reserve_chain(&alone, Money::usd(1), now(), &clock, 0).unwrap();
         assert_eq!(writes.len(), 1);
         assert_eq!(writes[0].entity.kind, EntityKind::Key);
         assert!(writes[0].changes.is_empty());
@@ -808,7 +862,7 @@ mod tests {
             };
             let e = Money::usd(estimate);
             let admits = admit(&chain, e, now(), &clock).is_ok();
-            let plan = reserve_chain(&chain, e, now(), &clock);
+            let plan = reserve_chain(&chain, e, now(), &clock, 0);
             let holds = plan.as_ref().is_some_and(|writes| {
                 writes
                     .iter()
@@ -862,7 +916,7 @@ mod tests {
             }
             let e = Money::usd(estimate);
             let admits = admit(&stored, e, now(), &clock).is_ok();
-            let holds = reserve_chain(&known, e, now(), &clock).is_some_and(|writes| {
+            let holds = reserve_chain(&known, e, now(), &clock, 0).is_some_and(|writes| {
                 writes
                     .iter()
                     .all(|w| guards_hold(&w.guards, Some(stored_as(&stored, w))))

@@ -12,7 +12,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
-use crate::model::{EntityKind, EntityRef, Hold, Reservation};
+use crate::model::{EntityKind, EntityRef, Hold, Reservation, SlotId};
 use crate::money::Money;
 
 /// Receipts longer than this are not handed out (the bare id is): ids
@@ -49,7 +49,12 @@ pub fn encode(
             .iter()
             .map(|h| {
                 (
-                    h.entity.kind.as_str().to_string(),
+                    // A sharded entity's slot: `team#3` (see escrow.rs).
+                    match h.entity.slot {
+                        None => h.entity.kind.as_str().to_string(),
+                        Some(SlotId::Pool) => format!("{}#pool", h.entity.kind),
+                        Some(SlotId::Shard(k)) => format!("{}#{k}", h.entity.kind),
+                    },
                     h.entity.id.clone(),
                     h.window.clone(),
                     h.generation,
@@ -98,14 +103,23 @@ pub fn from_receipt(external: &str, now: DateTime<Utc>) -> Option<Reservation> {
     let mut holds = Vec::new();
     let (mut user_id, mut team_id, mut key_hash) = (body.u, body.t, String::new());
     for (kind, id, window, generation, incarnation) in body.h {
-        let kind = EntityKind::parse(&kind)?;
+        let (kind, slot) = match kind.split_once('#') {
+            None => (kind.as_str(), None),
+            Some((k, "pool")) => (k, Some(SlotId::Pool)),
+            Some((k, n)) => (k, Some(SlotId::Shard(n.parse().ok()?))),
+        };
+        let kind = EntityKind::parse(kind)?;
         match kind {
             EntityKind::Key => key_hash = id.clone(),
             EntityKind::User => user_id = Some(id.clone()),
             EntityKind::Team => team_id = Some(id.clone()),
         }
+        let entity = EntityRef::new(kind, id);
         holds.push(Hold {
-            entity: EntityRef::new(kind, id),
+            entity: match slot {
+                Some(s) => entity.at(s),
+                None => entity,
+            },
             incarnation,
             window,
             generation,
@@ -147,6 +161,12 @@ mod tests {
                 window: "lifetime".into(),
                 generation: 9,
             },
+            Hold {
+                entity: EntityRef::team("team-9").at(SlotId::Shard(3)),
+                incarnation: 5,
+                window: "1d".into(),
+                generation: 2,
+            },
         ];
         let now = Utc::now();
         let owners = (Some("u.1".into()), Some("team-9".into()));
@@ -165,7 +185,7 @@ mod tests {
         assert!(id.starts_with("r-1."));
         assert_eq!(base_id(&id), "r-1");
         let back = from_receipt(&id, now).unwrap();
-        // The team holds no window, and is still named.
+        // The team's hold is on its shard 3; its user and team are named.
         assert_eq!(
             (back.amount, back.holds, back.user_id, back.team_id),
             (r.amount, holds, r.user_id, r.team_id)

@@ -14,10 +14,11 @@ use crate::decision::{
     admit, check_key, reservation_amount, Admission, Denial, KeyRefusal, Requested,
 };
 use crate::keys::hash_key;
-use crate::model::{Chain, Reservation};
+use crate::model::{Chain, EntityRef, Reservation};
 use crate::money::Money;
 use crate::store::{BudgetStore, ReserveWrite, StoreError};
 
+use super::escrow::Next;
 use super::stats::{retried, store_call};
 use super::{backoff, MAX_ATTEMPTS};
 
@@ -135,14 +136,30 @@ impl<S: BudgetStore> Authorizer<S> {
         };
         // Set when what we hold may be out of date: read the chain afresh.
         let mut stale = false;
-        for attempt in 0..MAX_ATTEMPTS {
+        // Steps of a sharded budget (refills, gatherings) are not failed
+        // attempts; they have a bound of their own.
+        let (mut attempt, mut escrow_steps) = (0, 0);
+        while attempt < MAX_ATTEMPTS {
             if attempt > 0 {
                 retried();
             }
+            attempt += 1;
             if stale && !self.refresh(&mut req).await? {
                 return Ok(AuthorizeOutcome::InvalidKey);
             }
             stale = false;
+            if let Some(e) = super::escrow::due(&req.chain, now) {
+                let entity = e.entity.clone();
+                store_call(super::escrow::roll(
+                    &self.store,
+                    &entity,
+                    now,
+                    &self.settings.clock,
+                ))
+                .await?;
+                stale = true;
+                continue;
+            }
             // A retry of a request that was admitted is recognised before it
             // is judged (its own reservation may be what fills the window
             // now), on a fresh read and only while the key itself is good:
@@ -167,6 +184,28 @@ impl<S: BudgetStore> Authorizer<S> {
                 Step::Done(outcome) => return Ok(outcome),
                 Step::Reread => stale = true,
                 Step::Retry => backoff(attempt).await,
+                Step::Short(slot) => {
+                    let Some(owner) = req.chain.entities().find(|e| e.entity == slot.owner())
+                    else {
+                        stale = true;
+                        continue;
+                    };
+                    let owner = owner.clone();
+                    let clock = &self.settings.clock;
+                    let step =
+                        super::escrow::step(&self.store, &owner, &slot, estimate, now, clock);
+                    match store_call(step).await? {
+                        Next::Retry if escrow_steps < MAX_ESCROW_STEPS => {
+                            escrow_steps += 1;
+                            attempt -= 1;
+                        }
+                        Next::Retry | Next::Busy => backoff(attempt).await,
+                        Next::Reread => stale = true,
+                        Next::Deny(denial) => {
+                            return Ok(self.refused(req, AuthorizeOutcome::Denied(denial)))
+                        }
+                    }
+                }
                 // That request is over (settled or expired): a replay gets
                 // a decision of its own, under a new id.
                 Step::NewId => req.id = reservation_id(&req.hash, None),
@@ -275,6 +314,7 @@ impl<S: BudgetStore> Authorizer<S> {
                 },
                 ReserveWrite::Stale => Step::Reread,
                 ReserveWrite::Conflict => Step::Retry,
+                ReserveWrite::Short(slot) => Step::Short(slot),
             },
         )
     }
@@ -309,7 +349,13 @@ enum Step {
     Reread,
     Retry,
     NewId,
+    /// A sharded entity's shard did not cover the estimate.
+    Short(EntityRef),
 }
+
+/// Refills and gatherings one request may make before it counts them as
+/// failed attempts (near the cap, under contention).
+const MAX_ESCROW_STEPS: usize = 16;
 
 /// Whether the owners in the key's snapshot (`quick`) differ from what a
 /// fresh read found.
@@ -358,7 +404,8 @@ fn new_reservation(
 ) -> Reservation {
     let owners = (chain.key.user_id.clone(), chain.key.team_id.clone());
     let expires_at = now + chrono::Duration::seconds(settings.reservation_ttl_seconds);
-    let mut r = Reservation::held(id, estimate, chain.holds(), hash, owners, now, expires_at);
+    let holds = chain.holds(crate::escrow::pick_of(id));
+    let mut r = Reservation::held(id, estimate, holds, hash, owners, now, expires_at);
     let (user, team) = (r.user_id.as_deref(), r.team_id.as_deref());
     r.receipt = crate::receipt::encode(estimate, &r.holds, user, team);
     r.receipt_digest = r.receipt.as_deref().map(crate::receipt::digest);

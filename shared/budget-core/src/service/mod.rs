@@ -4,6 +4,7 @@
 //! from a fresh read, never blindly repeated.
 
 mod authorize;
+pub mod escrow;
 mod finish;
 mod reset;
 pub mod stats;

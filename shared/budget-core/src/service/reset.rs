@@ -168,6 +168,29 @@ async fn roll_one<S: ResetStore>(
     summary: &mut ResetSummary,
 ) {
     let name = format!("{} {}", entity.entity.kind, entity.entity.display_id());
+    if crate::escrow::is_sharded(&entity) {
+        // Its slots roll with it, in one transaction.
+        let due = entity.windows.iter().filter(|w| w.is_due(now)).count();
+        for attempt in 0..MAX_ATTEMPTS {
+            match super::escrow::roll(store, &entity.entity, now, clock).await {
+                Ok(true) => {
+                    summary.windows_reset += due;
+                    return;
+                }
+                Ok(false) => super::backoff(attempt).await,
+                Err(e) => {
+                    summary
+                        .errors
+                        .push(format!("{name}: windows not rolled: {e}"));
+                    return;
+                }
+            }
+        }
+        summary.errors.push(format!(
+            "{name}: windows not rolled: it kept moving ({MAX_ATTEMPTS} attempts)"
+        ));
+        return;
+    }
     let mut current = entity;
     for _ in 0..MAX_ATTEMPTS {
         match store.roll_over(&current, now, clock).await {

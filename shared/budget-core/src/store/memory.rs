@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AdminStore, AdminWrite, BudgetStore, Finish, FinishWrite, Reads, ReserveWrite, ResetStore,
-    StoreError,
+    AdminStore, AdminWrite, BudgetStore, Finish, FinishWrite, PlanWrite, Reads, ReserveWrite,
+    ResetStore, StoreError,
 };
 use crate::duration::ResetClock;
 use crate::model::{Chain, Entity, EntityKind, EntityRef, Reservation, ReservationState};
@@ -212,15 +212,17 @@ impl BudgetStore for MemoryStore {
         if self.fault()? == Some(Injected::Conflict) {
             return Ok(ReserveWrite::Conflict);
         }
-        let Some(writes) = plan::reserve_chain(chain, reservation.amount, now, clock) else {
+        let pick = crate::escrow::pick_of(&reservation.id);
+        let Some(writes) = plan::reserve_chain(chain, reservation.amount, now, clock, pick) else {
             return Ok(ReserveWrite::Stale);
         };
         let mut state = self.state();
         if state.reservations.contains_key(&reservation.id) {
             return Ok(ReserveWrite::Duplicate);
         }
-        if !writes.iter().all(|w| state.holds(w)) {
-            return Ok(ReserveWrite::Stale);
+        let failed: Vec<bool> = writes.iter().map(|w| !state.holds(w)).collect();
+        if failed.iter().any(|f| *f) {
+            return Ok(crate::store::reserve_refused(&writes, &failed));
         }
         for w in &writes {
             state.apply(w);
@@ -233,6 +235,20 @@ impl BudgetStore for MemoryStore {
 
     async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError> {
         Ok(self.state().reservations.get(id).cloned())
+    }
+
+    async fn write_all(&self, writes: &[plan::EntityWrite]) -> Result<PlanWrite, StoreError> {
+        if self.fault()? == Some(Injected::Conflict) {
+            return Ok(PlanWrite::Busy);
+        }
+        let mut state = self.state();
+        if !writes.iter().all(|w| state.holds(w)) {
+            return Ok(PlanWrite::Refused);
+        }
+        for w in writes {
+            state.apply(w);
+        }
+        Ok(PlanWrite::Done)
     }
 
     async fn finish(
@@ -347,15 +363,38 @@ impl AdminStore for MemoryStore {
         }
         state.keep_books(&plan::key_bookkeeping(None, Some(entity)));
         state.entities.insert(entity.entity.clone(), entity.clone());
+        for slot in crate::escrow::slots_of_new(entity) {
+            state.entities.insert(slot.entity.clone(), slot);
+        }
         state.set_due(&entity.entity, plan::next_due(entity));
         Ok(AdminWrite::Done)
     }
 
     async fn update(&self, old: &Entity, new: &Entity) -> Result<AdminWrite, StoreError> {
-        let (guards, edits, due) = plan::update(old, new);
+        let (mut guards, edits, due) = plan::update(old, new);
+        guards.extend(crate::escrow::conversion_guards(old, new));
         let mut state = self.state();
         if !plan::guards_hold(&guards, state.entities.get(&old.entity)) {
             return Ok(AdminWrite::Conflict);
+        }
+        let slots: Vec<Entity> = crate::escrow::slot_refs(old)
+            .iter()
+            .filter_map(|r| state.entities.get(r).cloned())
+            .collect();
+        let (slot_writes, create) =
+            if crate::escrow::is_sharded(old) || crate::escrow::is_sharded(new) {
+                crate::escrow::admin_change(old, new, &slots)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+        if !slot_writes.iter().all(|w| state.holds(w)) {
+            return Ok(AdminWrite::Conflict);
+        }
+        for w in &slot_writes {
+            state.apply(w);
+        }
+        for slot in create {
+            state.entities.insert(slot.entity.clone(), slot);
         }
         let books = plan::key_bookkeeping(Some(old), Some(new));
         if let Some(missing) = books
@@ -411,6 +450,9 @@ impl AdminStore for MemoryStore {
             return Ok(AdminWrite::Conflict);
         }
         state.entities.remove(&entity.entity);
+        for slot in crate::escrow::slot_refs(entity) {
+            state.entities.remove(&slot);
+        }
         state.due.remove(&entity.entity);
         state.keep_books(&plan::key_bookkeeping(Some(entity), None));
         Ok(AdminWrite::Done)

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use crate::duration::ResetClock;
 use crate::model::{Chain, Entity, EntityRef, Reservation};
 use crate::money::Money;
+use crate::plan::EntityWrite;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +49,36 @@ pub enum ReserveWrite {
     /// Another transaction touched the same items at the same moment, or
     /// DynamoDB throttled an item: back off, then try again.
     Conflict,
+    /// Only conditions on this escrow slot failed: the shard does not
+    /// cover the estimate (or its copy of the configuration moved). Refill
+    /// it, or decide on the entity's totals (`service::authorize`).
+    Short(EntityRef),
+}
+
+/// What a refused reservation means, from which of its `writes` failed
+/// (`failed[i]`): only escrow slots → [`ReserveWrite::Short`], else stale.
+pub fn reserve_refused(writes: &[EntityWrite], failed: &[bool]) -> ReserveWrite {
+    let mut short = None;
+    for (w, f) in writes.iter().zip(failed) {
+        if !*f {
+            continue;
+        }
+        if w.entity.slot.is_none() {
+            return ReserveWrite::Stale;
+        }
+        short.get_or_insert_with(|| w.entity.clone());
+    }
+    short.map_or(ReserveWrite::Stale, ReserveWrite::Short)
+}
+
+/// What a plain plan write (`BudgetStore::write_all`) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanWrite {
+    Done,
+    /// A guard failed: nothing was written.
+    Refused,
+    /// Contended or throttled: nothing was written; try again later.
+    Busy,
 }
 
 /// How a reservation ends.
@@ -150,6 +181,17 @@ pub trait BudgetStore: Reads {
     ) -> Result<ReserveWrite, StoreError>;
 
     async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError>;
+
+    /// `entities` in one isolated read (a snapshot: no transaction is seen
+    /// half done), at most 100: what the escrow's totals are decided on.
+    async fn load_isolated(&self, entities: &[EntityRef]) -> Result<Vec<Entity>, StoreError> {
+        self.load_many(entities).await
+    }
+
+    /// `writes` in one atomic write: every guard holds and every change
+    /// applies, or nothing is written (the escrow's transfers, gatherings
+    /// and roll-overs; at most 100 items).
+    async fn write_all(&self, writes: &[EntityWrite]) -> Result<PlanWrite, StoreError>;
 
     /// Ends `reservation` (as read) on `entities` (as read), in one atomic
     /// write. With `None`, writes without having read the entities: every

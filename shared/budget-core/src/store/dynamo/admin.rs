@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 use crate::model::{Entity, EntityKind, EntityRef};
 use crate::plan::{self, WindowEdit};
 use crate::store::table::PARTITION_KEY;
-use crate::store::{AdminStore, AdminWrite, Reads, StoreError};
+use crate::store::{AdminStore, AdminWrite, BudgetStore, Reads, StoreError};
 
 use super::codec::*;
 use super::errors::*;
@@ -123,6 +123,11 @@ impl AdminStore for DynamoStore {
         }
         // Last, so the indexes of the owners' counts stay those above.
         items.push(self.meta_write(entity)?);
+        // A sharded user or team: its pool and shards, created with it.
+        for slot in crate::escrow::slots_of_new(entity) {
+            let put = self.put(entity_item(&slot), "attribute_not_exists(pk)")?;
+            items.push(TransactWriteItem::builder().put(put).build());
+        }
         match transact(&self.client, items).await? {
             TxOutcome::Committed => Ok(AdminWrite::Done),
             TxOutcome::Busy => Ok(AdminWrite::Conflict),
@@ -135,7 +140,8 @@ impl AdminStore for DynamoStore {
     }
 
     async fn update(&self, old: &Entity, new: &Entity) -> Result<AdminWrite, StoreError> {
-        let (guards, edits, due) = plan::update(old, new);
+        let (mut guards, edits, due) = plan::update(old, new);
+        guards.extend(crate::escrow::conversion_guards(old, new));
         let mut ex = Expr::default();
         let conds = guards.iter().map(|g| render_guard(&mut ex, g)).collect();
         let (ver, one) = (ex.name("ver"), ex.value(n(1)));
@@ -166,7 +172,7 @@ impl AdminStore for DynamoStore {
                 }
                 WindowEdit::Open(w) => {
                     let path = ex.path(&["w", &w.id()]);
-                    let v = ex.value(window_item(w));
+                    let v = ex.value(window_item(w, false));
                     sets.push(format!("{path} = {v}"));
                 }
                 WindowEdit::Drop(id) => removes.push(ex.path(&["w", id])),
@@ -187,6 +193,19 @@ impl AdminStore for DynamoStore {
         let mut items = vec![TransactWriteItem::builder().update(update).build()];
         if attributes_changed {
             items.push(self.meta_write(new)?);
+        }
+        // A sharded user or team: every slot takes the change (one
+        // transaction: the escrow's invariant holds across it).
+        if crate::escrow::is_sharded(old) || crate::escrow::is_sharded(new) {
+            let slots = self.load_isolated(&crate::escrow::slot_refs(old)).await?;
+            let (writes, create) = crate::escrow::admin_change(old, new, &slots);
+            for w in &writes {
+                items.push(self.entity_write(w)?);
+            }
+            for slot in create {
+                let put = self.put(entity_item(&slot), "attribute_not_exists(pk)")?;
+                items.push(TransactWriteItem::builder().put(put).build());
+            }
         }
         // A key moves its count from the owners it leaves to those it
         // joins, and tells all of them it changed.
@@ -216,6 +235,14 @@ impl AdminStore for DynamoStore {
 
     async fn delete(&self, entity: &Entity) -> Result<AdminWrite, StoreError> {
         let mut items = vec![self.delete_item(entity)?, self.meta_delete(&entity.entity)?];
+        for slot in crate::escrow::slot_refs(entity) {
+            let delete = Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(key_of(entity_pk(&slot))))
+                .build()
+                .map_err(build_error)?;
+            items.push(TransactWriteItem::builder().delete(delete).build());
+        }
         for books in plan::key_bookkeeping(Some(entity), None) {
             items.push(keep_books(self, &books)?);
         }

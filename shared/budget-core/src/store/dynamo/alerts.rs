@@ -21,11 +21,14 @@ use super::DynamoStore;
 const MARKER_RETENTION_SECONDS: i64 = 35 * 24 * 3600;
 
 /// The key, user or team in a stream image with what it asks to be alerted
-/// on; `None` for any other item (a reservation, a meta item, a marker).
+/// on; `None` for any other item (a reservation, a meta item, a marker, an
+/// escrow slot of a sharded budget: a slot's part of a window is no
+/// budget of its own).
 pub fn entity_from_image(
     item: &HashMap<String, AttributeValue>,
 ) -> Result<Option<(crate::model::Entity, AlertConfig)>, StoreError> {
-    let is_entity = matches!(item.get(PARTITION_KEY), Some(AttributeValue::S(pk)) if entity_ref_from_pk(pk).is_some());
+    let is_entity = matches!(item.get(PARTITION_KEY), Some(AttributeValue::S(pk))
+        if entity_ref_from_pk(pk).is_some_and(|e| e.slot.is_none()));
     if !is_entity {
         return Ok(None);
     }

@@ -9,7 +9,9 @@ use crate::duration::ResetClock;
 use crate::model::{Chain, Entity, EntityRef, Reservation, ReservationState};
 use crate::plan::{self, EntityWrite, ReservationEnd, ReservationGuard};
 use crate::store::table::TTL_ATTRIBUTE;
-use crate::store::{BudgetStore, Finish, FinishWrite, Reads, ReserveWrite, StoreError};
+use crate::store::{
+    reserve_refused, BudgetStore, Finish, FinishWrite, PlanWrite, Reads, ReserveWrite, StoreError,
+};
 
 use super::codec::*;
 use super::errors::*;
@@ -166,7 +168,8 @@ impl BudgetStore for DynamoStore {
         now: DateTime<Utc>,
         clock: &ResetClock,
     ) -> Result<ReserveWrite, StoreError> {
-        let Some(writes) = plan::reserve_chain(chain, reservation.amount, now, clock) else {
+        let pick = crate::escrow::pick_of(&reservation.id);
+        let Some(writes) = plan::reserve_chain(chain, reservation.amount, now, clock, pick) else {
             return Ok(ReserveWrite::Stale);
         };
         let mut items = writes
@@ -184,8 +187,51 @@ impl BudgetStore for DynamoStore {
             TxOutcome::Failed(failed) if failed.get(last) == Some(&true) => {
                 Ok(ReserveWrite::Duplicate)
             }
-            TxOutcome::Failed(_) => Ok(ReserveWrite::Stale),
+            TxOutcome::Failed(failed) => Ok(reserve_refused(&writes, &failed)),
         }
+    }
+
+    async fn load_isolated(&self, entities: &[EntityRef]) -> Result<Vec<Entity>, StoreError> {
+        if entities.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut request = self.client.transact_get_items();
+        for e in entities {
+            let get = aws_sdk_dynamodb::types::Get::builder()
+                .table_name(&self.table)
+                .set_key(Some(key_of(entity_pk(e))))
+                .build()
+                .map_err(build_error)?;
+            request = request.transact_items(
+                aws_sdk_dynamodb::types::TransactGetItem::builder()
+                    .get(get)
+                    .build(),
+            );
+        }
+        let out = request
+            .send()
+            .await
+            .map_err(|e| unavailable("isolated read", e))?;
+        out.responses()
+            .iter()
+            .filter_map(|r| r.item())
+            .map(entity_from_item)
+            .collect()
+    }
+
+    async fn write_all(&self, writes: &[EntityWrite]) -> Result<PlanWrite, StoreError> {
+        if writes.is_empty() {
+            return Ok(PlanWrite::Done);
+        }
+        let items = writes
+            .iter()
+            .map(|w| self.entity_write(w))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(match transact(&self.client, items).await? {
+            TxOutcome::Committed => PlanWrite::Done,
+            TxOutcome::Busy => PlanWrite::Busy,
+            TxOutcome::Failed(_) => PlanWrite::Refused,
+        })
     }
 
     async fn refresh_snapshot(&self, chain: &Chain) -> Result<(), StoreError> {

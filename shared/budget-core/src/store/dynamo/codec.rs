@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::alerts::AlertConfig;
 use crate::model::{
-    Entity, EntityKind, EntityRef, Hold, Reservation, ReservationState, Span, Window,
+    Entity, EntityKind, EntityRef, Hold, Reservation, ReservationState, SlotId, Span, Window,
 };
 use crate::money::Money;
 use crate::store::table::{DUE_PK, DUE_SHARDS, DUE_SK, HELD_SHARDS, PARTITION_KEY, TTL_ATTRIBUTE};
@@ -29,9 +29,15 @@ pub(super) fn retention_until(at: DateTime<Utc>) -> i64 {
     at.timestamp() + FINISHED_RETENTION_SECONDS
 }
 
-/// The partition key of an entity.
+/// The partition key of an entity (`team#t`), or of one escrow slot of
+/// its budget (`slot#team#t#pool`, `slot#team#t#3`).
 pub fn entity_pk(entity: &EntityRef) -> String {
-    format!("{}#{}", entity.kind.as_str(), entity.id)
+    let base = format!("{}#{}", entity.kind.as_str(), entity.id);
+    match entity.slot {
+        None => base,
+        Some(SlotId::Pool) => format!("slot#{base}#pool"),
+        Some(SlotId::Shard(k)) => format!("slot#{base}#{k}"),
+    }
 }
 
 /// The partition key of the item that holds an entity's rarely-read
@@ -83,6 +89,14 @@ pub fn reservation_pk(id: &str) -> String {
 }
 
 pub(super) fn entity_ref_from_pk(pk: &str) -> Option<EntityRef> {
+    if let Some(rest) = pk.strip_prefix("slot#") {
+        let (base, slot) = rest.rsplit_once('#')?;
+        let slot = match slot {
+            "pool" => SlotId::Pool,
+            k => SlotId::Shard(k.parse().ok()?),
+        };
+        return Some(entity_ref_from_pk(base)?.at(slot));
+    }
     let (kind, id) = pk.split_once('#')?;
     Some(EntityRef::new(EntityKind::parse(kind)?, id))
 }
@@ -91,7 +105,9 @@ pub(super) fn owner_index_pk(owner: &EntityRef) -> String {
     format!("{}#keys", entity_pk(owner))
 }
 
-pub(super) fn window_item(w: &Window) -> AttributeValue {
+/// A window as stored; a slot's part also carries its `avail` (the
+/// changes add to it, so it must exist).
+pub(super) fn window_item(w: &Window, slot: bool) -> AttributeValue {
     let mut m = HashMap::from([
         ("max".to_string(), money(w.max)),
         ("spent".to_string(), money(w.spent)),
@@ -105,6 +121,9 @@ pub(super) fn window_item(w: &Window) -> AttributeValue {
     ]);
     if let Some(at) = w.reset_at {
         m.insert("reset_at".to_string(), epoch(at));
+    }
+    if slot || !w.avail.is_zero() {
+        m.insert("avail".to_string(), money(w.avail));
     }
     AttributeValue::M(m)
 }
@@ -214,7 +233,11 @@ pub(super) fn saturating_integer(text: &str) -> Option<i64> {
 
 pub(super) fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
     let mut item = key_of(entity_pk(&e.entity));
-    item.insert("kind".into(), s(e.entity.kind.as_str()));
+    let slot = e.entity.slot.is_some();
+    item.insert(
+        "kind".into(),
+        s(if slot { "slot" } else { e.entity.kind.as_str() }),
+    );
     item.insert("id".into(), s(e.entity.id.clone()));
     item.insert("ver".into(), n(e.version as i64));
     if e.incarnation != 0 {
@@ -222,7 +245,12 @@ pub(super) fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
     }
     item.insert(
         "w".into(),
-        AttributeValue::M(e.windows.iter().map(|w| (w.id(), window_item(w))).collect()),
+        AttributeValue::M(
+            e.windows
+                .iter()
+                .map(|w| (w.id(), window_item(w, slot)))
+                .collect(),
+        ),
     );
     item.extend(entity_config_attributes(e));
     item.insert("key_count".into(), n(e.key_count));
@@ -233,7 +261,8 @@ pub(super) fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
     if e.entity.kind == EntityKind::Key {
         item.insert(OWNERS.into(), AttributeValue::M(HashMap::new()));
     }
-    if let Some(at) = crate::plan::next_due(e) {
+    // Slots roll with their entity: only the entity is in the index.
+    if let Some(at) = crate::plan::next_due(e).filter(|_| !slot) {
         let (pk, sk) = due_keys(&e.entity, at);
         item.insert(DUE_PK.into(), s(pk));
         item.insert(DUE_SK.into(), s(sk));
@@ -261,6 +290,11 @@ pub(super) const OWNERS: &str = "owners";
 /// The attribute that holds an entity's incarnation (see
 /// [`Entity::incarnation`]).
 pub(super) const INCARNATION: &str = "inc";
+
+/// The attributes of a sharded user's or team's escrow shards (see
+/// [`Entity::shards`]); absent means 0 (not sharded).
+pub(super) const SHARDS: &str = "shards";
+pub(super) const SHARD_ITEMS: &str = "shard_items";
 
 /// The attribute of a user's or team's key revision (see
 /// [`Entity::key_revision`]); absent means 0.
@@ -304,6 +338,12 @@ pub(super) fn owner_snapshot(e: &Entity) -> AttributeValue {
     if let Some(floor) = e.reservation_floor {
         snapshot.insert(FLOOR.to_string(), money(floor));
     }
+    // A cold instance must know the owner is sharded (it reserves on a
+    // shard, never on the owner's item).
+    if e.shards > 0 || e.shard_items > 0 {
+        snapshot.insert(SHARDS.to_string(), n(e.shards as i64));
+        snapshot.insert(SHARD_ITEMS.to_string(), n(e.shard_items as i64));
+    }
     AttributeValue::M(snapshot)
 }
 
@@ -332,6 +372,8 @@ pub(super) fn owner_from_snapshot(
     e.version = r.n(snap, "ver").ok()? as u64;
     e.incarnation = r.n(snap, INCARNATION).ok()? as u64;
     e.key_revision = r.opt_n(snap, KEY_REVISION).ok()?.unwrap_or(0) as u64;
+    e.shards = r.opt_n(snap, SHARDS).ok()?.unwrap_or(0) as u32;
+    e.shard_items = r.opt_n(snap, SHARD_ITEMS).ok()?.unwrap_or(0) as u32;
     e.reservation_floor = r.opt_n(snap, FLOOR).ok()?.map(Money::from_nanos);
     if let Some(AttributeValue::M(ws)) = snap.get("w") {
         for (wid, w) in ws {
@@ -344,6 +386,7 @@ pub(super) fn owner_from_snapshot(
                 reset_at: None,
                 generation: r.n(w, "gen").ok()? as u64,
                 legacy: r.bool(w, "legacy"),
+                avail: Money::ZERO,
             });
         }
     }
@@ -384,6 +427,10 @@ pub(super) fn entity_config_attributes(e: &Entity) -> Vec<(String, AttributeValu
     }
     if let Some(floor) = e.reservation_floor {
         out.push((FLOOR.into(), money(floor)));
+    }
+    if e.shards > 0 || e.shard_items > 0 {
+        out.push((SHARDS.into(), n(e.shards as i64)));
+        out.push((SHARD_ITEMS.into(), n(e.shard_items as i64)));
     }
     if let Some(cfg) = alert_config_item(&AlertConfig::from_attributes(&e.attributes)) {
         out.push((ALERTS.into(), cfg));
@@ -463,6 +510,10 @@ pub(super) fn entity_from_item(
                 reset_at: r.time(w, "reset_at")?,
                 generation: r.n(w, "gen")? as u64,
                 legacy: r.bool(w, "legacy"),
+                avail: match w.get("avail") {
+                    Some(_) => r.counter(w, "avail")?,
+                    None => Money::ZERO,
+                },
             });
         }
     }
@@ -482,6 +533,8 @@ pub(super) fn entity_from_item(
         expires: r.time(item, "expires")?,
         key_count: r.opt_n(item, "key_count")?.unwrap_or(0),
         key_revision: r.opt_n(item, KEY_REVISION)?.unwrap_or(0) as u64,
+        shards: r.opt_n(item, SHARDS)?.unwrap_or(0) as u32,
+        shard_items: r.opt_n(item, SHARD_ITEMS)?.unwrap_or(0) as u32,
         created_at,
         updated_at: r.time(item, "updated_at")?.unwrap_or(created_at),
         attributes,

@@ -112,15 +112,14 @@ pub(super) fn render(ex: &mut Expr, write: &EntityWrite) -> Rendered {
     let conds = write.guards.iter().map(|g| render_guard(ex, g)).collect();
     let (mut sets, mut removes) = (Vec::new(), Vec::new());
     for c in &write.changes {
-        match render_change(ex, c) {
-            Some(set) => sets.push(set),
-            None => {
-                if let Change::SetNextDue(due) = c {
-                    let (set, remove) = render_due(ex, &write.entity, *due);
-                    sets.extend(set);
-                    removes.extend(remove);
-                }
+        match c {
+            Change::SetNextDue(due) => {
+                let (set, remove) = render_due(ex, &write.entity, *due);
+                sets.extend(set);
+                removes.extend(remove);
             }
+            Change::DropWindow(id) => removes.push(ex.path(&["w", id])),
+            _ => sets.extend(render_change(ex, c)),
         }
     }
     Rendered {
@@ -153,6 +152,7 @@ pub(super) fn counter_name(c: Counter) -> &'static str {
         Counter::Used => "used",
         Counter::Spent => "spent",
         Counter::Reserved => "reserved",
+        Counter::Avail => "avail",
     }
 }
 
@@ -199,6 +199,20 @@ pub(super) fn render_guard(ex: &mut Expr, guard: &Guard) -> String {
             let (kc, zero) = (ex.name("key_count"), ex.value(n(0)));
             format!("({kc} = {zero} OR attribute_not_exists({kc}))")
         }
+        Guard::AtLeast(w, c, m) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, counter_name(*c)),
+                ex.value(money(*m)),
+            );
+            format!("{path} >= {value}")
+        }
+        Guard::Is(w, c, m) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, counter_name(*c)),
+                ex.value(money(*m)),
+            );
+            format!("{path} = {value}")
+        }
         Guard::KeyRevision(0) => format!("attribute_not_exists({})", ex.name(KEY_REVISION)),
         Guard::KeyRevision(r) => {
             let (kv, value) = (ex.name(KEY_REVISION), ex.value(n(*r as i64)));
@@ -235,7 +249,22 @@ fn render_change(ex: &mut Expr, change: &Change) -> Option<String> {
             );
             format!("{path} = {value}")
         }
-        Change::SetNextDue(_) => return None,
+        Change::Set(w, c, m) => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, counter_name(*c)),
+                ex.value(money(*m)),
+            );
+            format!("{path} = {value}")
+        }
+        Change::PutWindow(w) => {
+            let (path, value) = (ex.path(&["w", &w.id()]), ex.value(window_item(w, true)));
+            format!("{path} = {value}")
+        }
+        Change::SetVersion(v) => {
+            let (ver, value) = (ex.name("ver"), ex.value(n(*v as i64)));
+            format!("{ver} = {value}")
+        }
+        Change::SetNextDue(_) | Change::DropWindow(_) => return None,
     };
     Some(set)
 }

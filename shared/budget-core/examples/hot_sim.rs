@@ -1,0 +1,445 @@
+//! One team past one partition, simulated (issue 11): the escrow rules of
+//! `budget_core::escrow` and the guards of `budget_core::plan` — the very
+//! functions the stores execute — driven at increasing offered load under
+//! a model of DynamoDB's per-item write capacity, deterministically.
+//!
+//! ```sh
+//! cargo run --release -p budget-core --example hot_sim
+//! ```
+//!
+//! The model (what the emulator cannot show):
+//! - every item takes at most 1,000 write units a second (a token bucket
+//!   of 100 units, refilled at 1 unit per millisecond); a transactional
+//!   write of an item under 1 KB costs 2 units; a transaction whose items
+//!   lack the units is throttled and nothing is written;
+//! - a transaction holds its items for 1 ms; another one touching any of
+//!   them meanwhile is cancelled (`TransactionConflict`);
+//! - every request to DynamoDB is a 4 ms round trip; a cancelled or
+//!   throttled attempt backs off (5 ms << attempt, with jitter) and tries
+//!   again, at most 8 times, within the 2.5 s authorization deadline;
+//! - requests arrive as a Poisson process; each reserves $0.01 on the
+//!   shard its id picks and settles after 0.5–3 s at 50–100 % of it;
+//! - the path on a refused shard is the service's: read pool and shard,
+//!   refill a slice of the limit; with the pool short, one isolated read of
+//!   every slot, deny if the total is short, else borrow what the shard
+//!   lacks from the slots with the most headroom and go on.
+//!
+//! The team's limit is what 20 seconds of the offered load would spend, so
+//! the cap comes when throughput allows. Printed per shard count and load:
+//! admitted per second before the cap, round trips per admitted request,
+//! how many needed more than one and how close to the cap they were,
+//! denials a single exact counter would not have made (the team's total
+//! headroom covered the request at that instant), requests given up, and
+//! the time to reach the cap.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use budget_core::escrow;
+use budget_core::model::{Entity, EntityRef, SlotId, Span, Window};
+use budget_core::plan::{self, EntityWrite};
+use budget_core::Money;
+use chrono::{DateTime, Utc};
+
+const UNITS_PER_MS: f64 = 1.0;
+const BUCKET: f64 = 100.0;
+const TX_HOLD_US: u64 = 1_000;
+const ROUND_TRIP_US: u64 = 4_000;
+const MAX_ATTEMPTS: u32 = 8;
+const DEADLINE_US: u64 = 2_500_000;
+const ESTIMATE_NANOS: i64 = 10_000_000; // $0.01
+const RUN_SECONDS: u64 = 60;
+
+/// xorshift64*: the same figures on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+struct Item {
+    state: Entity,
+    tokens: f64,
+    refreshed_us: u64,
+    busy_until_us: u64,
+}
+
+/// The team's slots under the capacity model.
+struct Table {
+    items: HashMap<EntityRef, Item>,
+}
+
+#[derive(Clone, Copy)]
+enum Outcome {
+    Done,
+    Refused,
+    Busy,
+}
+
+impl Table {
+    fn get(&self, r: &EntityRef) -> Entity {
+        self.items[r].state.clone()
+    }
+
+    /// One transaction at `now`: capacity and conflicts first, then the
+    /// guards (`plan::guards_hold`) and the changes (`plan::apply`).
+    fn transact(&mut self, writes: &[EntityWrite], now: u64) -> Outcome {
+        for w in writes {
+            let item = self.items.get_mut(&w.entity).expect("slot");
+            let elapsed = now.saturating_sub(item.refreshed_us) as f64 / 1000.0;
+            item.tokens = (item.tokens + elapsed * UNITS_PER_MS).min(BUCKET);
+            item.refreshed_us = now;
+        }
+        let busy = writes.iter().any(|w| {
+            let item = &self.items[&w.entity];
+            item.busy_until_us > now || item.tokens < 2.0
+        });
+        if busy {
+            return Outcome::Busy;
+        }
+        for w in writes {
+            let item = self.items.get_mut(&w.entity).expect("slot");
+            item.tokens -= 2.0;
+            item.busy_until_us = now + TX_HOLD_US;
+        }
+        if !writes
+            .iter()
+            .all(|w| plan::guards_hold(&w.guards, Some(&self.items[&w.entity].state)))
+        {
+            return Outcome::Refused;
+        }
+        for w in writes {
+            let item = self.items.get_mut(&w.entity).expect("slot");
+            plan::apply(&w.changes, &mut item.state);
+        }
+        Outcome::Done
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Phase {
+    Reserve,
+    Refill,
+    Gather,
+    Settle,
+}
+
+struct Request {
+    arrived_us: u64,
+    phase: Phase,
+    round_trips: u32,
+    attempts: u32,
+    escrow_steps: u32,
+    slot: SlotId,
+    cost: Money,
+}
+
+#[derive(Default)]
+struct Figures {
+    admitted: u64,
+    /// When each request was admitted, and whether after one round trip.
+    admitted_at: Vec<(u64, bool)>,
+    denied: u64,
+    /// Gave up (contention, deadline) while the team had headroom.
+    given_up: u64,
+    round_trips: u64,
+    cap_us: Option<u64>,
+    /// Cancelled attempts (throttled or in conflict), by phase.
+    busy: [u64; 4],
+    refills: u64,
+    gathers: u64,
+    first_gather_us: Option<u64>,
+    /// At the end: spent, reserved, headroom left, limit.
+    end: (Money, Money, Money, Money),
+}
+
+fn team(shards: u32, max: Money, t0: DateTime<Utc>) -> (Entity, Vec<Entity>) {
+    let mut e = Entity::new(EntityRef::team("hot"), t0);
+    e.windows.push(Window {
+        span: Span::Lifetime,
+        max,
+        spent: Money::ZERO,
+        reserved: Money::ZERO,
+        reset_at: None,
+        generation: 1,
+        legacy: false,
+        avail: Money::ZERO,
+    });
+    e.shards = shards.max(2);
+    e.shard_items = e.shards;
+    let mut slots = escrow::slots_of_new(&e);
+    if shards == 1 {
+        // One item holding the whole budget: today's single counter.
+        for s in &mut slots {
+            s.windows[0].avail = if s.entity.slot == Some(SlotId::Shard(0)) {
+                max
+            } else {
+                Money::ZERO
+            };
+        }
+        slots.retain(|s| s.entity.slot != Some(SlotId::Shard(1)));
+    }
+    (e, slots)
+}
+
+fn run(shards: u32, rate: f64) -> Figures {
+    let t0 = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).expect("t0");
+    let mean_cost = ESTIMATE_NANOS as f64 * 0.75;
+    let max = Money::from_nanos((rate * 20.0 * mean_cost) as i64);
+    let (e, slots) = team(shards, max, t0);
+    let mut table = Table {
+        items: slots
+            .into_iter()
+            .map(|s| {
+                let item = Item {
+                    state: s.clone(),
+                    tokens: BUCKET,
+                    refreshed_us: 0,
+                    busy_until_us: 0,
+                };
+                (s.entity, item)
+            })
+            .collect(),
+    };
+    let refs: Vec<EntityRef> = table.items.keys().cloned().collect();
+    let total_avail = |table: &Table| {
+        let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
+        escrow::totals(&e, &all).windows[0].avail
+    };
+    let estimate = Money::from_nanos(ESTIMATE_NANOS);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::from(shards) << 32) ^ rate as u64);
+    // (time, sequence, request id; 0: the next arrival)
+    let mut queue: BinaryHeap<Reverse<(u64, u64, u64)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut push = |queue: &mut BinaryHeap<Reverse<(u64, u64, u64)>>, at: u64, id: u64| {
+        seq += 1;
+        queue.push(Reverse((at, seq, id)));
+    };
+    push(&mut queue, 0, 0);
+    let mut requests: HashMap<u64, Request> = HashMap::new();
+    let mut next_request = 0u64;
+    let mut f = Figures::default();
+    let end = RUN_SECONDS * 1_000_000;
+    while let Some(Reverse((now, _, id))) = queue.pop() {
+        if now > end {
+            break;
+        }
+        if id == 0 {
+            let gap = (-rng.unit().max(1e-12).ln() / rate * 1e6) as u64;
+            push(&mut queue, now + gap.max(1), 0);
+            next_request += 1;
+            let slot = if shards == 1 {
+                SlotId::Shard(0)
+            } else {
+                SlotId::Shard(rng.next() as u32 % shards)
+            };
+            let cost = Money::from_nanos((ESTIMATE_NANOS as f64 * (0.5 + rng.unit() / 2.0)) as i64);
+            requests.insert(
+                next_request,
+                Request {
+                    arrived_us: now,
+                    phase: Phase::Reserve,
+                    round_trips: 1,
+                    attempts: 0,
+                    escrow_steps: 0,
+                    slot,
+                    cost,
+                },
+            );
+            push(&mut queue, now + ROUND_TRIP_US, next_request);
+            continue;
+        }
+        let Some(mut r) = requests.remove(&id) else {
+            continue;
+        };
+        let shard_ref = e.entity.at(r.slot);
+        let pool_ref = e.entity.at(SlotId::Pool);
+        let outcome = match r.phase {
+            Phase::Settle => {
+                let shard = table.get(&shard_ref);
+                let mut w = EntityWrite {
+                    entity: shard_ref.clone(),
+                    guards: vec![],
+                    changes: vec![],
+                };
+                escrow::finish_window(&mut w, &shard.windows[0], estimate, r.cost);
+                match table.transact(&[w], now) {
+                    Outcome::Done => continue,
+                    _ => {
+                        let retry = now + 5_000 + rng.next() % 5_000;
+                        requests.insert(id, r);
+                        push(&mut queue, retry, id);
+                        continue;
+                    }
+                }
+            }
+            Phase::Reserve => {
+                let w = escrow::reserve(&e, r.slot, estimate, t0).expect("fits");
+                table.transact(&[w], now)
+            }
+            Phase::Refill => {
+                let (pool, shard) = (table.get(&pool_ref), table.get(&shard_ref));
+                if escrow::headroom(&shard) >= estimate {
+                    Outcome::Done
+                } else {
+                    match escrow::refill_amount(escrow::headroom(&pool), estimate, max, shards) {
+                        Some(x) => {
+                            let t = escrow::transfer(&pool, &shard_ref, x).expect("covered");
+                            table.transact(&t, now)
+                        }
+                        None => {
+                            // The pool is short: the isolated read of all.
+                            if f.first_gather_us.is_none() && std::env::var("SIM_DEBUG").is_ok() {
+                                let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
+                                let t = escrow::totals(&e, &all).windows[0].clone();
+                                eprintln!("  pool short at {:.2} s: headroom {} reserved {} spent {} of {}", now as f64 / 1e6, t.avail, t.reserved, t.spent, e.windows[0].max);
+                            }
+                            f.first_gather_us.get_or_insert(now);
+                            r.phase = Phase::Gather;
+                            r.round_trips += 1;
+                            requests.insert(id, r);
+                            push(&mut queue, now + ROUND_TRIP_US, id);
+                            continue;
+                        }
+                    }
+                }
+            }
+            Phase::Gather => {
+                let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
+                let total = escrow::totals(&e, &all).windows[0].avail;
+                if total < estimate {
+                    f.denied += 1;
+                    f.cap_us.get_or_insert(now);
+                    continue;
+                }
+                let writes = escrow::borrow(&all, &shard_ref, estimate).expect("covered");
+                table.transact(&writes, now)
+            }
+        };
+        match (r.phase, outcome) {
+            (Phase::Reserve, Outcome::Done) => {
+                f.admitted += 1;
+                f.round_trips += u64::from(r.round_trips);
+                f.admitted_at.push((now, r.round_trips == 1));
+                r.phase = Phase::Settle;
+                let hold = 500_000 + (rng.unit() * 2_500_000.0) as u64;
+                requests.insert(id, r);
+                push(&mut queue, now + hold, id);
+                continue;
+            }
+            (Phase::Reserve, Outcome::Refused) => {
+                // The shard is short: read pool and shard.
+                r.phase = Phase::Refill;
+                r.escrow_steps += 1;
+            }
+            (p, Outcome::Done) => {
+                if p == Phase::Refill {
+                    f.refills += 1;
+                } else {
+                    f.gathers += 1;
+                }
+                r.phase = Phase::Reserve;
+            }
+            (_, Outcome::Refused) => r.phase = Phase::Reserve,
+            (p, Outcome::Busy) => {
+                r.attempts += 1;
+                f.busy[p as usize] += 1;
+            }
+        }
+        r.round_trips += 1;
+        if r.attempts >= MAX_ATTEMPTS || r.escrow_steps > 16 || now - r.arrived_us > DEADLINE_US {
+            if total_avail(&table) >= estimate {
+                f.given_up += 1;
+            } else {
+                f.denied += 1;
+                f.cap_us.get_or_insert(now);
+            }
+            continue;
+        }
+        let wait = if matches!(outcome, Outcome::Busy) {
+            let base = 5_000u64 << r.attempts.min(5);
+            base + rng.next() % base
+        } else {
+            0
+        };
+        requests.insert(id, r);
+        push(&mut queue, now + wait + ROUND_TRIP_US, id);
+    }
+    let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
+    let t = escrow::totals(&e, &all).windows[0].clone();
+    f.end = (t.spent, t.reserved, t.avail, e.windows[0].max);
+    f
+}
+
+fn main() {
+    println!("one team, one lifetime window of 20 s of the offered load ($0.0075 a request); {RUN_SECONDS} s simulated");
+    println!("| shards | offered/s | admitted/s (steady) | round trips per admitted | cancelled attempts per admitted | admitted after >1 round trip: before the budget ran out / after | budget used up at (s) | spent + reserved at the end ≤ limit | given up (contention) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for shards in [1u32, 4, 16, 64] {
+        for rate in [1_000.0, 2_500.0, 5_000.0, 8_000.0] {
+            let f = run(shards, rate);
+            // The budget is used up when the pool is first short of one
+            // request (the headroom left is then under a cent); steady
+            // throughput is measured from 2 s to 1 s before that.
+            let out = f.first_gather_us.unwrap_or(RUN_SECONDS * 1_000_000);
+            let (from, to) = (2_000_000u64, out.saturating_sub(1_000_000).max(2_000_001));
+            let steady = f
+                .admitted_at
+                .iter()
+                .filter(|(t, _)| (from..to).contains(t))
+                .count();
+            let slow_before = f
+                .admitted_at
+                .iter()
+                .filter(|(t, one)| !*one && *t < out)
+                .count();
+            let slow_after = f
+                .admitted_at
+                .iter()
+                .filter(|(t, one)| !*one && *t >= out)
+                .count();
+            let (spent, reserved, left, max) = f.end;
+            println!(
+                "| {} | {} | {:.0} | {:.3} | {:.3} | {} / {} | {} | {} + {} = {} ≤ {}: {} | {} |",
+                shards,
+                rate,
+                steady as f64 / ((to - from) as f64 / 1e6),
+                f.round_trips as f64 / f.admitted.max(1) as f64,
+                f.busy[0] as f64 / f.admitted.max(1) as f64,
+                slow_before,
+                slow_after,
+                f.first_gather_us
+                    .map_or(format!("not within {RUN_SECONDS}"), |c| format!(
+                        "{:.2}",
+                        c as f64 / 1e6
+                    )),
+                spent,
+                reserved,
+                spent.saturating_add(reserved),
+                max,
+                if spent.saturating_add(reserved).saturating_add(left) == max && left >= Money::ZERO
+                {
+                    "exact"
+                } else {
+                    "NOT EXACT"
+                },
+                f.given_up,
+            );
+            if std::env::var("SIM_DEBUG").is_ok() {
+                eprintln!(
+                    "  cancelled (reserve, refill, gather, settle) {:?}, refills {}, borrows {}",
+                    f.busy, f.refills, f.gathers
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Sharded budgets (issue 11) against the emulator: a team marked hot with
+//! `budget_shards` has its windows' headroom split over a pool and shard
+//! items; every request reserves on one shard, refills it from the pool
+//! when dry, and is denied only when the team's total over all slots is
+//! below its estimate. The emulator has no partition limits (throughput is
+//! `examples/hot_sim.rs`'s), so these tests are about exactness.
+
+use std::sync::Arc;
+
+use budget_core::model::{EntityRef, SlotId};
+use budget_core::service::Authorizer;
+use budget_core::store::dynamo::DynamoStore;
+use budget_core::store::prelude::*;
+use budget_core::Money;
+use serde_json::{json, Value};
+
+use crate::helpers::{allowed, authorize_via, reservation_id, usd, TestApp};
+
+/// Generous deadlines: the single-threaded emulator serves every request
+/// of a test in turn, so 64 concurrent ones wait for each other.
+const SLOW: &[(&str, &str)] = &[
+    ("AUTHORIZE_DEADLINE_MS", "30000"),
+    ("STORE_TIMEOUT_MS", "20000"),
+];
+
+/// A team of `shards` shards with one 1d window of `max` USD, a user in
+/// it, and `keys` keys of both.
+async fn hot_team(app: &TestApp, team: &str, shards: u32, max: f64, keys: usize) -> Vec<String> {
+    app.post(
+        "/team/new",
+        json!({"team_id": team, "budget_shards": shards,
+               "budget_limits": [{"budget_duration": "1d", "max_budget": max}]}),
+    )
+    .await;
+    let user = format!("{team}-u");
+    app.user(&user).create().await;
+    let mut out = Vec::new();
+    for _ in 0..keys {
+        out.push(app.key().user(&user).team(team).create().await);
+    }
+    out
+}
+
+/// The team's 1d window as `/team/info` shows it.
+async fn shown(app: &TestApp, team: &str) -> Value {
+    let info = app.team_info(team).await;
+    info["team_info"]["windows"][0].clone()
+}
+
+/// `n` concurrent authorizations of `estimate` over `instances`
+/// authorizers and the keys in turn; how many were admitted, and their
+/// reservation ids.
+async fn burst(
+    app: &TestApp,
+    keys: &[String],
+    n: usize,
+    estimate: &str,
+    instances: usize,
+) -> Vec<String> {
+    let authorizers: Vec<Arc<Authorizer<DynamoStore>>> =
+        (0..instances).map(|_| Arc::new(app.authorizer())).collect();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let a = authorizers[i % instances].clone();
+        let key = keys[i % keys.len()].clone();
+        let (now, estimate) = (app.now, estimate.to_string());
+        tasks.push(tokio::spawn(async move {
+            authorize_via(&a, &key, Some(&estimate), now).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        let answer = t.await.expect("task");
+        if allowed(&answer) {
+            ids.push(reservation_id(&answer));
+        } else {
+            assert_eq!(answer["context"]["reason"], "budget_exceeded", "{answer}");
+            assert_eq!(answer["context"]["entity"], "team", "{answer}");
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn sixty_four_concurrent_requests_on_eight_shards_with_ten_dollars_left_admit_exactly_ten() {
+    let app = TestApp::with_settings(SLOW).await;
+    let keys = hot_team(&app, "hot-8", 8, 10.0, 4).await;
+    let admitted = burst(&app, &keys, 64, "1", 8).await;
+    assert_eq!(admitted.len(), 10, "exactly the $10 left");
+    let w = shown(&app, "hot-8").await;
+    assert_eq!(
+        (usd(&w["reserved"]), usd(&w["remaining"])),
+        (10.0, 0.0),
+        "{w}"
+    );
+    // The headroom went to the shards the requests used, never beyond.
+    let parts = w["shards"].as_array().expect("shards shown");
+    assert_eq!(parts.len(), 9, "the pool and 8 shards: {w}");
+    let avail: f64 = parts.iter().map(|p| usd(&p["avail"])).sum();
+    assert_eq!(avail, 0.0, "{w}");
+
+    // Settled at $0.50 each: the rest comes back to the shard that held.
+    for id in &admitted {
+        let (status, answer) = app.settle(id, 0.5).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let w = shown(&app, "hot-8").await;
+    assert_eq!(
+        (usd(&w["spend"]), usd(&w["reserved"]), usd(&w["remaining"])),
+        (5.0, 0.0, 5.0),
+        "{w}"
+    );
+    // And exactly $5 more is admitted, wherever it sits.
+    let more = burst(&app, &keys, 16, "0.5", 4).await;
+    assert_eq!(more.len(), 10, "{}", shown(&app, "hot-8").await);
+    let w = shown(&app, "hot-8").await;
+    assert_eq!(
+        (usd(&w["reserved"]), usd(&w["remaining"])),
+        (5.0, 0.0),
+        "{w}"
+    );
+}
+
+#[tokio::test]
+async fn a_sharded_window_rolls_over_with_its_reservations_in_flight() {
+    let app = TestApp::with_settings(SLOW).await;
+    let keys = hot_team(&app, "hot-roll", 4, 10.0, 2).await;
+    let ids = burst(&app, &keys, 6, "1", 2).await;
+    assert_eq!(ids.len(), 6);
+    let (status, _) = app.settle(&ids[0], 2.0).await;
+    assert_eq!(status, 200);
+    // The next day: the period's spend goes, the 5 in flight stay.
+    let tomorrow = app.now + chrono::Duration::days(1);
+    let a = app.authorizer();
+    let answer = authorize_via(&a, &keys[0], Some("5"), tomorrow).await;
+    assert!(allowed(&answer), "{answer}");
+    let answer = authorize_via(&a, &keys[1], Some("0.5"), tomorrow).await;
+    assert!(!allowed(&answer), "10 − 5 in flight − 5 = 0 left: {answer}");
+    assert_eq!(answer["context"]["entity"], "team", "{answer}");
+    // A late settle of yesterday's reservation lands in today's period.
+    let (status, _) = app.settle_at(&ids[1], 0.25, tomorrow).await;
+    assert_eq!(status, 200);
+    let info = app
+        .admin_at(tomorrow, "GET", "/team/info?team_id=hot-roll", Value::Null)
+        .await
+        .1;
+    let w = &info["team_info"]["windows"][0];
+    assert_eq!(
+        (usd(&w["spend"]), usd(&w["reserved"]), usd(&w["remaining"])),
+        (0.25, 9.0, 0.75),
+        "{w}"
+    );
+}
+
+#[tokio::test]
+async fn limits_and_shard_counts_change_without_losing_a_cent() {
+    let app = TestApp::with_settings(SLOW).await;
+    let keys = hot_team(&app, "hot-chg", 4, 10.0, 2).await;
+    let ids = burst(&app, &keys, 8, "1", 2).await;
+    assert_eq!(ids.len(), 8);
+    // Lowered below what is in flight: nothing more is admitted.
+    app.post(
+        "/team/update",
+        json!({"team_id": "hot-chg", "budget_limits": [{"budget_duration": "1d", "max_budget": 6}]}),
+    )
+    .await;
+    assert!(burst(&app, &keys, 4, "0.1", 2).await.is_empty());
+    // Raised and resharded (4 → 16): exactly the new headroom.
+    let raised = app
+        .post(
+            "/team/update",
+            json!({"team_id": "hot-chg", "budget_shards": 16,
+                   "budget_limits": [{"budget_duration": "1d", "max_budget": 12}]}),
+        )
+        .await;
+    assert_eq!(raised["budget_shards"], 16, "{raised}");
+    assert_eq!(burst(&app, &keys, 12, "1", 4).await.len(), 4);
+    // Lowered to 2 shards: the retired ones still settle.
+    app.post(
+        "/team/update",
+        json!({"team_id": "hot-chg", "budget_shards": 2}),
+    )
+    .await;
+    for id in &ids {
+        let (status, answer) = app.settle(id, 0.5).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let w = shown(&app, "hot-chg").await;
+    assert_eq!(
+        (usd(&w["spend"]), usd(&w["reserved"]), usd(&w["remaining"])),
+        (4.0, 4.0, 4.0),
+        "{w}"
+    );
+    // Back to 1 is refused: its reservations live on its shards.
+    app.refused(
+        "POST",
+        "/team/update",
+        json!({"team_id": "hot-chg", "budget_shards": 1}),
+        "budget_shards",
+        "can be lowered to 2, not to 1",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_team_with_spend_made_hot_keeps_its_spend_and_its_limit() {
+    let app = TestApp::with_settings(SLOW).await;
+    app.post(
+        "/team/new",
+        json!({"team_id": "warm", "budget_limits": [{"budget_duration": "1d", "max_budget": 10}]}),
+    )
+    .await;
+    app.user("warm-u").create().await;
+    let key = app.key().user("warm-u").team("warm").create().await;
+    let a = app.authorizer();
+    let first = authorize_via(&a, &key, Some("3"), app.now).await;
+    let (status, _) = app.settle(&reservation_id(&first), 2.0).await;
+    assert_eq!(status, 200);
+    let held = authorize_via(&a, &key, Some("1"), app.now).await;
+    assert!(allowed(&held));
+    app.post(
+        "/team/update",
+        json!({"team_id": "warm", "budget_shards": 4}),
+    )
+    .await;
+    // 10 − 2 spent − 1 in flight = 7, now over the shards.
+    assert_eq!(
+        burst(&app, std::slice::from_ref(&key), 10, "1", 2)
+            .await
+            .len(),
+        7
+    );
+    let w = shown(&app, "warm").await;
+    assert_eq!(
+        (usd(&w["spend"]), usd(&w["reserved"]), usd(&w["remaining"])),
+        (2.0, 8.0, 0.0),
+        "{w}"
+    );
+    // The reservation made before it was sharded still settles (on the
+    // team's own item).
+    let (status, answer) = app.settle(&reservation_id(&held), 1.0).await;
+    assert_eq!(status, 200, "{answer}");
+    let w = shown(&app, "warm").await;
+    assert_eq!((usd(&w["spend"]), usd(&w["reserved"])), (3.0, 7.0), "{w}");
+}
+
+#[tokio::test]
+async fn a_sharded_team_costs_a_request_one_shard_not_its_own_item() {
+    let app = TestApp::with_settings(SLOW).await;
+    let keys = hot_team(&app, "hot-1rt", 8, 100.0, 1).await;
+    let a = app.authorizer();
+    // The first requests refill their shard; later ones on a shard with
+    // headroom are the one transaction of any request.
+    for _ in 0..20 {
+        assert!(allowed(
+            &authorize_via(&a, &keys[0], Some("0.05"), app.now).await
+        ));
+    }
+    let team = app
+        .store
+        .load(&EntityRef::team("hot-1rt"))
+        .await
+        .unwrap()
+        .unwrap();
+    let w = team.window("1d").unwrap();
+    assert_eq!(
+        (w.spent, w.reserved),
+        (Money::ZERO, Money::ZERO),
+        "the team item is not written"
+    );
+    let pool = app
+        .store
+        .load(&EntityRef::team("hot-1rt").at(SlotId::Pool))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(pool.window("1d").unwrap().avail < Money::usd(100));
+}
+
+/// Reservations, settles above and below what they held, releases, reset
+/// runs and a limit change, all at once on a sharded team: every cent is
+/// accounted for at the end, and nothing was ever admitted past the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_is_conserved_when_everything_races_on_a_sharded_team() {
+    let app = Arc::new(TestApp::with_settings(SLOW).await);
+    let keys = hot_team(&app, "hot-race", 4, 20.0, 3).await;
+    let authorizers: Vec<Arc<Authorizer<DynamoStore>>> =
+        (0..4).map(|_| Arc::new(app.authorizer())).collect();
+    let mut tasks = Vec::new();
+    for i in 0..48usize {
+        let (app, a, key) = (app.clone(), authorizers[i % 4].clone(), keys[i % 3].clone());
+        tasks.push(tokio::spawn(async move {
+            let answer = authorize_via(&a, &key, Some("0.5"), app.now).await;
+            if !allowed(&answer) {
+                return (false, Money::ZERO);
+            }
+            let id = reservation_id(&answer);
+            // 0: released; 0.25 to 0.75: settled, some above what was held.
+            let cost = [0.0, 0.25, 0.5, 0.75][i % 4];
+            let (status, answer) = if cost == 0.0 {
+                app.release(&id).await
+            } else {
+                app.settle(&id, cost).await
+            };
+            assert_eq!(status, 200, "{answer}");
+            (true, Money::from_f64(cost).unwrap())
+        }));
+    }
+    for _ in 0..3 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            reset::handle(
+                &app.store,
+                &app.settings,
+                edge_budget::schedule_event(),
+                app.now,
+            )
+            .await;
+            (false, Money::ZERO)
+        }));
+    }
+    {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            app.post(
+                "/team/update",
+                json!({"team_id": "hot-race", "budget_limits": [{"budget_duration": "1d", "max_budget": 22}]}),
+            )
+            .await;
+            (false, Money::ZERO)
+        }));
+    }
+    let (mut admitted, mut spent) = (0, Money::ZERO);
+    for t in tasks {
+        let (ok, cost) = t.await.expect("task");
+        admitted += usize::from(ok);
+        spent = spent.saturating_add(cost);
+    }
+    let w = shown(&app, "hot-race").await;
+    assert_eq!(Money::from_f64(usd(&w["spend"])).unwrap(), spent, "{w}");
+    assert_eq!(usd(&w["reserved"]), 0.0, "{w}");
+    assert_eq!(usd(&w["max_budget"]), 22.0, "{w}");
+    // Every slot accounts for the limit: spend + headroom = 22.
+    let avail: f64 = w["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| usd(&p["avail"]))
+        .sum();
+    assert!((usd(&w["spend"]) + avail - 22.0).abs() < 1e-9, "{w}");
+    assert!(admitted > 0, "{w}");
+}
