@@ -333,6 +333,18 @@ async fn an_owner_chooses_thresholds_and_a_soft_budget() {
     let mut other = reservation.clone();
     other["dynamodb"]["NewImage"]["pk"] = json!({"S": "res#r-0"});
     assert_eq!(run(&app, &bus, batch(&[&other])).await.sent, 0);
+    // Nor an escrow slot of a sharded budget (its part of a window is no
+    // budget of its own), though it reads like the team's item.
+    let mut slot = record(4, &v0, &v1);
+    slot["dynamodb"]["NewImage"]["pk"] = json!({"S": "slot#team#t-alert#pool"});
+    slot["dynamodb"]["OldImage"]["pk"] = json!({"S": "slot#team#t-alert#pool"});
+    let skipped = run(&app, &bus, batch(&[&slot])).await;
+    // (Read as the team's, its crossings would count as duplicates.)
+    assert_eq!(
+        (skipped.sent, skipped.duplicates, skipped.unreadable),
+        (0, 0, 0),
+        "{skipped:?}"
+    );
 
     for bad in [
         json!([0]),
