@@ -383,12 +383,20 @@ pub fn roll(
     writes
 }
 
-/// Whether `slot`'s parts are in the periods `e` (as known) is in.
+/// Whether `slot`'s parts are in the periods `e` (as known) is in; a
+/// boundary `e` does not know (an owner from a key's snapshot, whose
+/// boundaries were not read) is taken as the slot's.
 pub fn same_periods(e: &Entity, slot: &Entity) -> bool {
     e.windows.iter().all(|w| {
         slot.window(&w.id())
-            .is_some_and(|p| p.reset_at == w.reset_at)
+            .is_some_and(|p| w.reset_at.is_none() || p.reset_at == w.reset_at)
     })
+}
+
+/// Whether a window of `slot` is past its boundary at `now`: the slots
+/// must roll over before anything else is done on them.
+pub fn behind(slot: &Entity, now: DateTime<Utc>) -> bool {
+    slot.windows.iter().any(|w| w.is_due(now))
 }
 
 /// `e` (its item as read) with each window's `spent`, `reserved` and

@@ -82,9 +82,18 @@ pub(super) async fn step<S: BudgetStore>(
     if shard.version != owner.version || shard.incarnation != owner.incarnation {
         return Ok(Next::Reread);
     }
+    if escrow::behind(shard, now) || escrow::behind(pool, now) {
+        // A boundary passed and the slots are still in the old period.
+        return Ok(match roll(store, &owner.entity, now, clock).await? {
+            Rolled::Busy => Next::Busy,
+            Rolled::Done | Rolled::Already => Next::Reread,
+        });
+    }
     if !escrow::same_periods(owner, shard) || !escrow::same_periods(owner, pool) {
-        // The entity's item rolled over (lazily) and its slots did not yet.
-        roll(store, &owner.entity, now, clock).await?;
+        // The slots are current and what we know of the owner is not (a
+        // boundary we hold from before a roll-over): read it again. A
+        // boundary we do not know (an owner from the key's snapshot) is
+        // no difference: the slots' own guard their period.
         return Ok(Next::Reread);
     }
     // What the shard must hold: a zero estimate still needs room.
@@ -148,24 +157,49 @@ pub(super) fn due(chain: &Chain, now: DateTime<Utc>) -> Option<&Entity> {
         .find(|e| escrow::is_sharded(e) && e.windows.iter().any(|w| w.is_due(now)))
 }
 
+/// What [`roll`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rolled {
+    /// This call rolled the entity and its slots over.
+    Done,
+    /// Nothing was due any more: someone else rolled (or it is gone).
+    Already,
+    /// Another writer held or moved an item meanwhile: back off, try again.
+    Busy,
+}
+
 /// Rolls over `entity`'s due windows on its item and all its slots, in one
-/// transaction (read afresh first). `Ok(false)`: nothing was written
-/// (someone else rolled, or it moved: read again).
+/// transaction. At a boundary every request of every instance finds the
+/// slots due at once: each first reads only the entity and its pool (one
+/// request), and all but the one that wins see them rolled there and go on
+/// — the isolated read of every slot and the transaction over all of them
+/// are only the roller's.
 pub async fn roll<S: BudgetStore>(
     store: &S,
     entity: &EntityRef,
     now: DateTime<Utc>,
     clock: &ResetClock,
-) -> Result<bool, StoreError> {
-    let Some(e) = store.load(entity).await? else {
-        return Ok(false);
+) -> Result<Rolled, StoreError> {
+    let first = store
+        .load_many(&[entity.clone(), entity.at(SlotId::Pool)])
+        .await?;
+    let Some(e) = first.iter().find(|x| &x.entity == entity) else {
+        return Ok(Rolled::Already);
     };
-    let Some(slots) = read_all(store, &escrow::slot_refs(&e)).await? else {
-        return Ok(false);
+    let pool = first.iter().find(|x| x.entity == entity.at(SlotId::Pool));
+    let item_due = e.windows.iter().any(|w| w.is_due(now));
+    if !item_due && pool.is_none_or(|p| !escrow::behind(p, now)) {
+        return Ok(Rolled::Already);
+    }
+    let Some(slots) = read_all(store, &escrow::slot_refs(e)).await? else {
+        return Ok(Rolled::Busy);
     };
-    let mut writes = vec![plan::roll_over(&e, now, clock)];
-    writes.extend(escrow::roll(&e, &slots, |w| w.reset_at_as_of(now, clock)));
-    Ok(store.write_all(&writes).await? == PlanWrite::Done)
+    let mut writes = vec![plan::roll_over(e, now, clock)];
+    writes.extend(escrow::roll(e, &slots, |w| w.reset_at_as_of(now, clock)));
+    Ok(match store.write_all(&writes).await? {
+        PlanWrite::Done => Rolled::Done,
+        PlanWrite::Busy | PlanWrite::Refused => Rolled::Busy,
+    })
 }
 
 #[cfg(test)]
@@ -329,5 +363,58 @@ mod tests {
         for shards in [2, 8] {
             assert_eq!(second_dollar(shards).await, plain, "{shards} shards");
         }
+    }
+
+    #[tokio::test]
+    async fn an_owner_from_a_snapshot_refills_without_taking_the_roll_path() {
+        let store = MemoryStore::new();
+        hot_team(&store, 4, 10).await;
+        // As a key's snapshot knows the team: its configuration, no
+        // boundaries.
+        let mut owner = store.entity(&EntityRef::team("t")).unwrap();
+        for w in &mut owner.windows {
+            w.reset_at = None;
+        }
+        let slot = owner.entity.at(SlotId::Shard(1));
+        let before = store.requests();
+        let clock = settings().clock;
+        let next = step(&store, &owner, &slot, Money::usd(1), now(), &clock)
+            .await
+            .unwrap();
+        assert!(matches!(next, Next::Retry), "{next:?}");
+        // The pool and the shard read, the refill written: nothing else.
+        assert_eq!(store.requests() - before, 2);
+        assert!(store.entity(&slot).unwrap().windows[0].avail >= Money::usd(1));
+    }
+
+    #[tokio::test]
+    async fn at_a_boundary_one_roller_rolls_and_the_others_see_it_for_one_read() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 4, 10).await;
+        let a = Authorizer::new(store.clone(), settings());
+        assert!(admitted(
+            &a.authorize(&key, Money::usd(3), None, now()).await
+        ));
+        let clock = settings().clock;
+        let tomorrow = now() + chrono::Duration::days(1);
+        let team = EntityRef::team("t");
+        assert_eq!(
+            roll(&store, &team, tomorrow, &clock).await.unwrap(),
+            Rolled::Done
+        );
+        let before = store.requests();
+        for _ in 0..3 {
+            assert_eq!(
+                roll(&store, &team, tomorrow, &clock).await.unwrap(),
+                Rolled::Already
+            );
+        }
+        assert_eq!(store.requests() - before, 3, "one read each");
+        // The warm instance's chain still has yesterday's boundary: it
+        // finds the roll-over done and is admitted on the new period.
+        let outcome = a.authorize(&key, Money::usd(7), None, tomorrow).await;
+        assert!(admitted(&outcome), "10 − 3 in flight: {outcome:?}");
+        let denied = a.authorize(&key, Money::usd(1), None, tomorrow).await;
+        assert!(matches!(denied, AuthorizeOutcome::Denied(_)), "{denied:?}");
     }
 }
