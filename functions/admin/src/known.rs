@@ -199,6 +199,44 @@ const UPDATE_TEAM_REQUEST: &[&str] = &[
 /// `DeleteTeamRequest`.
 const DELETE_TEAM_REQUEST: &[&str] = &["team_ids"];
 
+/// `LiteLLM_BudgetTable`: the budget fields an organization takes.
+const BUDGET_TABLE: &[&str] = &[
+    "budget_id",
+    "soft_budget",
+    "max_budget",
+    "max_parallel_requests",
+    "tpm_limit",
+    "rpm_limit",
+    "model_max_budget",
+    "budget_duration",
+    "budget_reset_at",
+];
+
+/// `NewOrganizationRequest(LiteLLM_BudgetTable)`.
+const NEW_ORGANIZATION_REQUEST: &[&str] = &[
+    "organization_id",
+    "organization_alias",
+    "models",
+    "budget_id",
+    "metadata",
+    "object_permission",
+];
+
+/// `LiteLLM_OrganizationTableUpdate`.
+const UPDATE_ORGANIZATION_REQUEST: &[&str] = &[
+    "organization_id",
+    "organization_alias",
+    "budget_id",
+    "spend",
+    "metadata",
+    "models",
+    "updated_by",
+    "object_permission",
+];
+
+/// `DeleteOrganizationRequest`.
+const DELETE_ORGANIZATION_REQUEST: &[&str] = &["organization_ids"];
+
 /// edge-budget's own fields on keys (`expires` as RFC 3339 beside
 /// LiteLLM's `duration`).
 const OURS_KEY: &[&str] = &["budget_limits", "reservation_floor", "expires"];
@@ -223,7 +261,7 @@ pub enum Form {
 /// suggestion prefers them on a tie). An update takes every field its
 /// create takes.
 fn lists(form: Form) -> &'static [&'static [&'static str]] {
-    use EntityKind::{Key, Team, User};
+    use EntityKind::{Key, Organization, Team, User};
     match form {
         Form::KeyGenerate => &[
             OURS_KEY,
@@ -252,6 +290,15 @@ fn lists(form: Form) -> &'static [&'static [&'static str]] {
         Form::New(Team) => &[OURS_OWNER, TEAM_BASE, NEW_TEAM_REQUEST],
         Form::Update(Team) => &[OURS_OWNER, UPDATE_TEAM_REQUEST, TEAM_BASE, NEW_TEAM_REQUEST],
         Form::Delete(Team) => &[DELETE_TEAM_REQUEST],
+        Form::New(Organization) => &[OURS_OWNER, NEW_ORGANIZATION_REQUEST, BUDGET_TABLE],
+        // An update takes the budget fields too: they are what is acted on.
+        Form::Update(Organization) => &[
+            OURS_OWNER,
+            UPDATE_ORGANIZATION_REQUEST,
+            NEW_ORGANIZATION_REQUEST,
+            BUDGET_TABLE,
+        ],
+        Form::Delete(Organization) => &[DELETE_ORGANIZATION_REQUEST],
         Form::New(Key) | Form::Update(Key) | Form::Delete(Key) => &[],
     }
 }

@@ -1,4 +1,5 @@
-//! The management API: keys, users and teams with their budget windows,
+//! The management API: keys, users, teams and organizations with their
+//! budget windows,
 //! with LiteLLM's routes, field names and shapes so existing scripts keep
 //! working.
 //!
@@ -8,7 +9,7 @@
 //! time before anything else is looked at. A route matches by method and
 //! its whole path, optionally after ONE prefix: an API Gateway stage
 //! segment (`/prod/key/info`; letters, digits, `-`, `_`, and not `key`,
-//! `user` or `team`) or `cargo lambda watch`'s Function URL prefix
+//! `user`, `team` or `organization`) or `cargo lambda watch`'s Function URL prefix
 //! `/lambda-url/<function>` (see `http_api::routes`). Any other path is
 //! a 404 and writes nothing (`/key/x/team/delete` is not `/team/delete`):
 //!
@@ -25,6 +26,12 @@
 //! | `/team/new`, `/team/update` | POST | `team_id`, `team_alias`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, … |
 //! | `/team/info` | GET | `?team_id=` |
 //! | `/team/delete` | POST | `team_ids: [...]` |
+//! | `/organization/new`, `/organization/update` | POST | `organization_id`, `organization_alias`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, … |
+//! | `/organization/info` | GET | `?organization_id=` |
+//! | `/organization/delete` | POST | `organization_ids: [...]` |
+//!
+//! A team joins an organization with `organization_id` on `/team/new` or
+//! `/team/update` (the organization must exist; `null` leaves it).
 //!
 //! Errors are `{"error": {"message", "type", "param"}}`: 400 invalid (the
 //! param names the field, or none when DynamoDB refused the write itself),
@@ -105,6 +112,26 @@ const ROUTES: &[(&str, Method, Op)] = &[
     ("/team/update", Method::POST, Op::Update(EntityKind::Team)),
     ("/team/info", Method::GET, Op::Info(EntityKind::Team)),
     ("/team/delete", Method::POST, Op::Delete(EntityKind::Team)),
+    (
+        "/organization/new",
+        Method::POST,
+        Op::New(EntityKind::Organization),
+    ),
+    (
+        "/organization/update",
+        Method::POST,
+        Op::Update(EntityKind::Organization),
+    ),
+    (
+        "/organization/info",
+        Method::GET,
+        Op::Info(EntityKind::Organization),
+    ),
+    (
+        "/organization/delete",
+        Method::POST,
+        Op::Delete(EntityKind::Organization),
+    ),
 ];
 
 /// The route a request path names (`/key/info`, `/prod/key/info`,
@@ -160,7 +187,7 @@ async fn route<S: AdminStore>(
     let found = route_path(path).and_then(|p| ROUTES.iter().find(|(r, _, _)| *r == p));
     let Some((_, method, op)) = found else {
         return Err(ApiError::not_found(format!(
-            "no route {path}: the admin API has /key/generate|update|info|delete|block|unblock, /user/new|update|info|delete and /team/new|update|info|delete"
+            "no route {path}: the admin API has /key/generate|update|info|delete|block|unblock, /user/new|update|info|delete, /team/new|update|info|delete and /organization/new|update|info|delete"
         )));
     };
     if request.method() != method {

@@ -42,24 +42,45 @@ pub(crate) struct Admin<'a, S> {
     pub now: DateTime<Utc>,
 }
 
-/// The id field of a user or team (`user_id`, `team_id`).
+/// The id field of a user, team or organization (`user_id`, `team_id`,
+/// `organization_id`).
 pub(crate) fn id_field(kind: EntityKind) -> &'static str {
     match kind {
         EntityKind::User => "user_id",
         EntityKind::Team => "team_id",
+        EntityKind::Organization => "organization_id",
         EntityKind::Key => "key",
     }
 }
 
-fn owner_fields(kind: EntityKind) -> [&'static str; 6] {
-    [
+/// The fields of a scope edge-budget acts on (the others are kept as
+/// given): its id, its budget, and a team's `organization_id`.
+fn owner_fields(kind: EntityKind) -> Vec<&'static str> {
+    let mut out = vec![
         id_field(kind),
         "max_budget",
         "budget_duration",
         "budget_limits",
         "reservation_floor",
         "budget_shards",
-    ]
+    ];
+    if kind == EntityKind::Team {
+        out.push("organization_id");
+    }
+    out
+}
+
+/// Sharded budgets (`budget_shards`) exist for users and teams only.
+fn refuse_shards(kind: EntityKind, shards: Option<u32>) -> Result<(), ApiError> {
+    match shards {
+        Some(n) if n > 1 && !matches!(kind, EntityKind::User | EntityKind::Team) => {
+            Err(ApiError::bad_request(
+                "budget_shards",
+                format!("budget_shards is not supported on an {kind}: only users and teams can be sharded"),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `old` (`None`: new) with `budget_shards` set to `n`: 1 stays 1 (not
@@ -155,6 +176,20 @@ fn refuse_owner_blocking(kind: EntityKind, body: &Map<String, Value>) -> Result<
             "blocked",
             "blocked must be true or false",
         )),
+    }
+}
+
+/// A team's `organization_id` (the organization whose windows govern
+/// every request of the team's keys; it must exist); other scopes keep the
+/// field as given.
+fn organization_patch(
+    kind: EntityKind,
+    body: &Map<String, Value>,
+) -> Result<limits::Patch<String>, ApiError> {
+    if kind == EntityKind::Team {
+        id_patch(body, "organization_id")
+    } else {
+        Ok(limits::Patch::Absent)
     }
 }
 
@@ -461,6 +496,8 @@ impl<S: AdminStore> Admin<'_, S> {
         let limits = BudgetPatch::parse(body)?.resolve(&[])?;
         let floor = fields::floor_patch(body)?.apply(None);
         let shards = fields::shards_field(body)?;
+        refuse_shards(kind, shards)?;
+        let organization = organization_patch(kind, body)?.apply(None);
         let mut attrs = attributes(body, &owner_fields(kind))?;
         attrs.remove(view::DURATION_TEXTS);
         if let Some(t) = view::duration_texts(&Map::new(), body) {
@@ -469,6 +506,7 @@ impl<S: AdminStore> Admin<'_, S> {
         let mut e = Entity::new(EntityRef::new(kind, id), self.now);
         e.windows = limits::apply(&[], &limits, self.now, &self.settings.clock);
         e.reservation_floor = floor;
+        e.organization_id = organization;
         e.attributes = attrs;
         let e = with_shards(None, e, shards)?;
         self.create(&e).await?;
@@ -487,6 +525,8 @@ impl<S: AdminStore> Admin<'_, S> {
         let budget = BudgetPatch::parse(body)?;
         let floor = fields::floor_patch(body)?;
         let shards = fields::shards_field(body)?;
+        refuse_shards(kind, shards)?;
+        let organization = organization_patch(kind, body)?;
         let mut attrs = attributes(body, &owner_fields(kind))?;
         attrs.remove(view::DURATION_TEXTS);
         let (now, clock) = (self.now, &self.settings.clock);
@@ -496,6 +536,7 @@ impl<S: AdminStore> Admin<'_, S> {
                 let mut new = old.clone();
                 new.windows = limits::apply(&old.windows, &limits, now, clock);
                 new.reservation_floor = floor.clone().apply(old.reservation_floor);
+                new.organization_id = organization.clone().apply(old.organization_id.clone());
                 new.attributes.extend(attrs.clone());
                 if let Some(t) = view::duration_texts(&old.attributes, body) {
                     new.attributes.insert(view::DURATION_TEXTS.into(), t);
@@ -517,6 +558,20 @@ impl<S: AdminStore> Admin<'_, S> {
         check_id(field, &id)?;
         let e = self.load(&EntityRef::new(kind, id.clone()), field).await?;
         let keys = self.store.keys_of(&e.entity).await.map_err(unavailable)?;
+        if kind == EntityKind::Organization {
+            // LiteLLM's shape: the organization itself, with its teams and
+            // its budget table.
+            let mut out = self.show_owner(&e).await?;
+            let teams: Vec<Value> = keys.iter().map(|t| json!({"team_id": t})).collect();
+            out.insert("teams".into(), Value::Array(teams));
+            let table = json!({
+                "max_budget": out.get("max_budget").cloned().unwrap_or(Value::Null),
+                "budget_duration": out.get("budget_duration").cloned().unwrap_or(Value::Null),
+                "budget_reset_at": out.get("budget_reset_at").cloned().unwrap_or(Value::Null),
+            });
+            out.insert("litellm_budget_table".into(), table);
+            return Ok(Value::Object(out));
+        }
         let mut out = Map::new();
         out.insert(field.into(), json!(id));
         out.insert(
@@ -584,6 +639,15 @@ fn check_attributes_size(e: &Entity) -> Result<(), ApiError> {
 
 fn still_has_keys(e: &Entity) -> ApiError {
     let n = e.key_count;
+    if e.entity.kind == EntityKind::Organization {
+        return ApiError::conflict(format!(
+            "{} still has {n} team{}: move {} to another organization (/team/update with organization_id) or delete {} first; an organization is never deleted with its teams, and nothing was deleted",
+            named(&e.entity),
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "it" } else { "them" },
+            if n == 1 { "it" } else { "them" },
+        ));
+    }
     ApiError::conflict(format!(
         "{} still has {n} key{}: delete {} first (/key/delete); a {} is never deleted with its keys, and nothing was deleted",
         named(&e.entity),

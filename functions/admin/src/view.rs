@@ -1,4 +1,4 @@
-//! How keys, users and teams are shown: LiteLLM's flat fields (`spend`,
+//! How keys, users, teams and organizations are shown: LiteLLM's flat fields (`spend`,
 //! `max_budget`, `budget_duration`, `budget_reset_at`), the
 //! `budget_limits` echo, and every window in full, lazily rolled as of
 //! `now` (a window past its boundary shows spend 0 and its next reset).
@@ -151,7 +151,12 @@ pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String,
         }
         EntityKind::Team => {
             m.insert("team_id".into(), json!(e.entity.id));
+            m.insert("organization_id".into(), json!(e.organization_id));
             m.insert("key_count".into(), json!(e.key_count));
+        }
+        EntityKind::Organization => {
+            m.insert("organization_id".into(), json!(e.entity.id));
+            m.insert("team_count".into(), json!(e.key_count));
         }
     }
     let legacy = e

@@ -1,5 +1,6 @@
 //! The API Gateway Lambda authorizer: finds the key, checks every window of
-//! key, user and team, and reserves the estimate in one atomic write.
+//! every scope of its chain (key, user, team, organization), and reserves
+//! the estimate in one atomic write.
 //!
 //! Accepts HTTP API payload 2.0 REQUEST events (answered with a simple
 //! response), and REST REQUEST and TOKEN events (answered with an IAM
@@ -275,6 +276,17 @@ fn answer(outcome: &AuthorizeOutcome) -> (bool, String, Map<String, Value>) {
             c.insert("message".into(), json!(message));
             (false, "anonymous".into(), c)
         }
+        AuthorizeOutcome::TooManyScopes { items } => {
+            c.insert("reason".into(), json!("too_many_scopes"));
+            c.insert(
+                "message".into(),
+                json!(format!(
+                    "This request is governed by more budget scopes than one atomic write can check ({items} items, at most {}); refused, nothing was reserved.",
+                    budget_core::model::MAX_TRANSACTION_ITEMS
+                )),
+            );
+            (false, "anonymous".into(), c)
+        }
         AuthorizeOutcome::Unavailable(_) => {
             c.insert("reason".into(), json!("unavailable"));
             c.insert(
@@ -369,6 +381,9 @@ fn log_outcome(outcome: &AuthorizeOutcome) {
         AuthorizeOutcome::Refused(r) => tracing::info!(reason = r.reason(), "refused"),
         AuthorizeOutcome::InvalidKey => tracing::info!("invalid key"),
         AuthorizeOutcome::InvalidEstimate(m) => tracing::info!(problem = %m, "invalid estimate"),
+        AuthorizeOutcome::TooManyScopes { items } => {
+            tracing::warn!(items, "too many scopes for one transaction: denied")
+        }
         AuthorizeOutcome::Unavailable(e) => {
             tracing::error!(error = %e, "store unavailable: denied")
         }

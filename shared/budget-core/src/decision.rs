@@ -245,8 +245,7 @@ mod tests {
         u.windows = user;
         Chain {
             key: k,
-            user: Some(u),
-            team: None,
+            scopes: vec![u],
         }
     }
 

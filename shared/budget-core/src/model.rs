@@ -1,5 +1,6 @@
-//! The budget world: keys, users and teams, each with its windows; and the
-//! reservations that hold budget while a request is in flight.
+//! The budget world: keys and the scopes above them (users, teams,
+//! organizations), each with its windows; and the reservations that hold
+//! budget while a request is in flight.
 
 use std::fmt;
 
@@ -9,13 +10,15 @@ use serde_json::{Map, Value};
 use crate::duration::{BudgetDuration, ResetClock};
 use crate::money::Money;
 
-/// What an entity is. The chain a request is charged to is always
-/// key → user → team.
+/// What an entity is. The chain a request is charged to is its key, then
+/// every scope above it in this order: the key's user and team, the team's
+/// organization (see [`Chain`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EntityKind {
     Key,
     User,
     Team,
+    Organization,
 }
 
 impl EntityKind {
@@ -24,6 +27,7 @@ impl EntityKind {
             EntityKind::Key => "key",
             EntityKind::User => "user",
             EntityKind::Team => "team",
+            EntityKind::Organization => "organization",
         }
     }
 
@@ -32,6 +36,7 @@ impl EntityKind {
             "key" => Some(EntityKind::Key),
             "user" => Some(EntityKind::User),
             "team" => Some(EntityKind::Team),
+            "organization" => Some(EntityKind::Organization),
             _ => None,
         }
     }
@@ -93,6 +98,10 @@ impl EntityRef {
 
     pub fn team(id: impl Into<String>) -> EntityRef {
         EntityRef::new(EntityKind::Team, id)
+    }
+
+    pub fn organization(id: impl Into<String>) -> EntityRef {
+        EntityRef::new(EntityKind::Organization, id)
     }
 
     /// How this entity is named to people: keys by a short hash prefix,
@@ -267,11 +276,15 @@ pub struct Entity {
     /// Keys: the owning user and team.
     pub user_id: Option<String>,
     pub team_id: Option<String>,
+    /// Teams: the organization above it, whose windows govern every
+    /// request of the team's keys.
+    pub organization_id: Option<String>,
     /// Keys: refused while blocked.
     pub blocked: bool,
     /// Keys: refused from this instant on.
     pub expires: Option<DateTime<Utc>>,
-    /// Users and teams: how many keys point at them.
+    /// Users and teams: how many keys point at them; organizations: how
+    /// many teams. An entity something points at is never deleted.
     pub key_count: i64,
     /// Everything settled against this entity since it was created, in
     /// any window (what LiteLLM calls `spend` when there is no
@@ -307,6 +320,7 @@ impl Entity {
             windows: Vec::new(),
             user_id: None,
             team_id: None,
+            organization_id: None,
             blocked: false,
             expires: None,
             key_count: 0,
@@ -349,16 +363,23 @@ impl Entity {
         matches!(self.expires, Some(at) if at <= now)
     }
 
-    /// A key's user and team (none for users and teams).
+    /// The scopes directly above this entity, which count it (and must
+    /// exist while it does): a key's user and team, a team's organization.
     pub fn owners(&self) -> Vec<EntityRef> {
-        if self.entity.kind != EntityKind::Key {
-            return Vec::new();
+        match self.entity.kind {
+            EntityKind::Key => self
+                .user_id
+                .iter()
+                .map(|u| EntityRef::user(u.clone()))
+                .chain(self.team_id.iter().map(|t| EntityRef::team(t.clone())))
+                .collect(),
+            EntityKind::Team => self
+                .organization_id
+                .iter()
+                .map(|o| EntityRef::organization(o.clone()))
+                .collect(),
+            EntityKind::User | EntityKind::Organization => Vec::new(),
         }
-        self.user_id
-            .iter()
-            .map(|u| EntityRef::user(u.clone()))
-            .chain(self.team_id.iter().map(|t| EntityRef::team(t.clone())))
-            .collect()
     }
 }
 
@@ -368,35 +389,90 @@ pub fn new_incarnation() -> u64 {
     (rand::random::<u64>() >> 11).max(1)
 }
 
-/// What a request is charged to: its key and, where the key has them, its
-/// user and team.
+/// The most items one atomic write may touch: DynamoDB's limit for a
+/// transaction. A reservation writes one item per entity of its chain and
+/// one for the reservation itself (see [`Chain::reserve_items`]).
+pub const MAX_TRANSACTION_ITEMS: usize = 100;
+
+/// How many owners deep a chain goes above its key (key → team →
+/// organization): what a store follows when it reads a chain, so a
+/// malformed table can never make it loop.
+pub const MAX_CHAIN_DEPTH: usize = 2;
+
+/// What a request is charged to: its key, then every scope that governs it
+/// — the key's user and team, the team's organization — each with any
+/// number of windows, all under the same rules (see `plan::reserve_chain`).
+/// Scopes are kept in [`EntityKind`] order, one per entity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chain {
     pub key: Entity,
-    pub user: Option<Entity>,
-    pub team: Option<Entity>,
+    pub scopes: Vec<Entity>,
 }
 
 impl Chain {
-    pub fn entities(&self) -> impl Iterator<Item = &Entity> {
-        std::iter::once(&self.key)
-            .chain(self.user.as_ref())
-            .chain(self.team.as_ref())
-    }
-
-    /// Puts a user or team in its place in the chain (keys are ignored).
-    pub fn set_owner(&mut self, owner: Entity) {
-        match owner.entity.kind {
-            EntityKind::User => self.user = Some(owner),
-            EntityKind::Team => self.team = Some(owner),
-            EntityKind::Key => {}
+    /// A key alone (its scopes are added with [`Chain::set_owner`]).
+    pub fn of(key: Entity) -> Chain {
+        Chain {
+            key,
+            scopes: Vec::new(),
         }
     }
 
+    pub fn entities(&self) -> impl Iterator<Item = &Entity> {
+        std::iter::once(&self.key).chain(self.scopes.iter())
+    }
+
     pub fn entities_mut(&mut self) -> impl Iterator<Item = &mut Entity> {
-        std::iter::once(&mut self.key)
-            .chain(self.user.as_mut())
-            .chain(self.team.as_mut())
+        std::iter::once(&mut self.key).chain(self.scopes.iter_mut())
+    }
+
+    /// The scope of `kind`, if the chain has one (the first: a chain has
+    /// one user, one team, one organization).
+    pub fn scope(&self, kind: EntityKind) -> Option<&Entity> {
+        self.scopes.iter().find(|e| e.entity.kind == kind)
+    }
+
+    pub fn user(&self) -> Option<&Entity> {
+        self.scope(EntityKind::User)
+    }
+
+    pub fn team(&self) -> Option<&Entity> {
+        self.scope(EntityKind::Team)
+    }
+
+    /// Puts a scope in its place in the chain, replacing the one read
+    /// before of the same entity (a key is ignored: it is the chain's).
+    pub fn set_owner(&mut self, owner: Entity) {
+        if owner.entity.kind == EntityKind::Key {
+            return;
+        }
+        self.scopes.retain(|e| e.entity != owner.entity);
+        self.scopes.push(owner);
+        self.scopes
+            .sort_by(|a, b| (a.entity.kind, &a.entity.id).cmp(&(b.entity.kind, &b.entity.id)));
+    }
+
+    /// The scopes the chain's entities name that it does not hold yet and
+    /// that are not in `tried` (read already and not found): what a store
+    /// reads next, until nothing is pending (at most [`MAX_CHAIN_DEPTH`]
+    /// rounds).
+    pub fn pending(&self, tried: &[EntityRef]) -> Vec<EntityRef> {
+        let mut out: Vec<EntityRef> = Vec::new();
+        for owner in self.entities().flat_map(Entity::owners) {
+            if !tried.contains(&owner)
+                && !out.contains(&owner)
+                && !self.entities().any(|e| e.entity == owner)
+            {
+                out.push(owner);
+            }
+        }
+        out
+    }
+
+    /// The items a reservation on this chain writes at most: one per
+    /// entity (a sharded one reserves on one shard), and the reservation.
+    pub fn reserve_items(&self) -> usize {
+        1 + self.scopes.len() + 1
     }
 }
 

@@ -43,6 +43,12 @@ pub enum AuthorizeOutcome {
     InvalidEstimate(String),
     /// The store failed or stayed contended: fail closed.
     Unavailable(String),
+    /// The request is governed by more scopes than one atomic write can
+    /// hold (`items` with the reservation, past
+    /// [`crate::model::MAX_TRANSACTION_ITEMS`]): refused, nothing written.
+    TooManyScopes {
+        items: usize,
+    },
 }
 
 /// The reservation id: derived from the gateway's request id when there is
@@ -159,6 +165,12 @@ impl<S: BudgetStore> Authorizer<S> {
                     self.remember(&req.hash, Some(req.chain));
                     return Ok(first_answer(first));
                 }
+            }
+            // Every scope takes part in the one atomic write, or none:
+            // a chain wider than a transaction is refused, never cut.
+            let items = req.chain.reserve_items();
+            if items > crate::model::MAX_TRANSACTION_ITEMS {
+                return Ok(self.refused(req, AuthorizeOutcome::TooManyScopes { items }));
             }
             let estimate = reservation_amount(requested, &req.chain, &self.settings);
             let admission = match judge(&req.chain, estimate, now, &self.settings.clock) {

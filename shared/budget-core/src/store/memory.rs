@@ -15,7 +15,7 @@ use super::{
     ResetStore, StoreError,
 };
 use crate::duration::ResetClock;
-use crate::model::{Chain, Entity, EntityKind, EntityRef, Reservation, ReservationState};
+use crate::model::{Chain, Entity, EntityRef, Reservation, ReservationState};
 use crate::plan::{self, ReservationGuard, WindowEdit};
 
 /// A fault to answer the next write with (tests of retries and backoff).
@@ -130,14 +130,14 @@ impl State {
 
     fn chain(&self, key_hash: &str) -> Option<Chain> {
         let key = self.entities.get(&EntityRef::key(key_hash))?.clone();
-        let mut chain = Chain {
-            user: None,
-            team: None,
-            key,
-        };
-        for owner in chain.key.owners() {
-            if let Some(e) = self.entities.get(&owner) {
-                chain.set_owner(e.clone());
+        let mut chain = Chain::of(key);
+        let mut tried = Vec::new();
+        for _ in 0..crate::model::MAX_CHAIN_DEPTH {
+            for owner in chain.pending(&tried) {
+                match self.entities.get(&owner) {
+                    Some(e) => chain.set_owner(e.clone()),
+                    None => tried.push(owner),
+                }
             }
         }
         Some(chain)
@@ -468,7 +468,7 @@ impl AdminStore for MemoryStore {
         Ok(state
             .entities
             .values()
-            .filter(|e| e.entity.kind == EntityKind::Key && e.owners().contains(owner))
+            .filter(|e| e.entity.slot.is_none() && e.owners().contains(owner))
             .map(|e| e.entity.id.clone())
             .collect())
     }

@@ -19,6 +19,28 @@ use super::expr::*;
 use super::DynamoStore;
 
 impl DynamoStore {
+    /// Reads the scopes `chain` names and does not hold yet (other than
+    /// `tried`: read already, not found), round after round (a team read
+    /// names its organization), at most [`crate::model::MAX_CHAIN_DEPTH`]
+    /// rounds.
+    pub(super) async fn read_scopes(
+        &self,
+        chain: &mut Chain,
+        mut tried: Vec<EntityRef>,
+    ) -> Result<(), StoreError> {
+        for _ in 0..crate::model::MAX_CHAIN_DEPTH {
+            let pending = chain.pending(&tried);
+            if pending.is_empty() {
+                break;
+            }
+            for e in self.load_many(&pending).await? {
+                chain.set_owner(e);
+            }
+            tried.extend(pending);
+        }
+        Ok(())
+    }
+
     /// One entity's write of a plan, as a transaction item (a condition
     /// check when it changes nothing).
     pub(super) fn entity_write(
@@ -90,15 +112,8 @@ impl BudgetStore for DynamoStore {
         let Some(key) = self.load(&EntityRef::key(key_hash)).await? else {
             return Ok(None);
         };
-        let owners = self.load_many(&key.owners()).await?;
-        let mut chain = Chain {
-            key,
-            user: None,
-            team: None,
-        };
-        for e in owners {
-            chain.set_owner(e);
-        }
+        let mut chain = Chain::of(key);
+        self.read_scopes(&mut chain, Vec::new()).await?;
         Ok(Some(chain))
     }
 
@@ -111,13 +126,10 @@ impl BudgetStore for DynamoStore {
             return Ok((None, None));
         };
         // The owners and the reservation in one BatchGetItem.
-        let mut pks: Vec<String> = key.owners().iter().map(entity_pk).collect();
+        let owners = key.owners();
+        let mut pks: Vec<String> = owners.iter().map(entity_pk).collect();
         pks.push(reservation_pk(id));
-        let mut chain = Chain {
-            key,
-            user: None,
-            team: None,
-        };
+        let mut chain = Chain::of(key);
         let mut reservation = None;
         for item in self.batch_get(pks).await? {
             if matches!(item.get("kind"), Some(AttributeValue::S(k)) if k == "reservation") {
@@ -126,6 +138,8 @@ impl BudgetStore for DynamoStore {
                 chain.set_owner(entity_from_item(&item)?);
             }
         }
+        // The scopes above them (a team's organization): one more read.
+        self.read_scopes(&mut chain, owners).await?;
         Ok((Some(chain), reservation))
     }
 
@@ -142,22 +156,25 @@ impl BudgetStore for DynamoStore {
         let Some(item) = out.item() else {
             return Ok(None);
         };
-        let key = entity_from_item(item)?;
-        let mut chain = Chain {
-            user: None,
-            team: None,
-            key,
-        };
+        let mut chain = Chain::of(entity_from_item(item)?);
+        // Every scope the snapshot knows (the organization of a team it
+        // knows too); the others are read.
         let mut missing = Vec::new();
-        for owner in chain.key.owners() {
-            match owner_from_snapshot(item, owner.kind, &owner.id) {
-                Some(e) => chain.set_owner(e),
-                None => missing.push(owner),
+        for _ in 0..crate::model::MAX_CHAIN_DEPTH {
+            for owner in chain.pending(&missing) {
+                match owner_from_snapshot(item, owner.kind, &owner.id) {
+                    Some(e) => chain.set_owner(e),
+                    None => missing.push(owner),
+                }
             }
         }
+        let mut read = Vec::new();
         for e in self.load_many(&missing).await? {
+            read.push(e.entity.clone());
             chain.set_owner(e);
         }
+        let tried: Vec<EntityRef> = missing.into_iter().filter(|m| !read.contains(m)).collect();
+        self.read_scopes(&mut chain, tried).await?;
         Ok(Some(chain))
     }
 

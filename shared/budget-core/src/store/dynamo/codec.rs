@@ -340,6 +340,10 @@ pub(super) fn owner_snapshot(e: &Entity) -> AttributeValue {
     if let Some(floor) = e.reservation_floor {
         snapshot.insert(FLOOR.to_string(), money(floor));
     }
+    // A team's organization: the scope a cold instance looks for next.
+    if let Some(o) = &e.organization_id {
+        snapshot.insert(ORGANIZATION.to_string(), s(o.clone()));
+    }
     // A cold instance must know the owner is sharded (it reserves on a
     // shard, never on the owner's item).
     if e.shards > 0 || e.shard_items > 0 {
@@ -351,6 +355,9 @@ pub(super) fn owner_snapshot(e: &Entity) -> AttributeValue {
 
 /// The attribute of an entity's reservation floor (nano-USD).
 pub(super) const FLOOR: &str = "floor";
+
+/// The attribute of a team's organization.
+pub(super) const ORGANIZATION: &str = "organization_id";
 
 /// The owner `kind` (`user`/`team`) with id `id` as the key's snapshot
 /// knows it: limits and generations, counters unknown (zero), boundaries
@@ -377,6 +384,7 @@ pub(super) fn owner_from_snapshot(
     e.shards = r.opt_n(snap, SHARDS).ok()?.unwrap_or(0) as u32;
     e.shard_items = r.opt_n(snap, SHARD_ITEMS).ok()?.unwrap_or(0) as u32;
     e.reservation_floor = r.opt_n(snap, FLOOR).ok()?.map(Money::from_nanos);
+    e.organization_id = r.opt_s(snap, ORGANIZATION).ok()?.map(str::to_string);
     if let Some(AttributeValue::M(ws)) = snap.get("w") {
         for (wid, w) in ws {
             let AttributeValue::M(w) = w else { return None };
@@ -424,6 +432,19 @@ pub(super) fn entity_config_attributes(e: &Entity) -> Vec<(String, AttributeValu
             out.push(("gsi2sk".into(), s(e.entity.id.clone())));
         }
     }
+    // A team's organization; the organization's teams are found through
+    // the same index as a user's keys (its partition names the
+    // organization, so the two never mix).
+    if let Some(o) = &e.organization_id {
+        out.push((ORGANIZATION.into(), s(o.clone())));
+        if e.entity.kind == EntityKind::Team {
+            out.push((
+                "gsi1pk".into(),
+                s(owner_index_pk(&EntityRef::organization(o.clone()))),
+            ));
+            out.push(("gsi1sk".into(), s(e.entity.id.clone())));
+        }
+    }
     if let Some(x) = e.expires {
         out.push(("expires".into(), epoch(x)));
     }
@@ -438,8 +459,16 @@ pub(super) fn entity_config_attributes(e: &Entity) -> Vec<(String, AttributeValu
 }
 
 /// Optional configuration attributes: removed when absent in the new form.
-pub(super) const OPTIONAL_CONFIG: [&str; 8] = [
-    "user_id", "team_id", "expires", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", FLOOR,
+pub(super) const OPTIONAL_CONFIG: [&str; 9] = [
+    "user_id",
+    "team_id",
+    ORGANIZATION,
+    "expires",
+    "gsi1pk",
+    "gsi1sk",
+    "gsi2pk",
+    "gsi2sk",
+    FLOOR,
 ];
 
 pub(super) fn entity_from_item(
@@ -485,6 +514,7 @@ pub(super) fn entity_from_item(
         windows,
         user_id: r.opt_s(item, "user_id")?.map(str::to_string),
         team_id: r.opt_s(item, "team_id")?.map(str::to_string),
+        organization_id: r.opt_s(item, ORGANIZATION)?.map(str::to_string),
         blocked: r.bool(item, "blocked"),
         expires: r.time(item, "expires")?,
         key_count: r.opt_n(item, "key_count")?.unwrap_or(0),

@@ -1,0 +1,342 @@
+//! The scopes above a key's user and team (issue 14): organizations, whose
+//! windows govern every request of their teams' keys in the same atomic
+//! write as the key's, user's and team's. Set up through the admin API, as
+//! an operator would with LiteLLM's management calls.
+
+use std::sync::Arc;
+
+use budget_core::model::EntityRef;
+use budget_core::service::Authorizer;
+use budget_core::store::dynamo::DynamoStore;
+use budget_core::Money;
+use chrono::Duration;
+use edge_budget::{at, schedule_event};
+use serde_json::{json, Value};
+
+use crate::helpers::{allowed, authorize_via, money, reservation_id, TestApp, NOW};
+
+/// Admits `estimate` on `key` and settles `cost`.
+async fn spend(app: &TestApp, key: &str, estimate: &str, cost: f64) {
+    let answer = app.authorize(key, Some(estimate)).await;
+    assert!(allowed(&answer), "{answer}");
+    let (status, body) = app.settle(&reservation_id(&answer), cost).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The denial of `key` asking `estimate`: its entity, id and window.
+async fn denied_by(app: &TestApp, key: &str, estimate: &str) -> (String, String, String, String) {
+    let answer = app.authorize(key, Some(estimate)).await;
+    assert!(!allowed(&answer), "{answer}");
+    let c = &answer["context"];
+    assert_eq!(c["reason"], "budget_exceeded", "{answer}");
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (
+        text(&c["entity"]),
+        text(&c["entity_id"]),
+        text(&c["budget_duration"]),
+        text(&c["message"]),
+    )
+}
+
+/// A key made with /key/generate; its plaintext.
+async fn new_key(app: &TestApp, body: Value) -> String {
+    let answer = app.post("/key/generate", body).await;
+    answer["key"].as_str().expect("a key").to_string()
+}
+
+fn window_of<'a>(info: &'a Value, duration: &str) -> &'a Value {
+    info["windows"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|w| w["budget_duration"] == duration))
+        .unwrap_or_else(|| panic!("no {duration} window in {info}"))
+}
+
+/// The seed scenario, one scope higher: two keys of one user in one team
+/// of one organization; the key's, the user's, the team's and then each of
+/// the organization's windows refuse in turn, each named.
+#[tokio::test]
+async fn each_scope_of_the_chain_refuses_in_turn_up_to_the_organization() {
+    // Estimates up to $50 (the default cap on a reservation is lower).
+    let app = TestApp::with_settings(&[("MAX_RESERVATION_USD", "50")]).await;
+    let org = app
+        .post(
+            "/organization/new",
+            json!({
+                "organization_id": "org-1",
+                "organization_alias": "Acme",
+                "max_budget": 100.0,
+                "budget_duration": "1d",
+                "budget_limits": [{"budget_duration": "7d", "max_budget": 120.0}],
+            }),
+        )
+        .await;
+    assert_eq!(org["organization_id"], "org-1");
+    assert_eq!(org["organization_alias"], "Acme");
+    app.post(
+        "/team/new",
+        json!({"team_id": "team-1", "organization_id": "org-1", "max_budget": 80.0, "budget_duration": "1d"}),
+    )
+    .await;
+    app.post(
+        "/user/new",
+        json!({"user_id": "user-1", "max_budget": 50.0, "budget_duration": "1d"}),
+    )
+    .await;
+    let key1 = new_key(
+        &app,
+        json!({"user_id": "user-1", "team_id": "team-1", "max_budget": 20.0, "budget_duration": "1d"}),
+    )
+    .await;
+    let key2 = new_key(&app, json!({"user_id": "user-1", "team_id": "team-1"})).await;
+
+    // The key's own window.
+    spend(&app, &key1, "15", 15.0).await;
+    let (entity, _, window, _) = denied_by(&app, &key1, "10").await;
+    assert_eq!((entity.as_str(), window.as_str()), ("key", "1d"));
+    // The user's, across both keys.
+    spend(&app, &key2, "30", 30.0).await;
+    let (entity, id, _, _) = denied_by(&app, &key2, "10").await;
+    assert_eq!((entity.as_str(), id.as_str()), ("user", "user-1"));
+    // The team's, once the user may spend more.
+    app.post(
+        "/user/update",
+        json!({"user_id": "user-1", "max_budget": 1000.0}),
+    )
+    .await;
+    spend(&app, &key2, "30", 30.0).await;
+    let (entity, id, _, _) = denied_by(&app, &key2, "10").await;
+    assert_eq!((entity.as_str(), id.as_str()), ("team", "team-1"));
+    // The organization's day: 75 spent of 100.
+    app.post(
+        "/team/update",
+        json!({"team_id": "team-1", "max_budget": 1000.0}),
+    )
+    .await;
+    let (entity, id, window, message) = denied_by(&app, &key2, "30").await;
+    assert_eq!(
+        (entity.as_str(), id.as_str(), window.as_str()),
+        ("organization", "org-1", "1d")
+    );
+    assert_eq!(
+        message,
+        "Budget exceeded: organization=org-1 over 1d budget. Spend=$75.0000, Estimate=$30.0000, Limit=$100.00, resets 2026-11-29T00:00:00Z"
+    );
+    // Its week, once its day is raised: 95 of 120.
+    spend(&app, &key2, "20", 20.0).await;
+    app.post(
+        "/organization/update",
+        json!({"organization_id": "org-1", "max_budget": 1000.0}),
+    )
+    .await;
+    let (entity, _, window, _) = denied_by(&app, &key2, "30").await;
+    assert_eq!((entity.as_str(), window.as_str()), ("organization", "7d"));
+    assert!(allowed(&app.authorize(&key2, Some("25")).await));
+
+    // Info shows the windows (95 spent, 25 held), the teams, and the
+    // budget table LiteLLM clients read.
+    let info = app.get("/organization/info?organization_id=org-1").await;
+    let week = window_of(&info, "7d");
+    assert_eq!(money(&week["spend"]), Money::usd(95));
+    assert_eq!(money(&week["reserved"]), Money::usd(25));
+    assert_eq!(money(&week["remaining"]), Money::ZERO);
+    assert_eq!(money(&info["spend"]), Money::usd(95));
+    assert_eq!(info["teams"], json!([{"team_id": "team-1"}]));
+    assert_eq!(
+        money(&info["litellm_budget_table"]["max_budget"]),
+        Money::usd(1000)
+    );
+    assert_eq!(info["team_count"], 1);
+    assert_eq!(
+        app.team_info("team-1").await["team_info"]["organization_id"],
+        "org-1"
+    );
+
+    // The reset job rolls the organization's day like any other window.
+    let tomorrow = at(NOW) + Duration::days(1);
+    let summary = reset::handle(&app.store, &app.settings, schedule_event(), tomorrow).await;
+    assert!(summary.errors.is_empty(), "{summary:?}");
+    let day = app.window(&EntityRef::organization("org-1"), "1d").await;
+    assert_eq!(day.spent, Money::ZERO);
+    assert_eq!(day.reset_at, Some(at("2026-11-30T00:00:00Z")));
+}
+
+/// An organization that still has teams is not deleted (as a team with
+/// keys is not); a team cannot join one that does not exist; leaving an
+/// organization frees both.
+#[tokio::test]
+async fn an_organization_with_teams_is_never_deleted_and_must_exist_to_be_joined() {
+    let app = TestApp::new().await;
+    app.post("/organization/new", json!({"organization_id": "org-d"}))
+        .await;
+    let (status, body) = app
+        .admin(
+            "POST",
+            "/team/new",
+            json!({"team_id": "t-x", "organization_id": "org-none"}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["param"], "organization_id");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("organization org-none does not exist"),
+        "{body}"
+    );
+    app.post(
+        "/team/new",
+        json!({"team_id": "t-d", "organization_id": "org-d"}),
+    )
+    .await;
+    let before = app.snapshot().await;
+    let (status, body) = app
+        .admin(
+            "POST",
+            "/organization/delete",
+            json!({"organization_ids": ["org-d"]}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("still has 1 team"),
+        "{body}"
+    );
+    assert_eq!(app.snapshot().await, before, "nothing was deleted");
+    // Sharding is for users and teams only.
+    let (status, body) = app
+        .admin(
+            "POST",
+            "/organization/update",
+            json!({"organization_id": "org-d", "budget_shards": 4}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "budget_shards");
+    // The team leaves: the organization may go.
+    let team = app
+        .post(
+            "/team/update",
+            json!({"team_id": "t-d", "organization_id": null}),
+        )
+        .await;
+    assert_eq!(team["organization_id"], Value::Null);
+    assert_eq!(
+        app.get("/organization/info?organization_id=org-d").await["teams"],
+        json!([])
+    );
+    let deleted = app
+        .post(
+            "/organization/delete",
+            json!({"organization_ids": ["org-d"]}),
+        )
+        .await;
+    assert_eq!(deleted["deleted_organizations"], json!(["org-d"]));
+}
+
+/// A warm authorizer whose cached chain still has the team's old
+/// organization never admits on it: the team's move bumps its version,
+/// which the reservation's write is conditional on.
+#[tokio::test]
+async fn a_team_moved_to_another_organization_is_charged_there_at_once() {
+    let app = TestApp::new().await;
+    app.post(
+        "/organization/new",
+        json!({"organization_id": "org-a", "max_budget": 100.0, "budget_duration": "1d"}),
+    )
+    .await;
+    app.post(
+        "/organization/new",
+        json!({"organization_id": "org-b", "max_budget": 1.0, "budget_duration": "1d"}),
+    )
+    .await;
+    app.post(
+        "/team/new",
+        json!({"team_id": "t-move", "organization_id": "org-a"}),
+    )
+    .await;
+    let key = app.key().team("t-move").create().await;
+    assert!(allowed(&app.authorize(&key, Some("5")).await));
+    app.post(
+        "/team/update",
+        json!({"team_id": "t-move", "organization_id": "org-b"}),
+    )
+    .await;
+    let (entity, id, _, _) = denied_by(&app, &key, "5").await;
+    assert_eq!((entity.as_str(), id.as_str()), ("organization", "org-b"));
+    assert_eq!(
+        app.window(&EntityRef::organization("org-a"), "1d")
+            .await
+            .reserved,
+        Money::usd(5)
+    );
+    // A cold instance (the key's snapshot) decides the same.
+    let cold = app.authorizer();
+    let answer = authorize_via(&cold, &key, Some("5"), at(NOW)).await;
+    assert!(!allowed(&answer), "{answer}");
+    assert_eq!(answer["context"]["entity_id"], "org-b");
+    assert!(allowed(
+        &authorize_via(&cold, &key, Some("0.5"), at(NOW)).await
+    ));
+    assert_eq!(
+        app.window(&EntityRef::organization("org-b"), "1d")
+            .await
+            .reserved,
+        Money::from_f64(0.5).unwrap()
+    );
+}
+
+/// 48 concurrent requests of 1 through keys of three teams of one
+/// organization with 10 left, over 6 authorizer instances: exactly 10 are
+/// admitted, and every scope of the chain holds exactly what they took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_across_an_organizations_teams_admit_exactly_what_it_affords() {
+    let app = TestApp::new().await;
+    let now = at(NOW);
+    app.post(
+        "/organization/new",
+        json!({"organization_id": "org-c", "budget_limits": [{"budget_duration": "1d", "max_budget": 10.0}]}),
+    )
+    .await;
+    app.user("u-c").create().await;
+    let mut keys = Vec::new();
+    for t in ["t-c1", "t-c2", "t-c3"] {
+        app.post(
+            "/team/new",
+            json!({"team_id": t, "organization_id": "org-c", "max_budget": 100.0, "budget_duration": "1d"}),
+        )
+        .await;
+        for _ in 0..2 {
+            keys.push(app.key().user("u-c").team(t).create().await);
+        }
+    }
+    let instances: Vec<Arc<Authorizer<DynamoStore>>> =
+        (0..6).map(|_| Arc::new(app.authorizer())).collect();
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let a = instances[i % instances.len()].clone();
+        let key = keys[i % keys.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            allowed(&authorize_via(&a, &key, Some("1"), now).await)
+        }));
+    }
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += usize::from(task.await.unwrap());
+    }
+    assert_eq!(admitted, 10);
+    let org = app.window(&EntityRef::organization("org-c"), "1d").await;
+    assert_eq!((org.spent, org.reserved), (Money::ZERO, Money::usd(10)));
+    let mut teams = Money::ZERO;
+    for t in ["t-c1", "t-c2", "t-c3"] {
+        teams = teams.saturating_add(app.window(&EntityRef::team(t), "1d").await.reserved);
+    }
+    assert_eq!(
+        teams,
+        Money::usd(10),
+        "the teams hold what the organization holds"
+    );
+}
