@@ -340,3 +340,168 @@ async fn concurrent_requests_across_an_organizations_teams_admit_exactly_what_it
         "the teams hold what the organization holds"
     );
 }
+
+/// Team-member budgets: one user's cap inside one team, added with
+/// `/team/member_add` (the team's `team_member_budget` by default, or
+/// `max_budget_in_team`), charged by every key of that user in that team
+/// and named `team_member=<user>@<team>` when it refuses.
+#[tokio::test]
+async fn a_members_budget_in_a_team_caps_all_of_the_users_keys_there() {
+    let app = TestApp::with_settings(&[("MAX_RESERVATION_USD", "50")]).await;
+    app.post(
+        "/team/new",
+        json!({"team_id": "t-m", "max_budget": 1000.0, "budget_duration": "1d",
+               "team_member_budget": 30.0, "team_member_budget_duration": "1d"}),
+    )
+    .await;
+    app.user("u-m").create().await;
+    app.user("v-m").create().await;
+    let k1 = new_key(&app, json!({"user_id": "u-m", "team_id": "t-m"})).await;
+    let k2 = new_key(&app, json!({"user_id": "u-m", "team_id": "t-m"})).await;
+    let kv = new_key(&app, json!({"user_id": "v-m", "team_id": "t-m"})).await;
+    // Warm before any member budget exists.
+    assert!(allowed(&app.authorize(&k2, Some("1")).await));
+    let added = app
+        .post(
+            "/team/member_add",
+            json!({"team_id": "t-m", "member": {"user_id": "u-m", "role": "user"}}),
+        )
+        .await;
+    let m = &added["updated_team_memberships"][0];
+    assert_eq!(money(&m["max_budget_in_team"]), Money::usd(30), "{added}");
+    assert_eq!(m["budget_duration"], "1d");
+    app.post(
+        "/team/member_add",
+        json!({"team_id": "t-m", "member": [{"user_id": "v-m"}], "max_budget_in_team": 5.0}),
+    )
+    .await;
+
+    // The warm instance sees the new member budget at once: 1 held before
+    // it existed does not count there, 20 settled through k1 does.
+    spend(&app, &k1, "20", 20.0).await;
+    let (entity, id, window, message) = denied_by(&app, &k2, "15").await;
+    assert_eq!(
+        (entity.as_str(), id.as_str(), window.as_str()),
+        ("team_member", "u-m@t-m", "1d")
+    );
+    assert!(
+        message.starts_with("Budget exceeded: team_member=u-m@t-m over 1d budget. Spend=$20.0000"),
+        "{message}"
+    );
+    let (entity, id, _, _) = denied_by(&app, &kv, "6").await;
+    assert_eq!((entity.as_str(), id.as_str()), ("team_member", "v-m@t-m"));
+
+    let updated = app
+        .post(
+            "/team/member_update",
+            json!({"team_id": "t-m", "user_id": "u-m", "max_budget_in_team": 100.0}),
+        )
+        .await;
+    assert_eq!(money(&updated["max_budget_in_team"]), Money::usd(100));
+    assert!(allowed(&app.authorize(&k2, Some("15")).await));
+
+    // Info shows the members' windows.
+    let info = app.team_info("t-m").await;
+    let members = info["team_memberships"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{info}");
+    let u = members.iter().find(|m| m["user_id"] == "u-m").unwrap();
+    let day = window_of(u, "1d");
+    assert_eq!(money(&day["spend"]), Money::usd(20));
+    assert_eq!(money(&day["reserved"]), Money::usd(15));
+    assert_eq!(money(&day["max_budget"]), Money::usd(100));
+
+    // A team with member budgets is neither sharded nor deleted while they
+    // exist; removing one frees the user of it.
+    let (status, body) = app
+        .admin(
+            "POST",
+            "/team/update",
+            json!({"team_id": "t-m", "budget_shards": 4}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    app.post(
+        "/key/delete",
+        json!({"keys": [k1.clone(), k2.clone(), kv.clone()]}),
+    )
+    .await;
+    let (status, body) = app
+        .admin("POST", "/team/delete", json!({"team_ids": ["t-m"]}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("still has 2 member budgets"),
+        "{body}"
+    );
+    for user in ["u-m", "v-m"] {
+        app.post(
+            "/team/member_delete",
+            json!({"team_id": "t-m", "user_id": user}),
+        )
+        .await;
+    }
+    assert_eq!(app.team_info("t-m").await["team_memberships"], json!([]));
+    app.post("/team/delete", json!({"team_ids": ["t-m"]})).await;
+}
+
+/// A member budget refuses what the user's other scopes would allow, and
+/// bad member requests write nothing.
+#[tokio::test]
+async fn member_requests_are_checked_before_anything_is_written() {
+    let app = TestApp::new().await;
+    app.post("/team/new", json!({"team_id": "t-r"})).await;
+    for (body, param) in [
+        (json!({"team_id": "t-r"}), "member"),
+        (
+            json!({"team_id": "t-r", "member": {"user_email": "a@b.c"}}),
+            "member",
+        ),
+        (
+            json!({"team_id": "t-r", "member": {"user_id": "a#b"}}),
+            "member",
+        ),
+        (
+            json!({"team_id": "t-r", "member": {"user_id": "u"}, "max_budget_in_team": -1}),
+            "max_budget_in_team",
+        ),
+        (
+            json!({"team_id": "t-r", "member": {"user_id": "u"}, "max_budget_in_teams": 1}),
+            "max_budget_in_teams",
+        ),
+    ] {
+        app.refused("POST", "/team/member_add", body, param, "")
+            .await;
+    }
+    app.refused(
+        "POST",
+        "/team/new",
+        json!({"team_id": "t-bad", "team_member_budget": 5, "team_member_budget_duration": "1y"}),
+        "team_member_budget_duration",
+        "",
+    )
+    .await;
+    let (status, _) = app
+        .admin(
+            "POST",
+            "/team/member_add",
+            json!({"team_id": "t-none", "member": {"user_id": "u"}, "max_budget_in_team": 1}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    app.post(
+        "/team/member_add",
+        json!({"team_id": "t-r", "member": {"user_id": "u"}, "max_budget_in_team": 1, "budget_duration": "1h"}),
+    )
+    .await;
+    let (status, body) = app
+        .admin(
+            "POST",
+            "/team/member_add",
+            json!({"team_id": "t-r", "member": {"user_id": "u"}, "max_budget_in_team": 2}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+}

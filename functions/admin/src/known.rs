@@ -234,6 +234,20 @@ const UPDATE_ORGANIZATION_REQUEST: &[&str] = &[
     "object_permission",
 ];
 
+/// `TeamMemberAddRequest(MemberAddRequest)`.
+const TEAM_MEMBER_ADD_REQUEST: &[&str] = &["member", "team_id", "max_budget_in_team"];
+
+/// `TeamMemberDeleteRequest`.
+const TEAM_MEMBER_DELETE_REQUEST: &[&str] = &["user_id", "user_email", "team_id"];
+
+/// `TeamMemberUpdateRequest(TeamMemberDeleteRequest)`.
+const TEAM_MEMBER_UPDATE_REQUEST: &[&str] =
+    &["max_budget_in_team", "role", "tpm_limit", "rpm_limit"];
+
+/// edge-budget's own fields on a member budget: its windows beside
+/// `max_budget_in_team`.
+const OURS_MEMBER: &[&str] = &["budget_duration", "budget_limits"];
+
 /// `DeleteOrganizationRequest`.
 const DELETE_ORGANIZATION_REQUEST: &[&str] = &["organization_ids"];
 
@@ -255,13 +269,16 @@ pub enum Form {
     New(EntityKind),
     Update(EntityKind),
     Delete(EntityKind),
+    MemberAdd,
+    MemberUpdate,
+    MemberDelete,
 }
 
 /// The lists of fields a route takes, ours first (the nearest-field
 /// suggestion prefers them on a tie). An update takes every field its
 /// create takes.
 fn lists(form: Form) -> &'static [&'static [&'static str]] {
-    use EntityKind::{Key, Organization, Team, User};
+    use EntityKind::{Key, Organization, Team, TeamMember, User};
     match form {
         Form::KeyGenerate => &[
             OURS_KEY,
@@ -299,7 +316,15 @@ fn lists(form: Form) -> &'static [&'static [&'static str]] {
             BUDGET_TABLE,
         ],
         Form::Delete(Organization) => &[DELETE_ORGANIZATION_REQUEST],
-        Form::New(Key) | Form::Update(Key) | Form::Delete(Key) => &[],
+        Form::MemberAdd => &[OURS_MEMBER, TEAM_MEMBER_ADD_REQUEST],
+        Form::MemberUpdate => &[
+            OURS_MEMBER,
+            TEAM_MEMBER_DELETE_REQUEST,
+            TEAM_MEMBER_UPDATE_REQUEST,
+        ],
+        Form::MemberDelete => &[TEAM_MEMBER_DELETE_REQUEST],
+        Form::New(Key | TeamMember) | Form::Update(Key | TeamMember) => &[],
+        Form::Delete(Key | TeamMember) => &[],
     }
 }
 

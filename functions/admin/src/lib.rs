@@ -30,6 +30,10 @@
 //! | `/organization/info` | GET | `?organization_id=` |
 //! | `/organization/delete` | POST | `organization_ids: [...]` |
 //!
+//! | `/team/member_add` | POST | `team_id`, `member` (one or a list, each with `user_id`), `max_budget_in_team`, `budget_duration`, `budget_limits` |
+//! | `/team/member_update` | POST | `team_id`, `user_id`, `max_budget_in_team`, `budget_duration`, `budget_limits` |
+//! | `/team/member_delete` | POST | `team_id`, `user_id` |
+//!
 //! A team joins an organization with `organization_id` on `/team/new` or
 //! `/team/update` (the organization must exist; `null` leaves it).
 //!
@@ -95,6 +99,9 @@ enum Op {
     Update(EntityKind),
     Info(EntityKind),
     Delete(EntityKind),
+    MemberAdd,
+    MemberUpdate,
+    MemberDelete,
 }
 
 const ROUTES: &[(&str, Method, Op)] = &[
@@ -112,6 +119,9 @@ const ROUTES: &[(&str, Method, Op)] = &[
     ("/team/update", Method::POST, Op::Update(EntityKind::Team)),
     ("/team/info", Method::GET, Op::Info(EntityKind::Team)),
     ("/team/delete", Method::POST, Op::Delete(EntityKind::Team)),
+    ("/team/member_add", Method::POST, Op::MemberAdd),
+    ("/team/member_update", Method::POST, Op::MemberUpdate),
+    ("/team/member_delete", Method::POST, Op::MemberDelete),
     (
         "/organization/new",
         Method::POST,
@@ -187,7 +197,7 @@ async fn route<S: AdminStore>(
     let found = route_path(path).and_then(|p| ROUTES.iter().find(|(r, _, _)| *r == p));
     let Some((_, method, op)) = found else {
         return Err(ApiError::not_found(format!(
-            "no route {path}: the admin API has /key/generate|update|info|delete|block|unblock, /user/new|update|info|delete, /team/new|update|info|delete and /organization/new|update|info|delete"
+            "no route {path}: the admin API has /key/generate|update|info|delete|block|unblock, /user/new|update|info|delete, /team/new|update|info|delete|member_add|member_update|member_delete and /organization/new|update|info|delete"
         )));
     };
     if request.method() != method {
@@ -226,6 +236,9 @@ async fn route<S: AdminStore>(
         Op::New(kind) => known::Form::New(kind),
         Op::Update(kind) => known::Form::Update(kind),
         Op::Delete(kind) => known::Form::Delete(kind),
+        Op::MemberAdd => known::Form::MemberAdd,
+        Op::MemberUpdate => known::Form::MemberUpdate,
+        Op::MemberDelete => known::Form::MemberDelete,
         Op::KeyInfo | Op::Info(_) => {
             return Err(ApiError::not_found(format!("no route POST {path}")))
         }
@@ -239,6 +252,9 @@ async fn route<S: AdminStore>(
         Op::New(kind) => admin.new_owner(kind, &body).await,
         Op::Update(kind) => admin.update_owner(kind, &body).await,
         Op::Delete(kind) => admin.delete_owners(kind, &body).await,
+        Op::MemberAdd => admin.member_add(&body).await,
+        Op::MemberUpdate => admin.member_update(&body).await,
+        Op::MemberDelete => admin.member_delete(&body).await,
         Op::KeyInfo | Op::Info(_) => Err(ApiError::not_found(format!("no route POST {path}"))),
     }
 }

@@ -18,6 +18,8 @@ use serde_json::{json, Map, Value};
 use crate::fields::{self, attributes, bool_patch, expiry_patch, id_patch, key_hash_of};
 use crate::view;
 
+mod members;
+
 /// Attempts at a write that lost a race before giving up.
 const ATTEMPTS: u32 = 5;
 
@@ -49,6 +51,7 @@ pub(crate) fn id_field(kind: EntityKind) -> &'static str {
         EntityKind::User => "user_id",
         EntityKind::Team => "team_id",
         EntityKind::Organization => "organization_id",
+        EntityKind::TeamMember => "user_id",
         EntityKind::Key => "key",
     }
 }
@@ -89,6 +92,15 @@ fn refuse_shards(kind: EntityKind, shards: Option<u32>) -> Result<(), ApiError> 
 /// retired: nothing new is reserved there, what they hold settles there).
 fn with_shards(old: Option<&Entity>, mut new: Entity, n: Option<u32>) -> Result<Entity, ApiError> {
     let Some(n) = n else { return Ok(new) };
+    if n >= 2 && old.is_some_and(|o| o.member_count > 0) {
+        return Err(ApiError::bad_request(
+            "budget_shards",
+            format!(
+                "{} has member budgets (/team/member_add): a team with them cannot be sharded",
+                named(&new.entity)
+            ),
+        ));
+    }
     let sharded = old.is_some_and(budget_core::escrow::is_sharded);
     if n < 2 {
         if sharded {
@@ -142,6 +154,7 @@ fn with_param(mut e: ApiError, param: &str) -> ApiError {
 fn named(r: &EntityRef) -> String {
     match r.kind {
         EntityKind::Key => format!("key {}", key_hash_prefix(&r.id)),
+        EntityKind::TeamMember => format!("team member {}", r.display_id()),
         kind => format!("{kind} {}", r.id),
     }
 }
@@ -198,6 +211,9 @@ fn organization_patch(
 fn check_owner_fields(kind: EntityKind, body: &Map<String, Value>) -> Result<(), ApiError> {
     if kind == EntityKind::User {
         id_patch(body, "team_id")?;
+    }
+    if kind == EntityKind::Team {
+        members::check_member_default(body)?;
     }
     Ok(())
 }
@@ -331,7 +347,7 @@ impl<S: AdminStore> Admin<'_, S> {
                     .map_err(unavailable)?
                 {
                     None => return Ok(false),
-                    Some(e) if e.entity.kind != EntityKind::Key && e.key_count > 0 => {
+                    Some(e) if e.key_count > 0 || e.member_count > 0 => {
                         return Err(still_has_keys(&e))
                     }
                     Some(e) => {
@@ -579,6 +595,11 @@ impl<S: AdminStore> Admin<'_, S> {
             Value::Object(self.show_owner(&e).await?),
         );
         out.insert("keys".into(), json!(keys));
+        if kind == EntityKind::Team {
+            // LiteLLM's name for the members' budgets.
+            let members = self.memberships(&id).await?;
+            out.insert("team_memberships".into(), Value::Array(members));
+        }
         Ok(Value::Object(out))
     }
 
@@ -608,7 +629,7 @@ impl<S: AdminStore> Admin<'_, S> {
                 &field,
             ));
         }
-        if let Some(e) = found.iter().find(|e| e.key_count > 0) {
+        if let Some(e) = found.iter().find(|e| e.key_count > 0 || e.member_count > 0) {
             return Err(with_param(still_has_keys(e), &field));
         }
         for e in found {
@@ -639,6 +660,15 @@ fn check_attributes_size(e: &Entity) -> Result<(), ApiError> {
 
 fn still_has_keys(e: &Entity) -> ApiError {
     let n = e.key_count;
+    if n == 0 && e.member_count > 0 {
+        let m = e.member_count;
+        return ApiError::conflict(format!(
+            "{} still has {m} member budget{}: remove {} first (/team/member_delete); nothing was deleted",
+            named(&e.entity),
+            if m == 1 { "" } else { "s" },
+            if m == 1 { "it" } else { "them" },
+        ));
+    }
     if e.entity.kind == EntityKind::Organization {
         return ApiError::conflict(format!(
             "{} still has {n} team{}: move {} to another organization (/team/update with organization_id) or delete {} first; an organization is never deleted with its teams, and nothing was deleted",

@@ -158,6 +158,10 @@ pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String,
             m.insert("organization_id".into(), json!(e.entity.id));
             m.insert("team_count".into(), json!(e.key_count));
         }
+        EntityKind::TeamMember => {
+            m.insert("user_id".into(), json!(e.user_id));
+            m.insert("team_id".into(), json!(e.team_id));
+        }
     }
     let legacy = e
         .windows
@@ -186,6 +190,13 @@ pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String,
         "budget_reset_at".into(),
         time(legacy.as_ref().and_then(|w| w.reset_at)),
     );
+    if e.entity.kind == EntityKind::TeamMember {
+        // LiteLLM's name for a member's cap.
+        m.insert(
+            "max_budget_in_team".into(),
+            legacy.as_ref().map_or(Value::Null, |w| usd(w.max)),
+        );
+    }
     m.insert(
         "budget_limits".into(),
         Value::Array(

@@ -11,13 +11,15 @@ use crate::duration::{BudgetDuration, ResetClock};
 use crate::money::Money;
 
 /// What an entity is. The chain a request is charged to is its key, then
-/// every scope above it in this order: the key's user and team, the team's
-/// organization (see [`Chain`]).
+/// every scope above it in this order: the key's user and team, the user's
+/// budget inside that team (a team member), the team's organization (see
+/// [`Chain`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EntityKind {
     Key,
     User,
     Team,
+    TeamMember,
     Organization,
 }
 
@@ -27,6 +29,7 @@ impl EntityKind {
             EntityKind::Key => "key",
             EntityKind::User => "user",
             EntityKind::Team => "team",
+            EntityKind::TeamMember => "team_member",
             EntityKind::Organization => "organization",
         }
     }
@@ -36,6 +39,7 @@ impl EntityKind {
             "key" => Some(EntityKind::Key),
             "user" => Some(EntityKind::User),
             "team" => Some(EntityKind::Team),
+            "team_member" => Some(EntityKind::TeamMember),
             "organization" => Some(EntityKind::Organization),
             _ => None,
         }
@@ -104,11 +108,26 @@ impl EntityRef {
         EntityRef::new(EntityKind::Organization, id)
     }
 
+    /// User `user`'s budget inside team `team`: id `<team>#<user>` (`#` is
+    /// in no valid id, so no two pairs share one).
+    pub fn team_member(team: &str, user: &str) -> EntityRef {
+        EntityRef::new(EntityKind::TeamMember, format!("{team}#{user}"))
+    }
+
+    /// A team member's team and user.
+    pub fn member_of(&self) -> Option<(&str, &str)> {
+        match self.kind {
+            EntityKind::TeamMember => self.id.split_once('#'),
+            _ => None,
+        }
+    }
+
     /// How this entity is named to people: keys by a short hash prefix,
     /// never the key itself.
     pub fn display_id(&self) -> String {
-        match self.kind {
-            EntityKind::Key => key_hash_prefix(&self.id),
+        match (self.kind, self.member_of()) {
+            (EntityKind::Key, _) => key_hash_prefix(&self.id),
+            (EntityKind::TeamMember, Some((team, user))) => format!("{user}@{team}"),
             _ => self.id.clone(),
         }
     }
@@ -286,6 +305,8 @@ pub struct Entity {
     /// Users and teams: how many keys point at them; organizations: how
     /// many teams. An entity something points at is never deleted.
     pub key_count: i64,
+    /// Teams: how many member budgets (team members) they have.
+    pub member_count: i64,
     /// Everything settled against this entity since it was created, in
     /// any window (what LiteLLM calls `spend` when there is no
     /// `budget_duration`): never reset, only added to by settles.
@@ -324,6 +345,7 @@ impl Entity {
             blocked: false,
             expires: None,
             key_count: 0,
+            member_count: 0,
             lifetime_spent: Money::ZERO,
             key_revision: 0,
             shards: 0,
@@ -364,9 +386,15 @@ impl Entity {
     }
 
     /// The scopes directly above this entity, which count it (and must
-    /// exist while it does): a key's user and team, a team's organization.
+    /// exist while it does): a key's user and team, a team's organization,
+    /// a team member's team.
     pub fn owners(&self) -> Vec<EntityRef> {
         match self.entity.kind {
+            EntityKind::TeamMember => self
+                .entity
+                .member_of()
+                .map(|(team, _)| vec![EntityRef::team(team)])
+                .unwrap_or_default(),
             EntityKind::Key => self
                 .user_id
                 .iter()
@@ -455,10 +483,16 @@ impl Chain {
     /// The scopes the chain's entities name that it does not hold yet and
     /// that are not in `tried` (read already and not found): what a store
     /// reads next, until nothing is pending (at most [`MAX_CHAIN_DEPTH`]
-    /// rounds).
+    /// rounds). A key of a user in a team also names the user's budget in
+    /// that team, which exists only if one was given (`/team/member_add`):
+    /// read with the user and team, left out when absent.
     pub fn pending(&self, tried: &[EntityRef]) -> Vec<EntityRef> {
+        let member = match (&self.key.user_id, &self.key.team_id) {
+            (Some(u), Some(t)) => Some(EntityRef::team_member(t, u)),
+            _ => None,
+        };
         let mut out: Vec<EntityRef> = Vec::new();
-        for owner in self.entities().flat_map(Entity::owners) {
+        for owner in self.entities().flat_map(Entity::owners).chain(member) {
             if !tried.contains(&owner)
                 && !out.contains(&owner)
                 && !self.entities().any(|e| e.entity == owner)

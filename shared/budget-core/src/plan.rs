@@ -49,8 +49,11 @@ pub enum Guard {
     ResetAfter(String, DateTime<Utc>),
     /// The window is the very one a reservation was taken from.
     Generation(String, u64),
-    /// No key points at this user or team (it may be deleted).
+    /// No key points at this user or team, no team at this organization
+    /// (it may be deleted).
     NoKeys,
+    /// This team has no member budgets (it may be deleted).
+    NoMembers,
     /// No key of this user or team changed since the decision was made
     /// (it stands in for a check of the key itself: see
     /// [`reserve_chain`]).
@@ -407,14 +410,17 @@ pub fn update(old: &Entity, new: &Entity) -> (Vec<Guard>, Vec<WindowEdit>, Chang
 }
 
 /// The guards of deleting `entity` (as read): the configuration and
-/// incarnation read, and for a user or team that no key points at it.
+/// incarnation read, and that nothing points at it (no key at a user or
+/// team, no member budget in a team, no team in an organization).
 pub fn delete(entity: &Entity) -> Vec<Guard> {
     let mut guards = vec![
         Guard::Version(entity.version),
         Guard::Incarnation(entity.incarnation),
     ];
-    if entity.entity.kind != EntityKind::Key {
-        guards.push(Guard::NoKeys);
+    match entity.entity.kind {
+        EntityKind::Key | EntityKind::TeamMember => {}
+        EntityKind::Team => guards.extend([Guard::NoKeys, Guard::NoMembers]),
+        EntityKind::User | EntityKind::Organization => guards.push(Guard::NoKeys),
     }
     guards
 }
@@ -444,6 +450,7 @@ pub fn guards_hold(guards: &[Guard], stored: Option<&Entity>) -> bool {
         }
         Guard::Generation(id, g) => window(id).is_some_and(|w| w.generation == *g),
         Guard::NoKeys => e.key_count == 0,
+        Guard::NoMembers => e.member_count == 0,
         Guard::KeyRevision(r) => e.key_revision == *r,
         Guard::AtLeast(id, c, m) => window(id).is_some_and(|w| counter(w, *c) >= *m),
         Guard::Is(id, c, m) => window(id).is_some_and(|w| counter(w, *c) == *m),
@@ -583,11 +590,20 @@ pub fn reserve_chain(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerBookkeeping {
     pub owner: EntityRef,
-    /// `key_count += this` (the owner must exist).
+    /// `key_count += this` (the owner must exist): keys of a user or team,
+    /// teams of an organization.
     pub key_count: i64,
     /// `key_revision += 1`: the key changed, so reservations decided on
     /// what was known of it before must fail (see [`reserve_chain`]).
     pub revision: bool,
+    /// `member_count += this`: a team's member budgets.
+    pub members: i64,
+    /// `version += 1`: a member budget of this team was created, changed
+    /// or deleted. A chain is read with its team, so a chain cached
+    /// without the member (or with its old limits) fails on the team's
+    /// version, is re-read, and finds it: no request is admitted past a
+    /// member budget that exists.
+    pub version: bool,
 }
 
 /// The bookkeeping of several key writes in one transaction: one write per
@@ -599,6 +615,8 @@ pub fn merge_bookkeeping(all: impl IntoIterator<Item = OwnerBookkeeping>) -> Vec
             Some(o) => {
                 o.key_count += b.key_count;
                 o.revision |= b.revision;
+                o.members += b.members;
+                o.version |= b.version;
             }
             None => out.push(b),
         }
@@ -610,8 +628,10 @@ pub fn merge_bookkeeping(all: impl IntoIterator<Item = OwnerBookkeeping>) -> Vec
 /// does to its owners: a new key counts itself on them; a deleted one
 /// uncounts itself and bumps their key revision; an updated one moves its
 /// count from the owners it leaves to those it joins, and bumps the key
-/// revision of all of them. A team does the same on its organization;
-/// users and organizations have no owners.
+/// revision of all of them. A team does the same on its organization. A
+/// team member (a user's budget in a team) counts itself in its team's
+/// `member_count` and bumps the team's version instead (see
+/// [`OwnerBookkeeping::version`]); users and organizations have no owners.
 pub fn key_bookkeeping(old: Option<&Entity>, new: Option<&Entity>) -> Vec<OwnerBookkeeping> {
     let owners = |e: Option<&Entity>| e.map(Entity::owners).unwrap_or_default();
     let (before, after) = (owners(old), owners(new));
@@ -631,10 +651,23 @@ pub fn key_bookkeeping(old: Option<&Entity>, new: Option<&Entity>) -> Vec<OwnerB
         if count == 0 && !revision {
             continue;
         }
-        out.push(OwnerBookkeeping {
-            owner: o.clone(),
-            key_count: count,
-            revision,
+        let member = old.or(new).map(|e| e.entity.kind) == Some(EntityKind::TeamMember);
+        out.push(if member {
+            OwnerBookkeeping {
+                owner: o.clone(),
+                key_count: 0,
+                revision: false,
+                members: count,
+                version: true,
+            }
+        } else {
+            OwnerBookkeeping {
+                owner: o.clone(),
+                key_count: count,
+                revision,
+                members: 0,
+                version: false,
+            }
         });
     }
     out

@@ -148,6 +148,8 @@ impl State {
             if let Some(e) = self.entities.get_mut(&b.owner) {
                 e.key_count += b.key_count;
                 e.key_revision += u64::from(b.revision);
+                e.member_count += b.members;
+                e.version += u64::from(b.version);
             }
         }
     }
@@ -433,6 +435,7 @@ impl AdminStore for MemoryStore {
             version: stored.version + 1,
             incarnation: stored.incarnation,
             key_count: stored.key_count,
+            member_count: stored.member_count,
             lifetime_spent: stored.lifetime_spent,
             key_revision: stored.key_revision,
             created_at: stored.created_at,
@@ -461,6 +464,19 @@ impl AdminStore for MemoryStore {
 
     async fn load_described(&self, entity: &EntityRef) -> Result<Option<Entity>, StoreError> {
         Ok(self.state().entities.get(entity).cloned())
+    }
+
+    async fn members_of(&self, team: &str) -> Result<Vec<String>, StoreError> {
+        let state = self.state();
+        let mut users: Vec<String> = state
+            .entities
+            .keys()
+            .filter_map(|r| r.member_of())
+            .filter(|(t, _)| *t == team)
+            .map(|(_, u)| u.to_string())
+            .collect();
+        users.sort();
+        Ok(users)
     }
 
     async fn keys_of(&self, owner: &EntityRef) -> Result<Vec<String>, StoreError> {

@@ -280,6 +280,9 @@ pub trait AdminStore: Reads {
         self.load(entity).await
     }
 
+    /// The users with a budget in team `team` (its team members).
+    async fn members_of(&self, team: &str) -> Result<Vec<String>, StoreError>;
+
     /// Hashes of the keys that belong to a user or team; the ids of the
     /// teams of an organization.
     async fn keys_of(&self, owner: &EntityRef) -> Result<Vec<String>, StoreError>;

@@ -20,7 +20,7 @@ impl DynamoStore {
     pub(super) async fn owner_snapshots(&self, key: &Entity) -> Result<AttributeValue, StoreError> {
         let mut chain = crate::model::Chain::of(key.clone());
         self.read_scopes(&mut chain, Vec::new()).await?;
-        Ok(owner_snapshots(&chain.scopes))
+        Ok(owner_snapshots(&chain.scopes, &chain.pending(&[])))
     }
 
     /// After an admin update of a key: it re-reads its owners into its
@@ -54,7 +54,10 @@ impl DynamoStore {
                 }
                 Err(e) => Err(e),
             },
-            EntityKind::User | EntityKind::Team | EntityKind::Organization => Ok(()),
+            EntityKind::User
+            | EntityKind::Team
+            | EntityKind::TeamMember
+            | EntityKind::Organization => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "owner snapshot not refreshed");
@@ -212,7 +215,7 @@ impl AdminStore for DynamoStore {
         let mut added = Vec::new();
         for books in plan::key_bookkeeping(Some(old), Some(new)) {
             items.push(keep_books(self, &books)?);
-            if books.key_count > 0 {
+            if books.key_count > 0 || books.members > 0 {
                 added.push((items.len() - 1, books.owner));
             }
         }
@@ -328,13 +331,28 @@ impl AdminStore for DynamoStore {
         Ok(Some(e))
     }
 
+    async fn members_of(&self, team: &str) -> Result<Vec<String>, StoreError> {
+        let items = self
+            .query_all("gsi2", "gsi2pk", members_index_pk(team), None, usize::MAX)
+            .await?;
+        let mut users: Vec<String> = items
+            .iter()
+            .filter_map(|i| match i.get("gsi2sk") {
+                Some(AttributeValue::S(u)) => Some(u.clone()),
+                _ => None,
+            })
+            .collect();
+        users.sort();
+        Ok(users)
+    }
+
     async fn keys_of(&self, owner: &EntityRef) -> Result<Vec<String>, StoreError> {
         // A user's keys and an organization's teams share an index (their
         // partitions differ by kind); a team's keys have their own.
         let (index, attr, sort_key) = match owner.kind {
             EntityKind::User | EntityKind::Organization => ("gsi1", "gsi1pk", "gsi1sk"),
             EntityKind::Team => ("gsi2", "gsi2pk", "gsi2sk"),
-            EntityKind::Key => return Ok(Vec::new()),
+            EntityKind::Key | EntityKind::TeamMember => return Ok(Vec::new()),
         };
         let items = self
             .query_all(index, attr, owner_index_pk(owner), None, usize::MAX)
@@ -359,14 +377,24 @@ pub(super) fn keep_books(
     books: &plan::OwnerBookkeeping,
 ) -> Result<TransactWriteItem, StoreError> {
     let mut ex = Expr::default();
-    let kc = ex.name("key_count");
-    let d = ex.value(n(books.key_count));
     let zero = ex.value(n(0));
     let pk = ex.name(PARTITION_KEY);
-    let mut sets = vec![format!("{kc} = if_not_exists({kc}, {zero}) + {d}")];
+    let mut sets = Vec::new();
+    if books.key_count != 0 || books.members == 0 {
+        let (kc, d) = (ex.name("key_count"), ex.value(n(books.key_count)));
+        sets.push(format!("{kc} = if_not_exists({kc}, {zero}) + {d}"));
+    }
+    if books.members != 0 {
+        let (mc, d) = (ex.name(MEMBER_COUNT), ex.value(n(books.members)));
+        sets.push(format!("{mc} = if_not_exists({mc}, {zero}) + {d}"));
+    }
     if books.revision {
         let (kv, one) = (ex.name(KEY_REVISION), ex.value(n(1)));
         sets.push(format!("{kv} = if_not_exists({kv}, {zero}) + {one}"));
+    }
+    if books.version {
+        let (ver, one) = (ex.name("ver"), ex.value(n(1)));
+        sets.push(format!("{ver} = {ver} + {one}"));
     }
     let update = store.update(
         entity_pk(&books.owner),

@@ -125,11 +125,12 @@ impl BudgetStore for DynamoStore {
         let Some(key) = self.load(&EntityRef::key(key_hash)).await? else {
             return Ok((None, None));
         };
-        // The owners and the reservation in one BatchGetItem.
-        let owners = key.owners();
+        // The scopes the key names (its user and team, the user's budget in
+        // the team) and the reservation in one BatchGetItem.
+        let mut chain = Chain::of(key);
+        let owners = chain.pending(&[]);
         let mut pks: Vec<String> = owners.iter().map(entity_pk).collect();
         pks.push(reservation_pk(id));
-        let mut chain = Chain::of(key);
         let mut reservation = None;
         for item in self.batch_get(pks).await? {
             if matches!(item.get("kind"), Some(AttributeValue::S(k)) if k == "reservation") {
@@ -159,12 +160,14 @@ impl BudgetStore for DynamoStore {
         let mut chain = Chain::of(entity_from_item(item)?);
         // Every scope the snapshot knows (the organization of a team it
         // knows too); the others are read.
-        let mut missing = Vec::new();
+        let (mut missing, mut absent) = (Vec::new(), Vec::new());
         for _ in 0..crate::model::MAX_CHAIN_DEPTH {
-            for owner in chain.pending(&missing) {
-                match owner_from_snapshot(item, owner.kind, &owner.id) {
-                    Some(e) => chain.set_owner(e),
-                    None => missing.push(owner),
+            let skip: Vec<EntityRef> = missing.iter().chain(&absent).cloned().collect();
+            for owner in chain.pending(&skip) {
+                match snapshot_of(item, owner.kind, &owner.id) {
+                    Snapshot::Known(e) => chain.set_owner(*e),
+                    Snapshot::Absent => absent.push(owner),
+                    Snapshot::Unknown => missing.push(owner),
                 }
             }
         }
@@ -173,7 +176,11 @@ impl BudgetStore for DynamoStore {
             read.push(e.entity.clone());
             chain.set_owner(e);
         }
-        let tried: Vec<EntityRef> = missing.into_iter().filter(|m| !read.contains(m)).collect();
+        let tried: Vec<EntityRef> = missing
+            .into_iter()
+            .filter(|m| !read.contains(m))
+            .chain(absent)
+            .collect();
         self.read_scopes(&mut chain, tried).await?;
         Ok(Some(chain))
     }
@@ -254,7 +261,8 @@ impl BudgetStore for DynamoStore {
     async fn refresh_snapshot(&self, chain: &Chain) -> Result<(), StoreError> {
         let owners: Vec<Entity> = chain.entities().skip(1).cloned().collect();
         let mut ex = Expr::default();
-        let (name, v) = (ex.name(OWNERS), ex.value(owner_snapshots(&owners)));
+        let absent = chain.pending(&[]);
+        let (name, v) = (ex.name(OWNERS), ex.value(owner_snapshots(&owners, &absent)));
         let (ver, kv) = (ex.name("ver"), ex.value(n(chain.key.version as i64)));
         let conds = [
             format!("{ver} = {kv}"),

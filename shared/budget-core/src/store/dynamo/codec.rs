@@ -104,6 +104,11 @@ pub(super) fn owner_index_pk(owner: &EntityRef) -> String {
     format!("{}#keys", entity_pk(owner))
 }
 
+/// The index partition of a team's member budgets (`team#<id>#members`).
+pub(super) fn members_index_pk(team: &str) -> String {
+    format!("{}#members", entity_pk(&EntityRef::team(team)))
+}
+
 /// A window as stored; a slot's part also carries its `avail` (the
 /// changes add to it, so it must exist).
 pub(super) fn window_item(w: &Window, slot: bool) -> AttributeValue {
@@ -253,6 +258,9 @@ pub(super) fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
     );
     item.extend(entity_config_attributes(e));
     item.insert("key_count".into(), n(e.key_count));
+    if e.member_count != 0 {
+        item.insert(MEMBER_COUNT.into(), n(e.member_count));
+    }
     if !e.lifetime_spent.is_zero() {
         item.insert(super::expr::LIFETIME_SPENT.into(), money(e.lifetime_spent));
     }
@@ -303,13 +311,58 @@ pub(super) const SHARD_ITEMS: &str = "shard_items";
 pub(super) const KEY_REVISION: &str = "kv";
 
 /// The `owners` attribute of a key whose owners are `owners`.
-pub(super) fn owner_snapshots(owners: &[Entity]) -> AttributeValue {
-    AttributeValue::M(
-        owners
-            .iter()
-            .map(|o| (o.entity.kind.as_str().to_string(), owner_snapshot(o)))
-            .collect(),
-    )
+/// `absent`: the scopes the key names that do not exist (the user's
+/// budget in the team, when none was given), so a cold authorizer does not
+/// look for them. Only a hint, like the rest: creating one bumps the
+/// version of its team, which the reservation is conditional on.
+pub(super) fn owner_snapshots(owners: &[Entity], absent: &[EntityRef]) -> AttributeValue {
+    let mut m: HashMap<String, AttributeValue> = owners
+        .iter()
+        .map(|o| (o.entity.kind.as_str().to_string(), owner_snapshot(o)))
+        .collect();
+    for a in absent {
+        m.insert(
+            a.kind.as_str().to_string(),
+            AttributeValue::M(HashMap::from([
+                ("id".to_string(), s(a.id.clone())),
+                (ABSENT.to_string(), AttributeValue::Bool(true)),
+            ])),
+        );
+    }
+    AttributeValue::M(m)
+}
+
+/// Marks a scope the snapshot knows does not exist.
+const ABSENT: &str = "absent";
+
+/// What a key's snapshot knows of one scope it names.
+pub(super) enum Snapshot {
+    Known(Box<Entity>),
+    /// It did not exist when the snapshot was taken.
+    Absent,
+    Unknown,
+}
+
+/// [`owner_from_snapshot`], telling a known absence from no knowledge.
+pub(super) fn snapshot_of(
+    item: &HashMap<String, AttributeValue>,
+    kind: EntityKind,
+    id: &str,
+) -> Snapshot {
+    let absent = match item.get(OWNERS) {
+        Some(AttributeValue::M(owners)) => match owners.get(kind.as_str()) {
+            Some(AttributeValue::M(snap)) => {
+                matches!(snap.get("id"), Some(AttributeValue::S(i)) if i == id)
+                    && matches!(snap.get(ABSENT), Some(AttributeValue::Bool(true)))
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    if absent {
+        return Snapshot::Absent;
+    }
+    owner_from_snapshot(item, kind, id).map_or(Snapshot::Unknown, |e| Snapshot::Known(Box::new(e)))
 }
 
 pub(super) fn owner_snapshot(e: &Entity) -> AttributeValue {
@@ -355,6 +408,9 @@ pub(super) fn owner_snapshot(e: &Entity) -> AttributeValue {
 
 /// The attribute of an entity's reservation floor (nano-USD).
 pub(super) const FLOOR: &str = "floor";
+
+/// The attribute of a team's number of member budgets (absent: 0).
+pub(super) const MEMBER_COUNT: &str = "member_count";
 
 /// The attribute of a team's organization.
 pub(super) const ORGANIZATION: &str = "organization_id";
@@ -445,6 +501,11 @@ pub(super) fn entity_config_attributes(e: &Entity) -> Vec<(String, AttributeValu
             out.push(("gsi1sk".into(), s(e.entity.id.clone())));
         }
     }
+    // A team's member budgets, found by the team (apart from its keys).
+    if let Some((team, user)) = e.entity.member_of() {
+        out.push(("gsi2pk".into(), s(members_index_pk(team))));
+        out.push(("gsi2sk".into(), s(user.to_string())));
+    }
     if let Some(x) = e.expires {
         out.push(("expires".into(), epoch(x)));
     }
@@ -518,6 +579,7 @@ pub(super) fn entity_from_item(
         blocked: r.bool(item, "blocked"),
         expires: r.time(item, "expires")?,
         key_count: r.opt_n(item, "key_count")?.unwrap_or(0),
+        member_count: r.opt_n(item, MEMBER_COUNT)?.unwrap_or(0),
         // A counter like a window's: read saturated past i64.
         lifetime_spent: match item.get(super::expr::LIFETIME_SPENT) {
             None => Money::ZERO,
