@@ -41,7 +41,7 @@ LAMBDA_COMPILER ?= cargo-zigbuild
 release-build:
 	source scripts/tools.sh && ensure_cargo_lambda && \
 	  cargo lambda build --release --$(LAMBDA_ARCH) --compiler $(LAMBDA_COMPILER) \
-	    -p authorize -p settle-spend -p reset -p admin
+	    -p authorize -p settle-spend -p reset -p admin -p notify
 	ls -l target/lambda/*/bootstrap
 
 # Builds into target/sam (ignored by git); `sam build` alone writes .aws-sam/.

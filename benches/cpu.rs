@@ -1,10 +1,11 @@
 //! CPU time of one warm authorization, without I/O (criterion).
 //!
-//! The handler is reached whole — `authorize::handle`, the function's own
+//! The handler is reached whole — `authorize::handle_logged`, the function's own
 //! entry point — over a store that answers from memory, so what is timed
 //! is exactly the function's CPU work: parsing the authorizer event into
 //! its `aws_lambda_events` type, reading the key and the estimate, hashing
 //! the key, the admission decision on the cached chain, the reservation,
+//! the decision's log line with its metrics (rendered, not printed),
 //! and building the response. Its parts are timed alone too, and one more
 //! figure adds the AWS SDK's share (building the `TransactWriteItems`
 //! request, JSON, SigV4 signing, parsing the answer) over an HTTP connector
@@ -206,12 +207,17 @@ fn authorize_cpu(c: &mut Criterion) {
     // Warm both: the chain is in the authorizer's memory from here on.
     for a in [&memory, &with_sdk] {
         let answer = rt
-            .block_on(authorize::handle(a, event.clone(), now))
+            .block_on(authorize::handle_logged(a, &discard(), event.clone(), now))
             .expect("answer");
         assert_eq!(answer["isAuthorized"], Value::Bool(true), "{answer}");
     }
     let answer = rt
-        .block_on(authorize::handle(&memory, event.clone(), now))
+        .block_on(authorize::handle_logged(
+            &memory,
+            &discard(),
+            event.clone(),
+            now,
+        ))
         .expect("answer");
 
     let mut g = c.benchmark_group("authorize_cpu");
@@ -228,7 +234,7 @@ fn authorize_cpu(c: &mut Criterion) {
     g.bench_function("handler_memory_store", |b| {
         b.iter_batched(
             || event.clone(),
-            |e| rt.block_on(authorize::handle(&memory, e, now)),
+            |e| rt.block_on(authorize::handle_logged(&memory, &discard(), e, now)),
             BatchSize::SmallInput,
         )
     });
@@ -239,9 +245,35 @@ fn authorize_cpu(c: &mut Criterion) {
     g.bench_function("handler_hostile_estimate_0e2147483647", |b| {
         b.iter_batched(
             || hostile.clone(),
-            |e| rt.block_on(authorize::handle(&memory, e, now)),
+            |e| rt.block_on(authorize::handle_logged(&memory, &discard(), e, now)),
             BatchSize::SmallInput,
         )
+    });
+    // The decision's log line with its embedded metrics, alone (it is
+    // inside every handler figure above).
+    let denied =
+        budget_core::service::AuthorizeOutcome::Denied(Box::new(budget_core::decision::Denial {
+            entity: budget_core::model::EntityRef::user("user-123"),
+            span: budget_core::model::Span::parse_id("1d").expect("span"),
+            max: Money::usd(150),
+            spend: Money::usd(150),
+            reserved: Money::ZERO,
+            estimate: Money::usd(1),
+            reset_at: Some(now),
+            retry_after: Some(1),
+        }));
+    let context = budget_core::metrics::AuthorizeContext {
+        request_id: Some("c6af9ac6-7b61-11e6-9a41-93e8deadbeef"),
+        key: Some("sk-bench-0123456789abcdef0123456789abcdef"),
+        event: "http_api",
+        latency: std::time::Duration::from_millis(3),
+        stats: Default::default(),
+    };
+    g.bench_function("log_line_with_metrics", |b| {
+        b.iter(|| {
+            budget_core::metrics::authorize_record(black_box(&denied), &context)
+                .render("EdgeBudget", now)
+        })
     });
     let digits = "9".repeat(100_000);
     g.bench_function("parse_amount_100kb_of_digits", |b| {
@@ -251,7 +283,7 @@ fn authorize_cpu(c: &mut Criterion) {
         b.iter(|| {
             let e: Value = serde_json::from_slice(black_box(&event_bytes)).expect("json");
             let answer = rt
-                .block_on(authorize::handle(&memory, e, now))
+                .block_on(authorize::handle_logged(&memory, &discard(), e, now))
                 .expect("answer");
             serde_json::to_vec(&answer).expect("json")
         })
@@ -260,7 +292,7 @@ fn authorize_cpu(c: &mut Criterion) {
         b.iter(|| {
             let e: Value = serde_json::from_slice(black_box(&event_bytes)).expect("json");
             let answer = rt
-                .block_on(authorize::handle(&with_sdk, e, now))
+                .block_on(authorize::handle_logged(&with_sdk, &discard(), e, now))
                 .expect("answer");
             serde_json::to_vec(&answer).expect("json")
         })
@@ -270,3 +302,8 @@ fn authorize_cpu(c: &mut Criterion) {
 
 criterion_group!(benches, authorize_cpu);
 criterion_main!(benches);
+
+/// The decision's log line is rendered, as in Lambda, but not printed.
+fn discard() -> budget_core::metrics::Emitter {
+    budget_core::metrics::Emitter::discard("EdgeBudget")
+}

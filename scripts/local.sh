@@ -2,10 +2,13 @@
 # `make local`: the whole stack on this machine, in one command.
 #
 #   1. installs what is missing into .tools/ (cargo-lambda, moto);
-#   2. builds the four functions and starts the DynamoDB emulator (port 8000,
+#   2. builds the five functions and starts the DynamoDB emulator (port 8000,
 #      or a free one), and creates the table from its Rust definition;
 #   3. starts `cargo lambda watch` (the Lambda runtime API on port 9000, or a
-#      free one) and the four functions against it;
+#      free one) and the five functions against it, and the stream poller
+#      (scripts/stream_poller.py) that feeds the table's stream to notify,
+#      as Lambda would, and writes the budget alerts EventBridge receives
+#      to .local/logs/alerts.log;
 #   4. starts the local gateway (dev/local-gateway: the routes of the REST
 #      API that template.yaml deploys, each proxied request authorized by the
 #      real authorize function) in front of UPSTREAM_URL, or of its built-in
@@ -37,7 +40,7 @@ fi
 source "$(dirname "${BASH_SOURCE[0]}")/tools.sh"
 cd "$ROOT"
 
-FUNCTIONS=(authorize settle-spend reset admin)
+FUNCTIONS=(authorize settle-spend reset admin notify)
 # LOCAL_STATE_DIR: where this stack writes env, stack.env, events and logs
 # (.local by default; the LiteLLM e2e test runs its own stack elsewhere).
 LOCAL_DIR="${LOCAL_STATE_DIR:-$ROOT/.local}"
@@ -78,6 +81,10 @@ cleanup() {
     fi
     if [ -n "${TAIL_PID:-}" ]; then
         kill "$TAIL_PID" 2>/dev/null || true
+    fi
+    if [ -n "${POLLER_PID:-}" ]; then
+        kill "$POLLER_PID" 2>/dev/null || true
+        wait "$POLLER_PID" 2>/dev/null || true
     fi
     local pid
     for pid in ${FN_PIDS[@]+"${FN_PIDS[@]}"}; do
@@ -174,10 +181,10 @@ step "tools (.tools/)"
 ensure_cargo_lambda
 ensure_moto
 mkdir -p "$LOG_DIR"
-for f in "${FUNCTIONS[@]}" watch gateway; do : >"$LOG_DIR/$f.log"; done
+for f in "${FUNCTIONS[@]}" watch gateway alerts; do : >"$LOG_DIR/$f.log"; done
 
 step "build the functions (cargo build)"
-cargo build --bins -p budget-core -p authorize -p settle-spend -p reset -p admin -p local-gateway ||
+cargo build --bins -p budget-core -p authorize -p settle-spend -p reset -p admin -p notify -p local-gateway ||
     fail "the functions do not build"
 TARGET_DIR="$(cargo metadata --format-version 1 --no-deps | json_get target_directory)"
 BIN_DIR="$TARGET_DIR/debug"
@@ -189,6 +196,8 @@ done
 step "DynamoDB emulator"
 DYNAMODB_PORT="$(pick_port "${DYNAMODB_PORT:-8000}")"
 start_emulator "$DYNAMODB_PORT" || fail "the DynamoDB emulator did not start"
+# The same emulator serves EventBridge (and SQS, for the alert tail).
+export AWS_ENDPOINT_URL_EVENTBRIDGE="$AWS_ENDPOINT_URL_DYNAMODB"
 "$BIN_DIR/create-table" || fail "could not create table $TABLE_NAME"
 
 # ------------------------------------------------------------------ Lambda
@@ -230,6 +239,12 @@ while :; do
     [ "$SECONDS" -lt "$deadline" ] || fail "the admin function did not answer within 60 s (last: $HTTP_STATUS $HTTP_BODY)"
     sleep 0.3
 done
+
+# The stream trigger Lambda would be (the emulator cannot invoke a function
+# from a stream): polls the stream, invokes notify, tails the alerts.
+"$VENV/bin/python" scripts/stream_poller.py "$AWS_ENDPOINT_URL_DYNAMODB" "$TABLE_NAME" "$LAMBDA_URL" \
+    >>"$LOG_DIR/alerts.log" 2>&1 &
+POLLER_PID=$!
 
 # ----------------------------------------------------------------- gateway
 step "local gateway (the deployed API's routes) in front of ${UPSTREAM_URL:-the built-in mock upstream}"
@@ -278,6 +293,7 @@ AWS_ENDPOINT_URL_DYNAMODB=$AWS_ENDPOINT_URL_DYNAMODB
 TABLE_NAME=$TABLE_NAME
 MASTER_KEY=$MASTER_KEY
 DEMO_KEY=$DEMO_KEY
+ALERTS_LOG=$LOG_DIR/alerts.log
 API_URL=$API_URL
 EOF
 # .local/env: what a client, a script or `set -a; . .local/env; set +a`
@@ -342,6 +358,9 @@ Through the gateway, as a client would (a fresh request id each time; denials as
 Settle / release (IAM is not emulated locally: no signature needed):
   curl -s $API_URL/spend/settle -d '{"reservation_id": "RESERVATION_ID", "cost": 0.0123}'
   curl -s $API_URL/spend/release -d '{"reservation_id": "RESERVATION_ID"}'
+
+Budget alerts (notify, fed by the stream poller; EventBridge events as they arrive):
+  tail -f .local/logs/alerts.log
 
 Admin (LiteLLM-style; the master key as Bearer here, in x-litellm-api-key when deployed):
   curl -s '$API_URL/user/info?user_id=demo-user' -H 'Authorization: Bearer $MASTER_KEY'
@@ -417,20 +436,27 @@ if [ "$EXIT_AFTER_DEMO" = 1 ]; then
     if [ "$GATEWAY_API" = http ]; then want=403; else want=401; fi
     [ "$status" = "$want" ] || fail "an unknown key got $status, not $want"
 
-    step "all four functions and the gateway answered; stopping (LOCAL_EXIT_AFTER_DEMO=1)"
+    answer="$(curl -sS --max-time 30 "$LAMBDA_URL/2015-03-31/functions/notify/invocations" -d '{"Records": []}')"
+    echo "notify (an empty stream batch): $answer"
+    [ "$(printf '%s' "$answer" | json_get batchItemFailures)" = "[]" ] || fail "notify did not answer a stream batch"
+    kill -0 "$POLLER_PID" 2>/dev/null || fail "the stream poller stopped: $(tail -n 5 "$LOG_DIR/alerts.log")"
+
+    step "all five functions and the gateway answered; stopping (LOCAL_EXIT_AFTER_DEMO=1)"
     exit 0
 fi
 
 # ------------------------------------------------------------------- serve
 echo
 echo "Function logs follow. Ctrl-C stops everything."
-tail -n 0 -F "$LOG_DIR"/authorize.log "$LOG_DIR"/settle-spend.log "$LOG_DIR"/reset.log "$LOG_DIR"/admin.log "$LOG_DIR"/gateway.log &
+tail -n 0 -F "$LOG_DIR"/authorize.log "$LOG_DIR"/settle-spend.log "$LOG_DIR"/reset.log "$LOG_DIR"/admin.log \
+    "$LOG_DIR"/notify.log "$LOG_DIR"/alerts.log "$LOG_DIR"/gateway.log &
 TAIL_PID=$!
 restarts=0
 while :; do
     sleep 1
     kill -0 "$WATCH_PID" 2>/dev/null || fail "cargo lambda watch stopped"
     kill -0 "$GATEWAY_PID" 2>/dev/null || fail "the local gateway stopped"
+    kill -0 "$POLLER_PID" 2>/dev/null || fail "the stream poller stopped (see .local/logs/alerts.log)"
     for i in "${!FUNCTIONS[@]}"; do
         if ! kill -0 "${FN_PIDS[$i]}" 2>/dev/null; then
             wait "${FN_PIDS[$i]}" 2>/dev/null || true

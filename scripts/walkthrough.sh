@@ -159,6 +159,28 @@ for w in info.get("windows", []):
 '
 }
 
+# show_alerts [SECONDS]: prints the budget alerts that arrived (the stream
+# poller of `make local` writes them to ALERTS_LOG) since the last call,
+# waiting up to SECONDS (default 3) for the first one.
+ALERTS_SEEN=0
+ALERTS_SHOWN=""
+show_alerts() {
+    [ -n "${ALERTS_LOG:-}" ] && [ -f "$ALERTS_LOG" ] || return 0
+    local wait_until=$((SECONDS + ${1:-3})) lines
+    while :; do
+        lines="$(grep -c '^ALERT' "$ALERTS_LOG" || true)"
+        [ "$lines" -gt "$ALERTS_SEEN" ] && break
+        [ "$SECONDS" -lt "$wait_until" ] || return 0
+        sleep 0.2
+    done
+    sleep 0.5 # alerts of the same write arrive together
+    local new
+    new="$(grep '^ALERT' "$ALERTS_LOG" | tail -n +"$((ALERTS_SEEN + 1))")"
+    ALERTS_SEEN="$(grep -c '^ALERT' "$ALERTS_LOG" || true)"
+    printf '%s\n' "$new" | sed 's/^/           /'
+    ALERTS_SHOWN="$ALERTS_SHOWN$new"$'\n'
+}
+
 # ------------------------------------------------------------ 1. a user
 USER_ID="walkthrough-$(date +%s)"
 bold "1. A user with two windows: 30 USD per day, 15 USD per 10 seconds"
@@ -185,7 +207,9 @@ echo "REST TOKEN authorizer: $answer   (API Gateway answers 401)"
 
 # ------------------------------------------- 3. spend until the day is over
 bold "3. Requests reserving $RESERVE USD each until the daily window refuses"
-echo "(each admitted request is settled at $COST USD, as the upstream would do with POST /spend/settle)"
+echo "(each admitted request is settled at $COST USD, as the upstream would do with POST /spend/settle;"
+echo " budget alerts - EventBridge events from the notify function, 50/80/100 % of each window - show as they arrive)"
+show_alerts 0 >/dev/null # earlier runs' alerts are not this user's
 request=0
 rolled_and_admitted=0
 waited_for_short_window=0
@@ -213,6 +237,7 @@ while :; do
         settle /spend/settle "$last_settle"
         [ "$STATUS" = 200 ] || fail "settle answered $STATUS: $BODY"
         printf '           settled: cost %s, state %s\n' "$(printf '%s' "$BODY" | get cost)" "$(printf '%s' "$BODY" | get state)"
+        show_alerts 3
         continue
     fi
     reason="$(printf '%s' "$answer" | get context.reason)"
@@ -222,6 +247,13 @@ while :; do
     printf 'request %d: DENY   %s\n' "$request" "$(printf '%s' "$answer" | get context.message)"
     if [ "$window" = 1d ]; then
         deny="$answer"
+        if [ -n "${ALERTS_LOG:-}" ]; then
+            # A slow machine may print it late; it was sent at the settle.
+            printf '%s' "$ALERTS_SHOWN" | grep -q "ALERT 80 % of user $USER_ID 1d" || show_alerts 15
+            printf '%s' "$ALERTS_SHOWN" | grep -q "ALERT 80 % of user $USER_ID 1d" ||
+                fail "no 80 % alert of the daily window (see .local/logs/alerts.log, notify.log)"
+            echo "           (the day's 80 % alert was sent at the settle before this denial)"
+        fi
         break
     fi
     # A short window: wait until it rolls over, then try again.

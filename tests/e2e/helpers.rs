@@ -16,6 +16,7 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use budget_core::keys::hash_key;
+use budget_core::metrics::Emitter;
 use budget_core::model::{Entity, EntityRef};
 use budget_core::service::Authorizer;
 use budget_core::store::dynamo::DynamoStore;
@@ -100,6 +101,9 @@ pub struct TestApp {
     pub authorizer: Authorizer<DynamoStore>,
     /// When requests are answered and fixtures created (`NOW`).
     pub now: DateTime<Utc>,
+    /// Where the app's authorize, settle-spend and reset calls write
+    /// their log lines (memory: `app.lines()` reads them back).
+    pub emitter: Emitter,
 }
 
 impl Deref for TestApp {
@@ -121,6 +125,14 @@ impl TestApp {
         TestApp::make(vars, Some(turn)).await
     }
 
+    /// An app whose table has the stream production has (the alert tests
+    /// that read it, the template's table comparison).
+    pub async fn with_stream() -> TestApp {
+        let turn = EMULATOR.read().await;
+        let table = TestTable::with_stream(&[]).await;
+        TestApp::assemble(table, Some(turn))
+    }
+
     /// An app of a heavy run, which has the emulator to itself already.
     pub async fn alone(_alone: &Alone, vars: &[(&str, &str)]) -> TestApp {
         TestApp::make(vars, None).await
@@ -131,12 +143,20 @@ impl TestApp {
         turn: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
     ) -> TestApp {
         let table = TestTable::with_settings(vars).await;
+        TestApp::assemble(table, turn)
+    }
+
+    fn assemble(
+        table: TestTable,
+        turn: Option<tokio::sync::RwLockReadGuard<'static, ()>>,
+    ) -> TestApp {
         let authorizer = Authorizer::new(table.store.clone(), table.settings.clone());
         TestApp {
             table,
             _turn: turn,
             authorizer,
             now: at(NOW),
+            emitter: Emitter::memory("EdgeBudget"),
         }
     }
 
@@ -179,7 +199,23 @@ impl TestApp {
         estimate: Option<&str>,
         when: DateTime<Utc>,
     ) -> Value {
-        authorize_via(&self.authorizer, key, estimate, when).await
+        let event = http_api_event(key, estimate, &hex_id());
+        authorize::handle_logged(&self.authorizer, &self.emitter, event, when)
+            .await
+            .expect("an answer")
+    }
+
+    /// The log lines the app's calls wrote, parsed, oldest first.
+    pub fn lines(&self) -> Vec<Value> {
+        self.emitter.lines()
+    }
+
+    // ---- reset ----
+
+    /// One run of the reset job at `when` (a scheduled event).
+    pub async fn reset_at(&self, when: DateTime<Utc>) -> budget_core::service::ResetSummary {
+        let event = edge_budget::schedule_event();
+        reset::handle_logged(&self.store, &self.settings, &self.emitter, event, when).await
     }
 
     // ---- settle-spend ----
@@ -194,7 +230,7 @@ impl TestApp {
         when: DateTime<Utc>,
     ) -> lambda_http::Response<lambda_http::Body> {
         let request = http_request("POST", path, &body.to_string(), &[]);
-        settle_spend::handle(store, &self.settings, request, when).await
+        settle_spend::handle_logged(store, &self.settings, &self.emitter, request, when).await
     }
 
     /// `POST path` with `body` to settle-spend at `now`.

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use budget_core::model::EntityRef;
 use budget_core::Money;
 use chrono::Duration;
-use edge_budget::{at, hex_id, http_api_event, rest_token_event, schedule_event};
+use edge_budget::{at, hex_id, http_api_event, rest_token_event};
 use serde_json::json;
 
-use crate::helpers::{authorize_via, TestApp};
+use crate::helpers::TestApp;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -39,34 +39,36 @@ async fn logs_of_a_full_flow_never_contain_a_key() {
     let now = at("2026-11-28T15:08:00Z");
     app.user("u-sec").window("1d", 5.0).create().await;
     let key = app.key().user("u-sec").create().await;
-    let a = app.authorizer();
-    let allowed = authorize_via(&a, &key, Some("3"), now).await;
+    let allowed = app.authorize(&key, Some("3")).await;
     assert_eq!(allowed["isAuthorized"], true);
-    let denied = authorize_via(&a, &key, Some("3"), now).await;
+    let denied = app.authorize(&key, Some("3")).await;
     assert_eq!(denied["isAuthorized"], false);
-    let _ = authorize::handle(&a, rest_token_event(&format!("Bearer {key}")), now).await;
+    let (a, e) = (&app.authorizer, &app.emitter);
+    let token = rest_token_event(&format!("Bearer {key}"));
+    let _ = authorize::handle_logged(a, e, token, now).await;
     let unknown = "sk-this-key-does-not-exist-0123456789";
-    let _ = authorize::handle(&a, http_api_event(unknown, None, &hex_id()), now).await;
+    let event = http_api_event(unknown, None, &hex_id());
+    let _ = authorize::handle_logged(a, e, event, now).await;
     let id = allowed["context"]["reservation_id"].as_str().unwrap();
     let body = json!({"reservation_id": id, "cost": 1.5}).to_string();
     app.settle_spend_via(&app.store, "/spend/settle", &body, now)
         .await;
-    reset::handle(
-        &app.store,
-        &app.settings,
-        schedule_event(),
-        now + Duration::seconds(60),
-    )
-    .await;
+    app.reset_at(now + Duration::seconds(60)).await;
 
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
+    // Both: what `tracing` wrote (the SDK's and the runtime's lines
+    // included) and the functions' own lines with their metrics.
+    let mut logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
+    for line in app.lines() {
+        logs.push_str(&line.to_string());
+        logs.push('\n');
+    }
     assert!(
         logs.len() > 1000,
         "the flow was logged ({} bytes)",
         logs.len()
     );
     assert!(
-        logs.contains("allowed") && logs.contains("denied"),
+        logs.contains("\"admitted\"") && logs.contains("\"denied\""),
         "the decisions were logged"
     );
     for secret in [key.as_str(), unknown, &key[3..]] {
@@ -159,14 +161,16 @@ async fn at_rust_log_trace_other_crates_cannot_log_a_key() {
     tracing::debug!(target: "lambda_runtime", "invoking handler with {event}");
     tracing::debug!(target: "aws_smithy_runtime::client::http", "request body {key}");
     tracing::info!(target: "lambda_runtime", "runtime info lines still pass");
-    let a = app.authorizer();
-    let answer = authorize::handle(&a, event, now).await.unwrap();
+    let answer = authorize::handle_logged(&app.authorizer, &app.emitter, event, now)
+        .await
+        .unwrap();
     assert_eq!(answer["isAuthorized"], true);
     tracing::trace!(target: "budget_core::service", "our own trace lines pass");
 
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
+    let mut logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
     assert!(logs.contains("runtime info lines still pass"), "{logs}");
     assert!(logs.contains("our own trace lines pass"), "{logs}");
-    assert!(logs.contains("allowed"), "{logs}");
+    logs.push_str(&format!("{:?}", app.lines()));
+    assert!(logs.contains("\"admitted\""), "{logs}");
     assert!(!logs.contains(&key[3..]), "a key appears in the logs");
 }

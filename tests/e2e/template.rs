@@ -46,7 +46,7 @@ async fn the_template_declares_the_table_the_code_creates() {
     assert_eq!(s(&table["Type"]), "AWS::DynamoDB::Table");
     let p = &table["Properties"];
 
-    let app = TestApp::new().await;
+    let app = TestApp::with_stream().await;
     let described = app
         .client
         .describe_table()
@@ -153,6 +153,16 @@ async fn the_template_declares_the_table_the_code_creates() {
         p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"],
         Value::Bool(true)
     );
+    // The stream notify reads: both images, as the code creates it.
+    let stream = described.stream_specification().expect("a stream");
+    assert!(stream.stream_enabled());
+    let view = stream
+        .stream_view_type()
+        .expect("a view type")
+        .as_str()
+        .to_string();
+    assert_eq!(view, "NEW_AND_OLD_IMAGES");
+    assert_eq!(s(&p["StreamSpecification"]["StreamViewType"]), view);
 }
 
 #[test]
@@ -165,7 +175,7 @@ fn every_function_in_the_template_is_a_workspace_binary() {
             binaries.insert(s(&resource["Metadata"]["BuildProperties"]["Binary"]));
         }
     }
-    let expected: BTreeSet<String> = ["authorize", "settle-spend", "reset", "admin"]
+    let expected: BTreeSet<String> = ["authorize", "settle-spend", "reset", "admin", "notify"]
         .into_iter()
         .map(str::to_string)
         .collect();
@@ -754,5 +764,147 @@ async fn the_rest_denial_body_is_json_for_an_unreadable_estimate() {
         .expect("an answer");
         assert_eq!(answer["context"]["reason"], "invalid_request", "{answer}");
         assert_denial_body_is_json(&template, &answer["context"]);
+    }
+}
+
+/// The metric names and `Reason` values the template's alarms and
+/// dashboard use in the stack's own namespace: each must be one the code
+/// emits, or the alarm would watch a metric that never exists.
+#[test]
+fn alarms_and_dashboard_watch_metrics_the_functions_emit() {
+    use budget_core::metrics::{METRIC_NAMES, REASONS};
+    let t = template();
+    let mut watched = 0;
+    for (name, alarm) in resources_of_type(&t, "AWS::CloudWatch::Alarm") {
+        let p = &alarm["Properties"];
+        let mut metrics: Vec<&Value> = vec![p];
+        if let Some(list) = p["Metrics"].as_sequence() {
+            metrics.extend(list.iter().map(|m| &m["MetricStat"]["Metric"]));
+        }
+        for m in metrics {
+            let ours =
+                tagged(&m["Namespace"], "Sub").is_some_and(|v| s(v).starts_with("EdgeBudget/"));
+            if !ours {
+                continue;
+            }
+            watched += 1;
+            let metric = s(&m["MetricName"]);
+            assert!(METRIC_NAMES.contains(&metric.as_str()), "{name}: {metric}");
+            for d in m["Dimensions"].as_sequence().unwrap() {
+                if s(&d["Name"]) == "Reason" {
+                    assert!(REASONS.contains(&s(&d["Value"]).as_str()), "{name}");
+                }
+            }
+        }
+    }
+    assert!(
+        watched >= 5,
+        "only {watched} alarm metrics in the stack's namespace"
+    );
+    let sub = tagged(
+        &t["Resources"]["Dashboard"]["Properties"]["DashboardBody"],
+        "Sub",
+    )
+    .expect("a !Sub body");
+    let body = sub.as_sequence().map_or_else(|| s(sub), |list| s(&list[0]));
+    for line in body.lines().filter(|l| l.contains("[\"${Ns}\"")) {
+        let metric = line.split('"').nth(3).unwrap();
+        assert!(METRIC_NAMES.contains(&metric), "dashboard: {metric}");
+    }
+    for reason in REASONS {
+        assert!(
+            body.contains(&format!("\"Reason\", \"{reason}\"")),
+            "dashboard lacks {reason}"
+        );
+    }
+}
+
+/// Production settings of the functions and the table: JSON logs with a
+/// retention, the reset job alone and never retried with a failure
+/// destination, settle-spend's own executions, deletion protection, and
+/// the master key from Secrets Manager.
+#[test]
+fn functions_log_json_with_retention_and_the_reset_job_runs_alone() {
+    let t = template();
+    let r = &t["Resources"];
+    for (name, f) in resources_of_type(&t, "AWS::Serverless::Function") {
+        let logging = &f["Properties"]["LoggingConfig"];
+        assert_eq!(s(&logging["LogFormat"]), "JSON", "{name}");
+        let group = s(tagged(&logging["LogGroup"], "Ref").expect("a log group of its own"));
+        assert_eq!(
+            s(&r[group.as_str()]["Type"]),
+            "AWS::Logs::LogGroup",
+            "{name}"
+        );
+        assert!(tagged(&r[group.as_str()]["Properties"]["RetentionInDays"], "Ref").is_some());
+    }
+    let reset = &r["ResetFunction"]["Properties"];
+    assert_eq!(reset["ReservedConcurrentExecutions"].as_u64(), Some(1));
+    assert_eq!(
+        reset["EventInvokeConfig"]["MaximumRetryAttempts"].as_u64(),
+        Some(0)
+    );
+    assert!(!reset["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"].is_null());
+    let schedule = &reset["Events"]["Schedule"]["Properties"];
+    assert_eq!(
+        schedule["RetryPolicy"]["MaximumRetryAttempts"].as_u64(),
+        Some(0)
+    );
+    assert!(!r["SettleSpendFunction"]["Properties"]["ReservedConcurrentExecutions"].is_null());
+    assert_eq!(
+        r["BudgetTable"]["Properties"]["DeletionProtectionEnabled"].as_bool(),
+        Some(true)
+    );
+    let master = &r["AdminFunction"]["Properties"]["Environment"]["Variables"]["MASTER_KEY"];
+    assert!(
+        sub_text(master).starts_with("{{resolve:secretsmanager:${MasterKeySecret}"),
+        "{master:?}"
+    );
+    assert!(
+        t["Parameters"]["MasterKey"].is_null(),
+        "no parameter holds the master key"
+    );
+}
+
+/// Both gateways throttle at the stage (before the authorizer runs, so a
+/// flood costs no invocation) and write access logs that carry the
+/// authorizer's error and the reservation id — and the key's hash prefix,
+/// never a header that holds the key.
+#[test]
+fn both_gateways_throttle_and_log_the_authorizers_error_and_reservation() {
+    let t = template();
+    let r = &t["Resources"];
+    let http = &r["BudgetHttpApiStage"]["Properties"];
+    assert!(tagged(&http["DefaultRouteSettings"]["ThrottlingRateLimit"], "Ref").is_some());
+    assert!(tagged(&http["DefaultRouteSettings"]["ThrottlingBurstLimit"], "Ref").is_some());
+    let rest = &r["BudgetRestApiStage"]["Properties"];
+    let method = &rest["MethodSettings"][0];
+    assert_eq!(
+        (s(&method["ResourcePath"]), s(&method["HttpMethod"])),
+        ("/*".into(), "*".into())
+    );
+    assert!(tagged(&method["ThrottlingRateLimit"], "Ref").is_some());
+    for format in [
+        &http["AccessLogSettings"]["Format"],
+        &rest["AccessLogSetting"]["Format"],
+    ] {
+        let line: serde_json::Value = serde_json::from_str(&s(format)).expect("a JSON line");
+        let fields: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .values()
+            .filter_map(|v| v.as_str())
+            .collect();
+        for needed in [
+            "$context.requestId",
+            "$context.authorizer.error",
+            "$context.authorizer.reservation_id",
+            "$context.authorizer.reason",
+            "$context.authorizer.key_hash",
+            "$context.status",
+        ] {
+            assert!(fields.contains(&needed), "{needed} missing from {line}");
+        }
+        assert!(!s(format).contains("header"), "no header is logged: {line}");
     }
 }

@@ -112,9 +112,45 @@ pub fn attributes(
                 ));
             }
         }
-        out.insert(name.clone(), value.clone());
+        let value = alert_field(name, value)?;
+        out.insert(name.clone(), value);
     }
     Ok(out)
+}
+
+/// `soft_budget` (an amount, acted on by budget alerts) and
+/// `budget_alert_thresholds` (an edge-budget extension: percentages of
+/// `max_budget`, whole numbers from 1 to 1000, at most 10), checked and
+/// normalised (thresholds sorted, without repeats).
+fn alert_field(name: &str, value: &Value) -> Result<Value, ApiError> {
+    use budget_core::alerts::{
+        checked, MAX_THRESHOLDS, MAX_THRESHOLD_PERCENT, SOFT_BUDGET_FIELD, THRESHOLDS_FIELD,
+    };
+    if value.is_null() {
+        return Ok(Value::Null);
+    }
+    if name == SOFT_BUDGET_FIELD {
+        money_value(name, value)?;
+    }
+    if name != THRESHOLDS_FIELD {
+        return Ok(value.clone());
+    }
+    let message = format!(
+        "{name} must be a list of at most {MAX_THRESHOLDS} whole percentages of max_budget from 1 to {MAX_THRESHOLD_PERCENT} (e.g. [50, 80, 100]), or null"
+    );
+    let bad = || ApiError::bad_request(name, message.clone());
+    let list = value.as_array().ok_or_else(bad)?;
+    let percents = list
+        .iter()
+        .map(|v| {
+            v.as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| (1..=MAX_THRESHOLD_PERCENT).contains(p))
+        })
+        .collect::<Option<Vec<u32>>>()
+        .ok_or_else(bad)?;
+    let percents = checked(percents).map_err(|_| bad())?;
+    Ok(Value::from(percents))
 }
 
 /// `id` if valid, or a 400 naming `field` (the message does not echo the

@@ -253,9 +253,19 @@ const DELETE_ORGANIZATION_REQUEST: &[&str] = &["organization_ids"];
 
 /// edge-budget's own fields on keys (`expires` as RFC 3339 beside
 /// LiteLLM's `duration`).
-const OURS_KEY: &[&str] = &["budget_limits", "reservation_floor", "expires"];
+const OURS_KEY: &[&str] = &[
+    "budget_limits",
+    "reservation_floor",
+    "expires",
+    "budget_alert_thresholds",
+];
 /// edge-budget's own fields on users and teams.
-const OURS_OWNER: &[&str] = &["budget_limits", "reservation_floor", "budget_shards"];
+const OURS_OWNER: &[&str] = &[
+    "budget_limits",
+    "reservation_floor",
+    "budget_shards",
+    "budget_alert_thresholds",
+];
 /// Naming a key by its token (the hash) instead of its plaintext.
 const OURS_TOKEN: &[&str] = &["token"];
 

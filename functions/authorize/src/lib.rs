@@ -14,13 +14,15 @@ use aws_lambda_events::apigw::{
 use aws_lambda_events::http::HeaderMap;
 use aws_lambda_events::iam::{IamPolicyEffect, IamPolicyStatement};
 use budget_core::decision::{rfc3339, Denial};
+use budget_core::metrics::{authorize_record, AuthorizeContext, Emitter};
 use budget_core::model::key_hash_prefix;
 use budget_core::money::MoneyError;
-use budget_core::service::{AuthorizeOutcome, Authorizer, Requested};
+use budget_core::service::{measured, AuthorizeOutcome, Authorizer, Requested};
 use budget_core::store::BudgetStore;
 use budget_core::Money;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
+use std::time::Instant;
 
 /// Why an event could not be answered at all. `Unauthorized` is the exact
 /// message API Gateway turns into a 401 for REST authorizers.
@@ -146,42 +148,75 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Answers one authorizer event: the three event shapes in, the three
-/// answer shapes out (the match on each is why it is this long).
+/// answer shapes out (the match on each is why it is this long). Writes
+/// the decision's log line (with its metrics) to standard output.
 pub async fn handle<S: BudgetStore>(
     authorizer: &Authorizer<S>,
     event: Value,
     now: DateTime<Utc>,
 ) -> Result<Value, AuthorizeError> {
+    handle_logged(
+        authorizer,
+        &Emitter::stdout(&authorizer.settings.metrics_namespace),
+        event,
+        now,
+    )
+    .await
+}
+
+/// [`handle`], writing the decision's line to `emitter`. An event that
+/// is not an authorizer event at all is an error and no decision (the
+/// runtime logs it; Lambda counts it in `Errors`).
+pub async fn handle_logged<S: BudgetStore>(
+    authorizer: &Authorizer<S>,
+    emitter: &Emitter,
+    event: Value,
+    now: DateTime<Utc>,
+) -> Result<Value, AuthorizeError> {
+    let started = Instant::now();
     let event = parse_event(event)?;
-    let (key, estimate_header, request_id) = match &event {
+    let (key, estimate_header, request_id, shape) = match &event {
         Event::HttpApi(e) => (
             key_from_headers(&e.headers),
             header(&e.headers, "x-budget-reserve").map(str::to_string),
             e.request_context.request_id.clone(),
+            "http_api",
         ),
         Event::RestRequest(e) => (
             key_from_headers(&e.headers),
             header(&e.headers, "x-budget-reserve").map(str::to_string),
             e.request_context.request_id.clone(),
+            "rest_request",
         ),
         Event::RestToken(e) => (
             e.authorization_token.as_deref().and_then(token_key),
             None,
             None,
+            "rest_token",
         ),
     };
-    let outcome = match key {
-        None => AuthorizeOutcome::InvalidKey,
-        Some(key) => match requested_from_header(estimate_header.as_deref()) {
-            Err(message) => AuthorizeOutcome::InvalidEstimate(message),
-            Ok(requested) => {
-                authorizer
-                    .authorize(&key, requested, request_id.as_deref(), now)
-                    .await
-            }
-        },
+    let decide = async {
+        match &key {
+            None => AuthorizeOutcome::InvalidKey,
+            Some(key) => match requested_from_header(estimate_header.as_deref()) {
+                Err(message) => AuthorizeOutcome::InvalidEstimate(message),
+                Ok(requested) => {
+                    authorizer
+                        .authorize(key, requested, request_id.as_deref(), now)
+                        .await
+                }
+            },
+        }
     };
-    log_outcome(&outcome);
+    let (outcome, stats) = measured(decide).await;
+    let context = AuthorizeContext {
+        request_id: request_id.as_deref(),
+        key: key.as_deref(),
+        event: shape,
+        latency: started.elapsed(),
+        stats,
+    };
+    emitter.emit(&authorize_record(&outcome, &context), now);
     let (allowed, principal, context) = answer(&outcome);
     match event {
         Event::HttpApi(_) => {
@@ -355,39 +390,6 @@ fn deny_context(c: &mut Map<String, Value>, d: &Denial) {
         c.insert("retry_after".into(), json!(after));
     }
     c.insert("message".into(), json!(d.message()));
-}
-
-/// Logs what happened without the key: the reservation id and the entity.
-fn log_outcome(outcome: &AuthorizeOutcome) {
-    match outcome {
-        AuthorizeOutcome::Allowed {
-            reservation,
-            duplicate,
-            ..
-        } => tracing::info!(
-            reservation_id = %reservation.id,
-            key = %key_hash_prefix(&reservation.key_hash),
-            amount = %reservation.amount,
-            duplicate,
-            "allowed"
-        ),
-        AuthorizeOutcome::Denied(d) => tracing::info!(
-            entity = %d.entity.kind,
-            entity_id = %d.entity.display_id(),
-            window = %d.span.id(),
-            denial = %d.message(),
-            "denied"
-        ),
-        AuthorizeOutcome::Refused(r) => tracing::info!(reason = r.reason(), "refused"),
-        AuthorizeOutcome::InvalidKey => tracing::info!("invalid key"),
-        AuthorizeOutcome::InvalidEstimate(m) => tracing::info!(problem = %m, "invalid estimate"),
-        AuthorizeOutcome::TooManyScopes { items } => {
-            tracing::warn!(items, "too many scopes for one transaction: denied")
-        }
-        AuthorizeOutcome::Unavailable(e) => {
-            tracing::error!(error = %e, "store unavailable: denied")
-        }
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! budget held by requests that died.
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
+use budget_core::metrics::{reset_record, Emitter};
 use budget_core::service::{reset, ResetSummary};
 use budget_core::store::ResetStore;
 use budget_core::Settings;
@@ -20,24 +21,31 @@ fn trigger(event: &Value) -> String {
     }
 }
 
-/// Runs the job once. Accepts any JSON event.
+/// Runs the job once. Accepts any JSON event. Writes the run's log line
+/// (with its metrics) to standard output.
 pub async fn handle<S: ResetStore>(
     store: &S,
     settings: &Settings,
     event: Value,
     now: DateTime<Utc>,
 ) -> ResetSummary {
+    let emitter = Emitter::stdout(&settings.metrics_namespace);
+    handle_logged(store, settings, &emitter, event, now).await
+}
+
+/// [`handle`], writing the run's line to `emitter`.
+pub async fn handle_logged<S: ResetStore>(
+    store: &S,
+    settings: &Settings,
+    emitter: &Emitter,
+    event: Value,
+    now: DateTime<Utc>,
+) -> ResetSummary {
+    let started = std::time::Instant::now();
     let summary = reset(store, now, settings).await;
-    tracing::info!(
-        trigger = %trigger(&event),
-        windows_reset = summary.windows_reset,
-        reservations_released = summary.reservations_released,
-        entities_due = summary.entities_due,
-        stopped_at_deadline = summary.stopped_at_deadline,
-        backlog_reservations = summary.backlog_reservations,
-        oldest_expired_seconds = ?summary.oldest_expired_seconds,
-        errors = summary.errors.len(),
-        "reset done"
+    emitter.emit(
+        &reset_record(&summary, &trigger(&event), started.elapsed()),
+        now,
     );
     summary
 }

@@ -9,15 +9,17 @@
 //! path is a 404 (`/x/y/spend/settle` is not `/spend/settle`).
 
 use budget_core::decision::rfc3339;
+use budget_core::metrics::{settle_record, Emitter, SettleReport};
 use budget_core::model::Reservation;
-use budget_core::service::{settle, SettleOutcome};
+use budget_core::service::{measured, settle, SettleOutcome};
 use budget_core::store::{BudgetStore, StoreError};
 use budget_core::{Money, Settings};
 use chrono::{DateTime, Utc};
 use http_api::routes::route_of;
 use http_api::{json_object, money_value, ApiError};
-use lambda_http::{Body, Request, Response};
+use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::{json, Value};
+use std::time::Instant;
 
 /// Which operation a request asks for.
 enum Operation {
@@ -26,20 +28,74 @@ enum Operation {
 }
 
 /// Answers one HTTP request. Never fails: every problem is an HTTP answer.
+/// Writes the request's log line (with its metrics) to standard output.
 pub async fn handle<S: BudgetStore>(
     store: &S,
     settings: &Settings,
     request: Request,
     now: DateTime<Utc>,
 ) -> Response<Body> {
-    match route(store, settings, &request, now).await {
-        Ok(body) => respond(200, &body),
-        Err(e) => {
-            if e.status >= 500 {
-                tracing::error!(error = %e.message, "settle failed");
-            }
-            respond(e.status, &e.body())
+    let emitter = Emitter::stdout(&settings.metrics_namespace);
+    handle_logged(store, settings, &emitter, request, now).await
+}
+
+/// [`handle`], writing the request's line to `emitter`.
+pub async fn handle_logged<S: BudgetStore>(
+    store: &S,
+    settings: &Settings,
+    emitter: &Emitter,
+    request: Request,
+    now: DateTime<Utc>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let mut note = Note::default();
+    let (result, stats) = measured(route(store, settings, &request, now, &mut note)).await;
+    let (status, body, error) = match result {
+        Ok(body) => (200, body, None),
+        Err(e) => (e.status, e.body(), Some(e.message)),
+    };
+    let request_id = gateway_request_id(&request);
+    let report = SettleReport {
+        operation: note.operation,
+        status,
+        request_id: request_id.as_deref(),
+        reservation_id: note.id.as_deref(),
+        cost: note.cost,
+        finished: note.finished.as_ref().map(|(r, d)| (r, *d)),
+        error: error.as_deref(),
+        latency: started.elapsed(),
+        stats,
+    };
+    emitter.emit(&settle_record(&report), now);
+    respond(status, &body)
+}
+
+/// What a request got to, for its log line.
+struct Note {
+    operation: &'static str,
+    id: Option<String>,
+    cost: Option<Money>,
+    finished: Option<(Reservation, bool)>,
+}
+
+impl Default for Note {
+    fn default() -> Note {
+        Note {
+            operation: "unknown",
+            id: None,
+            cost: None,
+            finished: None,
         }
+    }
+}
+
+/// The API Gateway request id, when the request came through one.
+fn gateway_request_id(request: &Request) -> Option<String> {
+    use lambda_http::request::RequestContext;
+    match request.request_context_ref()? {
+        RequestContext::ApiGatewayV2(c) => c.request_id.clone(),
+        RequestContext::ApiGatewayV1(c) => c.request_id.clone(),
+        _ => None,
     }
 }
 
@@ -48,6 +104,7 @@ async fn route<S: BudgetStore>(
     settings: &Settings,
     request: &Request,
     now: DateTime<Utc>,
+    note: &mut Note,
 ) -> Result<Value, ApiError> {
     let path = request.uri().path();
     let operation = match route_of(path, &["/spend/settle", "/spend/release"]) {
@@ -59,6 +116,10 @@ async fn route<S: BudgetStore>(
                 path.chars().take(200).collect::<String>()
             )))
         }
+    };
+    note.operation = match operation {
+        Operation::Settle => "settle",
+        Operation::Release => "release",
     };
     if request.method() != lambda_http::http::Method::POST {
         return Err(ApiError::method_not_allowed(
@@ -83,10 +144,11 @@ async fn route<S: BudgetStore>(
         }
     };
     // An id that authorize cannot have handed out is unknown without
-    // asking the store.
+    // asking the store (and is not logged: it is the caller's text).
     if !is_reservation_id(&id) {
         return Err(unknown(&id));
     }
+    note.id = Some(id.clone());
     let cost = match operation {
         Operation::Release => match body.get("cost") {
             None | Some(Value::Null) => Money::ZERO,
@@ -105,13 +167,15 @@ async fn route<S: BudgetStore>(
             Some(v) => money_value("cost", v)?,
         },
     };
+    note.cost = Some(cost);
     match settle(store, &id, cost, now, settings).await {
         Ok(SettleOutcome::Settled {
             reservation,
             duplicate,
         }) => {
-            tracing::info!(reservation_id = %id, cost = %cost, duplicate, "settled");
-            Ok(answer(&id, &reservation, duplicate))
+            let body = answer(&id, &reservation, duplicate);
+            note.finished = Some((*reservation, duplicate));
+            Ok(body)
         }
         Ok(SettleOutcome::NotFound) => Err(unknown(&id)),
         // Sending it again would be refused again: say so, no retry signal.

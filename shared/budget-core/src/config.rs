@@ -47,6 +47,14 @@ pub struct Settings {
     /// new work past this (keep it under the reset function's timeout,
     /// 60 s in template.yaml); what is left is done by the next run.
     pub reset_deadline_ms: u64,
+    /// `METRICS_NAMESPACE` (default `EdgeBudget`): the CloudWatch namespace
+    /// of the metrics embedded in the log lines (`metrics`).
+    pub metrics_namespace: String,
+    /// `BUDGET_ALERT_THRESHOLDS` (default `50,80,100`): percentages of a
+    /// window's `max_budget` whose crossing sends one budget alert per
+    /// window period (`alerts`), unless the entity names its own
+    /// (`budget_alert_thresholds`). Empty list: `none`.
+    pub alert_thresholds: Vec<u32>,
 }
 
 impl Settings {
@@ -121,7 +129,25 @@ impl Settings {
         let store_timeout_ms = int("STORE_TIMEOUT_MS", 2000, 50, 60_000)? as u64;
         let authorize_deadline_ms = int("AUTHORIZE_DEADLINE_MS", 2500, 50, 30_000)? as u64;
         let reset_deadline_ms = int("RESET_DEADLINE_MS", 45_000, 100, 900_000)? as u64;
+        let metrics_namespace = get("METRICS_NAMESPACE").unwrap_or_else(|| "EdgeBudget".into());
+        if let Some(message) = crate::metrics::namespace_problem(&metrics_namespace) {
+            return Err(ConfigError::Invalid {
+                name: "METRICS_NAMESPACE",
+                message,
+            });
+        }
+        let alert_thresholds = match get("BUDGET_ALERT_THRESHOLDS") {
+            None => crate::alerts::DEFAULT_THRESHOLDS.to_vec(),
+            Some(text) => {
+                crate::alerts::parse_thresholds(&text).map_err(|message| ConfigError::Invalid {
+                    name: "BUDGET_ALERT_THRESHOLDS",
+                    message,
+                })?
+            }
+        };
         Ok(Settings {
+            metrics_namespace,
+            alert_thresholds,
             table_name,
             clock,
             default_reservation: default_reservation
@@ -159,6 +185,8 @@ mod tests {
         assert_eq!(s.reservation_ttl_seconds, 1800);
         assert_eq!(s.min_reservation, s.default_reservation);
         assert_eq!(s.authorize_deadline_ms, 2500);
+        assert_eq!(s.metrics_namespace, "EdgeBudget");
+        assert_eq!(s.alert_thresholds, vec![50, 80, 100]);
         let s = settings(&[("TABLE_NAME", "t"), ("MIN_RESERVATION_USD", "0.5")]).unwrap();
         assert_eq!(s.default_reservation, Money::parse_decimal("0.5").unwrap());
     }
@@ -201,6 +229,14 @@ mod tests {
                 .starts_with("DEFAULT_RESERVATION_USD: 0.01 is below"),
             "{e}"
         );
+        let e = settings(&[("TABLE_NAME", "t"), ("METRICS_NAMESPACE", "a b")]).unwrap_err();
+        assert!(e.to_string().starts_with("METRICS_NAMESPACE"), "{e}");
+        let e = settings(&[("TABLE_NAME", "t"), ("BUDGET_ALERT_THRESHOLDS", "80,x")]).unwrap_err();
+        assert!(e.to_string().starts_with("BUDGET_ALERT_THRESHOLDS"), "{e}");
+        let s = settings(&[("TABLE_NAME", "t"), ("BUDGET_ALERT_THRESHOLDS", "none")]).unwrap();
+        assert!(s.alert_thresholds.is_empty());
+        let s = settings(&[("TABLE_NAME", "t"), ("BUDGET_ALERT_THRESHOLDS", " 90, 75 ")]).unwrap();
+        assert_eq!(s.alert_thresholds, vec![75, 90]);
         let e = settings(&[("TABLE_NAME", "t"), ("RESERVATION_TTL_SECONDS", "0")]).unwrap_err();
         assert!(e.to_string().starts_with("RESERVATION_TTL_SECONDS"), "{e}");
     }

@@ -2,12 +2,14 @@
 //! the admission rule, and the store that enforces it atomically in
 //! DynamoDB. No Lambda types here: the function crates translate events.
 
+pub mod alerts;
 pub mod config;
 pub mod decision;
 pub mod duration;
 pub mod escrow;
 pub mod ids;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod money;
 pub mod plan;

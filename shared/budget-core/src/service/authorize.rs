@@ -19,6 +19,7 @@ use crate::money::Money;
 use crate::store::{BudgetStore, ReserveWrite, StoreError};
 
 use super::escrow::Next;
+use super::stats::{retried, store_call};
 use super::{backoff, MAX_ATTEMPTS};
 
 /// Chains kept in memory per function instance.
@@ -145,6 +146,9 @@ impl<S: BudgetStore> Authorizer<S> {
         // attempts; they have a bound of their own.
         let (mut attempt, mut escrow_steps) = (0, 0);
         while attempt < MAX_ATTEMPTS {
+            if attempt > 0 {
+                retried();
+            }
             attempt += 1;
             if stale && !self.refresh(&mut req).await? {
                 return Ok(AuthorizeOutcome::InvalidKey);
@@ -152,7 +156,13 @@ impl<S: BudgetStore> Authorizer<S> {
             stale = false;
             if let Some(e) = super::escrow::due(&req.chain, now) {
                 let entity = e.entity.clone();
-                super::escrow::roll(&self.store, &entity, now, &self.settings.clock).await?;
+                store_call(super::escrow::roll(
+                    &self.store,
+                    &entity,
+                    now,
+                    &self.settings.clock,
+                ))
+                .await?;
                 stale = true;
                 continue;
             }
@@ -194,9 +204,9 @@ impl<S: BudgetStore> Authorizer<S> {
                     };
                     let owner = owner.clone();
                     let clock = &self.settings.clock;
-                    match super::escrow::step(&self.store, &owner, &slot, estimate, now, clock)
-                        .await?
-                    {
+                    let step =
+                        super::escrow::step(&self.store, &owner, &slot, estimate, now, clock);
+                    match store_call(step).await? {
                         Next::Retry if escrow_steps < MAX_ESCROW_STEPS => {
                             escrow_steps += 1;
                             attempt -= 1;
@@ -228,7 +238,7 @@ impl<S: BudgetStore> Authorizer<S> {
     ) -> Result<Option<InFlight>, StoreError> {
         let (chain, snapshot) = match self.cached(&hash) {
             Some(c) => (c, false),
-            None => match self.store.load_chain_quick(&hash).await? {
+            None => match store_call(self.store.load_chain_quick(&hash)).await? {
                 Some(c) => (c, true),
                 None => return Ok(None),
             },
@@ -249,11 +259,9 @@ impl<S: BudgetStore> Authorizer<S> {
     /// own reservation in the same request). `false`: the key is gone.
     async fn refresh(&self, req: &mut InFlight) -> Result<bool, StoreError> {
         let (read, own) = if req.retry {
-            self.store
-                .load_chain_and_reservation(&req.hash, &req.id)
-                .await?
+            store_call(self.store.load_chain_and_reservation(&req.hash, &req.id)).await?
         } else {
-            (self.store.load_chain(&req.hash).await?, None)
+            (store_call(self.store.load_chain(&req.hash)).await?, None)
         };
         let Some(chain) = read else {
             self.remember(&req.hash, None);
@@ -262,7 +270,7 @@ impl<S: BudgetStore> Authorizer<S> {
         if std::mem::take(&mut req.from_snapshot) && snapshot_out_of_date(&req.chain, &chain) {
             // Once per key after an owner changed: the next cold instance
             // then decides from the key item alone again.
-            if let Err(e) = self.store.refresh_snapshot(&chain).await {
+            if let Err(e) = store_call(self.store.refresh_snapshot(&chain)).await {
                 tracing::warn!(error = %e, "owner snapshot not refreshed");
             }
         }
@@ -297,11 +305,7 @@ impl<S: BudgetStore> Authorizer<S> {
         reservation.remaining = admission.remaining;
         reservation.tightest = admission.tightest.clone();
         Ok(
-            match self
-                .store
-                .reserve(&req.chain, &reservation, now, clock)
-                .await?
-            {
+            match store_call(self.store.reserve(&req.chain, &reservation, now, clock)).await? {
                 ReserveWrite::Reserved => {
                     let after = apply_reservation(req.chain.clone(), estimate, now, clock);
                     self.remember(&req.hash, Some(after));
@@ -329,7 +333,9 @@ impl<S: BudgetStore> Authorizer<S> {
 
     /// The answer already given for reservation `id`, if it still holds.
     async fn held(&self, id: &str) -> Result<Option<AuthorizeOutcome>, StoreError> {
-        Ok(self.store.reservation(id).await?.and_then(answer_of))
+        Ok(store_call(self.store.reservation(id))
+            .await?
+            .and_then(answer_of))
     }
 }
 

@@ -8,6 +8,7 @@ use crate::model::{EntityRef, Reservation, ReservationState};
 use crate::money::Money;
 use crate::store::{BudgetStore, Finish, FinishWrite, StoreError};
 
+use super::stats::{retried, store_call};
 use super::{backoff, MAX_ATTEMPTS};
 
 /// What settle/release answered.
@@ -90,8 +91,7 @@ async fn finish_once<S: BudgetStore>(
     let mut busy = 0;
     if let Some(from_receipt) = crate::receipt::from_receipt(id, now) {
         if !skip(&from_receipt) {
-            match store
-                .finish(&from_receipt, None, finish, now, &settings.clock)
+            match store_call(store.finish(&from_receipt, None, finish, now, &settings.clock))
                 .await?
             {
                 FinishWrite::Done => return Ok(Finished::Done(from_receipt)),
@@ -109,30 +109,31 @@ async fn finish_once<S: BudgetStore>(
     // First: no read of the entities (one request less); once a window
     // moved or was removed, read them before every write.
     let mut read_entities = false;
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 || busy > 0 {
+            retried();
+        }
         // Read every time: a transaction that held us up may have been a
         // second delivery of this same settle, which finished it.
-        let Some(reservation) = store.reservation(id).await? else {
+        let Some(reservation) = store_call(store.reservation(id)).await? else {
             return Ok(Finished::NotFound);
         };
         if skip(&reservation) {
             return Ok(Finished::Skipped(reservation));
         }
         let entities = if read_entities {
-            Some(store.load_many(&held_entities(&reservation)).await?)
+            Some(store_call(store.load_many(&held_entities(&reservation))).await?)
         } else {
             None
         };
-        match store
-            .finish(
-                &reservation,
-                entities.as_deref(),
-                finish,
-                now,
-                &settings.clock,
-            )
-            .await?
-        {
+        let write = store.finish(
+            &reservation,
+            entities.as_deref(),
+            finish,
+            now,
+            &settings.clock,
+        );
+        match store_call(write).await? {
             FinishWrite::Done => return Ok(Finished::Done(reservation)),
             FinishWrite::Stale => read_entities = true,
             FinishWrite::Busy => {

@@ -7,6 +7,7 @@ mod authorize;
 pub mod escrow;
 mod finish;
 mod reset;
+pub mod stats;
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ pub use crate::decision::Requested;
 pub use authorize::{reservation_id, AuthorizeOutcome, Authorizer, MAX_KEY_BYTES};
 pub use finish::{expire, settle, SettleOutcome};
 pub use reset::{reset, ResetSummary};
+pub use stats::{measured, OpStats};
 
 /// Attempts at one operation before giving up (contention or movement).
 const MAX_ATTEMPTS: usize = 8;

@@ -15,11 +15,14 @@
 //! earliest boundary of their windows (`due#<shard>`, zero-padded epoch
 //! seconds), sparse (an entity with no window that resets is not in it):
 //! what the reset job reads instead of the table. TTL attribute `ttl`
-//! removes finished reservations after a week.
+//! removes finished reservations after a week (and alert markers, `alert#<id>`,
+//! five weeks after their window period). The stream (new and old images)
+//! feeds the `notify` function's budget alerts.
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
+    TimeToLiveSpecification,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -50,6 +53,18 @@ pub const DUE_SHARDS: u32 = 16;
 /// Creates the table as AWS would from `template.yaml` (on-demand, the
 /// indexes, TTL). An existing table is left alone.
 pub async fn create_table(client: &Client, name: &str) -> Result<bool, StoreError> {
+    create_table_with(client, name, true).await
+}
+
+/// [`create_table`], with or without the stream. Tests create theirs
+/// without it unless they read it: the emulator copies a whole table,
+/// stream records included, for every item of every transaction, so a
+/// stream that only grows makes a long test slower with every write.
+pub async fn create_table_with(
+    client: &Client,
+    name: &str,
+    stream: bool,
+) -> Result<bool, StoreError> {
     let unavailable = |e: String| StoreError::Unavailable(e);
     let s = |n: &str| {
         AttributeDefinition::builder()
@@ -91,6 +106,17 @@ pub async fn create_table(client: &Client, name: &str) -> Result<bool, StoreErro
         .set_attribute_definitions(Some(attributes))
         .key_schema(key(PARTITION_KEY, KeyType::Hash)?)
         .set_global_secondary_indexes(Some(indexes))
+        .set_stream_specification(if stream {
+            Some(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewAndOldImages)
+                    .build()
+                    .map_err(|e| unavailable(e.to_string()))?,
+            )
+        } else {
+            None
+        })
         .send()
         .await;
     match created {

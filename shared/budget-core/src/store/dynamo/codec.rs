@@ -8,6 +8,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{Map, Value};
 
+use crate::alerts::AlertConfig;
 use crate::model::{
     Entity, EntityKind, EntityRef, Hold, Reservation, ReservationState, SlotId, Span, Window,
 };
@@ -516,11 +517,57 @@ pub(super) fn entity_config_attributes(e: &Entity) -> Vec<(String, AttributeValu
         out.push((SHARDS.into(), n(e.shards as i64)));
         out.push((SHARD_ITEMS.into(), n(e.shard_items as i64)));
     }
+    if let Some(cfg) = alert_config_item(&AlertConfig::from_attributes(&e.attributes)) {
+        out.push((ALERTS.into(), cfg));
+    }
     out
 }
 
+/// The counter item's copy of what the entity asks to be alerted on (its
+/// attributes live in the meta item, which the stream record of a spend
+/// does not carry): `{t: "50,80" | "none", soft: nanos}`.
+pub(super) const ALERTS: &str = "alerts";
+
+fn alert_config_item(c: &AlertConfig) -> Option<AttributeValue> {
+    if c.is_default() {
+        return None;
+    }
+    let mut m = HashMap::new();
+    if let Some(t) = &c.thresholds {
+        let text = if t.is_empty() {
+            "none".to_string()
+        } else {
+            t.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+        };
+        m.insert("t".to_string(), s(text));
+    }
+    if let Some(soft) = c.soft_budget {
+        m.insert("soft".to_string(), money(soft));
+    }
+    Some(AttributeValue::M(m))
+}
+
+/// What a counter item says the entity asks to be alerted on.
+pub(super) fn alert_config_of(item: &HashMap<String, AttributeValue>) -> AlertConfig {
+    let Some(AttributeValue::M(m)) = item.get(ALERTS) else {
+        return AlertConfig::default();
+    };
+    let thresholds = match m.get("t") {
+        Some(AttributeValue::S(t)) => crate::alerts::parse_thresholds(t).ok(),
+        _ => None,
+    };
+    let soft_budget = match m.get("soft") {
+        Some(AttributeValue::N(n)) => saturating_integer(n).map(Money::from_nanos),
+        _ => None,
+    };
+    AlertConfig {
+        thresholds,
+        soft_budget,
+    }
+}
+
 /// Optional configuration attributes: removed when absent in the new form.
-pub(super) const OPTIONAL_CONFIG: [&str; 9] = [
+pub(super) const OPTIONAL_CONFIG: [&str; 10] = [
     "user_id",
     "team_id",
     ORGANIZATION,
@@ -530,6 +577,7 @@ pub(super) const OPTIONAL_CONFIG: [&str; 9] = [
     "gsi2pk",
     "gsi2sk",
     FLOOR,
+    ALERTS,
 ];
 
 pub(super) fn entity_from_item(

@@ -10,6 +10,7 @@
 //! operations by role: `budget`, `reset`, `admin`, `queries`.
 
 mod admin;
+mod alerts;
 mod budget;
 mod codec;
 mod errors;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 
+pub use alerts::entity_from_image;
 pub use codec::{entity_pk, meta_pk, reservation_pk};
 
 #[derive(Clone, Debug)]
