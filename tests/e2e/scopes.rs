@@ -8,6 +8,7 @@ use std::sync::Arc;
 use budget_core::model::EntityRef;
 use budget_core::service::Authorizer;
 use budget_core::store::dynamo::DynamoStore;
+use budget_core::store::Reads;
 use budget_core::Money;
 use chrono::Duration;
 use edge_budget::{at, schedule_event};
@@ -504,4 +505,133 @@ async fn member_requests_are_checked_before_anything_is_written() {
         )
         .await;
     assert_eq!(status, 409, "{body}");
+}
+
+/// One request of `key` asking `estimate`, with `headers` added (the
+/// customer headers a client sends), through the app's authorizer.
+async fn authorize_with(
+    app: &TestApp,
+    key: &str,
+    estimate: &str,
+    headers: &[(&str, &str)],
+) -> Value {
+    let mut event = edge_budget::http_api_event(key, Some(estimate), &edge_budget::hex_id());
+    for (name, value) in headers {
+        event["headers"][*name] = json!(value);
+    }
+    authorize::handle(&app.authorizer, event, app.now)
+        .await
+        .expect("an answer")
+}
+
+/// End customers (LiteLLM's end users): named by the request's
+/// `x-litellm-customer-id` / `x-litellm-end-user-id`, charged as named
+/// beside the key's chain, refused while blocked; no header, no customer.
+#[tokio::test]
+async fn a_customer_named_by_a_header_is_charged_and_can_be_blocked() {
+    let app = TestApp::new().await;
+    let created = app
+        .post(
+            "/customer/new",
+            json!({"user_id": "cust-1", "alias": "Globex", "max_budget": 10.0, "budget_duration": "1d"}),
+        )
+        .await;
+    assert_eq!(created["user_id"], "cust-1");
+    assert_eq!(created["blocked"], false);
+    app.user("u-cust").window("1d", 100.0).create().await;
+    let k1 = app.key().user("u-cust").create().await;
+    let k2 = app.key().user("u-cust").create().await;
+    let named = [("x-litellm-customer-id", "cust-1")];
+
+    let first = authorize_with(&app, &k1, "8", &named).await;
+    assert!(allowed(&first), "{first}");
+    assert_eq!(first["context"]["customer_id"], "cust-1");
+    let (status, _) = app.settle(&reservation_id(&first), 8.0).await;
+    assert_eq!(status, 200);
+    // Through the user's other key, and by LiteLLM's other header.
+    for headers in [named, [("x-litellm-end-user-id", "cust-1")]] {
+        let denied = authorize_with(&app, &k2, "5", &headers).await;
+        assert!(!allowed(&denied), "{denied}");
+        let c = &denied["context"];
+        assert_eq!(
+            (c["entity"].as_str(), c["entity_id"].as_str()),
+            (Some("customer"), Some("cust-1"))
+        );
+        assert!(c["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Budget exceeded: customer=cust-1 over 1d budget."));
+    }
+    // No header: no customer (documented), only the key's own chain.
+    let plain = authorize_with(&app, &k2, "5", &[]).await;
+    assert!(allowed(&plain), "{plain}");
+    assert_eq!(plain["context"]["customer_id"], "");
+    // A customer nobody created has no budget: charged nothing, nothing written for it.
+    let ghost = authorize_with(&app, &k2, "1", &[("x-litellm-customer-id", "ghost")]).await;
+    assert!(allowed(&ghost), "{ghost}");
+    assert!(app
+        .store
+        .load(&EntityRef::customer("ghost"))
+        .await
+        .unwrap()
+        .is_none());
+
+    // Blocked: refused, warm cache or not; unblocked: admitted again.
+    assert!(allowed(&authorize_with(&app, &k1, "1", &named).await));
+    app.post("/customer/block", json!({"user_ids": ["cust-1"]}))
+        .await;
+    let blocked = authorize_with(&app, &k1, "1", &named).await;
+    assert!(!allowed(&blocked), "{blocked}");
+    assert_eq!(blocked["context"]["reason"], "customer_blocked");
+    app.post("/end_user/unblock", json!({"user_ids": ["cust-1"]}))
+        .await;
+    assert!(allowed(&authorize_with(&app, &k1, "0.5", &named).await));
+
+    // Info shows the customer's windows (8 spent, 1.5 held), both ways.
+    let info = app.get("/customer/info?end_user_id=cust-1").await;
+    let day = window_of(&info, "1d");
+    assert_eq!(money(&day["spend"]), Money::usd(8));
+    assert_eq!(money(&day["reserved"]), Money::from_f64(1.5).unwrap());
+    assert_eq!(info["alias"], "Globex");
+    assert_eq!(
+        money(&info["litellm_budget_table"]["max_budget"]),
+        Money::usd(10)
+    );
+    assert_eq!(
+        app.get("/end_user/info?end_user_id=cust-1").await["user_id"],
+        "cust-1"
+    );
+    let deleted = app
+        .post("/customer/delete", json!({"user_ids": ["cust-1"]}))
+        .await;
+    assert_eq!(deleted["deleted_customers"], json!(["cust-1"]));
+}
+
+/// The customer headers are the client's: a bad one is refused in bounded
+/// time with a message that does not quote it, and nothing is written.
+#[tokio::test]
+async fn malformed_customer_headers_are_refused_and_write_nothing() {
+    let app = TestApp::new().await;
+    let key = app.key().window("1d", 10.0).create().await;
+    let long = "c".repeat(129);
+    let before = app.snapshot().await;
+    for headers in [
+        vec![("x-litellm-customer-id", "team#t")],
+        vec![("x-litellm-customer-id", "key#abc\"}")],
+        vec![("x-litellm-customer-id", long.as_str())],
+        vec![
+            ("x-litellm-customer-id", "a"),
+            ("x-litellm-end-user-id", "b"),
+        ],
+    ] {
+        let answer = authorize_with(&app, &key, "1", &headers).await;
+        assert!(!allowed(&answer), "{answer}");
+        assert_eq!(answer["context"]["reason"], "invalid_request", "{answer}");
+        let message = answer["context"]["message"].as_str().unwrap();
+        assert!(
+            !message.contains('#') && !message.contains('"'),
+            "{message}"
+        );
+    }
+    assert_eq!(app.snapshot().await, before, "nothing was written");
 }

@@ -248,6 +248,24 @@ const TEAM_MEMBER_UPDATE_REQUEST: &[&str] =
 /// `max_budget_in_team`.
 const OURS_MEMBER: &[&str] = &["budget_duration", "budget_limits"];
 
+/// `NewCustomerRequest(BudgetNewRequest)` (its budget fields are
+/// [`BUDGET_TABLE`]'s).
+const NEW_CUSTOMER_REQUEST: &[&str] = &[
+    "user_id",
+    "alias",
+    "blocked",
+    "max_budget",
+    "budget_id",
+    "allowed_model_region",
+    "default_model",
+    "spend",
+    "metadata",
+    "object_permission",
+];
+
+/// `DeleteCustomerRequest`, `BlockUsers`.
+const CUSTOMER_IDS_REQUEST: &[&str] = &["user_ids"];
+
 /// `DeleteOrganizationRequest`.
 const DELETE_ORGANIZATION_REQUEST: &[&str] = &["organization_ids"];
 
@@ -282,13 +300,14 @@ pub enum Form {
     MemberAdd,
     MemberUpdate,
     MemberDelete,
+    CustomerBlock,
 }
 
 /// The lists of fields a route takes, ours first (the nearest-field
 /// suggestion prefers them on a tie). An update takes every field its
 /// create takes.
 fn lists(form: Form) -> &'static [&'static [&'static str]] {
-    use EntityKind::{Key, Organization, Team, TeamMember, User};
+    use EntityKind::{Customer, Key, Organization, Team, TeamMember, User};
     match form {
         Form::KeyGenerate => &[
             OURS_KEY,
@@ -333,6 +352,10 @@ fn lists(form: Form) -> &'static [&'static [&'static str]] {
             TEAM_MEMBER_UPDATE_REQUEST,
         ],
         Form::MemberDelete => &[TEAM_MEMBER_DELETE_REQUEST],
+        Form::New(Customer) | Form::Update(Customer) => {
+            &[OURS_OWNER, NEW_CUSTOMER_REQUEST, BUDGET_TABLE]
+        }
+        Form::Delete(Customer) | Form::CustomerBlock => &[CUSTOMER_IDS_REQUEST],
         Form::New(Key | TeamMember) | Form::Update(Key | TeamMember) => &[],
         Form::Delete(Key | TeamMember) => &[],
     }

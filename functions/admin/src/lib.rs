@@ -30,6 +30,10 @@
 //! | `/organization/info` | GET | `?organization_id=` |
 //! | `/organization/delete` | POST | `organization_ids: [...]` |
 //!
+//! | `/customer/new`, `/customer/update` (and `/end_user/…`) | POST | `user_id` (the customer's id), `alias`, `blocked`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, … |
+//! | `/customer/info` | GET | `?end_user_id=` |
+//! | `/customer/delete` | POST | `user_ids: [...]` |
+//! | `/customer/block`, `/customer/unblock` | POST | `user_ids: [...]` |
 //! | `/team/member_add` | POST | `team_id`, `member` (one or a list, each with `user_id`), `max_budget_in_team`, `budget_duration`, `budget_limits` |
 //! | `/team/member_update` | POST | `team_id`, `user_id`, `max_budget_in_team`, `budget_duration`, `budget_limits` |
 //! | `/team/member_delete` | POST | `team_id`, `user_id` |
@@ -95,6 +99,7 @@ enum Op {
     KeyInfo,
     KeyDelete,
     KeyBlock(bool),
+    CustomerBlock(bool),
     New(EntityKind),
     Update(EntityKind),
     Info(EntityKind),
@@ -119,6 +124,42 @@ const ROUTES: &[(&str, Method, Op)] = &[
     ("/team/update", Method::POST, Op::Update(EntityKind::Team)),
     ("/team/info", Method::GET, Op::Info(EntityKind::Team)),
     ("/team/delete", Method::POST, Op::Delete(EntityKind::Team)),
+    ("/customer/new", Method::POST, Op::New(EntityKind::Customer)),
+    (
+        "/customer/update",
+        Method::POST,
+        Op::Update(EntityKind::Customer),
+    ),
+    (
+        "/customer/info",
+        Method::GET,
+        Op::Info(EntityKind::Customer),
+    ),
+    (
+        "/customer/delete",
+        Method::POST,
+        Op::Delete(EntityKind::Customer),
+    ),
+    ("/customer/block", Method::POST, Op::CustomerBlock(true)),
+    ("/customer/unblock", Method::POST, Op::CustomerBlock(false)),
+    ("/end_user/new", Method::POST, Op::New(EntityKind::Customer)),
+    (
+        "/end_user/update",
+        Method::POST,
+        Op::Update(EntityKind::Customer),
+    ),
+    (
+        "/end_user/info",
+        Method::GET,
+        Op::Info(EntityKind::Customer),
+    ),
+    (
+        "/end_user/delete",
+        Method::POST,
+        Op::Delete(EntityKind::Customer),
+    ),
+    ("/end_user/block", Method::POST, Op::CustomerBlock(true)),
+    ("/end_user/unblock", Method::POST, Op::CustomerBlock(false)),
     ("/team/member_add", Method::POST, Op::MemberAdd),
     ("/team/member_update", Method::POST, Op::MemberUpdate),
     ("/team/member_delete", Method::POST, Op::MemberDelete),
@@ -197,7 +238,7 @@ async fn route<S: AdminStore>(
     let found = route_path(path).and_then(|p| ROUTES.iter().find(|(r, _, _)| *r == p));
     let Some((_, method, op)) = found else {
         return Err(ApiError::not_found(format!(
-            "no route {path}: the admin API has /key/generate|update|info|delete|block|unblock, /user/new|update|info|delete, /team/new|update|info|delete|member_add|member_update|member_delete and /organization/new|update|info|delete"
+            "no route {path}: the admin API has /key/generate|update|info|delete|block|unblock, /user/new|update|info|delete, /team/new|update|info|delete|member_add|member_update|member_delete /organization/new|update|info|delete and /customer/new|update|info|delete|block|unblock (or /end_user/...)"
         )));
     };
     if request.method() != method {
@@ -216,6 +257,11 @@ async fn route<S: AdminStore>(
         let param = |name: &str| query.first(name).map(str::to_string);
         return match *op {
             Op::KeyInfo => admin.key_info(param("key")).await,
+            // LiteLLM names a customer by `end_user_id` here.
+            Op::Info(EntityKind::Customer) => {
+                let id = param("end_user_id").or_else(|| param("user_id"));
+                admin.info(EntityKind::Customer, id).await
+            }
             Op::Info(kind) => admin.info(kind, param(ops::id_field(kind))).await,
             _ => Err(ApiError::not_found(format!("no route GET {path}"))),
         };
@@ -233,6 +279,7 @@ async fn route<S: AdminStore>(
         Op::KeyUpdate => known::Form::KeyUpdate,
         Op::KeyDelete => known::Form::KeyDelete,
         Op::KeyBlock(_) => known::Form::KeyBlock,
+        Op::CustomerBlock(_) => known::Form::CustomerBlock,
         Op::New(kind) => known::Form::New(kind),
         Op::Update(kind) => known::Form::Update(kind),
         Op::Delete(kind) => known::Form::Delete(kind),
@@ -249,6 +296,7 @@ async fn route<S: AdminStore>(
         Op::KeyUpdate => admin.key_update(&body).await,
         Op::KeyDelete => admin.key_delete(&body).await,
         Op::KeyBlock(blocked) => admin.key_block(&body, blocked).await,
+        Op::CustomerBlock(blocked) => admin.customer_block(&body, blocked).await,
         Op::New(kind) => admin.new_owner(kind, &body).await,
         Op::Update(kind) => admin.update_owner(kind, &body).await,
         Op::Delete(kind) => admin.delete_owners(kind, &body).await,

@@ -51,7 +51,7 @@ pub(crate) fn id_field(kind: EntityKind) -> &'static str {
         EntityKind::User => "user_id",
         EntityKind::Team => "team_id",
         EntityKind::Organization => "organization_id",
-        EntityKind::TeamMember => "user_id",
+        EntityKind::TeamMember | EntityKind::Customer => "user_id",
         EntityKind::Key => "key",
     }
 }
@@ -179,6 +179,11 @@ async fn backoff(attempt: u32) {
 /// A user or team may not be blocked here: admission only looks at keys'
 /// `blocked`, and accepting `true` would promise what is not enforced.
 fn refuse_owner_blocking(kind: EntityKind, body: &Map<String, Value>) -> Result<(), ApiError> {
+    if kind == EntityKind::Customer {
+        // Customers are blocked as LiteLLM blocks them: every request that
+        // names one is refused.
+        return bool_patch(body, "blocked").map(|_| ());
+    }
     match body.get("blocked") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
         Some(Value::Bool(true)) => Err(ApiError::bad_request(
@@ -442,6 +447,43 @@ impl<S: AdminStore> Admin<'_, S> {
         Ok(Value::Object(self.show(&e)))
     }
 
+    /// `/customer/block`, `/customer/unblock` (`user_ids`): every request
+    /// naming a blocked customer is refused. All must exist, or nothing
+    /// is written.
+    pub async fn customer_block(
+        &self,
+        body: &Map<String, Value>,
+        blocked: bool,
+    ) -> Result<Value, ApiError> {
+        let ids = fields::owner_id_list(body, "user_ids")?;
+        let refs: Vec<EntityRef> = ids.iter().map(EntityRef::customer).collect();
+        let found = self.store.load_many(&refs).await.map_err(unavailable)?;
+        if let Some(missing) = ids
+            .iter()
+            .find(|i| !found.iter().any(|e| &e.entity.id == *i))
+        {
+            return Err(with_param(
+                ApiError::not_found(format!("no customer {missing}; nothing was changed")),
+                "user_ids",
+            ));
+        }
+        for r in &refs {
+            self.modify(r, "user_ids", |old| {
+                Ok(Entity {
+                    blocked,
+                    ..old.clone()
+                })
+            })
+            .await?;
+        }
+        let field = if blocked {
+            "blocked_users"
+        } else {
+            "unblocked_users"
+        };
+        Ok(json!({ field: ids }))
+    }
+
     pub async fn key_info(&self, key: Option<String>) -> Result<Value, ApiError> {
         let Some(key) = key.filter(|k| !k.trim().is_empty()) else {
             return Err(ApiError::bad_request(
@@ -523,6 +565,9 @@ impl<S: AdminStore> Admin<'_, S> {
         e.windows = limits::apply(&[], &limits, self.now, &self.settings.clock);
         e.reservation_floor = floor;
         e.organization_id = organization;
+        if kind == EntityKind::Customer {
+            e.blocked = bool_patch(body, "blocked")?.apply(None).unwrap_or(false);
+        }
         e.attributes = attrs;
         let e = with_shards(None, e, shards)?;
         self.create(&e).await?;
@@ -543,6 +588,10 @@ impl<S: AdminStore> Admin<'_, S> {
         let shards = fields::shards_field(body)?;
         refuse_shards(kind, shards)?;
         let organization = organization_patch(kind, body)?;
+        let blocked = match kind {
+            EntityKind::Customer => bool_patch(body, "blocked")?,
+            _ => limits::Patch::Absent,
+        };
         let mut attrs = attributes(body, &owner_fields(kind))?;
         attrs.remove(view::DURATION_TEXTS);
         let (now, clock) = (self.now, &self.settings.clock);
@@ -553,6 +602,7 @@ impl<S: AdminStore> Admin<'_, S> {
                 new.windows = limits::apply(&old.windows, &limits, now, clock);
                 new.reservation_floor = floor.clone().apply(old.reservation_floor);
                 new.organization_id = organization.clone().apply(old.organization_id.clone());
+                new.blocked = blocked.clone().apply(Some(old.blocked)).unwrap_or(false);
                 new.attributes.extend(attrs.clone());
                 if let Some(t) = view::duration_texts(&old.attributes, body) {
                     new.attributes.insert(view::DURATION_TEXTS.into(), t);
@@ -574,6 +624,17 @@ impl<S: AdminStore> Admin<'_, S> {
         check_id(field, &id)?;
         let e = self.load(&EntityRef::new(kind, id.clone()), field).await?;
         let keys = self.store.keys_of(&e.entity).await.map_err(unavailable)?;
+        if kind == EntityKind::Customer {
+            // LiteLLM's shape: the customer itself, with its budget table.
+            let mut out = self.show_owner(&e).await?;
+            let table = json!({
+                "max_budget": out.get("max_budget").cloned().unwrap_or(Value::Null),
+                "budget_duration": out.get("budget_duration").cloned().unwrap_or(Value::Null),
+                "budget_reset_at": out.get("budget_reset_at").cloned().unwrap_or(Value::Null),
+            });
+            out.insert("litellm_budget_table".into(), table);
+            return Ok(Value::Object(out));
+        }
         if kind == EntityKind::Organization {
             // LiteLLM's shape: the organization itself, with its teams and
             // its budget table.

@@ -158,6 +158,10 @@ pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String,
             m.insert("organization_id".into(), json!(e.entity.id));
             m.insert("team_count".into(), json!(e.key_count));
         }
+        EntityKind::Customer => {
+            m.insert("user_id".into(), json!(e.entity.id));
+            m.insert("blocked".into(), json!(e.blocked));
+        }
         EntityKind::TeamMember => {
             m.insert("user_id".into(), json!(e.user_id));
             m.insert("team_id".into(), json!(e.team_id));

@@ -17,7 +17,7 @@ use budget_core::decision::{rfc3339, Denial};
 use budget_core::metrics::{authorize_record, AuthorizeContext, Emitter};
 use budget_core::model::key_hash_prefix;
 use budget_core::money::MoneyError;
-use budget_core::service::{measured, AuthorizeOutcome, Authorizer, Requested};
+use budget_core::service::{measured, AuthorizeOutcome, Authorizer, RequestScopes, Requested};
 use budget_core::store::BudgetStore;
 use budget_core::Money;
 use chrono::{DateTime, Utc};
@@ -143,6 +143,54 @@ pub fn requested_from_header(header: Option<&str>) -> Result<Requested, String> 
     }
 }
 
+/// The headers that name the request's end customer (LiteLLM's own): the
+/// customer is charged as named — the header is the client's claim, and
+/// the LiteLLM integration checks it against the body.
+pub const CUSTOMER_HEADERS: [&str; 2] = ["x-litellm-customer-id", "x-litellm-end-user-id"];
+
+/// The scopes a request names in its headers, checked in bounded time
+/// (each header at most once, an id of at most 128 ASCII letters, digits
+/// and `._-:@+` — the ids DynamoDB keys are made of): a customer id, or
+/// none when neither header is sent (or both are empty). A bad value is
+/// refused with a message that does not quote it; both headers naming
+/// different customers is refused too.
+pub fn scopes_from_headers(headers: &HeaderMap) -> Result<RequestScopes, String> {
+    let mut customer: Option<String> = None;
+    for name in CUSTOMER_HEADERS {
+        let mut values = headers.get_all(name).iter();
+        let Some(value) = values.next() else {
+            continue;
+        };
+        if values.next().is_some() {
+            return Err(format!("{name} is given more than once"));
+        }
+        let text = value
+            .to_str()
+            .map_err(|_| format!("{name} must be plain ASCII"))?
+            .trim();
+        if text.is_empty() {
+            continue;
+        }
+        if let Some(problem) = budget_core::ids::problem(text) {
+            return Err(format!(
+                "{name} must be 1 to {} ASCII letters, digits or {} ({problem})",
+                budget_core::ids::MAX_ID_BYTES,
+                budget_core::ids::ID_PUNCTUATION
+            ));
+        }
+        match &customer {
+            Some(c) if c != text => {
+                return Err(format!(
+                    "{} and {} name different customers",
+                    CUSTOMER_HEADERS[0], CUSTOMER_HEADERS[1]
+                ))
+            }
+            _ => customer = Some(text.to_string()),
+        }
+    }
+    Ok(RequestScopes { customer })
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -195,14 +243,21 @@ pub async fn handle_logged<S: BudgetStore>(
             "rest_token",
         ),
     };
+    let named = match &event {
+        Event::HttpApi(e) => scopes_from_headers(&e.headers),
+        Event::RestRequest(e) => scopes_from_headers(&e.headers),
+        Event::RestToken(_) => Ok(RequestScopes::default()),
+    };
     let decide = async {
-        match &key {
-            None => AuthorizeOutcome::InvalidKey,
-            Some(key) => match requested_from_header(estimate_header.as_deref()) {
+        match (&key, &named) {
+            (None, _) => AuthorizeOutcome::InvalidKey,
+            // Nothing is read or written on a bad header.
+            (Some(_), Err(message)) => AuthorizeOutcome::InvalidEstimate(message.clone()),
+            (Some(key), Ok(named)) => match requested_from_header(estimate_header.as_deref()) {
                 Err(message) => AuthorizeOutcome::InvalidEstimate(message),
                 Ok(requested) => {
                     authorizer
-                        .authorize(key, requested, request_id.as_deref(), now)
+                        .authorize_for(key, named, requested, request_id.as_deref(), now)
                         .await
                 }
             },
@@ -217,7 +272,13 @@ pub async fn handle_logged<S: BudgetStore>(
         stats,
     };
     emitter.emit(&authorize_record(&outcome, &context), now);
-    let (allowed, principal, context) = answer(&outcome);
+    let (allowed, principal, mut context) = answer(&outcome);
+    if allowed {
+        // What was charged, for the upstream (the gateway passes it on in
+        // headers of its own, which a client cannot set).
+        let customer = named.ok().and_then(|n| n.customer).unwrap_or_default();
+        context.insert("customer_id".into(), json!(customer));
+    }
     match event {
         Event::HttpApi(_) => {
             let mut response = ApiGatewayV2CustomAuthorizerSimpleResponse::<Value>::default();
@@ -297,6 +358,9 @@ fn answer(outcome: &AuthorizeOutcome) -> (bool, String, Map<String, Value>) {
             let message = match r {
                 budget_core::decision::KeyRefusal::Blocked => "This key is blocked.",
                 budget_core::decision::KeyRefusal::Expired => "This key has expired.",
+                budget_core::decision::KeyRefusal::CustomerBlocked => {
+                    "The customer this request names is blocked."
+                }
             };
             c.insert("message".into(), json!(message));
             (false, "key".into(), c)
@@ -410,6 +474,56 @@ mod tests {
         );
         let e = requested_from_header(Some("\"}{")).unwrap_err();
         assert!(!e.contains('"'), "{e}");
+    }
+
+    #[test]
+    fn customer_headers_are_checked_and_never_quoted() {
+        let with = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(*n, v.parse().unwrap());
+            }
+            scopes_from_headers(&h)
+        };
+        assert_eq!(with(&[]).unwrap().customer, None);
+        assert_eq!(
+            with(&[("x-litellm-customer-id", " ")]).unwrap().customer,
+            None
+        );
+        assert_eq!(
+            with(&[("x-litellm-customer-id", "cust-1")])
+                .unwrap()
+                .customer
+                .as_deref(),
+            Some("cust-1")
+        );
+        assert_eq!(
+            with(&[
+                ("x-litellm-end-user-id", "cust-2"),
+                ("x-litellm-customer-id", "cust-2")
+            ])
+            .unwrap()
+            .customer
+            .as_deref(),
+            Some("cust-2")
+        );
+        let long = "a".repeat(129);
+        for bad in [
+            vec![("x-litellm-customer-id", "a#b")],
+            vec![("x-litellm-customer-id", "\"}{")],
+            vec![("x-litellm-customer-id", long.as_str())],
+            vec![
+                ("x-litellm-customer-id", "a"),
+                ("x-litellm-customer-id", "b"),
+            ],
+            vec![
+                ("x-litellm-customer-id", "a"),
+                ("x-litellm-end-user-id", "b"),
+            ],
+        ] {
+            let e = with(&bad).unwrap_err();
+            assert!(!e.contains('"') && !e.contains("}{"), "{e}");
+        }
     }
 
     #[test]

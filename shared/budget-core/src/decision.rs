@@ -14,6 +14,8 @@ use crate::money::Money;
 pub enum KeyRefusal {
     Blocked,
     Expired,
+    /// The end customer the request names is blocked (`/customer/block`).
+    CustomerBlocked,
 }
 
 impl KeyRefusal {
@@ -21,8 +23,23 @@ impl KeyRefusal {
         match self {
             KeyRefusal::Blocked => "key_blocked",
             KeyRefusal::Expired => "key_expired",
+            KeyRefusal::CustomerBlocked => "customer_blocked",
         }
     }
+}
+
+/// The key's state, then every scope's that can refuse before any budget
+/// is looked at (a blocked customer).
+pub fn check_chain(chain: &Chain, now: DateTime<Utc>) -> Result<(), KeyRefusal> {
+    check_key(&chain.key, now)?;
+    if chain
+        .scopes
+        .iter()
+        .any(|e| e.entity.kind == crate::model::EntityKind::Customer && e.blocked)
+    {
+        return Err(KeyRefusal::CustomerBlocked);
+    }
+    Ok(())
 }
 
 pub fn check_key(key: &Entity, now: DateTime<Utc>) -> Result<(), KeyRefusal> {

@@ -458,6 +458,7 @@ pub fn denial_reason(outcome: &AuthorizeOutcome) -> Option<&'static str> {
         AuthorizeOutcome::Denied(_) => Some("budget"),
         AuthorizeOutcome::Refused(KeyRefusal::Blocked) => Some("blocked"),
         AuthorizeOutcome::Refused(KeyRefusal::Expired) => Some("expired"),
+        AuthorizeOutcome::Refused(KeyRefusal::CustomerBlocked) => Some("customer_blocked"),
         AuthorizeOutcome::InvalidKey => Some("invalid_key"),
         AuthorizeOutcome::InvalidEstimate(_) => Some("invalid_request"),
         AuthorizeOutcome::TooManyScopes { .. } => Some("too_many_scopes"),

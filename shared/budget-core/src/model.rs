@@ -12,8 +12,8 @@ use crate::money::Money;
 
 /// What an entity is. The chain a request is charged to is its key, then
 /// every scope above it in this order: the key's user and team, the user's
-/// budget inside that team (a team member), the team's organization (see
-/// [`Chain`]).
+/// budget inside that team (a team member), the team's organization, and
+/// the end customer the request names (see [`Chain`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EntityKind {
     Key,
@@ -21,6 +21,7 @@ pub enum EntityKind {
     Team,
     TeamMember,
     Organization,
+    Customer,
 }
 
 impl EntityKind {
@@ -31,7 +32,14 @@ impl EntityKind {
             EntityKind::Team => "team",
             EntityKind::TeamMember => "team_member",
             EntityKind::Organization => "organization",
+            EntityKind::Customer => "customer",
         }
+    }
+
+    /// A scope the request names (in a header) rather than the key: never
+    /// part of what is cached or snapshotted for the key.
+    pub fn from_request(self) -> bool {
+        self == EntityKind::Customer
     }
 
     pub fn parse(s: &str) -> Option<EntityKind> {
@@ -41,6 +49,7 @@ impl EntityKind {
             "team" => Some(EntityKind::Team),
             "team_member" => Some(EntityKind::TeamMember),
             "organization" => Some(EntityKind::Organization),
+            "customer" => Some(EntityKind::Customer),
             _ => None,
         }
     }
@@ -106,6 +115,11 @@ impl EntityRef {
 
     pub fn organization(id: impl Into<String>) -> EntityRef {
         EntityRef::new(EntityKind::Organization, id)
+    }
+
+    /// An end customer (LiteLLM's end user), named by a request header.
+    pub fn customer(id: impl Into<String>) -> EntityRef {
+        EntityRef::new(EntityKind::Customer, id)
     }
 
     /// User `user`'s budget inside team `team`: id `<team>#<user>` (`#` is
@@ -298,7 +312,7 @@ pub struct Entity {
     /// Teams: the organization above it, whose windows govern every
     /// request of the team's keys.
     pub organization_id: Option<String>,
-    /// Keys: refused while blocked.
+    /// Keys and customers: refused while blocked.
     pub blocked: bool,
     /// Keys: refused from this instant on.
     pub expires: Option<DateTime<Utc>>,
@@ -406,7 +420,7 @@ impl Entity {
                 .iter()
                 .map(|o| EntityRef::organization(o.clone()))
                 .collect(),
-            EntityKind::User | EntityKind::Organization => Vec::new(),
+            EntityKind::User | EntityKind::Organization | EntityKind::Customer => Vec::new(),
         }
     }
 }

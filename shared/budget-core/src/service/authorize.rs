@@ -11,10 +11,24 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
 use crate::decision::{
-    admit, check_key, reservation_amount, Admission, Denial, KeyRefusal, Requested,
+    admit, check_chain, check_key, reservation_amount, Admission, Denial, KeyRefusal, Requested,
 };
 use crate::keys::hash_key;
 use crate::model::{Chain, EntityRef, Reservation};
+
+/// The scopes a request names itself (from its headers: untrusted, charged
+/// as named): the end customer. Validated before they get here (see the
+/// authorize function's header rules).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestScopes {
+    pub customer: Option<String>,
+}
+
+impl RequestScopes {
+    fn refs(&self) -> Vec<EntityRef> {
+        self.customer.iter().map(EntityRef::customer).collect()
+    }
+}
 use crate::money::Money;
 use crate::store::{BudgetStore, ReserveWrite, StoreError};
 
@@ -40,7 +54,9 @@ pub enum AuthorizeOutcome {
     Denied(Box<Denial>),
     Refused(KeyRefusal),
     InvalidKey,
-    /// The `x-budget-reserve` header is not a usable amount.
+    /// A header is not usable: `x-budget-reserve` is not an amount, or a
+    /// header naming a scope (the customer) is malformed. Nothing is read
+    /// or written.
     InvalidEstimate(String),
     /// The store failed or stayed contended: fail closed.
     Unavailable(String),
@@ -115,8 +131,23 @@ impl<S: BudgetStore> Authorizer<S> {
         request_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> AuthorizeOutcome {
+        self.authorize_for(key, &RequestScopes::default(), requested, request_id, now)
+            .await
+    }
+
+    /// [`Authorizer::authorize`] for a request that names scopes of its
+    /// own (`named`: its end customer), charged beside the key's chain in
+    /// the same write.
+    pub async fn authorize_for(
+        &self,
+        key: &str,
+        named: &RequestScopes,
+        requested: impl Into<Requested>,
+        request_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> AuthorizeOutcome {
         let deadline = Duration::from_millis(self.settings.authorize_deadline_ms);
-        let attempt = self.try_authorize(key, requested.into(), request_id, now);
+        let attempt = self.try_authorize(key, named, requested.into(), request_id, now);
         match tokio::time::timeout(deadline, attempt).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => AuthorizeOutcome::Unavailable(e.to_string()),
@@ -130,6 +161,7 @@ impl<S: BudgetStore> Authorizer<S> {
     async fn try_authorize(
         &self,
         key: &str,
+        named: &RequestScopes,
         requested: Requested,
         request_id: Option<&str>,
         now: DateTime<Utc>,
@@ -137,7 +169,7 @@ impl<S: BudgetStore> Authorizer<S> {
         if key.len() > MAX_KEY_BYTES {
             return Ok(AuthorizeOutcome::InvalidKey);
         }
-        let Some(mut req) = self.start(hash_key(key), request_id).await? else {
+        let Some(mut req) = self.start(hash_key(key), named, request_id).await? else {
             return Ok(AuthorizeOutcome::InvalidKey);
         };
         // Set when what we hold may be out of date: read the chain afresh.
@@ -172,7 +204,7 @@ impl<S: BudgetStore> Authorizer<S> {
             // only the budget is forgiven.
             if req.fresh && check_key(&req.chain.key, now).is_ok() {
                 if let Some(first) = req.own.take_if(|r| r.state.holds_budget()) {
-                    self.remember(&req.hash, Some(req.chain));
+                    self.remember(&req.cache_id, Some(req.chain));
                     return Ok(first_answer(first));
                 }
             }
@@ -234,12 +266,22 @@ impl<S: BudgetStore> Authorizer<S> {
     async fn start(
         &self,
         hash: String,
+        named: &RequestScopes,
         request_id: Option<&str>,
     ) -> Result<Option<InFlight>, StoreError> {
-        let (chain, snapshot) = match self.cached(&hash) {
+        // A chain is cached per key and customer (the customer is part of
+        // it); never one request's customer for another's.
+        let cache_id = match &named.customer {
+            Some(c) => format!("{hash}\ncustomer\n{c}"),
+            None => hash.clone(),
+        };
+        let (chain, snapshot) = match self.cached(&cache_id) {
             Some(c) => (c, false),
             None => match store_call(self.store.load_chain_quick(&hash)).await? {
-                Some(c) => (c, true),
+                Some(mut c) => {
+                    self.add_named(&mut c, named).await?;
+                    (c, true)
+                }
                 None => return Ok(None),
             },
         };
@@ -247,6 +289,8 @@ impl<S: BudgetStore> Authorizer<S> {
         Ok(Some(InFlight {
             id: reservation_id(&hash, retry),
             retry: retry.is_some(),
+            named: named.clone(),
+            cache_id,
             hash,
             from_snapshot: snapshot,
             chain,
@@ -263,10 +307,11 @@ impl<S: BudgetStore> Authorizer<S> {
         } else {
             (store_call(self.store.load_chain(&req.hash)).await?, None)
         };
-        let Some(chain) = read else {
-            self.remember(&req.hash, None);
+        let Some(mut chain) = read else {
+            self.remember(&req.cache_id, None);
             return Ok(false);
         };
+        self.add_named(&mut chain, &req.named).await?;
         if std::mem::take(&mut req.from_snapshot) && snapshot_out_of_date(&req.chain, &chain) {
             // Once per key after an owner changed: the next cold instance
             // then decides from the key item alone again.
@@ -281,8 +326,22 @@ impl<S: BudgetStore> Authorizer<S> {
     /// The answer to a request refused on a fresh read (a retry whose
     /// first reservation holds never gets here: see `try_authorize`).
     fn refused(&self, req: InFlight, outcome: AuthorizeOutcome) -> AuthorizeOutcome {
-        self.remember(&req.hash, Some(req.chain));
+        self.remember(&req.cache_id, Some(req.chain));
         outcome
+    }
+
+    /// The scopes the request names, read into its chain (strongly
+    /// consistent, whenever the chain is read): one that does not exist
+    /// has no budget and is not charged.
+    async fn add_named(&self, chain: &mut Chain, named: &RequestScopes) -> Result<(), StoreError> {
+        let refs = named.refs();
+        if refs.is_empty() {
+            return Ok(());
+        }
+        for e in store_call(self.store.load_many(&refs)).await? {
+            chain.set_owner(e);
+        }
+        Ok(())
     }
 
     /// The one atomic write of an admitted request, and what it means.
@@ -308,7 +367,7 @@ impl<S: BudgetStore> Authorizer<S> {
             match store_call(self.store.reserve(&req.chain, &reservation, now, clock)).await? {
                 ReserveWrite::Reserved => {
                     let after = apply_reservation(req.chain.clone(), estimate, now, clock);
-                    self.remember(&req.hash, Some(after));
+                    self.remember(&req.cache_id, Some(after));
                     Step::Done(AuthorizeOutcome::Allowed {
                         reservation: Box::new(reservation),
                         admission,
@@ -343,6 +402,9 @@ impl<S: BudgetStore> Authorizer<S> {
 /// request's own reservation.
 struct InFlight {
     hash: String,
+    /// What the chain is cached under: the key, and the customer named.
+    cache_id: String,
+    named: RequestScopes,
     /// The gateway gave a request id: this may be a retry.
     retry: bool,
     id: String,
@@ -372,7 +434,13 @@ const MAX_ESCROW_STEPS: usize = 16;
 /// Whether the owners in the key's snapshot (`quick`) differ from what a
 /// fresh read found.
 fn snapshot_out_of_date(quick: &Chain, fresh: &Chain) -> bool {
-    let owners = |c: &Chain| c.entities().skip(1).cloned().collect::<Vec<_>>();
+    let owners = |c: &Chain| {
+        c.scopes
+            .iter()
+            .filter(|e| !e.entity.kind.from_request())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     let (was, is) = (owners(quick), owners(fresh));
     was.len() != is.len() || was.iter().zip(&is).any(|(a, b)| !a.same_configuration(b))
 }
@@ -384,7 +452,7 @@ fn judge(
     now: DateTime<Utc>,
     clock: &crate::duration::ResetClock,
 ) -> Result<Admission, AuthorizeOutcome> {
-    check_key(&chain.key, now).map_err(AuthorizeOutcome::Refused)?;
+    check_chain(chain, now).map_err(AuthorizeOutcome::Refused)?;
     admit(chain, estimate, now, clock).map_err(|d| AuthorizeOutcome::Denied(Box::new(d)))
 }
 

@@ -57,7 +57,8 @@ impl DynamoStore {
             EntityKind::User
             | EntityKind::Team
             | EntityKind::TeamMember
-            | EntityKind::Organization => Ok(()),
+            | EntityKind::Organization
+            | EntityKind::Customer => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "owner snapshot not refreshed");
@@ -352,7 +353,9 @@ impl AdminStore for DynamoStore {
         let (index, attr, sort_key) = match owner.kind {
             EntityKind::User | EntityKind::Organization => ("gsi1", "gsi1pk", "gsi1sk"),
             EntityKind::Team => ("gsi2", "gsi2pk", "gsi2sk"),
-            EntityKind::Key | EntityKind::TeamMember => return Ok(Vec::new()),
+            EntityKind::Key | EntityKind::TeamMember | EntityKind::Customer => {
+                return Ok(Vec::new())
+            }
         };
         let items = self
             .query_all(index, attr, owner_index_pk(owner), None, usize::MAX)

@@ -259,7 +259,13 @@ impl BudgetStore for DynamoStore {
     }
 
     async fn refresh_snapshot(&self, chain: &Chain) -> Result<(), StoreError> {
-        let owners: Vec<Entity> = chain.entities().skip(1).cloned().collect();
+        // The key's scopes only: a customer is the request's, not the key's.
+        let owners: Vec<Entity> = chain
+            .scopes
+            .iter()
+            .filter(|e| !e.entity.kind.from_request())
+            .cloned()
+            .collect();
         let mut ex = Expr::default();
         let absent = chain.pending(&[]);
         let (name, v) = (ex.name(OWNERS), ex.value(owner_snapshots(&owners, &absent)));
