@@ -555,6 +555,8 @@ impl Gateway {
         };
         let mut owned: Vec<(&str, String)> = vec![
             ("x-budget-reservation-id", text("reservation_id")),
+            // What was charged: the client's own x-budget-* never passes.
+            ("x-budget-customer-id", text("customer_id")),
             ("x-edge-budget-gateway", self.config.gateway_secret.clone()),
         ];
         if let Api::Rest { .. } = self.config.api {
