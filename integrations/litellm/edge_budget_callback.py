@@ -58,6 +58,8 @@ RESERVATION_HEADER = "x-budget-reservation-id"
 RESERVED_HEADER = "x-budget-reserve"
 # What the authorizer charged, as the gateway sets it (empty: no customer).
 CHARGED_CUSTOMER_HEADER = "x-budget-customer-id"
+# The model the authorizer charged (empty: none named).
+CHARGED_MODEL_HEADER = "x-budget-model"
 # LiteLLM's own headers naming the end customer.
 CUSTOMER_HEADERS = ("x-litellm-customer-id", "x-litellm-end-user-id")
 
@@ -96,6 +98,15 @@ def named_customers(user_api_key_dict: Any, data: Mapping[str, Any]) -> list[str
 
 class ChargedOtherScope(Exception):
     """The request names another scope than the one edge-budget charged."""
+
+
+def _refuse(message: str) -> None:
+    """Ends the request with 400 inside LiteLLM's proxy."""
+    try:
+        from fastapi import HTTPException
+    except ImportError:  # outside the proxy
+        raise ChargedOtherScope(message)
+    raise HTTPException(status_code=400, detail={"error": message})
 
 
 def _headers_of(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -160,6 +171,17 @@ class EdgeBudgetSettler(CustomLogger):
         reservation = header(data, RESERVATION_HEADER)
         if reservation is None:
             return data
+        charged_model = header(data, CHARGED_MODEL_HEADER)
+        model = _text(data.get("model"))
+        if charged_model is not None and model is not None and model != charged_model:
+            await self._finish("release", reservation, None)
+            message = (
+                "edge-budget: this request calls model %r but was charged to model %r; "
+                "refused, and its reservation released (send the body's model in "
+                "x-litellm-model)" % (model, charged_model)
+            )
+            log.warning("%s (%s)", message, reservation.split(".")[0])
+            _refuse(message)
         charged = header(data, CHARGED_CUSTOMER_HEADER)
         other = [n for n in named_customers(user_api_key_dict, data) if n != charged]
         if other:
@@ -172,11 +194,7 @@ class EdgeBudgetSettler(CustomLogger):
                 % (named, "customer %r" % charged if charged else "no customer")
             )
             log.warning("%s (%s)", message, reservation.split(".")[0])
-            try:
-                from fastapi import HTTPException
-            except ImportError:  # outside the proxy
-                raise ChargedOtherScope(message)
-            raise HTTPException(status_code=400, detail={"error": message})
+            _refuse(message)
         return data
 
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):

@@ -245,8 +245,10 @@ async fn the_upstream_hears_the_charged_customer_never_the_clients_claim() {
             ("authorization", bearer.as_str()),
             ("x-budget-customer-id", "someone-else"),
         ];
+        headers.push(("x-budget-model", "forged-model"));
         if let Some(c) = sent {
             headers.push(("x-litellm-customer-id", c));
+            headers.push(("x-litellm-model", "m-1"));
         }
         let r = send(
             &c,
@@ -259,6 +261,8 @@ async fn the_upstream_hears_the_charged_customer_never_the_clients_claim() {
         assert_eq!(status, 200, "{body}");
         let seen = s.seen.lock().unwrap().last().unwrap().clone();
         assert_eq!(seen["x-budget-customer-id"], charged, "{seen:?}");
+        let model = if sent.is_some() { "m-1" } else { "" };
+        assert_eq!(seen["x-budget-model"], model, "{seen:?}");
     }
     let w = app
         .window(

@@ -635,3 +635,110 @@ async fn malformed_customer_headers_are_refused_and_write_nothing() {
     }
     assert_eq!(app.snapshot().await, before, "nothing was written");
 }
+
+/// Per-model budgets on a key (LiteLLM's `model_max_budget`): a request
+/// naming the model in `x-litellm-model` is charged to the key's budget
+/// for it (denial `model=gpt-4o on key <prefix>`); another model only to
+/// the key's other caps; no model at all is refused, never charged to none.
+#[tokio::test]
+async fn a_keys_model_budget_caps_the_model_the_request_names() {
+    let app = TestApp::new().await;
+    app.user("u-model").window("1d", 100.0).create().await;
+    let generated = app
+        .post(
+            "/key/generate",
+            json!({"user_id": "u-model", "model_max_budget": {
+                "gpt-4o": {"budget_limit": 5.0, "time_period": "1d"},
+                "openai/o1": {"budget_limit": 1.0}
+            }}),
+        )
+        .await;
+    let key = generated["key"].as_str().unwrap().to_string();
+    let prefix = budget_core::model::key_hash_prefix(&budget_core::keys::hash_key(&key));
+    let gpt = [("x-litellm-model", "gpt-4o")];
+
+    let first = authorize_with(&app, &key, "4", &gpt).await;
+    assert!(allowed(&first), "{first}");
+    assert_eq!(first["context"]["model"], "gpt-4o");
+    app.settle(&reservation_id(&first), 4.0).await;
+    let denied = authorize_with(&app, &key, "2", &gpt).await;
+    assert!(!allowed(&denied), "{denied}");
+    let c = &denied["context"];
+    assert_eq!(c["entity"], "model");
+    assert_eq!(c["entity_id"], format!("gpt-4o on key {prefix}"));
+    assert!(
+        c["message"].as_str().unwrap().starts_with(&format!(
+            "Budget exceeded: model=gpt-4o on key {prefix} over 1d budget."
+        )),
+        "{denied}"
+    );
+    // The lifetime budget of the other model; a model without a budget.
+    let o1 = authorize_with(&app, &key, "2", &[("x-litellm-model", "openai/o1")]).await;
+    assert_eq!(
+        o1["context"]["entity_id"],
+        format!("openai/o1 on key {prefix}"),
+        "{o1}"
+    );
+    assert!(allowed(
+        &authorize_with(&app, &key, "2", &[("x-litellm-model", "gpt-4o-mini")]).await
+    ));
+    // No model named: refused, nothing reserved.
+    let none = authorize_with(&app, &key, "1", &[]).await;
+    assert!(!allowed(&none), "{none}");
+    assert_eq!(none["context"]["reason"], "model_required");
+    // A bad model header is refused before anything is read.
+    let bad = authorize_with(&app, &key, "1", &[("x-litellm-model", "gpt#4o")]).await;
+    assert_eq!(bad["context"]["reason"], "invalid_request", "{bad}");
+
+    // Raised: admitted again; info shows each model's windows.
+    app.post(
+        "/key/update",
+        json!({"key": key, "model_max_budget": {"gpt-4o": {"budget_limit": 50.0, "time_period": "1d"}}}),
+    )
+    .await;
+    assert!(allowed(&authorize_with(&app, &key, "2", &gpt).await));
+    let info = app.key_info(&key).await;
+    let models = info["info"]["model_budgets"].as_array().unwrap();
+    assert_eq!(models.len(), 1, "openai/o1 was dropped: {info}");
+    let day = window_of(&models[0], "1d");
+    assert_eq!(
+        (
+            money(&day["spend"]),
+            money(&day["max_budget"]),
+            money(&day["reserved"])
+        ),
+        (Money::usd(4), Money::usd(50), Money::usd(2))
+    );
+    let hash = budget_core::keys::hash_key(&key);
+    assert!(app
+        .store
+        .load(&EntityRef::model(&hash, "openai/o1"))
+        .await
+        .unwrap()
+        .is_none());
+    // Without model budgets, the key needs no model header again; deleting
+    // the key deletes its model budgets.
+    app.post("/key/update", json!({"key": key, "model_max_budget": null}))
+        .await;
+    assert!(allowed(&authorize_with(&app, &key, "1", &[]).await));
+    app.post(
+        "/key/update",
+        json!({"key": key, "model_max_budget": {"gpt-4o": {"budget_limit": 1.0}}}),
+    )
+    .await;
+    app.post("/key/delete", json!({"keys": [key]})).await;
+    assert!(app
+        .store
+        .load(&EntityRef::model(&hash, "gpt-4o"))
+        .await
+        .unwrap()
+        .is_none());
+    app.refused(
+        "POST",
+        "/key/generate",
+        json!({"model_max_budget": {"gpt-4o": {"time_period": "1d"}}}),
+        "model_max_budget",
+        "budget_limit is required",
+    )
+    .await;
+}

@@ -455,6 +455,10 @@ fn the_upstream_gets_the_gateway_secret_and_the_authorizers_reservation_id() {
         "$context.authorizer.customer_id"
     );
     assert_eq!(
+        s(&get(http, "overwrite:header.x-budget-model")),
+        "$context.authorizer.model"
+    );
+    assert_eq!(
         sub_text(&get(http, "overwrite:header.x-edge-budget-gateway")),
         secret_ref
     );
@@ -511,6 +515,10 @@ fn the_upstream_gets_the_gateway_secret_and_the_authorizers_reservation_id() {
             "integration.request.header.x-budget-customer-id"
         )),
         "context.authorizer.customer_id"
+    );
+    assert_eq!(
+        s(&get(rest, "integration.request.header.x-budget-model")),
+        "context.authorizer.model"
     );
     assert_eq!(
         sub_text(&get(

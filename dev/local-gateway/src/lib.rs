@@ -557,6 +557,7 @@ impl Gateway {
             ("x-budget-reservation-id", text("reservation_id")),
             // What was charged: the client's own x-budget-* never passes.
             ("x-budget-customer-id", text("customer_id")),
+            ("x-budget-model", text("model")),
             ("x-edge-budget-gateway", self.config.gateway_secret.clone()),
         ];
         if let Api::Rest { .. } = self.config.api {

@@ -307,7 +307,7 @@ pub enum Form {
 /// suggestion prefers them on a tie). An update takes every field its
 /// create takes.
 fn lists(form: Form) -> &'static [&'static [&'static str]] {
-    use EntityKind::{Customer, Key, Organization, Team, TeamMember, User};
+    use EntityKind::{Customer, Key, Model, Organization, Team, TeamMember, User};
     match form {
         Form::KeyGenerate => &[
             OURS_KEY,
@@ -356,8 +356,8 @@ fn lists(form: Form) -> &'static [&'static [&'static str]] {
             &[OURS_OWNER, NEW_CUSTOMER_REQUEST, BUDGET_TABLE]
         }
         Form::Delete(Customer) | Form::CustomerBlock => &[CUSTOMER_IDS_REQUEST],
-        Form::New(Key | TeamMember) | Form::Update(Key | TeamMember) => &[],
-        Form::Delete(Key | TeamMember) => &[],
+        Form::New(Key | TeamMember | Model) | Form::Update(Key | TeamMember | Model) => &[],
+        Form::Delete(Key | TeamMember | Model) => &[],
     }
 }
 

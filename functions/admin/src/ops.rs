@@ -19,6 +19,7 @@ use crate::fields::{self, attributes, bool_patch, expiry_patch, id_patch, key_ha
 use crate::view;
 
 mod members;
+mod models;
 
 /// Attempts at a write that lost a race before giving up.
 const ATTEMPTS: u32 = 5;
@@ -52,6 +53,7 @@ pub(crate) fn id_field(kind: EntityKind) -> &'static str {
         EntityKind::Team => "team_id",
         EntityKind::Organization => "organization_id",
         EntityKind::TeamMember | EntityKind::Customer => "user_id",
+        EntityKind::Model => "model_max_budget",
         EntityKind::Key => "key",
     }
 }
@@ -155,6 +157,7 @@ fn named(r: &EntityRef) -> String {
     match r.kind {
         EntityKind::Key => format!("key {}", key_hash_prefix(&r.id)),
         EntityKind::TeamMember => format!("team member {}", r.display_id()),
+        EntityKind::Model => format!("the budget of model {}", r.display_id()),
         kind => format!("{kind} {}", r.id),
     }
 }
@@ -383,7 +386,9 @@ impl<S: AdminStore> Admin<'_, S> {
         }
         let key = custom.unwrap_or_else(generate_key);
         attrs.insert("key_name".into(), json!(fields::key_name(&key)));
+        let models = models::parse(body)?.unwrap_or_default();
         let mut e = Entity::new(EntityRef::key(hash_key(&key)), self.now);
+        e.model_budgets = models.iter().map(|(m, _)| m.clone()).collect();
         e.windows = limits::apply(&[], &limits, self.now, &self.settings.clock);
         e.user_id = user_id;
         e.team_id = team_id;
@@ -392,6 +397,7 @@ impl<S: AdminStore> Admin<'_, S> {
         e.reservation_floor = floor;
         e.attributes = attrs;
         self.create(&e).await?;
+        self.write_models(&e.entity.id, &[], &models).await?;
         let mut out = self.show(&e);
         out.insert("key".into(), json!(key));
         Ok(Value::Object(out))
@@ -400,6 +406,7 @@ impl<S: AdminStore> Admin<'_, S> {
     pub async fn key_update(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
         let hash = named_key(body)?;
         let budget = BudgetPatch::parse(body)?;
+        let models = models::parse(body)?;
         let user_id = id_patch(body, "user_id")?;
         let team_id = id_patch(body, "team_id")?;
         let expires = expiry_patch(body, self.now)?;
@@ -410,11 +417,22 @@ impl<S: AdminStore> Admin<'_, S> {
         attrs.remove("key_name");
         attrs.remove(view::DURATION_TEXTS);
         let (now, clock) = (self.now, &self.settings.clock);
+        let before = match &models {
+            Some(_) => {
+                self.load(&EntityRef::key(hash.clone()), "key")
+                    .await?
+                    .model_budgets
+            }
+            None => Vec::new(),
+        };
         let e = self
-            .modify(&EntityRef::key(hash), "key", |old| {
+            .modify(&EntityRef::key(hash.clone()), "key", |old| {
                 let limits = budget.resolve(&old.windows)?;
                 let mut new = old.clone();
                 new.windows = limits::apply(&old.windows, &limits, now, clock);
+                if let Some(m) = &models {
+                    new.model_budgets = m.iter().map(|(name, _)| name.clone()).collect();
+                }
                 new.user_id = user_id.clone().apply(old.user_id.clone());
                 new.team_id = team_id.clone().apply(old.team_id.clone());
                 new.expires = expires.clone().apply(old.expires);
@@ -427,6 +445,9 @@ impl<S: AdminStore> Admin<'_, S> {
                 Ok(new)
             })
             .await?;
+        if let Some(m) = &models {
+            self.write_models(&hash, &before, m).await?;
+        }
         Ok(Value::Object(self.show(&e)))
     }
 
@@ -494,7 +515,12 @@ impl<S: AdminStore> Admin<'_, S> {
         let key = key.trim();
         fields::check_named_key("key", key)?;
         let e = self.load(&EntityRef::key(key_hash_of(key)), "key").await?;
-        Ok(json!({"key": e.entity.id, "info": self.show(&e)}))
+        let mut info = self.show(&e);
+        info.insert(
+            "model_budgets".into(),
+            Value::Array(self.model_views(&e).await?),
+        );
+        Ok(json!({"key": e.entity.id, "info": info}))
     }
 
     pub async fn key_delete(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
@@ -535,7 +561,12 @@ impl<S: AdminStore> Admin<'_, S> {
         let left = self.store.delete_keys(&found).await.map_err(write_failed)?;
         tracing::info!(keys = count, one_by_one = left.len(), "deleting keys");
         for e in left {
-            self.delete_one(e).await?;
+            self.delete_one(e.clone()).await?;
+        }
+        // Their model budgets go after them (a key never outlives its caps).
+        for e in &found {
+            self.write_models(&e.entity.id, &e.model_budgets, &[])
+                .await?;
         }
         Ok(json!({"deleted_keys": hashes}))
     }

@@ -158,6 +158,12 @@ pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String,
             m.insert("organization_id".into(), json!(e.entity.id));
             m.insert("team_count".into(), json!(e.key_count));
         }
+        EntityKind::Model => {
+            if let Some((hash, model)) = e.entity.model_of() {
+                m.insert("token".into(), json!(hash));
+                m.insert("model".into(), json!(model));
+            }
+        }
         EntityKind::Customer => {
             m.insert("user_id".into(), json!(e.entity.id));
             m.insert("blocked".into(), json!(e.blocked));

@@ -188,7 +188,35 @@ pub fn scopes_from_headers(headers: &HeaderMap) -> Result<RequestScopes, String>
             _ => customer = Some(text.to_string()),
         }
     }
-    Ok(RequestScopes { customer })
+    let model = model_from_headers(headers)?;
+    Ok(RequestScopes { customer, model })
+}
+
+/// The header that names the model a request calls (LiteLLM's hint).
+pub const MODEL_HEADER: &str = "x-litellm-model";
+
+fn model_from_headers(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let mut values = headers.get_all(MODEL_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(format!("{MODEL_HEADER} is given more than once"));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| format!("{MODEL_HEADER} must be plain ASCII"))?
+        .trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if !budget_core::ids::is_model_name(text) {
+        return Err(format!(
+            "{MODEL_HEADER} must be 1 to {} ASCII letters, digits or ._-:@+/",
+            budget_core::ids::MAX_ID_BYTES
+        ));
+    }
+    Ok(Some(text.to_string()))
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -276,8 +304,12 @@ pub async fn handle_logged<S: BudgetStore>(
     if allowed {
         // What was charged, for the upstream (the gateway passes it on in
         // headers of its own, which a client cannot set).
-        let customer = named.ok().and_then(|n| n.customer).unwrap_or_default();
-        context.insert("customer_id".into(), json!(customer));
+        let named = named.ok().unwrap_or_default();
+        context.insert(
+            "customer_id".into(),
+            json!(named.customer.unwrap_or_default()),
+        );
+        context.insert("model".into(), json!(named.model.unwrap_or_default()));
     }
     match event {
         Event::HttpApi(_) => {
@@ -360,6 +392,12 @@ fn answer(outcome: &AuthorizeOutcome) -> (bool, String, Map<String, Value>) {
                 budget_core::decision::KeyRefusal::Expired => "This key has expired.",
                 budget_core::decision::KeyRefusal::CustomerBlocked => {
                     "The customer this request names is blocked."
+                }
+                budget_core::decision::KeyRefusal::ModelRequired => {
+                    "This key has per-model budgets: name the model in x-litellm-model."
+                }
+                budget_core::decision::KeyRefusal::ModelBudgetUnavailable => {
+                    "The budget of this model on this key could not be read; refused (fail closed)."
                 }
             };
             c.insert("message".into(), json!(message));

@@ -57,10 +57,28 @@ async def main() -> None:
             assert "reservation released" in str(getattr(e, "detail", e)), e
         assert outcome == refused, (charged, user, headers, end_user, outcome)
         assert released == (["release r-1.receipt"] if refused else []), released
+    # The model: the body's must be the one charged (when one was).
+    for charged_model, body_model, refused in [
+        ("gpt-4o", "gpt-4o", False),
+        ("", "gpt-4o", False),
+        ("gpt-4o-mini", "gpt-4o", True),
+    ]:
+        released.clear()
+        key, data = request("cust-a", "cust-a")
+        data["proxy_server_request"]["headers"]["x-budget-model"] = charged_model
+        data["model"] = body_model
+        try:
+            await settler.async_pre_call_hook(key, None, data, "completion")
+            outcome = False
+        except Exception as e:
+            outcome = True
+            assert "reservation released" in str(getattr(e, "detail", e)), e
+        assert outcome == refused, (charged_model, body_model)
+        assert released == (["release r-1.receipt"] if refused else []), released
     # Not through the gateway: left alone.
     plain = {"model": "m", "user": "anyone", "proxy_server_request": {"headers": {}}}
     assert await settler.async_pre_call_hook(SimpleNamespace(), None, plain, "completion") is plain
-    print("scope_check: ok (%d cases)" % (len(cases) + 1))
+    print("scope_check: ok (%d cases)" % (len(cases) + 4))
 
 
 asyncio.run(main())

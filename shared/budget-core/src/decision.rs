@@ -16,6 +16,12 @@ pub enum KeyRefusal {
     Expired,
     /// The end customer the request names is blocked (`/customer/block`).
     CustomerBlocked,
+    /// The key has per-model budgets and the request names no model
+    /// (`x-litellm-model`): it is refused rather than charged to none.
+    ModelRequired,
+    /// The key has a budget for the model named, and it could not be read
+    /// (its item is missing: an admin write failed half way): refused.
+    ModelBudgetUnavailable,
 }
 
 impl KeyRefusal {
@@ -24,7 +30,31 @@ impl KeyRefusal {
             KeyRefusal::Blocked => "key_blocked",
             KeyRefusal::Expired => "key_expired",
             KeyRefusal::CustomerBlocked => "customer_blocked",
+            KeyRefusal::ModelRequired => "model_required",
+            KeyRefusal::ModelBudgetUnavailable => "model_budget_unavailable",
         }
+    }
+}
+
+/// A key with per-model budgets is charged to the model its request names:
+/// none named is refused (never charged to nothing while a cap exists); a
+/// model with a budget on the key must have it in the chain; a model
+/// without one is charged to the key's other scopes only.
+pub fn check_model(chain: &Chain, model: Option<&str>) -> Result<(), KeyRefusal> {
+    if chain.key.model_budgets.is_empty() {
+        return Ok(());
+    }
+    let Some(model) = model else {
+        return Err(KeyRefusal::ModelRequired);
+    };
+    if !chain.key.model_budgets.iter().any(|m| m == model) {
+        return Ok(());
+    }
+    let wanted = crate::model::EntityRef::model(&chain.key.entity.id, model);
+    if chain.scopes.iter().any(|e| e.entity == wanted) {
+        Ok(())
+    } else {
+        Err(KeyRefusal::ModelBudgetUnavailable)
     }
 }
 

@@ -459,6 +459,10 @@ pub fn denial_reason(outcome: &AuthorizeOutcome) -> Option<&'static str> {
         AuthorizeOutcome::Refused(KeyRefusal::Blocked) => Some("blocked"),
         AuthorizeOutcome::Refused(KeyRefusal::Expired) => Some("expired"),
         AuthorizeOutcome::Refused(KeyRefusal::CustomerBlocked) => Some("customer_blocked"),
+        AuthorizeOutcome::Refused(KeyRefusal::ModelRequired) => Some("model_required"),
+        AuthorizeOutcome::Refused(KeyRefusal::ModelBudgetUnavailable) => {
+            Some("model_budget_unavailable")
+        }
         AuthorizeOutcome::InvalidKey => Some("invalid_key"),
         AuthorizeOutcome::InvalidEstimate(_) => Some("invalid_request"),
         AuthorizeOutcome::TooManyScopes { .. } => Some("too_many_scopes"),

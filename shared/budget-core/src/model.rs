@@ -12,8 +12,9 @@ use crate::money::Money;
 
 /// What an entity is. The chain a request is charged to is its key, then
 /// every scope above it in this order: the key's user and team, the user's
-/// budget inside that team (a team member), the team's organization, and
-/// the end customer the request names (see [`Chain`]).
+/// budget inside that team (a team member), the team's organization, the
+/// end customer the request names, and the key's budget for the model the
+/// request names (see [`Chain`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EntityKind {
     Key,
@@ -22,6 +23,8 @@ pub enum EntityKind {
     TeamMember,
     Organization,
     Customer,
+    /// A key's budget for one model (`model_max_budget`).
+    Model,
 }
 
 impl EntityKind {
@@ -33,13 +36,14 @@ impl EntityKind {
             EntityKind::TeamMember => "team_member",
             EntityKind::Organization => "organization",
             EntityKind::Customer => "customer",
+            EntityKind::Model => "model",
         }
     }
 
     /// A scope the request names (in a header) rather than the key: never
     /// part of what is cached or snapshotted for the key.
     pub fn from_request(self) -> bool {
-        self == EntityKind::Customer
+        matches!(self, EntityKind::Customer | EntityKind::Model)
     }
 
     pub fn parse(s: &str) -> Option<EntityKind> {
@@ -50,6 +54,7 @@ impl EntityKind {
             "team_member" => Some(EntityKind::TeamMember),
             "organization" => Some(EntityKind::Organization),
             "customer" => Some(EntityKind::Customer),
+            "model" => Some(EntityKind::Model),
             _ => None,
         }
     }
@@ -128,6 +133,19 @@ impl EntityRef {
         EntityRef::new(EntityKind::TeamMember, format!("{team}#{user}"))
     }
 
+    /// Key `key_hash`'s budget for model `model`: id `<hash>#<model>`.
+    pub fn model(key_hash: &str, model: &str) -> EntityRef {
+        EntityRef::new(EntityKind::Model, format!("{key_hash}#{model}"))
+    }
+
+    /// A model budget's key hash and model.
+    pub fn model_of(&self) -> Option<(&str, &str)> {
+        match self.kind {
+            EntityKind::Model => self.id.split_once('#'),
+            _ => None,
+        }
+    }
+
     /// A team member's team and user.
     pub fn member_of(&self) -> Option<(&str, &str)> {
         match self.kind {
@@ -142,6 +160,10 @@ impl EntityRef {
         match (self.kind, self.member_of()) {
             (EntityKind::Key, _) => key_hash_prefix(&self.id),
             (EntityKind::TeamMember, Some((team, user))) => format!("{user}@{team}"),
+            (EntityKind::Model, _) => match self.model_of() {
+                Some((hash, model)) => format!("{model} on key {}", key_hash_prefix(hash)),
+                None => self.id.clone(),
+            },
             _ => self.id.clone(),
         }
     }
@@ -314,6 +336,10 @@ pub struct Entity {
     pub organization_id: Option<String>,
     /// Keys and customers: refused while blocked.
     pub blocked: bool,
+    /// Keys: the models with a budget of their own on this key
+    /// (`model_max_budget`), each a `model` entity. A request of such a key
+    /// must name its model (`x-litellm-model`).
+    pub model_budgets: Vec<String>,
     /// Keys: refused from this instant on.
     pub expires: Option<DateTime<Utc>>,
     /// Users and teams: how many keys point at them; organizations: how
@@ -357,6 +383,7 @@ impl Entity {
             team_id: None,
             organization_id: None,
             blocked: false,
+            model_budgets: Vec::new(),
             expires: None,
             key_count: 0,
             member_count: 0,
@@ -420,7 +447,10 @@ impl Entity {
                 .iter()
                 .map(|o| EntityRef::organization(o.clone()))
                 .collect(),
-            EntityKind::User | EntityKind::Organization | EntityKind::Customer => Vec::new(),
+            EntityKind::User
+            | EntityKind::Organization
+            | EntityKind::Customer
+            | EntityKind::Model => Vec::new(),
         }
     }
 }

@@ -421,7 +421,7 @@ pub fn delete(entity: &Entity) -> Vec<Guard> {
         EntityKind::Key | EntityKind::TeamMember => {}
         EntityKind::Team => guards.extend([Guard::NoKeys, Guard::NoMembers]),
         EntityKind::User | EntityKind::Organization => guards.push(Guard::NoKeys),
-        EntityKind::Customer => {}
+        EntityKind::Customer | EntityKind::Model => {}
     }
     guards
 }
@@ -687,6 +687,7 @@ fn reserves_differently(old: &Entity, new: &Entity) -> bool {
             .collect::<Vec<_>>()
     };
     old.blocked != new.blocked
+        || old.model_budgets != new.model_budgets
         || old.expires != new.expires
         || old.owners() != new.owners()
         || old.reservation_floor != new.reservation_floor

@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
 use crate::decision::{
-    admit, check_chain, check_key, reservation_amount, Admission, Denial, KeyRefusal, Requested,
+    admit, check_chain, check_key, check_model, reservation_amount, Admission, Denial, KeyRefusal,
+    Requested,
 };
 use crate::keys::hash_key;
 use crate::model::{Chain, EntityRef, Reservation};
@@ -22,11 +23,25 @@ use crate::model::{Chain, EntityRef, Reservation};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestScopes {
     pub customer: Option<String>,
+    /// The model the request says it calls (`x-litellm-model`): charged to
+    /// the key's budget for it, if the key has one.
+    pub model: Option<String>,
 }
 
 impl RequestScopes {
-    fn refs(&self) -> Vec<EntityRef> {
-        self.customer.iter().map(EntityRef::customer).collect()
+    /// The entities these name for a request of `key` (a model only where
+    /// the key has a budget for it).
+    fn refs(&self, key: &crate::model::Entity) -> Vec<EntityRef> {
+        let model = self
+            .model
+            .as_deref()
+            .filter(|m| key.model_budgets.iter().any(|b| b == m))
+            .map(|m| EntityRef::model(&key.entity.id, m));
+        self.customer
+            .iter()
+            .map(EntityRef::customer)
+            .chain(model)
+            .collect()
     }
 }
 use crate::money::Money;
@@ -215,7 +230,10 @@ impl<S: BudgetStore> Authorizer<S> {
                 return Ok(self.refused(req, AuthorizeOutcome::TooManyScopes { items }));
             }
             let estimate = reservation_amount(requested, &req.chain, &self.settings);
-            let admission = match judge(&req.chain, estimate, now, &self.settings.clock) {
+            let judged = check_model(&req.chain, req.named.model.as_deref())
+                .map_err(AuthorizeOutcome::Refused)
+                .and_then(|_| judge(&req.chain, estimate, now, &self.settings.clock));
+            let admission = match judged {
                 Ok(a) => a,
                 // What memory says may be out of date: only a fresh read denies.
                 Err(_) if !req.fresh => {
@@ -271,9 +289,13 @@ impl<S: BudgetStore> Authorizer<S> {
     ) -> Result<Option<InFlight>, StoreError> {
         // A chain is cached per key and customer (the customer is part of
         // it); never one request's customer for another's.
-        let cache_id = match &named.customer {
-            Some(c) => format!("{hash}\ncustomer\n{c}"),
-            None => hash.clone(),
+        let cache_id = match (&named.customer, &named.model) {
+            (None, None) => hash.clone(),
+            (c, m) => format!(
+                "{hash}\ncustomer\n{}\nmodel\n{}",
+                c.as_deref().unwrap_or(""),
+                m.as_deref().unwrap_or("")
+            ),
         };
         let (chain, snapshot) = match self.cached(&cache_id) {
             Some(c) => (c, false),
@@ -334,7 +356,7 @@ impl<S: BudgetStore> Authorizer<S> {
     /// consistent, whenever the chain is read): one that does not exist
     /// has no budget and is not charged.
     async fn add_named(&self, chain: &mut Chain, named: &RequestScopes) -> Result<(), StoreError> {
-        let refs = named.refs();
+        let refs = named.refs(&chain.key);
         if refs.is_empty() {
             return Ok(());
         }

@@ -58,7 +58,8 @@ impl DynamoStore {
             | EntityKind::Team
             | EntityKind::TeamMember
             | EntityKind::Organization
-            | EntityKind::Customer => Ok(()),
+            | EntityKind::Customer
+            | EntityKind::Model => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "owner snapshot not refreshed");
@@ -353,7 +354,7 @@ impl AdminStore for DynamoStore {
         let (index, attr, sort_key) = match owner.kind {
             EntityKind::User | EntityKind::Organization => ("gsi1", "gsi1pk", "gsi1sk"),
             EntityKind::Team => ("gsi2", "gsi2pk", "gsi2sk"),
-            EntityKind::Key | EntityKind::TeamMember | EntityKind::Customer => {
+            EntityKind::Key | EntityKind::TeamMember | EntityKind::Customer | EntityKind::Model => {
                 return Ok(Vec::new())
             }
         };

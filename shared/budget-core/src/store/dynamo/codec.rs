@@ -413,6 +413,9 @@ pub(super) const FLOOR: &str = "floor";
 /// The attribute of a team's number of member budgets (absent: 0).
 pub(super) const MEMBER_COUNT: &str = "member_count";
 
+/// The attribute of a key's models with a budget of their own.
+pub(super) const MODEL_BUDGETS: &str = "model_budgets";
+
 /// The attribute of a team's organization.
 pub(super) const ORGANIZATION: &str = "organization_id";
 
@@ -510,6 +513,12 @@ pub(super) fn entity_config_attributes(e: &Entity) -> Vec<(String, AttributeValu
     if let Some(x) = e.expires {
         out.push(("expires".into(), epoch(x)));
     }
+    if !e.model_budgets.is_empty() {
+        out.push((
+            MODEL_BUDGETS.into(),
+            AttributeValue::L(e.model_budgets.iter().map(|m| s(m.clone())).collect()),
+        ));
+    }
     if let Some(floor) = e.reservation_floor {
         out.push((FLOOR.into(), money(floor)));
     }
@@ -567,7 +576,8 @@ pub(super) fn alert_config_of(item: &HashMap<String, AttributeValue>) -> AlertCo
 }
 
 /// Optional configuration attributes: removed when absent in the new form.
-pub(super) const OPTIONAL_CONFIG: [&str; 10] = [
+pub(super) const OPTIONAL_CONFIG: [&str; 11] = [
+    MODEL_BUDGETS,
     "user_id",
     "team_id",
     ORGANIZATION,
@@ -624,6 +634,16 @@ pub(super) fn entity_from_item(
         user_id: r.opt_s(item, "user_id")?.map(str::to_string),
         team_id: r.opt_s(item, "team_id")?.map(str::to_string),
         organization_id: r.opt_s(item, ORGANIZATION)?.map(str::to_string),
+        model_budgets: match item.get(MODEL_BUDGETS) {
+            Some(AttributeValue::L(list)) => list
+                .iter()
+                .map(|v| match v {
+                    AttributeValue::S(m) => Ok(m.clone()),
+                    _ => Err(r.corrupt("model_budgets holds a non-string")),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => Vec::new(),
+        },
         blocked: r.bool(item, "blocked"),
         expires: r.time(item, "expires")?,
         key_count: r.opt_n(item, "key_count")?.unwrap_or(0),
