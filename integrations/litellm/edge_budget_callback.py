@@ -60,6 +60,8 @@ RESERVED_HEADER = "x-budget-reserve"
 CHARGED_CUSTOMER_HEADER = "x-budget-customer-id"
 # The model the authorizer charged (empty: none named).
 CHARGED_MODEL_HEADER = "x-budget-model"
+# The tags it charged, comma separated (empty: none).
+CHARGED_TAGS_HEADER = "x-budget-tags"
 # LiteLLM's own headers naming the end customer.
 CUSTOMER_HEADERS = ("x-litellm-customer-id", "x-litellm-end-user-id")
 
@@ -70,6 +72,31 @@ def _text(value: Any) -> Optional[str]:
     if isinstance(value, str) and value.strip():
         return value.strip()
     return None
+
+
+def named_tags(data: Mapping[str, Any]) -> list[str]:
+    """Every tag the request names where LiteLLM reads tags: its
+    ``x-litellm-tags`` header, the body's ``tags``, ``metadata.tags`` and
+    ``litellm_metadata.tags``."""
+    found: list[Any] = []
+    text = header(data, "x-litellm-tags")
+    if text:
+        found += text.split(",")
+    scopes = [data, data.get("metadata"), data.get("litellm_metadata")]
+    for scope in scopes:
+        if isinstance(scope, str):
+            try:
+                scope = json.loads(scope)
+            except ValueError:
+                scope = None
+        if isinstance(scope, Mapping) and isinstance(scope.get("tags"), list):
+            found += scope["tags"]
+    names: list[str] = []
+    for value in found:
+        t = _text(value)
+        if t is not None and t not in names:
+            names.append(t)
+    return names
 
 
 def named_customers(user_api_key_dict: Any, data: Mapping[str, Any]) -> list[str]:
@@ -179,6 +206,17 @@ class EdgeBudgetSettler(CustomLogger):
                 "edge-budget: this request calls model %r but was charged to model %r; "
                 "refused, and its reservation released (send the body's model in "
                 "x-litellm-model)" % (model, charged_model)
+            )
+            log.warning("%s (%s)", message, reservation.split(".")[0])
+            _refuse(message)
+        charged_tags = {t.strip() for t in (header(data, CHARGED_TAGS_HEADER) or "").split(",") if t.strip()}
+        uncharged = [t for t in named_tags(data) if t not in charged_tags]
+        if uncharged:
+            await self._finish("release", reservation, None)
+            message = (
+                "edge-budget: this request names tag %r, which it was not charged to (charged: %s); "
+                "refused, and its reservation released (send every tag in x-litellm-tags)"
+                % (uncharged[0], ",".join(sorted(charged_tags)) or "none")
             )
             log.warning("%s (%s)", message, reservation.split(".")[0])
             _refuse(message)

@@ -246,9 +246,11 @@ async fn the_upstream_hears_the_charged_customer_never_the_clients_claim() {
             ("x-budget-customer-id", "someone-else"),
         ];
         headers.push(("x-budget-model", "forged-model"));
+        headers.push(("x-budget-tags", "forged-tag"));
         if let Some(c) = sent {
             headers.push(("x-litellm-customer-id", c));
             headers.push(("x-litellm-model", "m-1"));
+            headers.push(("x-litellm-tags", "b,a"));
         }
         let r = send(
             &c,
@@ -263,6 +265,8 @@ async fn the_upstream_hears_the_charged_customer_never_the_clients_claim() {
         assert_eq!(seen["x-budget-customer-id"], charged, "{seen:?}");
         let model = if sent.is_some() { "m-1" } else { "" };
         assert_eq!(seen["x-budget-model"], model, "{seen:?}");
+        let tags = if sent.is_some() { "a,b" } else { "" };
+        assert_eq!(seen["x-budget-tags"], tags, "{seen:?}");
     }
     let w = app
         .window(

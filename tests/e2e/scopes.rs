@@ -742,3 +742,72 @@ async fn a_keys_model_budget_caps_the_model_the_request_names() {
     )
     .await;
 }
+
+/// Tag budgets: `/tag/new` gives a tag windows; every request naming it in
+/// `x-litellm-tags` is charged (denial `tag=<tag>`); at most 8 tags a
+/// request, each an id, or the request is refused with nothing written.
+#[tokio::test]
+async fn each_tag_a_request_names_is_charged_and_tags_are_bounded() {
+    let app = TestApp::new().await;
+    let tag = app
+        .post(
+            "/tag/new",
+            json!({"name": "prod", "description": "production", "max_budget": 3.0, "budget_duration": "1d"}),
+        )
+        .await;
+    assert_eq!(tag["name"], "prod");
+    app.post("/tag/new", json!({"name": "search", "max_budget": 100.0}))
+        .await;
+    app.user("u-tag").create().await;
+    let k1 = app.key().user("u-tag").create().await;
+    let k2 = app.key().user("u-tag").create().await;
+    let tags = [("x-litellm-tags", "search, prod,prod")];
+    let first = authorize_with(&app, &k1, "2", &tags).await;
+    assert!(allowed(&first), "{first}");
+    assert_eq!(first["context"]["tags"], "prod,search");
+    app.settle(&reservation_id(&first), 2.0).await;
+    let denied = authorize_with(&app, &k2, "2", &[("x-litellm-tags", "prod")]).await;
+    assert!(!allowed(&denied), "{denied}");
+    assert_eq!(denied["context"]["entity"], "tag");
+    assert!(denied["context"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("Budget exceeded: tag=prod over 1d budget."));
+    // An unknown tag has no budget; other tags are not charged.
+    assert!(allowed(
+        &authorize_with(&app, &k2, "2", &[("x-litellm-tags", "search,unknown")]).await
+    ));
+    let info = app
+        .post("/tag/info", json!({"names": ["prod", "search"]}))
+        .await;
+    assert_eq!(
+        money(&window_of(&info["prod"], "1d")["spend"]),
+        Money::usd(2)
+    );
+    assert_eq!(
+        money(&window_of(&info["search"], "lifetime")["reserved"]),
+        Money::usd(2)
+    );
+    // Bounded: nine tags or a bad one are refused (API Gateway joins a
+    // repeated header with commas: more tags, bounded the same).
+    let nine = (0..9)
+        .map(|i| format!("t{i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let before = app.snapshot().await;
+    for headers in [
+        vec![("x-litellm-tags", nine.as_str())],
+        vec![("x-litellm-tags", "ok,team#x")],
+    ] {
+        let answer = authorize_with(&app, &k2, "1", &headers).await;
+        assert_eq!(answer["context"]["reason"], "invalid_request", "{answer}");
+    }
+    assert_eq!(app.snapshot().await, before, "nothing was written");
+    app.post("/tag/update", json!({"name": "prod", "max_budget": 10.0}))
+        .await;
+    assert!(allowed(
+        &authorize_with(&app, &k2, "2", &[("x-litellm-tags", "prod")]).await
+    ));
+    let deleted = app.post("/tag/delete", json!({"name": "prod"})).await;
+    assert_eq!(deleted["deleted_tags"], json!(["prod"]));
+}

@@ -459,6 +459,10 @@ fn the_upstream_gets_the_gateway_secret_and_the_authorizers_reservation_id() {
         "$context.authorizer.model"
     );
     assert_eq!(
+        s(&get(http, "overwrite:header.x-budget-tags")),
+        "$context.authorizer.tags"
+    );
+    assert_eq!(
         sub_text(&get(http, "overwrite:header.x-edge-budget-gateway")),
         secret_ref
     );
@@ -519,6 +523,10 @@ fn the_upstream_gets_the_gateway_secret_and_the_authorizers_reservation_id() {
     assert_eq!(
         s(&get(rest, "integration.request.header.x-budget-model")),
         "context.authorizer.model"
+    );
+    assert_eq!(
+        s(&get(rest, "integration.request.header.x-budget-tags")),
+        "context.authorizer.tags"
     );
     assert_eq!(
         sub_text(&get(

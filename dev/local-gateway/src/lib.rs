@@ -558,6 +558,7 @@ impl Gateway {
             // What was charged: the client's own x-budget-* never passes.
             ("x-budget-customer-id", text("customer_id")),
             ("x-budget-model", text("model")),
+            ("x-budget-tags", text("tags")),
             ("x-edge-budget-gateway", self.config.gateway_secret.clone()),
         ];
         if let Api::Rest { .. } = self.config.api {

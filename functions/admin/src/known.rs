@@ -263,6 +263,15 @@ const NEW_CUSTOMER_REQUEST: &[&str] = &[
     "object_permission",
 ];
 
+/// `TagNewRequest` / `TagUpdateRequest` (budget fields: [`BUDGET_TABLE`]).
+const TAG_REQUEST: &[&str] = &["name", "description", "models", "model_info", "metadata"];
+
+/// `TagDeleteRequest`.
+const TAG_DELETE_REQUEST: &[&str] = &["name"];
+
+/// `TagInfoRequest`.
+const TAG_INFO_REQUEST: &[&str] = &["names"];
+
 /// `DeleteCustomerRequest`, `BlockUsers`.
 const CUSTOMER_IDS_REQUEST: &[&str] = &["user_ids"];
 
@@ -301,13 +310,14 @@ pub enum Form {
     MemberUpdate,
     MemberDelete,
     CustomerBlock,
+    TagInfo,
 }
 
 /// The lists of fields a route takes, ours first (the nearest-field
 /// suggestion prefers them on a tie). An update takes every field its
 /// create takes.
 fn lists(form: Form) -> &'static [&'static [&'static str]] {
-    use EntityKind::{Customer, Key, Model, Organization, Team, TeamMember, User};
+    use EntityKind::{Customer, Key, Model, Organization, Tag, Team, TeamMember, User};
     match form {
         Form::KeyGenerate => &[
             OURS_KEY,
@@ -356,6 +366,9 @@ fn lists(form: Form) -> &'static [&'static [&'static str]] {
             &[OURS_OWNER, NEW_CUSTOMER_REQUEST, BUDGET_TABLE]
         }
         Form::Delete(Customer) | Form::CustomerBlock => &[CUSTOMER_IDS_REQUEST],
+        Form::New(Tag) | Form::Update(Tag) => &[OURS_OWNER, TAG_REQUEST, BUDGET_TABLE],
+        Form::Delete(Tag) => &[TAG_DELETE_REQUEST],
+        Form::TagInfo => &[TAG_INFO_REQUEST],
         Form::New(Key | TeamMember | Model) | Form::Update(Key | TeamMember | Model) => &[],
         Form::Delete(Key | TeamMember | Model) => &[],
     }

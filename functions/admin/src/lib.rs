@@ -34,6 +34,9 @@
 //! | `/customer/info` | GET | `?end_user_id=` |
 //! | `/customer/delete` | POST | `user_ids: [...]` |
 //! | `/customer/block`, `/customer/unblock` | POST | `user_ids: [...]` |
+//! | `/tag/new`, `/tag/update` | POST | `name`, `description`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, … |
+//! | `/tag/info` | POST | `names: [...]` |
+//! | `/tag/delete` | POST | `name` |
 //! | `/team/member_add` | POST | `team_id`, `member` (one or a list, each with `user_id`), `max_budget_in_team`, `budget_duration`, `budget_limits` |
 //! | `/team/member_update` | POST | `team_id`, `user_id`, `max_budget_in_team`, `budget_duration`, `budget_limits` |
 //! | `/team/member_delete` | POST | `team_id`, `user_id` |
@@ -100,6 +103,8 @@ enum Op {
     KeyDelete,
     KeyBlock(bool),
     CustomerBlock(bool),
+    TagInfo,
+    TagDelete,
     New(EntityKind),
     Update(EntityKind),
     Info(EntityKind),
@@ -160,6 +165,10 @@ const ROUTES: &[(&str, Method, Op)] = &[
     ),
     ("/end_user/block", Method::POST, Op::CustomerBlock(true)),
     ("/end_user/unblock", Method::POST, Op::CustomerBlock(false)),
+    ("/tag/new", Method::POST, Op::New(EntityKind::Tag)),
+    ("/tag/update", Method::POST, Op::Update(EntityKind::Tag)),
+    ("/tag/info", Method::POST, Op::TagInfo),
+    ("/tag/delete", Method::POST, Op::TagDelete),
     ("/team/member_add", Method::POST, Op::MemberAdd),
     ("/team/member_update", Method::POST, Op::MemberUpdate),
     ("/team/member_delete", Method::POST, Op::MemberDelete),
@@ -238,7 +247,7 @@ async fn route<S: AdminStore>(
     let found = route_path(path).and_then(|p| ROUTES.iter().find(|(r, _, _)| *r == p));
     let Some((_, method, op)) = found else {
         return Err(ApiError::not_found(format!(
-            "no route {path}: the admin API has /key/generate|update|info|delete|block|unblock, /user/new|update|info|delete, /team/new|update|info|delete|member_add|member_update|member_delete /organization/new|update|info|delete and /customer/new|update|info|delete|block|unblock (or /end_user/...)"
+            "no route {path}: the admin API has /key/generate|update|info|delete|block|unblock, /user/new|update|info|delete, /team/new|update|info|delete|member_add|member_update|member_delete /organization/new|update|info|delete and /customer/new|update|info|delete|block|unblock (or /end_user/...) and /tag/new|update|info|delete"
         )));
     };
     if request.method() != method {
@@ -280,6 +289,8 @@ async fn route<S: AdminStore>(
         Op::KeyDelete => known::Form::KeyDelete,
         Op::KeyBlock(_) => known::Form::KeyBlock,
         Op::CustomerBlock(_) => known::Form::CustomerBlock,
+        Op::TagInfo => known::Form::TagInfo,
+        Op::TagDelete => known::Form::Delete(EntityKind::Tag),
         Op::New(kind) => known::Form::New(kind),
         Op::Update(kind) => known::Form::Update(kind),
         Op::Delete(kind) => known::Form::Delete(kind),
@@ -297,6 +308,8 @@ async fn route<S: AdminStore>(
         Op::KeyDelete => admin.key_delete(&body).await,
         Op::KeyBlock(blocked) => admin.key_block(&body, blocked).await,
         Op::CustomerBlock(blocked) => admin.customer_block(&body, blocked).await,
+        Op::TagInfo => admin.tag_info(&body).await,
+        Op::TagDelete => admin.tag_delete(&body).await,
         Op::New(kind) => admin.new_owner(kind, &body).await,
         Op::Update(kind) => admin.update_owner(kind, &body).await,
         Op::Delete(kind) => admin.delete_owners(kind, &body).await,

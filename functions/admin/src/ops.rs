@@ -54,6 +54,7 @@ pub(crate) fn id_field(kind: EntityKind) -> &'static str {
         EntityKind::Organization => "organization_id",
         EntityKind::TeamMember | EntityKind::Customer => "user_id",
         EntityKind::Model => "model_max_budget",
+        EntityKind::Tag => "name",
         EntityKind::Key => "key",
     }
 }
@@ -503,6 +504,35 @@ impl<S: AdminStore> Admin<'_, S> {
             "unblocked_users"
         };
         Ok(json!({ field: ids }))
+    }
+
+    /// `/tag/info {"names": [...]}`: LiteLLM's answer, each tag by name.
+    pub async fn tag_info(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
+        let names = fields::owner_id_list(body, "names")?;
+        let refs: Vec<EntityRef> = names.iter().map(EntityRef::tag).collect();
+        let found = self.store.load_many(&refs).await.map_err(unavailable)?;
+        if let Some(missing) = names
+            .iter()
+            .find(|n| !found.iter().any(|e| &e.entity.id == *n))
+        {
+            return Err(with_param(
+                ApiError::not_found(format!("no tag {missing}")),
+                "names",
+            ));
+        }
+        let mut out = Map::new();
+        for e in &found {
+            out.insert(e.entity.id.clone(), Value::Object(self.show(e)));
+        }
+        Ok(Value::Object(out))
+    }
+
+    /// `/tag/delete {"name"}`.
+    pub async fn tag_delete(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
+        let name = fields::required_id(body, "name")?;
+        let e = self.load(&EntityRef::tag(name.clone()), "name").await?;
+        self.delete_one(e).await?;
+        Ok(json!({"deleted_tags": [name]}))
     }
 
     pub async fn key_info(&self, key: Option<String>) -> Result<Value, ApiError> {

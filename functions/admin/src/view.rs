@@ -164,6 +164,9 @@ pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String,
                 m.insert("model".into(), json!(model));
             }
         }
+        EntityKind::Tag => {
+            m.insert("name".into(), json!(e.entity.id));
+        }
         EntityKind::Customer => {
             m.insert("user_id".into(), json!(e.entity.id));
             m.insert("blocked".into(), json!(e.blocked));

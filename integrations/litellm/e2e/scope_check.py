@@ -75,10 +75,30 @@ async def main() -> None:
             assert "reservation released" in str(getattr(e, "detail", e)), e
         assert outcome == refused, (charged_model, body_model)
         assert released == (["release r-1.receipt"] if refused else []), released
+    # Tags: every tag the body names must have been charged.
+    for charged_tags, body_tags, refused in [
+        ("a,b", ["a"], False),
+        ("a,b", None, False),
+        ("", ["a"], True),
+        ("a", ["a", "b"], True),
+    ]:
+        released.clear()
+        key, data = request("cust-a", "cust-a")
+        data["proxy_server_request"]["headers"]["x-budget-tags"] = charged_tags
+        if body_tags is not None:
+            data["metadata"] = {"tags": body_tags}
+        try:
+            await settler.async_pre_call_hook(key, None, data, "completion")
+            outcome = False
+        except Exception as e:
+            outcome = True
+            assert "reservation released" in str(getattr(e, "detail", e)), e
+        assert outcome == refused, (charged_tags, body_tags)
+        assert released == (["release r-1.receipt"] if refused else []), released
     # Not through the gateway: left alone.
     plain = {"model": "m", "user": "anyone", "proxy_server_request": {"headers": {}}}
     assert await settler.async_pre_call_hook(SimpleNamespace(), None, plain, "completion") is plain
-    print("scope_check: ok (%d cases)" % (len(cases) + 4))
+    print("scope_check: ok (%d cases)" % (len(cases) + 8))
 
 
 asyncio.run(main())

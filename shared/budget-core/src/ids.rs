@@ -32,6 +32,12 @@ pub fn is_model_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-:@+/".contains(&b))
 }
 
+/// A tag name: an id (tags are created with `/tag/new`, whose `name` is
+/// an id).
+pub fn is_tag_name(name: &str) -> bool {
+    is_valid_id(name)
+}
+
 pub fn problem(id: &str) -> Option<String> {
     if is_valid_id(id) {
         None

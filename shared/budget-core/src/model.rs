@@ -13,8 +13,8 @@ use crate::money::Money;
 /// What an entity is. The chain a request is charged to is its key, then
 /// every scope above it in this order: the key's user and team, the user's
 /// budget inside that team (a team member), the team's organization, the
-/// end customer the request names, and the key's budget for the model the
-/// request names (see [`Chain`]).
+/// end customer the request names, the key's budget for the model the
+/// request names, and each tag the request names (see [`Chain`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EntityKind {
     Key,
@@ -25,6 +25,8 @@ pub enum EntityKind {
     Customer,
     /// A key's budget for one model (`model_max_budget`).
     Model,
+    /// A tag's budget (`/tag/new`), charged by every request that names it.
+    Tag,
 }
 
 impl EntityKind {
@@ -37,13 +39,17 @@ impl EntityKind {
             EntityKind::Organization => "organization",
             EntityKind::Customer => "customer",
             EntityKind::Model => "model",
+            EntityKind::Tag => "tag",
         }
     }
 
     /// A scope the request names (in a header) rather than the key: never
     /// part of what is cached or snapshotted for the key.
     pub fn from_request(self) -> bool {
-        matches!(self, EntityKind::Customer | EntityKind::Model)
+        matches!(
+            self,
+            EntityKind::Customer | EntityKind::Model | EntityKind::Tag
+        )
     }
 
     pub fn parse(s: &str) -> Option<EntityKind> {
@@ -55,6 +61,7 @@ impl EntityKind {
             "organization" => Some(EntityKind::Organization),
             "customer" => Some(EntityKind::Customer),
             "model" => Some(EntityKind::Model),
+            "tag" => Some(EntityKind::Tag),
             _ => None,
         }
     }
@@ -120,6 +127,11 @@ impl EntityRef {
 
     pub fn organization(id: impl Into<String>) -> EntityRef {
         EntityRef::new(EntityKind::Organization, id)
+    }
+
+    /// A tag, named by a request header.
+    pub fn tag(name: impl Into<String>) -> EntityRef {
+        EntityRef::new(EntityKind::Tag, name)
     }
 
     /// An end customer (LiteLLM's end user), named by a request header.
@@ -450,7 +462,8 @@ impl Entity {
             EntityKind::User
             | EntityKind::Organization
             | EntityKind::Customer
-            | EntityKind::Model => Vec::new(),
+            | EntityKind::Model
+            | EntityKind::Tag => Vec::new(),
         }
     }
 }

@@ -421,7 +421,7 @@ pub fn delete(entity: &Entity) -> Vec<Guard> {
         EntityKind::Key | EntityKind::TeamMember => {}
         EntityKind::Team => guards.extend([Guard::NoKeys, Guard::NoMembers]),
         EntityKind::User | EntityKind::Organization => guards.push(Guard::NoKeys),
-        EntityKind::Customer | EntityKind::Model => {}
+        EntityKind::Customer | EntityKind::Model | EntityKind::Tag => {}
     }
     guards
 }

@@ -116,7 +116,8 @@ pub fn from_receipt(external: &str, now: DateTime<Utc>) -> Option<Reservation> {
             EntityKind::TeamMember
             | EntityKind::Organization
             | EntityKind::Customer
-            | EntityKind::Model => {}
+            | EntityKind::Model
+            | EntityKind::Tag => {}
         }
         let entity = EntityRef::new(kind, id);
         holds.push(Hold {

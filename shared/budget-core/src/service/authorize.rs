@@ -26,7 +26,15 @@ pub struct RequestScopes {
     /// The model the request says it calls (`x-litellm-model`): charged to
     /// the key's budget for it, if the key has one.
     pub model: Option<String>,
+    /// The tags it names (`x-litellm-tags`), distinct, sorted, at most
+    /// [`MAX_REQUEST_TAGS`]: each charged, where it has a budget.
+    pub tags: Vec<String>,
 }
+
+/// The most tags one request may name: each is one more item in its
+/// transaction (so a chain stays far below DynamoDB's 100), and a request
+/// naming more is refused.
+pub const MAX_REQUEST_TAGS: usize = 8;
 
 impl RequestScopes {
     /// The entities these name for a request of `key` (a model only where
@@ -41,6 +49,7 @@ impl RequestScopes {
             .iter()
             .map(EntityRef::customer)
             .chain(model)
+            .chain(self.tags.iter().map(EntityRef::tag))
             .collect()
     }
 }
@@ -289,13 +298,15 @@ impl<S: BudgetStore> Authorizer<S> {
     ) -> Result<Option<InFlight>, StoreError> {
         // A chain is cached per key and customer (the customer is part of
         // it); never one request's customer for another's.
-        let cache_id = match (&named.customer, &named.model) {
-            (None, None) => hash.clone(),
-            (c, m) => format!(
-                "{hash}\ncustomer\n{}\nmodel\n{}",
-                c.as_deref().unwrap_or(""),
-                m.as_deref().unwrap_or("")
-            ),
+        let cache_id = if *named == RequestScopes::default() {
+            hash.clone()
+        } else {
+            format!(
+                "{hash}\ncustomer\n{}\nmodel\n{}\ntags\n{}",
+                named.customer.as_deref().unwrap_or(""),
+                named.model.as_deref().unwrap_or(""),
+                named.tags.join(",")
+            )
         };
         let (chain, snapshot) = match self.cached(&cache_id) {
             Some(c) => (c, false),

@@ -59,7 +59,8 @@ impl DynamoStore {
             | EntityKind::TeamMember
             | EntityKind::Organization
             | EntityKind::Customer
-            | EntityKind::Model => Ok(()),
+            | EntityKind::Model
+            | EntityKind::Tag => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "owner snapshot not refreshed");
@@ -354,9 +355,11 @@ impl AdminStore for DynamoStore {
         let (index, attr, sort_key) = match owner.kind {
             EntityKind::User | EntityKind::Organization => ("gsi1", "gsi1pk", "gsi1sk"),
             EntityKind::Team => ("gsi2", "gsi2pk", "gsi2sk"),
-            EntityKind::Key | EntityKind::TeamMember | EntityKind::Customer | EntityKind::Model => {
-                return Ok(Vec::new())
-            }
+            EntityKind::Key
+            | EntityKind::TeamMember
+            | EntityKind::Customer
+            | EntityKind::Model
+            | EntityKind::Tag => return Ok(Vec::new()),
         };
         let items = self
             .query_all(index, attr, owner_index_pk(owner), None, usize::MAX)
