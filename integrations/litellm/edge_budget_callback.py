@@ -56,8 +56,10 @@ log = logging.getLogger("edge_budget")
 
 RESERVATION_HEADER = "x-budget-reservation-id"
 RESERVED_HEADER = "x-budget-reserve"
-# What the authorizer charged, as the gateway sets it (empty: no customer).
+# What the authorizer charged, as the gateway sets it; NOT_NAMED for none
+# (a value no id, model or tag can have).
 CHARGED_CUSTOMER_HEADER = "x-budget-customer-id"
+NOT_NAMED = "(none)"
 # The model the authorizer charged (empty: none named).
 CHARGED_MODEL_HEADER = "x-budget-model"
 # The tags it charged, comma separated (empty: none).
@@ -125,6 +127,11 @@ def named_customers(user_api_key_dict: Any, data: Mapping[str, Any]) -> list[str
 
 class ChargedOtherScope(Exception):
     """The request names another scope than the one edge-budget charged."""
+
+
+def _charged(value: Optional[str]) -> Optional[str]:
+    """A charged-scope header's value; None for none named."""
+    return None if value is None or value == NOT_NAMED else value
 
 
 def _refuse(message: str) -> None:
@@ -198,7 +205,7 @@ class EdgeBudgetSettler(CustomLogger):
         reservation = header(data, RESERVATION_HEADER)
         if reservation is None:
             return data
-        charged_model = header(data, CHARGED_MODEL_HEADER)
+        charged_model = _charged(header(data, CHARGED_MODEL_HEADER))
         model = _text(data.get("model"))
         if charged_model is not None and model is not None and model != charged_model:
             await self._finish("release", reservation, None)
@@ -209,7 +216,7 @@ class EdgeBudgetSettler(CustomLogger):
             )
             log.warning("%s (%s)", message, reservation.split(".")[0])
             _refuse(message)
-        charged_tags = {t.strip() for t in (header(data, CHARGED_TAGS_HEADER) or "").split(",") if t.strip()}
+        charged_tags = {t.strip() for t in (_charged(header(data, CHARGED_TAGS_HEADER)) or "").split(",") if t.strip()}
         uncharged = [t for t in named_tags(data) if t not in charged_tags]
         if uncharged:
             await self._finish("release", reservation, None)
@@ -220,7 +227,7 @@ class EdgeBudgetSettler(CustomLogger):
             )
             log.warning("%s (%s)", message, reservation.split(".")[0])
             _refuse(message)
-        charged = header(data, CHARGED_CUSTOMER_HEADER)
+        charged = _charged(header(data, CHARGED_CUSTOMER_HEADER))
         other = [n for n in named_customers(user_api_key_dict, data) if n != charged]
         if other:
             named = other[0]

@@ -240,7 +240,7 @@ async fn the_upstream_hears_the_charged_customer_never_the_clients_claim() {
     let s = setup(app.clone(), rest()).await;
     let c = client();
     let bearer = format!("Bearer {key}");
-    for (sent, charged) in [(Some("cust-gw"), "cust-gw"), (None, "")] {
+    for (sent, charged) in [(Some("cust-gw"), "cust-gw"), (None, "(none)")] {
         let mut headers = vec![
             ("authorization", bearer.as_str()),
             ("x-budget-customer-id", "someone-else"),
@@ -263,9 +263,9 @@ async fn the_upstream_hears_the_charged_customer_never_the_clients_claim() {
         assert_eq!(status, 200, "{body}");
         let seen = s.seen.lock().unwrap().last().unwrap().clone();
         assert_eq!(seen["x-budget-customer-id"], charged, "{seen:?}");
-        let model = if sent.is_some() { "m-1" } else { "" };
+        let model = if sent.is_some() { "m-1" } else { "(none)" };
         assert_eq!(seen["x-budget-model"], model, "{seen:?}");
-        let tags = if sent.is_some() { "a,b" } else { "" };
+        let tags = if sent.is_some() { "a,b" } else { "(none)" };
         assert_eq!(seen["x-budget-tags"], tags, "{seen:?}");
     }
     let w = app

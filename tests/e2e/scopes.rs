@@ -565,7 +565,9 @@ async fn a_customer_named_by_a_header_is_charged_and_can_be_blocked() {
     // No header: no customer (documented), only the key's own chain.
     let plain = authorize_with(&app, &k2, "5", &[]).await;
     assert!(allowed(&plain), "{plain}");
-    assert_eq!(plain["context"]["customer_id"], "");
+    assert_eq!(plain["context"]["customer_id"], "(none)");
+    assert_eq!(plain["context"]["model"], "(none)");
+    assert_eq!(plain["context"]["tags"], "(none)");
     // A customer nobody created has no budget: charged nothing, nothing written for it.
     let ghost = authorize_with(&app, &k2, "1", &[("x-litellm-customer-id", "ghost")]).await;
     assert!(allowed(&ghost), "{ghost}");

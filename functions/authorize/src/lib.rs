@@ -143,6 +143,12 @@ pub fn requested_from_header(header: Option<&str>) -> Result<Requested, String> 
     }
 }
 
+/// What the allow context (and the upstream's `x-budget-customer-id`,
+/// `x-budget-model`, `x-budget-tags`) says when the request named no
+/// customer, model or tags: `(none)` has characters no id, model name or
+/// tag may have.
+pub const NOT_NAMED: &str = "(none)";
+
 /// The headers that name the request's end customer (LiteLLM's own): the
 /// customer is charged as named — the header is the client's claim, and
 /// the LiteLLM integration checks it against the body.
@@ -351,14 +357,15 @@ pub async fn handle_logged<S: BudgetStore>(
     let (allowed, principal, mut context) = answer(&outcome);
     if allowed {
         // What was charged, for the upstream (the gateway passes it on in
-        // headers of its own, which a client cannot set).
+        // headers of its own, which a client cannot set). Never empty: a
+        // mapping of an empty value might leave a client's header in place,
+        // so "none" is NOT_NAMED, which no id, model or tag can be.
         let named = named.ok().unwrap_or_default();
-        context.insert(
-            "customer_id".into(),
-            json!(named.customer.unwrap_or_default()),
-        );
-        context.insert("model".into(), json!(named.model.unwrap_or_default()));
-        context.insert("tags".into(), json!(named.tags.join(",")));
+        let or_none = |v: Option<String>| v.unwrap_or_else(|| NOT_NAMED.to_string());
+        context.insert("customer_id".into(), json!(or_none(named.customer)));
+        context.insert("model".into(), json!(or_none(named.model)));
+        let tags = (!named.tags.is_empty()).then(|| named.tags.join(","));
+        context.insert("tags".into(), json!(or_none(tags)));
     }
     match event {
         Event::HttpApi(_) => {

@@ -43,6 +43,8 @@ async def main() -> None:
         (("cust-a", "cust-b", None, None), True),
         ((None, "cust-b", None, None), True),
         (("", "cust-b", None, None), True),
+        (("(none)", "cust-b", None, None), True),
+        (("(none)", None, None, None), False),
         (("cust-a", None, None, "cust-b"), True),
         (("cust-a", None, {"x-litellm-end-user-id": "cust-b"}, None), True),
     ]
@@ -61,6 +63,7 @@ async def main() -> None:
     for charged_model, body_model, refused in [
         ("gpt-4o", "gpt-4o", False),
         ("", "gpt-4o", False),
+        ("(none)", "gpt-4o", False),
         ("gpt-4o-mini", "gpt-4o", True),
     ]:
         released.clear()
@@ -80,6 +83,7 @@ async def main() -> None:
         ("a,b", ["a"], False),
         ("a,b", None, False),
         ("", ["a"], True),
+        ("(none)", ["a"], True),
         ("a", ["a", "b"], True),
     ]:
         released.clear()
@@ -98,7 +102,7 @@ async def main() -> None:
     # Not through the gateway: left alone.
     plain = {"model": "m", "user": "anyone", "proxy_server_request": {"headers": {}}}
     assert await settler.async_pre_call_hook(SimpleNamespace(), None, plain, "completion") is plain
-    print("scope_check: ok (%d cases)" % (len(cases) + 8))
+    print("scope_check: ok (%d cases)" % (len(cases) + 10))
 
 
 asyncio.run(main())
