@@ -333,13 +333,12 @@ async fn an_owner_chooses_thresholds_and_a_soft_budget() {
     let mut other = reservation.clone();
     other["dynamodb"]["NewImage"]["pk"] = json!({"S": "res#r-0"});
     assert_eq!(run(&app, &bus, batch(&[&other])).await.sent, 0);
-    // Nor an escrow slot of a sharded budget (its part of a window is no
-    // budget of its own), though it reads like the team's item.
+    // Nor a slot item of a team that is not sharded (a sharded budget's
+    // slots alert on its totals: a_sharded_budget_alerts_on_its_totals_once).
     let mut slot = record(4, &v0, &v1);
     slot["dynamodb"]["NewImage"]["pk"] = json!({"S": "slot#team#t-alert#pool"});
     slot["dynamodb"]["OldImage"]["pk"] = json!({"S": "slot#team#t-alert#pool"});
     let skipped = run(&app, &bus, batch(&[&slot])).await;
-    // (Read as the team's, its crossings would count as duplicates.)
     assert_eq!(
         (skipped.sent, skipped.duplicates, skipped.unreadable),
         (0, 0, 0),
@@ -439,6 +438,28 @@ async fn the_tables_own_stream_alerts_each_crossing_once() {
     for cost in [4.0, 2.0, 3.0] {
         spend(&app, &key, cost).await;
     }
+    let records = stream_records(&app).await;
+    assert!(records.len() >= 8, "the flow's writes: {}", records.len());
+    let all: Vec<&Value> = records.iter().collect();
+    let first = run(&app, &bus, batch(&all)).await;
+    assert_eq!(first.unreadable, 0, "{first:?}");
+    assert_eq!(
+        crossed(&bus.received().await),
+        [
+            ("u-stream".into(), "1d".into(), 50),
+            ("u-stream".into(), "1d".into(), 80)
+        ],
+        "the user's day at 9 of 10; the key's 9 of 100 crosses nothing"
+    );
+    let again = run(&app, &bus, batch(&all)).await;
+    assert_eq!((again.sent, again.duplicates), (0, 2));
+    assert!(bus.received().await.is_empty());
+}
+
+/// Every record of the table's own stream so far (read through the
+/// emulator's DynamoDB Streams API, as Lambda's poller reads them), in
+/// Lambda's event shape.
+async fn stream_records(app: &TestApp) -> Vec<Value> {
     let table = app
         .client
         .describe_table()
@@ -480,19 +501,74 @@ async fn the_tables_own_stream_alerts_each_crossing_once() {
             r
         })
         .collect();
-    assert!(records.len() >= 8, "the flow's writes: {}", records.len());
-    let all: Vec<&Value> = records.iter().collect();
-    let first = run(&app, &bus, batch(&all)).await;
-    assert_eq!(first.unreadable, 0, "{first:?}");
+    records
+}
+
+/// A sharded team spends on its escrow slots, not on its own item: the
+/// slots' stream records make notify read the team's totals and send the
+/// 50 and 80 % of its day once, whether the records come one per batch in
+/// reverse order or all again in one batch.
+#[tokio::test]
+async fn a_sharded_budget_alerts_on_its_totals_once() {
+    let app = TestApp::with_stream().await;
+    let bus = Bus::new().await;
+    app.post(
+        "/team/new",
+        json!({"team_id": "t-hot-alert", "budget_shards": 4,
+               "budget_limits": [{"budget_duration": "1d", "max_budget": 10}]}),
+    )
+    .await;
+    app.user("u-hot-alert").create().await;
+    let keys = [
+        app.key()
+            .user("u-hot-alert")
+            .team("t-hot-alert")
+            .create()
+            .await,
+        app.key()
+            .user("u-hot-alert")
+            .team("t-hot-alert")
+            .create()
+            .await,
+    ];
+    for (i, cost) in [4.0, 2.0, 3.0].into_iter().enumerate() {
+        spend(&app, &keys[i % 2], cost).await;
+    }
+    let window = &app.team_info("t-hot-alert").await["team_info"]["windows"][0];
+    assert_eq!(window["spend"], 9.0, "{window}");
+    let records = stream_records(&app).await;
+    let slots = records
+        .iter()
+        .filter(|r| {
+            r["dynamodb"]["Keys"]["pk"]["S"]
+                .as_str()
+                .is_some_and(|pk| pk.starts_with("slot#"))
+        })
+        .count();
+    assert!(slots >= 3, "the settles wrote slots: {slots}");
+    let mut sent = 0;
+    for r in records.iter().rev() {
+        let one = run(&app, &bus, batch(&[r])).await;
+        assert_eq!(one.unreadable, 0, "{one:?}");
+        sent += one.sent;
+    }
+    assert_eq!(sent, 2);
+    let got = bus.received().await;
     assert_eq!(
-        crossed(&bus.received().await),
+        crossed(&got),
         [
-            ("u-stream".into(), "1d".into(), 50),
-            ("u-stream".into(), "1d".into(), 80)
+            ("t-hot-alert".into(), "1d".into(), 50),
+            ("t-hot-alert".into(), "1d".into(), 80)
         ],
-        "the user's day at 9 of 10; the key's 9 of 100 crosses nothing"
+        "the team's day at 9 of 10 over its slots: {got:?}"
     );
+    assert!(
+        got.iter()
+            .all(|d| d["entity"] == "team" && d["limit"] == 10.0),
+        "{got:?}"
+    );
+    let all: Vec<&Value> = records.iter().collect();
     let again = run(&app, &bus, batch(&all)).await;
-    assert_eq!((again.sent, again.duplicates), (0, 2));
+    assert_eq!(again.sent, 0, "{again:?}");
     assert!(bus.received().await.is_empty());
 }

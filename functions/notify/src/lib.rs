@@ -11,8 +11,19 @@
 //! taken. An event that cannot be sent gives its marker back and reports
 //! the record as failed (`ReportBatchItemFailures`), so the stream delivers
 //! it again from there.
+//!
+//! A sharded budget (`budget_shards` ≥ 2) spends on its escrow slots, not
+//! on its own item: a slot write that raised a window's spend makes notify
+//! read the owner's totals (all slots, one isolated read, at most once per
+//! owner per batch) and send every level the totals have reached that is
+//! not sent yet. "Reached" rather than "crossed by this write": the totals
+//! are read after the write, maybe after later ones too, so the write that
+//! crossed may not be told apart — the marker still keeps each alert to
+//! one per period, and levels already sent are remembered by the instance
+//! so a busy budget does not retry their markers on every batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -21,8 +32,8 @@ use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventR
 use aws_sdk_dynamodb::types::AttributeValue;
 use budget_core::alerts::{crossings, Alert, DETAIL_TYPE, EVENT_SOURCE};
 use budget_core::metrics::{Emitter, Record, Unit};
-use budget_core::model::Entity;
-use budget_core::store::dynamo::{entity_from_image, DynamoStore};
+use budget_core::model::{Entity, EntityRef};
+use budget_core::store::dynamo::{entity_from_image, slot_spend_rose, DynamoStore};
 use budget_core::Settings;
 use chrono::{DateTime, Utc};
 
@@ -110,33 +121,95 @@ pub struct BatchSummary {
     pub errors: Vec<String>,
 }
 
-/// The alerts of one record: the entity before and after the write.
-fn record_alerts(
+/// What one record asks of notify.
+enum Work {
+    /// The alerts its write crossed (a key, user or team item).
+    Alerts(Vec<Alert>),
+    /// A sharded budget's slot whose spend rose: its owner's totals decide.
+    Sharded(EntityRef),
+}
+
+/// The work of one record: the entity before and after the write.
+fn record_work(
     record: &EventRecord,
     settings: &Settings,
     now: DateTime<Utc>,
-) -> Result<Vec<Alert>, String> {
+) -> Result<Work, String> {
     if record.change.new_image.is_empty() {
-        return Ok(Vec::new()); // a delete
+        return Ok(Work::Alerts(Vec::new())); // a delete
     }
-    let new = entity_from_image(&image(&record.change.new_image)).map_err(|e| e.to_string())?;
+    let new_image = image(&record.change.new_image);
+    let old_image = image(&record.change.old_image);
+    if let Some(owner) = slot_spend_rose(&old_image, &new_image).map_err(|e| e.to_string())? {
+        return Ok(Work::Sharded(owner));
+    }
+    let new = entity_from_image(&new_image).map_err(|e| e.to_string())?;
     let Some((new, config)) = new else {
-        return Ok(Vec::new()); // not a key, user or team
+        return Ok(Work::Alerts(Vec::new())); // not a key, user or team
     };
-    let old: Option<Entity> = if record.change.old_image.is_empty() {
+    let old: Option<Entity> = if old_image.is_empty() {
         None
     } else {
-        entity_from_image(&image(&record.change.old_image))
+        entity_from_image(&old_image)
             .map_err(|e| e.to_string())?
             .map(|(e, _)| e)
     };
-    Ok(crossings(
+    Ok(Work::Alerts(crossings(
         old.as_ref(),
         &new,
         &config,
         &settings.alert_thresholds,
         now,
+    )))
+}
+
+/// The levels a sharded budget's totals have reached (every level at or
+/// below its spend in the current period).
+async fn sharded_alerts(
+    store: &DynamoStore,
+    owner: &EntityRef,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> Result<Vec<Alert>, String> {
+    let Some((totals, config)) = store
+        .sharded_totals(owner)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(crossings(
+        None,
+        &totals,
+        &config,
+        &settings.alert_thresholds,
+        now,
     ))
+}
+
+/// Alert ids this instance has sent or found sent (sharded budgets only,
+/// whose levels are looked at again on every batch); forgotten wholesale
+/// past [`SENT_CACHE`] entries — a forgotten one costs one refused marker
+/// write.
+fn sent_cache() -> &'static Mutex<HashSet<String>> {
+    static SENT: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    SENT.get_or_init(|| Mutex::new(HashSet::new()))
+}
+const SENT_CACHE: usize = 50_000;
+
+fn remember_sent(id: &str) {
+    let mut sent = sent_cache().lock().unwrap_or_else(|p| p.into_inner());
+    if sent.len() >= SENT_CACHE {
+        sent.clear();
+    }
+    sent.insert(id.to_string());
+}
+
+fn known_sent(id: &str) -> bool {
+    sent_cache()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(id)
 }
 
 /// Handles one batch of stream records, in order. Stops at the first
@@ -156,9 +229,34 @@ pub async fn handle<P: Publisher>(
         ..BatchSummary::default()
     };
     let mut failed: Option<String> = None;
+    // Sharded owners already looked at in this batch: their totals were
+    // read after every write of the batch that came before.
+    let mut owners_seen: HashSet<String> = HashSet::new();
     'records: for record in &event.records {
-        let alerts = match record_alerts(record, settings, now) {
-            Ok(a) => a,
+        let record_id = || {
+            record
+                .change
+                .sequence_number
+                .clone()
+                .unwrap_or_else(|| record.event_id.clone())
+        };
+        let (alerts, sharded) = match record_work(record, settings, now) {
+            Ok(Work::Alerts(a)) => (a, false),
+            Ok(Work::Sharded(owner)) => {
+                if !owners_seen.insert(format!("{}#{}", owner.kind.as_str(), owner.id)) {
+                    continue;
+                }
+                match sharded_alerts(store, &owner, settings, now).await {
+                    Ok(a) => (a, true),
+                    Err(e) => {
+                        summary
+                            .errors
+                            .push(format!("record {}: {e}", record.event_id));
+                        failed = Some(record_id());
+                        break 'records;
+                    }
+                }
+            }
             Err(e) => {
                 // A corrupt image will not read better next time: skip it.
                 summary.unreadable += 1;
@@ -169,18 +267,24 @@ pub async fn handle<P: Publisher>(
             }
         };
         for alert in &alerts {
+            if sharded && known_sent(&alert.id) {
+                summary.duplicates += 1;
+                continue;
+            }
             match deliver(store, publisher, alert, now).await {
-                Ok(true) => summary.sent += 1,
-                Ok(false) => summary.duplicates += 1,
+                Ok(sent) => {
+                    if sent {
+                        summary.sent += 1;
+                    } else {
+                        summary.duplicates += 1;
+                    }
+                    if sharded {
+                        remember_sent(&alert.id);
+                    }
+                }
                 Err(e) => {
                     summary.errors.push(format!("alert {}: {e}", alert.id));
-                    failed = Some(
-                        record
-                            .change
-                            .sequence_number
-                            .clone()
-                            .unwrap_or_else(|| record.event_id.clone()),
-                    );
+                    failed = Some(record_id());
                     break 'records;
                 }
             }

@@ -8,12 +8,14 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 
 use crate::alerts::AlertConfig;
+use crate::escrow;
+use crate::model::{Entity, EntityRef};
 use crate::store::table::{PARTITION_KEY, TTL_ATTRIBUTE};
-use crate::store::StoreError;
+use crate::store::{BudgetStore, StoreError};
 
-use super::codec::{alert_config_of, entity_from_item, entity_ref_from_pk};
+use super::codec::{alert_config_of, entity_from_item, entity_pk, entity_ref_from_pk};
 use super::errors::unavailable;
-use super::expr::{n, s};
+use super::expr::{key_of, n, s};
 use super::DynamoStore;
 
 /// Markers outlive their window period by this much (a record redelivered
@@ -35,11 +37,79 @@ pub fn entity_from_image(
     Ok(Some((entity_from_item(item)?, alert_config_of(item))))
 }
 
+/// The owner of the escrow slot in a stream write (`old` → `new`) whose
+/// write raised a window's spend in its period (a settle on a shard of a
+/// sharded budget); `None` for any other write and any other item. The
+/// owner's alerts are then decided on its totals
+/// ([`DynamoStore::sharded_totals`]): a slot's part of a window is no
+/// budget of its own.
+pub fn slot_spend_rose(
+    old: &HashMap<String, AttributeValue>,
+    new: &HashMap<String, AttributeValue>,
+) -> Result<Option<EntityRef>, StoreError> {
+    let Some(AttributeValue::S(pk)) = new.get(PARTITION_KEY) else {
+        return Ok(None);
+    };
+    let Some(slot) = entity_ref_from_pk(pk).filter(|e| e.slot.is_some()) else {
+        return Ok(None);
+    };
+    let after = entity_from_item(new)?;
+    let before = if old.is_empty() {
+        None
+    } else {
+        Some(entity_from_item(old)?)
+    };
+    let rose = after.windows.iter().any(|w| {
+        let was = before
+            .as_ref()
+            .and_then(|b| {
+                b.windows
+                    .iter()
+                    .find(|x| x.id() == w.id() && x.reset_at == w.reset_at)
+            })
+            .map_or(crate::money::Money::ZERO, |x| x.spent);
+        w.spent > was
+    });
+    Ok(rose.then(|| slot.owner()))
+}
+
 fn marker_pk(alert_id: &str) -> String {
     format!("alert#{alert_id}")
 }
 
 impl DynamoStore {
+    /// A sharded entity as `/…/info` shows it (each window's spend summed
+    /// over its slots, read in one isolated read) with what it asks to be
+    /// alerted on; `None` if it no longer exists or is no longer sharded
+    /// (its own item's records alert then).
+    pub async fn sharded_totals(
+        &self,
+        owner: &EntityRef,
+    ) -> Result<Option<(Entity, AlertConfig)>, StoreError> {
+        let out = self
+            .client()
+            .get_item()
+            .table_name(self.table())
+            .set_key(Some(key_of(entity_pk(owner))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("get item", e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let entity = entity_from_item(item)?;
+        let refs = escrow::slot_refs(&entity);
+        if refs.is_empty() {
+            return Ok(None);
+        }
+        let slots = self.load_isolated(&refs).await?;
+        Ok(Some((
+            escrow::totals(&entity, &slots),
+            alert_config_of(item),
+        )))
+    }
+
     /// Takes the alert `alert_id` for this caller: `true` if nobody had
     /// (one conditional write), `false` if it was sent or is being sent.
     /// `period_end` (none for lifetime budgets) bounds how long the marker
