@@ -592,6 +592,15 @@ mod tests {
         store.entity(&EntityRef::user("u")).unwrap().windows[0].clone()
     }
 
+    #[test]
+    fn the_widest_chain_fits_one_transaction() {
+        // Key, user, team, team member, organization, customer, model, the
+        // most tags a request may name, and the reservation.
+        let widest = 7 + MAX_REQUEST_TAGS + 1;
+        assert_eq!(widest, 16);
+        assert!(widest <= crate::model::MAX_TRANSACTION_ITEMS);
+    }
+
     #[tokio::test]
     async fn a_cached_chain_never_denies_alone_the_fresh_read_does() {
         let store = MemoryStore::new();
