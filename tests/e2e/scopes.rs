@@ -578,6 +578,20 @@ async fn a_customer_named_by_a_header_is_charged_and_can_be_blocked() {
         .unwrap()
         .is_none());
 
+    // A customer created after a warm instance saw none by that name is
+    // charged from the next request on.
+    assert!(allowed(
+        &authorize_with(&app, &k2, "1", &[("x-litellm-customer-id", "late")]).await
+    ));
+    app.post(
+        "/customer/new",
+        json!({"user_id": "late", "max_budget": 0.5}),
+    )
+    .await;
+    let late = authorize_with(&app, &k2, "1", &[("x-litellm-customer-id", "late")]).await;
+    assert!(!allowed(&late), "{late}");
+    assert_eq!(late["context"]["entity_id"], "late");
+
     // Blocked: refused, warm cache or not; unblocked: admitted again.
     assert!(allowed(&authorize_with(&app, &k1, "1", &named).await));
     app.post("/customer/block", json!({"user_ids": ["cust-1"]}))

@@ -309,7 +309,13 @@ impl<S: BudgetStore> Authorizer<S> {
             )
         };
         let (chain, snapshot) = match self.cached(&cache_id) {
-            Some(c) => (c, false),
+            // A named scope the cached chain lacks (it did not exist when
+            // it was read) is looked for again: one created since is never
+            // left out of a warm instance's write.
+            Some(mut c) => {
+                self.add_named(&mut c, named).await?;
+                (c, false)
+            }
             None => match store_call(self.store.load_chain_quick(&hash)).await? {
                 Some(mut c) => {
                     self.add_named(&mut c, named).await?;
@@ -363,11 +369,15 @@ impl<S: BudgetStore> Authorizer<S> {
         outcome
     }
 
-    /// The scopes the request names, read into its chain (strongly
-    /// consistent, whenever the chain is read): one that does not exist
-    /// has no budget and is not charged.
+    /// The scopes the request names that `chain` does not hold, read into
+    /// it (strongly consistent): one that does not exist has no budget and
+    /// is not charged (and is looked for again by the next request).
     async fn add_named(&self, chain: &mut Chain, named: &RequestScopes) -> Result<(), StoreError> {
-        let refs = named.refs(&chain.key);
+        let refs: Vec<EntityRef> = named
+            .refs(&chain.key)
+            .into_iter()
+            .filter(|r| !chain.scopes.iter().any(|e| &e.entity == r))
+            .collect();
         if refs.is_empty() {
             return Ok(());
         }
