@@ -56,12 +56,14 @@ def lambda_record(record, stream_arn):
 
 
 def is_entity(record):
-    """The template's filter: inserts and updates of keys, users, teams."""
+    """The template's filter: inserts and updates of keys, users, teams and
+    escrow slots (a sharded budget's spend)."""
     pk = record["dynamodb"].get("Keys", {}).get("pk", {}).get("S", "")
     return record["eventName"] in ("INSERT", "MODIFY") and pk.split("#", 1)[0] in (
         "key",
         "user",
         "team",
+        "slot",
     )
 
 

@@ -57,7 +57,10 @@ impl Bus {
             .name("budget-alerts")
             .event_bus_name(&name)
             .event_pattern(
-                json!({"source": [EVENT_SOURCE], "detail-type": [DETAIL_TYPE]}).to_string(),
+                // As the template's rule: this stack's alerts only.
+                json!({"source": [EVENT_SOURCE], "detail-type": [DETAIL_TYPE],
+                       "detail": {"stack": ["test-stack"]}})
+                .to_string(),
             )
             .send()
             .await
@@ -76,7 +79,11 @@ impl Bus {
             .await
             .expect("put targets");
         Bus {
-            publisher: EventBridge { client, bus: name },
+            publisher: EventBridge {
+                client,
+                bus: name,
+                stack: Some("test-stack".into()),
+            },
             queue_url,
         }
     }
@@ -100,6 +107,7 @@ impl Bus {
                 let event: Value = serde_json::from_str(m["Body"].as_str().unwrap()).unwrap();
                 assert_eq!(event["source"], EVENT_SOURCE);
                 assert_eq!(event["detail-type"], DETAIL_TYPE);
+                assert_eq!(event["detail"]["stack"], "test-stack");
                 out.push(event["detail"].clone());
                 aws_json(
                     &emulator(),
@@ -618,4 +626,54 @@ async fn a_sharded_budget_alerts_on_its_totals_once() {
     let again = run(&app, &bus, batch(&all)).await;
     assert_eq!(again.sent, 0, "{again:?}");
     assert!(bus.received().await.is_empty());
+}
+
+/// A sender that died after claiming an alert (its marker `pending`, the
+/// event never sent): a redelivery within the lease is retried rather than
+/// counted sent, and the first one past the lease sends it — once.
+#[tokio::test]
+async fn an_alert_whose_sender_died_is_sent_after_the_lease() {
+    let app = TestApp::new().await;
+    let bus = Bus::new().await;
+    app.user("u-alert-died").window("1d", 10.0).create().await;
+    let key = app.key().user("u-alert-died").create().await;
+    let pk = "user#u-alert-died";
+    let v0 = item(&app, pk).await;
+    spend(&app, &key, 5.0).await;
+    let v1 = item(&app, pk).await;
+    let r = record(9, &v0, &v1);
+    // What the dead sender did: claim, then nothing.
+    let (entity, _) = budget_core::store::dynamo::entity_from_image(&v1)
+        .unwrap()
+        .expect("the user");
+    let alert = budget_core::alerts::crossings(None, &entity, &Default::default(), &[50], app.now)
+        .pop()
+        .expect("the 50 % alert");
+    assert_eq!(
+        app.store
+            .claim_alert(&alert.id, alert.reset_at, app.now)
+            .await
+            .unwrap(),
+        budget_core::store::dynamo::Claim::Taken
+    );
+    let at = |seconds: i64| app.now + chrono::Duration::seconds(seconds);
+    let handle = |now| {
+        let emitter = Emitter::memory("EdgeBudget");
+        let event = batch(&[&r]);
+        let (store, publisher, settings) = (&app.store, &bus.publisher, &app.settings);
+        async move { notify::handle(store, publisher, settings, &emitter, event, now).await }
+    };
+    let (within, summary) = handle(at(30)).await;
+    assert_eq!(within.batch_item_failures.len(), 1, "{summary:?}");
+    assert_eq!(summary.sent, 0);
+    assert!(bus.received().await.is_empty());
+    let (past, summary) = handle(at(61)).await;
+    assert!(past.batch_item_failures.is_empty(), "{summary:?}");
+    assert_eq!(summary.sent, 1);
+    assert_eq!(
+        crossed(&bus.received().await),
+        [("u-alert-died".into(), "1d".into(), 50)]
+    );
+    let (_, again) = handle(at(200)).await;
+    assert_eq!((again.sent, again.duplicates), (0, 1));
 }

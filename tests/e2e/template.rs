@@ -926,7 +926,7 @@ fn both_gateways_throttle_and_log_the_authorizers_error_and_reservation() {
         for needed in [
             "$context.requestId",
             "$context.authorizer.error",
-            "$context.authorizer.reservation_id",
+            "$context.authorizer.reservation",
             "$context.authorizer.reason",
             "$context.authorizer.key_hash",
             "$context.status",
@@ -934,5 +934,10 @@ fn both_gateways_throttle_and_log_the_authorizers_error_and_reservation() {
             assert!(fields.contains(&needed), "{needed} missing from {line}");
         }
         assert!(!s(format).contains("header"), "no header is logged: {line}");
+        // The id with its receipt names the key's whole hash.
+        assert!(
+            !s(format).contains("reservation_id"),
+            "the reservation id is logged without its receipt: {line}"
+        );
     }
 }

@@ -502,6 +502,9 @@ fn allowed_context(
         "reservation_id".into(),
         json!(budget_core::receipt::external_id(reservation)),
     );
+    // The id alone, for the access logs: the receipt names the key's
+    // whole hash.
+    c.insert("reservation".into(), json!(reservation.id));
     c.insert(
         "key_hash".into(),
         json!(key_hash_prefix(&reservation.key_hash)),

@@ -33,7 +33,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use budget_core::alerts::{crossings, Alert, DETAIL_TYPE, EVENT_SOURCE};
 use budget_core::metrics::{Emitter, Record, Unit};
 use budget_core::model::{Entity, EntityRef};
-use budget_core::store::dynamo::{entity_from_image, slot_spend_rose, DynamoStore};
+use budget_core::store::dynamo::{
+    entity_from_image, slot_spend_rose, Claim, DynamoStore, CLAIM_LEASE_SECONDS,
+};
 use budget_core::Settings;
 use chrono::{DateTime, Utc};
 
@@ -49,15 +51,22 @@ pub trait Publisher: Send + Sync {
 pub struct EventBridge {
     pub client: aws_sdk_eventbridge::Client,
     pub bus: String,
+    /// `ALERT_STACK`: put in each event's `detail.stack`, so the rules of
+    /// two stacks in one account tell their alerts apart.
+    pub stack: Option<String>,
 }
 
 #[async_trait]
 impl Publisher for EventBridge {
     async fn publish(&self, alert: &Alert) -> Result<(), String> {
+        let mut detail = alert.detail();
+        if let (Some(stack), Some(map)) = (&self.stack, detail.as_object_mut()) {
+            map.insert("stack".into(), stack.clone().into());
+        }
         let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
             .source(EVENT_SOURCE)
             .detail_type(DETAIL_TYPE)
-            .detail(alert.detail().to_string())
+            .detail(detail.to_string())
             .event_bus_name(&self.bus)
             .build();
         let out = self
@@ -171,11 +180,20 @@ async fn sharded_alerts(
     settings: &Settings,
     now: DateTime<Utc>,
 ) -> Result<Vec<Alert>, String> {
-    let Some((totals, config)) = store
-        .sharded_totals(owner)
-        .await
-        .map_err(|e| e.to_string())?
-    else {
+    // The isolated read of every slot is cancelled while any slot is in a
+    // transaction, which a hot budget always has: a few tries, spaced.
+    let mut tries = 0;
+    let read = loop {
+        match store.sharded_totals(owner).await {
+            Err(e) if tries < SHARDED_READ_TRIES => {
+                tries += 1;
+                tracing::debug!(error = %e, tries, "sharded totals read again");
+                tokio::time::sleep(std::time::Duration::from_millis(25 << tries)).await;
+            }
+            other => break other.map_err(|e| e.to_string())?,
+        }
+    };
+    let Some((totals, config)) = read else {
         return Ok(Vec::new());
     };
     Ok(crossings(
@@ -186,6 +204,10 @@ async fn sharded_alerts(
         now,
     ))
 }
+
+/// Reads of a sharded budget's totals after the first (50, 100, 200, 400 ms
+/// apart).
+const SHARDED_READ_TRIES: u32 = 4;
 
 /// Alert ids this instance has sent or found sent (sharded budgets only,
 /// whose levels are looked at again on every batch); forgotten wholesale
@@ -249,11 +271,14 @@ pub async fn handle<P: Publisher>(
                 match sharded_alerts(store, &owner, settings, now).await {
                     Ok(a) => (a, true),
                     Err(e) => {
+                        // Not retried from here: a hot budget could hold
+                        // the stream's shard (and every other entity's
+                        // alerts on it) back. Its next settle reads the
+                        // totals again; the error is counted (AlertErrors).
                         summary
                             .errors
-                            .push(format!("record {}: {e}", record.event_id));
-                        failed = Some(record_id());
-                        break 'records;
+                            .push(format!("record {}: sharded totals: {e}", record.event_id));
+                        continue;
                     }
                 }
             }
@@ -272,11 +297,10 @@ pub async fn handle<P: Publisher>(
                 continue;
             }
             match deliver(store, publisher, alert, now).await {
-                Ok(sent) => {
-                    if sent {
-                        summary.sent += 1;
-                    } else {
-                        summary.duplicates += 1;
+                Ok(delivered) => {
+                    match delivered {
+                        Delivered::Sent => summary.sent += 1,
+                        Delivered::Duplicate => summary.duplicates += 1,
                     }
                     if sharded {
                         remember_sent(&alert.id);
@@ -300,28 +324,50 @@ pub async fn handle<P: Publisher>(
     (response, summary)
 }
 
-/// Claims `alert`, then sends it; gives the claim back if it was not sent.
-/// `Ok(false)`: it had been claimed before.
+/// What became of one alert.
+enum Delivered {
+    Sent,
+    /// Sent before (or being sent by a live invocation: see [`Claim`]).
+    Duplicate,
+}
+
+/// Claims `alert`, then sends it, then marks it sent; gives the claim back
+/// if it was not sent. A marker another sender holds is an error (the
+/// record is retried): that sender may have died mid-send, and its lease
+/// runs out. An event sent whose marker could not be marked sent is
+/// counted sent (the marker stays `pending`; a later record past the
+/// lease may send it once more — deduplicate on `alert_id`).
 async fn deliver<P: Publisher>(
     store: &DynamoStore,
     publisher: &P,
     alert: &Alert,
     now: DateTime<Utc>,
-) -> Result<bool, String> {
-    if !store
+) -> Result<Delivered, String> {
+    match store
         .claim_alert(&alert.id, alert.reset_at, now)
         .await
         .map_err(|e| e.to_string())?
     {
-        return Ok(false);
+        Claim::Taken => {}
+        Claim::Sent => return Ok(Delivered::Duplicate),
+        Claim::InFlight => {
+            return Err(format!(
+                "claimed by another sender less than {CLAIM_LEASE_SECONDS} s ago; retried"
+            ))
+        }
     }
     if let Err(e) = publisher.publish(alert).await {
         if let Err(r) = store.release_alert(&alert.id).await {
-            return Err(format!("{e}; and its marker could not be released: {r}"));
+            return Err(format!(
+                "{e}; and its marker could not be released (it is sent after the lease): {r}"
+            ));
         }
         return Err(e);
     }
-    Ok(true)
+    if let Err(e) = store.alert_sent(&alert.id).await {
+        tracing::warn!(alert = %alert.id, error = %e, "alert sent, marker left pending");
+    }
+    Ok(Delivered::Sent)
 }
 
 /// The batch's log line. Metrics: `AlertsSent`, `AlertDuplicates`,

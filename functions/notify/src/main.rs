@@ -18,12 +18,25 @@ async fn main() -> Result<(), Error> {
         .load()
         .await;
     let publisher = EventBridge {
-        client: aws_sdk_eventbridge::Client::new(&config),
+        // Well inside the function's 30 s: a hung PutEvents is an error
+        // (the marker is given back), not a timeout that leaves it claimed.
+        client: aws_sdk_eventbridge::Client::from_conf(
+            aws_sdk_eventbridge::config::Builder::from(&config)
+                .timeout_config(
+                    aws_sdk_eventbridge::config::timeout::TimeoutConfig::builder()
+                        .operation_timeout(Duration::from_secs(5))
+                        .build(),
+                )
+                .build(),
+        ),
         // EVENT_BUS_NAME: the bus alerts go to (default: the account's default bus).
         bus: std::env::var("EVENT_BUS_NAME")
             .ok()
             .filter(|b| !b.trim().is_empty())
             .unwrap_or_else(|| "default".to_string()),
+        stack: std::env::var("ALERT_STACK")
+            .ok()
+            .filter(|b| !b.trim().is_empty()),
     };
     let emitter = Emitter::stdout(&settings.metrics_namespace);
     let (store, publisher, settings, emitter) = (&store, &publisher, &settings, &emitter);

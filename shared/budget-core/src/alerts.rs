@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::decision::rfc3339;
-use crate::model::{Entity, EntityRef, Window};
+use crate::model::{Entity, EntityRef, Span, Window};
 use crate::money::Money;
 
 /// Percentages of `max_budget` alerted on when neither the entity nor
@@ -191,6 +191,10 @@ fn alert_id(entity: &EntityRef, w: &Window, kind: AlertKind) -> String {
     hex::encode(&Sha256::digest(text.as_bytes())[..16])
 }
 
+/// Windows shorter than this get no alerts from the deployment's default
+/// thresholds, only from the entity's own `budget_alert_thresholds`.
+pub const DEFAULTS_MIN_SECONDS: i64 = 3600;
+
 /// The alerts this write (`old` → `new`) crosses at `now`: for every
 /// window still in its period, every threshold (the entity's, else
 /// `defaults`) and the soft budget (on the window of `max_budget` +
@@ -204,12 +208,19 @@ pub fn crossings(
     defaults: &[u32],
     now: DateTime<Utc>,
 ) -> Vec<Alert> {
-    let thresholds = config.thresholds.as_deref().unwrap_or(defaults);
     let mut out = Vec::new();
     for w in &new.windows {
         if w.is_due(now) || w.max <= Money::ZERO {
             continue;
         }
+        // The deployment's thresholds skip windows shorter than an hour
+        // (a `1m` window would alert its owner thousands of times a day);
+        // the entity's own list applies to every window.
+        let short = matches!(w.span, Span::Every(d) if d.approx_seconds() < DEFAULTS_MIN_SECONDS);
+        let thresholds = config
+            .thresholds
+            .as_deref()
+            .unwrap_or(if short { &[] } else { defaults });
         let before = spent_before(old, w);
         let mut levels: Vec<(AlertKind, Money)> = thresholds
             .iter()
@@ -241,7 +252,6 @@ pub fn crossings(
 mod tests {
     use super::*;
     use crate::duration::ResetClock;
-    use crate::model::Span;
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {
@@ -298,6 +308,28 @@ mod tests {
                 now()
             )),
             [("1d".to_string(), AlertKind::Threshold(100))]
+        );
+    }
+
+    #[test]
+    fn default_thresholds_skip_windows_under_an_hour_an_owners_own_do_not() {
+        let old = user(&[("1m", 100, 0), ("1h", 100, 0)]);
+        let new = user(&[("1m", 100, 90), ("1h", 100, 90)]);
+        let defaults = crossings(Some(&old), &new, &AlertConfig::default(), &[80], now());
+        assert_eq!(
+            kinds(&defaults),
+            [("1h".to_string(), AlertKind::Threshold(80))]
+        );
+        let own = AlertConfig {
+            thresholds: Some(vec![80]),
+            ..AlertConfig::default()
+        };
+        assert_eq!(
+            kinds(&crossings(Some(&old), &new, &own, &[50], now())),
+            [
+                ("1m".to_string(), AlertKind::Threshold(80)),
+                ("1h".to_string(), AlertKind::Threshold(80))
+            ]
         );
     }
 

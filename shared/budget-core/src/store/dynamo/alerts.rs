@@ -18,9 +18,27 @@ use super::errors::unavailable;
 use super::expr::{key_of, n, s};
 use super::DynamoStore;
 
-/// Markers outlive their window period by this much (a record redelivered
-/// later than that is past its period and alerts nothing anyway).
-const MARKER_RETENTION_SECONDS: i64 = 35 * 24 * 3600;
+/// Markers outlive their window period by this much: past the stream's 24
+/// hours of retention (and notify's one hour of record age), a record of
+/// the period can no longer arrive.
+const MARKER_RETENTION_SECONDS: i64 = 2 * 24 * 3600;
+
+/// A marker claimed this long ago and still `pending` belongs to a sender
+/// that died before it could say the event went out (twice notify's 30 s
+/// timeout: no live invocation holds it).
+pub const CLAIM_LEASE_SECONDS: i64 = 60;
+
+/// What claiming an alert's marker found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This caller holds it (`pending`) and sends the event.
+    Taken,
+    /// The event went out before.
+    Sent,
+    /// Another sender holds it, claimed less than [`CLAIM_LEASE_SECONDS`]
+    /// ago: try again later (it may have died mid-send).
+    InFlight,
+}
 
 /// The key, user or team in a stream image with what it asks to be alerted
 /// on; `None` for any other item (a reservation, a meta item, a marker, an
@@ -110,38 +128,79 @@ impl DynamoStore {
         )))
     }
 
-    /// Takes the alert `alert_id` for this caller: `true` if nobody had
-    /// (one conditional write), `false` if it was sent or is being sent.
-    /// `period_end` (none for lifetime budgets) bounds how long the marker
-    /// stays.
+    /// Claims the alert `alert_id` for this caller (one conditional write
+    /// of a `pending` marker): absent, or `pending` for longer than the
+    /// lease, it is [`Claim::Taken`]; otherwise the marker says whether it
+    /// was sent or is being sent. `period_end` (none for lifetime budgets)
+    /// bounds how long the marker stays.
     pub async fn claim_alert(
         &self,
         alert_id: &str,
         period_end: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Claim, StoreError> {
         let mut put = self
             .client()
             .put_item()
             .table_name(self.table())
             .item(PARTITION_KEY, s(marker_pk(alert_id)))
             .item("kind", s("alert"))
+            .item("state", s("pending"))
             .item("at", n(now.timestamp()))
-            .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", PARTITION_KEY);
+            .condition_expression(
+                "attribute_not_exists(#pk) OR (#state = :pending AND #at < :stale)",
+            )
+            .expression_attribute_names("#pk", PARTITION_KEY)
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_names("#at", "at")
+            .expression_attribute_values(":pending", s("pending"))
+            .expression_attribute_values(":stale", n(now.timestamp() - CLAIM_LEASE_SECONDS));
         if let Some(end) = period_end {
             put = put.item(TTL_ATTRIBUTE, n(end.timestamp() + MARKER_RETENTION_SECONDS));
         }
         match put.send().await {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(Claim::Taken),
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
             {
-                Ok(false)
+                let marker = self
+                    .client()
+                    .get_item()
+                    .table_name(self.table())
+                    .set_key(Some(key_of(marker_pk(alert_id))))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("read alert marker", e))?;
+                // A marker of an older version has no state: it was sent.
+                let pending = marker
+                    .item()
+                    .and_then(|i| i.get("state"))
+                    .is_some_and(|v| matches!(v, AttributeValue::S(s) if s == "pending"));
+                Ok(if pending {
+                    Claim::InFlight
+                } else {
+                    Claim::Sent
+                })
             }
             Err(e) => Err(unavailable("claim alert", e)),
         }
+    }
+
+    /// Marks a claimed alert sent: no later claim takes it.
+    pub async fn alert_sent(&self, alert_id: &str) -> Result<(), StoreError> {
+        self.client()
+            .update_item()
+            .table_name(self.table())
+            .set_key(Some(key_of(marker_pk(alert_id))))
+            .update_expression("SET #state = :sent")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":sent", s("sent"))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable("mark alert sent", e))
     }
 
     /// Gives a claimed alert back (its event could not be sent), so a

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 
-pub use alerts::{entity_from_image, slot_spend_rose};
+pub use alerts::{entity_from_image, slot_spend_rose, Claim, CLAIM_LEASE_SECONDS};
 pub use codec::{entity_pk, meta_pk, reservation_pk};
 
 #[derive(Clone, Debug)]
