@@ -15,7 +15,7 @@ use super::{
     ResetStore, StoreError,
 };
 use crate::duration::ResetClock;
-use crate::model::{Chain, Entity, EntityRef, Reservation, ReservationState};
+use crate::model::{Chain, Entity, EntityKind, EntityRef, Reservation, ReservationState};
 use crate::plan::{self, ReservationGuard, WindowEdit};
 
 /// A fault to answer the next write with (tests of retries and backoff).
@@ -484,7 +484,15 @@ impl AdminStore for MemoryStore {
         Ok(state
             .entities
             .values()
-            .filter(|e| e.entity.slot.is_none() && e.owners().contains(owner))
+            .filter(|e| {
+                // A user's or team's keys, an organization's teams (as
+                // DynamoDB's indexes hold them; not a team's member budgets).
+                let counted = match owner.kind {
+                    EntityKind::Organization => EntityKind::Team,
+                    _ => EntityKind::Key,
+                };
+                e.entity.slot.is_none() && e.entity.kind == counted && e.owners().contains(owner)
+            })
             .map(|e| e.entity.id.clone())
             .collect())
     }
