@@ -350,3 +350,48 @@ async fn spend_is_conserved_when_everything_races_on_a_sharded_team() {
     assert!((usd(&w["spend"]) + avail - 22.0).abs() < 1e-9, "{w}");
     assert!(admitted > 0, "{w}");
 }
+
+/// An exhausted sharded team refuses even a request that reserves nothing
+/// (a deployment whose floor is 0), as an unsharded one does: a shard
+/// admits only while it holds headroom.
+#[tokio::test]
+async fn an_exhausted_sharded_team_refuses_a_zero_estimate() {
+    let app = TestApp::with_settings(&[("MIN_RESERVATION_USD", "0")]).await;
+    let keys = hot_team(&app, "hot-zero", 4, 1.0, 1).await;
+    let answer = app.authorize(&keys[0], Some("1")).await;
+    assert!(allowed(&answer), "{answer}");
+    assert_eq!(app.settle(&reservation_id(&answer), 1.0).await.0, 200);
+    let w = shown(&app, "hot-zero").await;
+    assert_eq!((usd(&w["spend"]), usd(&w["remaining"])), (1.0, 0.0), "{w}");
+    let zero = app.authorize(&keys[0], Some("0")).await;
+    assert!(!allowed(&zero), "a zero estimate on a spent budget: {zero}");
+    assert_eq!(zero["context"]["reason"], "budget_exceeded", "{zero}");
+}
+
+/// DynamoDB cancels the isolated read of all slots while any slot is in a
+/// transaction: the read is tried again, and the request near the cap gets
+/// the budget's answer (here a denial on the totals), not `unavailable`.
+#[tokio::test]
+async fn a_cancelled_isolated_read_is_tried_again_and_the_totals_decide() {
+    use edge_budget::fault_proxy::{Answer, Reason};
+    let app = TestApp::new().await;
+    let keys = hot_team(&app, "hot-busy", 2, 1.0, 1).await;
+    let answer = app.authorize(&keys[0], Some("1")).await;
+    assert!(allowed(&answer), "{answer}");
+    assert_eq!(app.settle(&reservation_id(&answer), 1.0).await.0, 200);
+    let (proxy, store) = app.proxied(std::time::Duration::from_secs(20)).await;
+    let conflict = Answer::Cancelled(vec![
+        Reason::None,
+        Reason::TransactionConflict,
+        Reason::None,
+    ]);
+    proxy.inject("TransactGetItems", conflict, 2);
+    let a = app.authorizer_on(store);
+    let denied = authorize_via(&a, &keys[0], Some("0.5"), app.now).await;
+    assert!(!allowed(&denied), "{denied}");
+    assert_eq!(denied["context"]["reason"], "budget_exceeded", "{denied}");
+    assert_eq!(proxy.injected(), 2);
+    let reads = proxy.seen("TransactGetItems");
+    assert!(reads >= 3, "two cancelled, then read: {reads}");
+    println!("isolated reads of the slots: {reads} (2 cancelled)");
+}

@@ -60,6 +60,14 @@ pub fn shard_of(e: &Entity, pick: u32) -> Option<SlotId> {
     is_sharded(e).then(|| SlotId::Shard(pick % e.shards))
 }
 
+/// The headroom a shard must hold for a reservation of `estimate`: the
+/// estimate, and at least one nano — as an unsharded window admits only
+/// while its use is below its limit, an exhausted sharded budget must not
+/// admit a zero estimate.
+pub fn need(estimate: Money) -> Money {
+    estimate.max(Money::from_nanos(1))
+}
+
 /// Every slot item of `e`: the pool and each shard item that exists
 /// (retired ones included: reservations may still settle there).
 pub fn slot_refs(e: &Entity) -> Vec<EntityRef> {
@@ -114,7 +122,7 @@ pub fn reserve(
         let id = w.id();
         write
             .guards
-            .push(Guard::AtLeast(id.clone(), Counter::Avail, estimate));
+            .push(Guard::AtLeast(id.clone(), Counter::Avail, need(estimate)));
         write
             .guards
             .push(Guard::Generation(id.clone(), w.generation));

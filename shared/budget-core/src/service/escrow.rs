@@ -45,6 +45,8 @@ pub(super) async fn step<S: BudgetStore>(
     now: DateTime<Utc>,
     clock: &ResetClock,
 ) -> Result<Next, StoreError> {
+    let asked = estimate;
+    let estimate = escrow::need(estimate);
     let pool_ref = owner.entity.at(SlotId::Pool);
     let read = store.load_many(&[pool_ref.clone(), slot.clone()]).await?;
     let (Some(pool), Some(shard)) = (
@@ -58,8 +60,13 @@ pub(super) async fn step<S: BudgetStore>(
     }
     if !escrow::same_periods(owner, shard) || !escrow::same_periods(owner, pool) {
         // The entity's item rolled over (lazily) and its slots did not yet.
-        roll(store, &owner.entity, now, clock).await?;
-        return Ok(Next::Reread);
+        return Ok(match roll(store, &owner.entity, now, clock).await {
+            Err(StoreError::Unavailable(_)) => Next::Busy,
+            other => {
+                other?;
+                Next::Reread
+            }
+        });
     }
     if escrow::headroom(shard) >= estimate {
         return Ok(Next::Retry);
@@ -81,7 +88,12 @@ pub(super) async fn step<S: BudgetStore>(
         }
     }
     // Near the cap: the totals decide, from one isolated read of all slots.
-    let slots = store.load_isolated(&escrow::slot_refs(owner)).await?;
+    // Still cancelled after the store's own tries (every slot busy): back
+    // off and start over, rather than answer unavailable.
+    let slots = match store.load_isolated(&escrow::slot_refs(owner)).await {
+        Err(StoreError::Unavailable(_)) => return Ok(Next::Busy),
+        read => read?,
+    };
     let totals = escrow::totals(owner, &slots);
     if let Some(w) = totals.windows.iter().find(|w| w.avail < estimate) {
         return Ok(Next::Deny(Box::new(Denial {
@@ -92,7 +104,7 @@ pub(super) async fn step<S: BudgetStore>(
             reserved: w.reserved,
             reset_at: w.reset_at,
             retry_after: w.reset_at.map(|at| retry_after_seconds(at, now)),
-            estimate,
+            estimate: asked,
         })));
     }
     // Borrow what the shard lacks from the slots with the most headroom
@@ -126,6 +138,17 @@ pub async fn roll<S: BudgetStore>(
     let Some(e) = store.load(entity).await? else {
         return Ok(false);
     };
+    // Rolled already: at a boundary every request of a hot budget finds
+    // it due, and all but the first stop here, at two reads, instead of
+    // reading every slot and sending a transaction that can only be
+    // refused. The slots roll together, so the pool in step with the item
+    // means all of them are.
+    if !e.windows.iter().any(|w| w.is_due(now)) {
+        let pool = store.load(&e.entity.at(SlotId::Pool)).await?;
+        if pool.is_some_and(|p| escrow::same_periods(&e, &p)) {
+            return Ok(false);
+        }
+    }
     let slots = store.load_isolated(&escrow::slot_refs(&e)).await?;
     let mut writes = vec![plan::roll_over(&e, now, clock)];
     writes.extend(escrow::roll(&e, &slots, |w| w.reset_at_as_of(now, clock)));
