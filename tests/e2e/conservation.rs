@@ -184,9 +184,15 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
     // Odd seeds with the default floor ($0.05), even ones with none, so
     // both a zero reservation and one raised to the floor are exercised.
     let floor = if seed.is_multiple_of(2) { "0" } else { "0.05" };
+    // A decision is compared with the model's, so one the shared,
+    // single-threaded emulator makes late (the suite's other tests beside
+    // this one's five-entity transactions) must not become `unavailable`:
+    // the deadlines are the most the settings allow, not what is tested.
     let app = TestApp::with_settings(&[
         ("RESERVATION_TTL_SECONDS", "90"),
         ("MIN_RESERVATION_USD", floor),
+        ("AUTHORIZE_DEADLINE_MS", "30000"),
+        ("STORE_TIMEOUT_MS", "20000"),
     ])
     .await;
     let floor = Money::parse_decimal(floor).unwrap();
