@@ -63,8 +63,10 @@ fn chain(key_hash: &str, now: DateTime<Utc>, clock: &ResetClock) -> Chain {
     key.team_id = Some("team-bench".into());
     Chain {
         key,
-        user: Some(entity(EntityRef::user("user-bench"))),
-        team: Some(entity(EntityRef::team("team-bench"))),
+        scopes: vec![
+            entity(EntityRef::user("user-bench")),
+            entity(EntityRef::team("team-bench")),
+        ],
     }
 }
 
@@ -129,15 +131,8 @@ impl BudgetStore for BenchStore {
 /// A memory store holding `chain`.
 fn memory_with(chain: &Chain, rt: &tokio::runtime::Runtime) -> MemoryStore {
     let memory = MemoryStore::new();
-    for e in [
-        chain.user.clone(),
-        chain.team.clone(),
-        Some(chain.key.clone()),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let created = rt.block_on(memory.create(&e)).expect("create");
+    for e in chain.scopes.iter().chain([&chain.key]) {
+        let created = rt.block_on(memory.create(e)).expect("create");
         assert_eq!(created, AdminWrite::Done);
     }
     memory

@@ -109,5 +109,6 @@ done
 echo "LiteLLM proxy up"
 
 step "OpenAI SDK -> gateway -> LiteLLM"
+"$LITELLM_VENV/bin/python" integrations/litellm/e2e/scope_check.py
 "$LITELLM_VENV/bin/python" integrations/litellm/e2e/run.py
 step "done"

@@ -9,6 +9,12 @@ callback finishes that reservation once LiteLLM knows the outcome:
 - failure (the model call failed, or the proxy refused the request):
   ``POST <api>/spend/release {"reservation_id"}``, so nothing stays reserved.
 
+- before the model call: a request whose body names another end customer than
+  the one the gateway charged (``x-budget-customer-id``, set by the gateway
+  from what the authorizer charged; a client cannot send its own) is refused
+  (400) and its reservation released, so no client dodges a customer's cap by
+  naming one customer in ``x-litellm-customer-id`` and another in the body.
+
 Settle and release are idempotent on edge-budget's side, so a retry here (on
 a 5xx, 429 or a network error) or a second hook for the same request does
 no harm. Requests without the header (not sent through the gateway) are left
@@ -50,6 +56,91 @@ log = logging.getLogger("edge_budget")
 
 RESERVATION_HEADER = "x-budget-reservation-id"
 RESERVED_HEADER = "x-budget-reserve"
+# What the authorizer charged, as the gateway sets it; NOT_NAMED for none
+# (a value no id, model or tag can have).
+CHARGED_CUSTOMER_HEADER = "x-budget-customer-id"
+NOT_NAMED = "(none)"
+# The model the authorizer charged (empty: none named).
+CHARGED_MODEL_HEADER = "x-budget-model"
+# The tags it charged, comma separated (empty: none).
+CHARGED_TAGS_HEADER = "x-budget-tags"
+# LiteLLM's own headers naming the end customer.
+CUSTOMER_HEADERS = ("x-litellm-customer-id", "x-litellm-end-user-id")
+
+
+def _text(value: Any) -> Optional[str]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def named_tags(data: Mapping[str, Any]) -> list[str]:
+    """Every tag the request names where LiteLLM reads tags: its
+    ``x-litellm-tags`` header, the body's ``tags``, ``metadata.tags`` and
+    ``litellm_metadata.tags``."""
+    found: list[Any] = []
+    text = header(data, "x-litellm-tags")
+    if text:
+        found += text.split(",")
+    scopes = [data, data.get("metadata"), data.get("litellm_metadata")]
+    for scope in scopes:
+        if isinstance(scope, str):
+            try:
+                scope = json.loads(scope)
+            except ValueError:
+                scope = None
+        if isinstance(scope, Mapping) and isinstance(scope.get("tags"), list):
+            found += scope["tags"]
+    names: list[str] = []
+    for value in found:
+        t = _text(value)
+        if t is not None and t not in names:
+            names.append(t)
+    return names
+
+
+def named_customers(user_api_key_dict: Any, data: Mapping[str, Any]) -> list[str]:
+    """Every end customer the request names, wherever LiteLLM may read one:
+    what its auth step resolved (``end_user_id``), its customer headers, the
+    body's ``user``, ``litellm_metadata.user`` and ``metadata.user_id``."""
+    found = [getattr(user_api_key_dict, "end_user_id", None)]
+    found += [header(data, name) for name in CUSTOMER_HEADERS]
+    found.append(data.get("user"))
+    for meta_key, field in (("litellm_metadata", "user"), ("metadata", "user_id")):
+        meta = data.get(meta_key)
+        if isinstance(meta, str):
+            try:
+                meta = json.loads(meta)
+            except ValueError:
+                meta = None
+        if isinstance(meta, Mapping):
+            found.append(meta.get(field))
+    names: list[str] = []
+    for value in found:
+        text = _text(value)
+        if text is not None and text not in names:
+            names.append(text)
+    return names
+
+
+class ChargedOtherScope(Exception):
+    """The request names another scope than the one edge-budget charged."""
+
+
+def _charged(value: Optional[str]) -> Optional[str]:
+    """A charged-scope header's value; None for none named."""
+    return None if value is None or value == NOT_NAMED else value
+
+
+def _refuse(message: str) -> None:
+    """Ends the request with 400 inside LiteLLM's proxy."""
+    try:
+        from fastapi import HTTPException
+    except ImportError:  # outside the proxy
+        raise ChargedOtherScope(message)
+    raise HTTPException(status_code=400, detail={"error": message})
 
 
 def _headers_of(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -107,6 +198,50 @@ class EdgeBudgetSettler(CustomLogger):
             log.error("edge-budget: EDGE_BUDGET_API_URL is not set; reservations will not be settled")
 
     # ------------------------------------------------------------ hooks
+    async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):
+        """Refuses (and releases) a request whose body names another end
+        customer than the one charged. Requests without a reservation (not
+        sent through the gateway) are left alone."""
+        reservation = header(data, RESERVATION_HEADER)
+        if reservation is None:
+            return data
+        charged_model = _charged(header(data, CHARGED_MODEL_HEADER))
+        model = _text(data.get("model"))
+        if charged_model is not None and model is not None and model != charged_model:
+            await self._finish("release", reservation, None)
+            message = (
+                "edge-budget: this request calls model %r but was charged to model %r; "
+                "refused, and its reservation released (send the body's model in "
+                "x-litellm-model)" % (model, charged_model)
+            )
+            log.warning("%s (%s)", message, reservation.split(".")[0])
+            _refuse(message)
+        charged_tags = {t.strip() for t in (_charged(header(data, CHARGED_TAGS_HEADER)) or "").split(",") if t.strip()}
+        uncharged = [t for t in named_tags(data) if t not in charged_tags]
+        if uncharged:
+            await self._finish("release", reservation, None)
+            message = (
+                "edge-budget: this request names tag %r, which it was not charged to (charged: %s); "
+                "refused, and its reservation released (send every tag in x-litellm-tags)"
+                % (uncharged[0], ",".join(sorted(charged_tags)) or "none")
+            )
+            log.warning("%s (%s)", message, reservation.split(".")[0])
+            _refuse(message)
+        charged = _charged(header(data, CHARGED_CUSTOMER_HEADER))
+        other = [n for n in named_customers(user_api_key_dict, data) if n != charged]
+        if other:
+            named = other[0]
+            await self._finish("release", reservation, None)
+            message = (
+                "edge-budget: this request names customer %r but was charged to %s; "
+                "refused, and its reservation released (send the same customer in "
+                "x-litellm-customer-id as in the body)"
+                % (named, "customer %r" % charged if charged else "no customer")
+            )
+            log.warning("%s (%s)", message, reservation.split(".")[0])
+            _refuse(message)
+        return data
+
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):
         reservation = header(kwargs, RESERVATION_HEADER)
         if reservation is None:

@@ -464,6 +464,53 @@ async fn the_tables_own_stream_alerts_each_crossing_once() {
     assert!(bus.received().await.is_empty());
 }
 
+/// The wider chain's scopes alert as users and teams do (issue 14): an
+/// organization's day crossing 50 and 80 % through its team's key, and a
+/// tag's, each once.
+#[tokio::test]
+async fn an_organizations_and_a_tags_windows_alert_each_crossing_once() {
+    let app = TestApp::with_stream().await;
+    let bus = Bus::new().await;
+    app.post(
+        "/organization/new",
+        json!({"organization_id": "org-alert", "max_budget": 10.0, "budget_duration": "1d"}),
+    )
+    .await;
+    app.post(
+        "/team/new",
+        json!({"team_id": "t-org-alert", "organization_id": "org-alert"}),
+    )
+    .await;
+    app.post(
+        "/tag/new",
+        json!({"name": "tag-alert", "max_budget": 20.0, "budget_duration": "1d"}),
+    )
+    .await;
+    let key = app.key().team("t-org-alert").create().await;
+    for cost in [4.0, 2.0, 3.0] {
+        let mut event =
+            edge_budget::http_api_event(&key, Some(&cost.to_string()), &edge_budget::hex_id());
+        event["headers"]["x-litellm-tags"] = json!("tag-alert");
+        let answer = authorize::handle(&app.authorizer, event, app.now)
+            .await
+            .expect("an answer");
+        assert!(allowed(&answer), "{answer}");
+        assert_eq!(app.settle(&reservation_id(&answer), cost).await.0, 200);
+    }
+    let records = stream_records(&app).await;
+    let all: Vec<&Value> = records.iter().collect();
+    let first = run(&app, &bus, batch(&all)).await;
+    assert_eq!(first.unreadable, 0, "{first:?}");
+    assert_eq!(
+        crossed(&bus.received().await),
+        [
+            ("org-alert".into(), "1d".into(), 50),
+            ("org-alert".into(), "1d".into(), 80)
+        ],
+        "the organization's day at 9 of 10; the tag's 9 of 20 crosses nothing"
+    );
+}
+
 /// Every record of the table's own stream so far (read through the
 /// emulator's DynamoDB Streams API, as Lambda's poller reads them), in
 /// Lambda's event shape.

@@ -110,7 +110,7 @@ async fn each_window_of_each_entity_can_deny_and_is_named() {
         let entity = match kind {
             EntityKind::Key => EntityRef::key(key_hash.clone()),
             EntityKind::User => EntityRef::user("user-a"),
-            EntityKind::Team => EntityRef::team("team-a"),
+            _ => EntityRef::team("team-a"),
         };
         // Fill exactly this window to its limit, out of band.
         let w = app.window(&entity, span).await;

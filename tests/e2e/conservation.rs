@@ -3,7 +3,9 @@
 //! at once) while the clock crosses window boundaries, checked step by step
 //! against an independent model of the rules: every admission decision
 //! matches, and every window's spend equals the settled costs of its
-//! current period and its reservation the amounts still held.
+//! current period and its reservation the amounts still held. The chain
+//! is the wide one: keys of a user in a team of an organization, with the
+//! user's budget in the team (issue 14).
 //!
 //! `CONSERVATION_SEEDS` (default 3) sets how many seeds run, and
 //! `CONSERVATION_STEPS` (default 150) the steps per seed.
@@ -182,9 +184,15 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
     // Odd seeds with the default floor ($0.05), even ones with none, so
     // both a zero reservation and one raised to the floor are exercised.
     let floor = if seed.is_multiple_of(2) { "0" } else { "0.05" };
+    // A decision is compared with the model's, so one the shared,
+    // single-threaded emulator makes late (the suite's other tests beside
+    // this one's five-entity transactions) must not become `unavailable`:
+    // the deadlines are the most the settings allow, not what is tested.
     let app = TestApp::with_settings(&[
         ("RESERVATION_TTL_SECONDS", "90"),
         ("MIN_RESERVATION_USD", floor),
+        ("AUTHORIZE_DEADLINE_MS", "30000"),
+        ("STORE_TIMEOUT_MS", "20000"),
     ])
     .await;
     let floor = Money::parse_decimal(floor).unwrap();
@@ -225,6 +233,30 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
         .create()
         .await;
     add(&mut model, &user, &user_w);
+    // The wider chain (issue 14): the team in an organization, and the
+    // user's budget inside the team.
+    let org = EntityRef::organization("org-sim");
+    let org_w = [("1h", 50.0), ("1d", 75.0)];
+    app.create(org.clone(), &org_w, None, None, now).await;
+    add(&mut model, &org, &org_w);
+    let old = app.store.load(&team).await.unwrap().unwrap();
+    let joined = budget_core::model::Entity {
+        organization_id: Some("org-sim".into()),
+        ..old.clone()
+    };
+    let joins = app.store.update(&old, &joined).await.unwrap();
+    assert_eq!(joins, budget_core::store::AdminWrite::Done);
+    let member = EntityRef::team_member("team-sim", "user-sim");
+    let member_w = [("1d", 45.0)];
+    app.create(
+        member.clone(),
+        &member_w,
+        Some("user-sim"),
+        Some("team-sim"),
+        now,
+    )
+    .await;
+    add(&mut model, &member, &member_w);
     let mut keys = Vec::new();
     let key_setups: [KeySetup; 3] = [
         (&[("1m", 4.0)], Some("user-sim")),
@@ -241,9 +273,10 @@ async fn run(seed: u64, steps: usize) -> (usize, usize, usize) {
             .await;
         let hash = EntityRef::key(budget_core::keys::hash_key(&key));
         add(&mut model, &hash, windows);
-        let mut chain = vec![hash, team.clone()];
+        let mut chain = vec![hash, team.clone(), org.clone()];
         if owner.is_some() {
             chain.push(user.clone());
+            chain.push(member.clone());
         }
         model.chains.insert(key.clone(), chain);
         keys.push(key);

@@ -225,6 +225,58 @@ async fn the_upstream_gets_the_authorizers_reservation_id_and_never_the_clients(
     assert_eq!(day.spent, budget_core::Money::parse_decimal("0.1").unwrap());
 }
 
+/// The customer the upstream hears of is the one the authorizer charged:
+/// a client's own `x-budget-customer-id` never passes (the LiteLLM
+/// callback compares the body with it).
+#[tokio::test]
+async fn the_upstream_hears_the_charged_customer_never_the_clients_claim() {
+    let app = Arc::new(TestApp::new().await);
+    let key = app.key().window("1d", 10.0).create().await;
+    app.post(
+        "/customer/new",
+        serde_json::json!({"user_id": "cust-gw", "max_budget": 5.0}),
+    )
+    .await;
+    let s = setup(app.clone(), rest()).await;
+    let c = client();
+    let bearer = format!("Bearer {key}");
+    for (sent, charged) in [(Some("cust-gw"), "cust-gw"), (None, "(none)")] {
+        let mut headers = vec![
+            ("authorization", bearer.as_str()),
+            ("x-budget-customer-id", "someone-else"),
+        ];
+        headers.push(("x-budget-model", "forged-model"));
+        headers.push(("x-budget-tags", "forged-tag"));
+        if let Some(c) = sent {
+            headers.push(("x-litellm-customer-id", c));
+            headers.push(("x-litellm-model", "m-1"));
+            headers.push(("x-litellm-tags", "b,a"));
+        }
+        let r = send(
+            &c,
+            &format!("{}/v1/chat/completions", s.base),
+            &headers,
+            b"{}".to_vec(),
+        )
+        .await;
+        let (status, body) = text(r).await;
+        assert_eq!(status, 200, "{body}");
+        let seen = s.seen.lock().unwrap().last().unwrap().clone();
+        assert_eq!(seen["x-budget-customer-id"], charged, "{seen:?}");
+        let model = if sent.is_some() { "m-1" } else { "(none)" };
+        assert_eq!(seen["x-budget-model"], model, "{seen:?}");
+        let tags = if sent.is_some() { "a,b" } else { "(none)" };
+        assert_eq!(seen["x-budget-tags"], tags, "{seen:?}");
+    }
+    let w = app
+        .window(
+            &budget_core::model::EntityRef::customer("cust-gw"),
+            "lifetime",
+        )
+        .await;
+    assert!(!w.reserved.is_zero(), "the customer named was charged");
+}
+
 #[tokio::test]
 async fn a_streamed_answer_passes_chunk_by_chunk() {
     let app = Arc::new(TestApp::new().await);

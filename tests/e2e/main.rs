@@ -23,6 +23,7 @@ mod receipts;
 mod reset_scale;
 mod retention;
 mod round_trips;
+mod scopes;
 mod security;
 mod sharded;
 mod template;

@@ -314,3 +314,44 @@ async fn spend_by_another_instance_costs_a_warm_instance_one_refused_write() {
     assert!(!allowed(&answer), "{answer}");
     assert_eq!(log.take(), ops(&["GetItem", "BatchGetItem"]));
 }
+
+/// The wider chain costs a cold authorizer nothing more: the key's
+/// snapshot carries its team's organization and the user's budget in the
+/// team (or that there is none), so a request is still one read and one
+/// write, however many scopes govern it.
+#[tokio::test]
+async fn a_chain_up_to_the_organization_is_still_one_read_and_one_write() {
+    let app = TestApp::new().await;
+    let now = at(NOW);
+    app.post(
+        "/organization/new",
+        json!({"organization_id": "org-rt", "max_budget": 10.0, "budget_duration": "1d"}),
+    )
+    .await;
+    app.post(
+        "/team/new",
+        json!({"team_id": "team-ort", "organization_id": "org-rt"}),
+    )
+    .await;
+    app.user("user-ort").window("1d", 10.0).create().await;
+    app.user("user-mrt").create().await;
+    // (A member budget's creation bumps its team's version: keys made
+    // before it refresh their snapshot once, on their next cold read.)
+    app.post(
+        "/team/member_add",
+        json!({"team_id": "team-ort", "member": {"user_id": "user-mrt"}, "max_budget_in_team": 5.0}),
+    )
+    .await;
+    let without_member = app.key().user("user-ort").team("team-ort").create().await;
+    let with_member = app.key().user("user-mrt").team("team-ort").create().await;
+    for key in [without_member, with_member] {
+        let (store, log) = counted_store(&app);
+        let authorizer = app.authorizer_on(store);
+        log.take();
+        let first = authorize_via(&authorizer, &key, Some("1"), now).await;
+        assert!(allowed(&first), "{first}");
+        assert_eq!(log.take(), ops(&["GetItem", "TransactWriteItems"]));
+    }
+    let org = app.window(&EntityRef::organization("org-rt"), "1d").await;
+    assert_eq!(org.reserved, Money::usd(2));
+}

@@ -449,6 +449,19 @@ fn the_upstream_gets_the_gateway_secret_and_the_authorizers_reservation_id() {
         s(&get(http, "overwrite:header.x-budget-reservation-id")),
         "$context.authorizer.reservation_id"
     );
+    // What the authorizer charged, never what the client sent.
+    assert_eq!(
+        s(&get(http, "overwrite:header.x-budget-customer-id")),
+        "$context.authorizer.customer_id"
+    );
+    assert_eq!(
+        s(&get(http, "overwrite:header.x-budget-model")),
+        "$context.authorizer.model"
+    );
+    assert_eq!(
+        s(&get(http, "overwrite:header.x-budget-tags")),
+        "$context.authorizer.tags"
+    );
     assert_eq!(
         sub_text(&get(http, "overwrite:header.x-edge-budget-gateway")),
         secret_ref
@@ -499,6 +512,21 @@ fn the_upstream_gets_the_gateway_secret_and_the_authorizers_reservation_id() {
             "integration.request.header.x-budget-reservation-id"
         )),
         "context.authorizer.reservation_id"
+    );
+    assert_eq!(
+        s(&get(
+            rest,
+            "integration.request.header.x-budget-customer-id"
+        )),
+        "context.authorizer.customer_id"
+    );
+    assert_eq!(
+        s(&get(rest, "integration.request.header.x-budget-model")),
+        "context.authorizer.model"
+    );
+    assert_eq!(
+        s(&get(rest, "integration.request.header.x-budget-tags")),
+        "context.authorizer.tags"
     );
     assert_eq!(
         sub_text(&get(

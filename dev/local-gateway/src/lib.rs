@@ -12,7 +12,8 @@
 //!   one gets what the deployed API answers: the REST API's `ACCESS_DENIED`
 //!   gateway response (429 and the denial) or `UNAUTHORIZED` (401); the HTTP
 //!   API's bare 403.
-//! - `POST /spend/settle|release` and `ANY /key|user|team/{proxy+}`: the
+//! - `POST /spend/settle|release` and
+//!   `ANY /key|user|team|organization|customer|end_user|tag/{proxy+}`: the
 //!   settle-spend and admin functions (through cargo lambda's function URL
 //!   emulation). IAM is not emulated: these routes need no signature here.
 //!
@@ -218,6 +219,17 @@ enum Route {
     None,
 }
 
+/// The paths the admin function answers (as the template routes them).
+const ADMIN_PREFIXES: [&str; 7] = [
+    "/key/",
+    "/user/",
+    "/team/",
+    "/organization/",
+    "/customer/",
+    "/end_user/",
+    "/tag/",
+];
+
 fn route_of(method: &Method, path: &str) -> Route {
     if path == "/spend/settle" || path == "/spend/release" {
         return if method == Method::POST {
@@ -226,7 +238,7 @@ fn route_of(method: &Method, path: &str) -> Route {
             Route::None
         };
     }
-    for prefix in ["/key/", "/user/", "/team/"] {
+    for prefix in ADMIN_PREFIXES {
         if path.len() > prefix.len() && path.starts_with(prefix) {
             return Route::Admin;
         }
@@ -555,6 +567,10 @@ impl Gateway {
         };
         let mut owned: Vec<(&str, String)> = vec![
             ("x-budget-reservation-id", text("reservation_id")),
+            // What was charged: the client's own x-budget-* never passes.
+            ("x-budget-customer-id", text("customer_id")),
+            ("x-budget-model", text("model")),
+            ("x-budget-tags", text("tags")),
             ("x-edge-budget-gateway", self.config.gateway_secret.clone()),
         ];
         if let Api::Rest { .. } = self.config.api {

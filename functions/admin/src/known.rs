@@ -199,6 +199,85 @@ const UPDATE_TEAM_REQUEST: &[&str] = &[
 /// `DeleteTeamRequest`.
 const DELETE_TEAM_REQUEST: &[&str] = &["team_ids"];
 
+/// `LiteLLM_BudgetTable`: the budget fields an organization takes.
+const BUDGET_TABLE: &[&str] = &[
+    "budget_id",
+    "soft_budget",
+    "max_budget",
+    "max_parallel_requests",
+    "tpm_limit",
+    "rpm_limit",
+    "model_max_budget",
+    "budget_duration",
+    "budget_reset_at",
+];
+
+/// `NewOrganizationRequest(LiteLLM_BudgetTable)`.
+const NEW_ORGANIZATION_REQUEST: &[&str] = &[
+    "organization_id",
+    "organization_alias",
+    "models",
+    "budget_id",
+    "metadata",
+    "object_permission",
+];
+
+/// `LiteLLM_OrganizationTableUpdate`.
+const UPDATE_ORGANIZATION_REQUEST: &[&str] = &[
+    "organization_id",
+    "organization_alias",
+    "budget_id",
+    "spend",
+    "metadata",
+    "models",
+    "updated_by",
+    "object_permission",
+];
+
+/// `TeamMemberAddRequest(MemberAddRequest)`.
+const TEAM_MEMBER_ADD_REQUEST: &[&str] = &["member", "team_id", "max_budget_in_team"];
+
+/// `TeamMemberDeleteRequest`.
+const TEAM_MEMBER_DELETE_REQUEST: &[&str] = &["user_id", "user_email", "team_id"];
+
+/// `TeamMemberUpdateRequest(TeamMemberDeleteRequest)`.
+const TEAM_MEMBER_UPDATE_REQUEST: &[&str] =
+    &["max_budget_in_team", "role", "tpm_limit", "rpm_limit"];
+
+/// edge-budget's own fields on a member budget: its windows beside
+/// `max_budget_in_team`.
+const OURS_MEMBER: &[&str] = &["budget_duration", "budget_limits"];
+
+/// `NewCustomerRequest(BudgetNewRequest)` (its budget fields are
+/// [`BUDGET_TABLE`]'s).
+const NEW_CUSTOMER_REQUEST: &[&str] = &[
+    "user_id",
+    "alias",
+    "blocked",
+    "max_budget",
+    "budget_id",
+    "allowed_model_region",
+    "default_model",
+    "spend",
+    "metadata",
+    "object_permission",
+];
+
+/// `TagNewRequest` / `TagUpdateRequest` (budget fields: [`BUDGET_TABLE`]).
+const TAG_REQUEST: &[&str] = &["name", "description", "models", "model_info", "metadata"];
+
+/// `TagDeleteRequest`.
+const TAG_DELETE_REQUEST: &[&str] = &["name"];
+
+/// `TagInfoRequest`.
+const TAG_INFO_REQUEST: &[&str] = &["names"];
+
+/// `DeleteCustomerRequest`, `BlockUsers`.
+const CUSTOMER_IDS_REQUEST: &[&str] = &["user_ids"];
+
+/// `DeleteOrganizationRequest`.
+const DELETE_ORGANIZATION_REQUEST: &[&str] = &["organization_ids"];
+
 /// edge-budget's own fields on keys (`expires` as RFC 3339 beside
 /// LiteLLM's `duration`).
 const OURS_KEY: &[&str] = &[
@@ -227,13 +306,18 @@ pub enum Form {
     New(EntityKind),
     Update(EntityKind),
     Delete(EntityKind),
+    MemberAdd,
+    MemberUpdate,
+    MemberDelete,
+    CustomerBlock,
+    TagInfo,
 }
 
 /// The lists of fields a route takes, ours first (the nearest-field
 /// suggestion prefers them on a tie). An update takes every field its
 /// create takes.
 fn lists(form: Form) -> &'static [&'static [&'static str]] {
-    use EntityKind::{Key, Team, User};
+    use EntityKind::{Customer, Key, Model, Organization, Tag, Team, TeamMember, User};
     match form {
         Form::KeyGenerate => &[
             OURS_KEY,
@@ -262,7 +346,31 @@ fn lists(form: Form) -> &'static [&'static [&'static str]] {
         Form::New(Team) => &[OURS_OWNER, TEAM_BASE, NEW_TEAM_REQUEST],
         Form::Update(Team) => &[OURS_OWNER, UPDATE_TEAM_REQUEST, TEAM_BASE, NEW_TEAM_REQUEST],
         Form::Delete(Team) => &[DELETE_TEAM_REQUEST],
-        Form::New(Key) | Form::Update(Key) | Form::Delete(Key) => &[],
+        Form::New(Organization) => &[OURS_OWNER, NEW_ORGANIZATION_REQUEST, BUDGET_TABLE],
+        // An update takes the budget fields too: they are what is acted on.
+        Form::Update(Organization) => &[
+            OURS_OWNER,
+            UPDATE_ORGANIZATION_REQUEST,
+            NEW_ORGANIZATION_REQUEST,
+            BUDGET_TABLE,
+        ],
+        Form::Delete(Organization) => &[DELETE_ORGANIZATION_REQUEST],
+        Form::MemberAdd => &[OURS_MEMBER, TEAM_MEMBER_ADD_REQUEST],
+        Form::MemberUpdate => &[
+            OURS_MEMBER,
+            TEAM_MEMBER_DELETE_REQUEST,
+            TEAM_MEMBER_UPDATE_REQUEST,
+        ],
+        Form::MemberDelete => &[TEAM_MEMBER_DELETE_REQUEST],
+        Form::New(Customer) | Form::Update(Customer) => {
+            &[OURS_OWNER, NEW_CUSTOMER_REQUEST, BUDGET_TABLE]
+        }
+        Form::Delete(Customer) | Form::CustomerBlock => &[CUSTOMER_IDS_REQUEST],
+        Form::New(Tag) | Form::Update(Tag) => &[OURS_OWNER, TAG_REQUEST, BUDGET_TABLE],
+        Form::Delete(Tag) => &[TAG_DELETE_REQUEST],
+        Form::TagInfo => &[TAG_INFO_REQUEST],
+        Form::New(Key | TeamMember | Model) | Form::Update(Key | TeamMember | Model) => &[],
+        Form::Delete(Key | TeamMember | Model) => &[],
     }
 }
 

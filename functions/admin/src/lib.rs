@@ -1,4 +1,5 @@
-//! The management API: keys, users and teams with their budget windows,
+//! The management API: keys, users, teams and organizations with their
+//! budget windows,
 //! with LiteLLM's routes, field names and shapes so existing scripts keep
 //! working.
 //!
@@ -8,7 +9,7 @@
 //! time before anything else is looked at. A route matches by method and
 //! its whole path, optionally after ONE prefix: an API Gateway stage
 //! segment (`/prod/key/info`; letters, digits, `-`, `_`, and not `key`,
-//! `user` or `team`) or `cargo lambda watch`'s Function URL prefix
+//! `user`, `team` or `organization`) or `cargo lambda watch`'s Function URL prefix
 //! `/lambda-url/<function>` (see `http_api::routes`). Any other path is
 //! a 404 and writes nothing (`/key/x/team/delete` is not `/team/delete`):
 //!
@@ -25,6 +26,23 @@
 //! | `/team/new`, `/team/update` | POST | `team_id`, `team_alias`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, … |
 //! | `/team/info` | GET | `?team_id=` |
 //! | `/team/delete` | POST | `team_ids: [...]` |
+//! | `/organization/new`, `/organization/update` | POST | `organization_id`, `organization_alias`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, … |
+//! | `/organization/info` | GET | `?organization_id=` |
+//! | `/organization/delete` | POST | `organization_ids: [...]` |
+//!
+//! | `/customer/new`, `/customer/update` (and `/end_user/…`) | POST | `user_id` (the customer's id), `alias`, `blocked`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, … |
+//! | `/customer/info` | GET | `?end_user_id=` |
+//! | `/customer/delete` | POST | `user_ids: [...]` |
+//! | `/customer/block`, `/customer/unblock` | POST | `user_ids: [...]` |
+//! | `/tag/new`, `/tag/update` | POST | `name`, `description`, `max_budget`, `budget_duration`, `budget_limits`, `reservation_floor`, … |
+//! | `/tag/info` | POST | `names: [...]` |
+//! | `/tag/delete` | POST | `name` |
+//! | `/team/member_add` | POST | `team_id`, `member` (one or a list, each with `user_id`), `max_budget_in_team`, `budget_duration`, `budget_limits` |
+//! | `/team/member_update` | POST | `team_id`, `user_id`, `max_budget_in_team`, `budget_duration`, `budget_limits` |
+//! | `/team/member_delete` | POST | `team_id`, `user_id` |
+//!
+//! A team joins an organization with `organization_id` on `/team/new` or
+//! `/team/update` (the organization must exist; `null` leaves it).
 //!
 //! Errors are `{"error": {"message", "type", "param"}}`: 400 invalid (the
 //! param names the field, or none when DynamoDB refused the write itself),
@@ -84,10 +102,16 @@ enum Op {
     KeyInfo,
     KeyDelete,
     KeyBlock(bool),
+    CustomerBlock(bool),
+    TagInfo,
+    TagDelete,
     New(EntityKind),
     Update(EntityKind),
     Info(EntityKind),
     Delete(EntityKind),
+    MemberAdd,
+    MemberUpdate,
+    MemberDelete,
 }
 
 const ROUTES: &[(&str, Method, Op)] = &[
@@ -105,6 +129,69 @@ const ROUTES: &[(&str, Method, Op)] = &[
     ("/team/update", Method::POST, Op::Update(EntityKind::Team)),
     ("/team/info", Method::GET, Op::Info(EntityKind::Team)),
     ("/team/delete", Method::POST, Op::Delete(EntityKind::Team)),
+    ("/customer/new", Method::POST, Op::New(EntityKind::Customer)),
+    (
+        "/customer/update",
+        Method::POST,
+        Op::Update(EntityKind::Customer),
+    ),
+    (
+        "/customer/info",
+        Method::GET,
+        Op::Info(EntityKind::Customer),
+    ),
+    (
+        "/customer/delete",
+        Method::POST,
+        Op::Delete(EntityKind::Customer),
+    ),
+    ("/customer/block", Method::POST, Op::CustomerBlock(true)),
+    ("/customer/unblock", Method::POST, Op::CustomerBlock(false)),
+    ("/end_user/new", Method::POST, Op::New(EntityKind::Customer)),
+    (
+        "/end_user/update",
+        Method::POST,
+        Op::Update(EntityKind::Customer),
+    ),
+    (
+        "/end_user/info",
+        Method::GET,
+        Op::Info(EntityKind::Customer),
+    ),
+    (
+        "/end_user/delete",
+        Method::POST,
+        Op::Delete(EntityKind::Customer),
+    ),
+    ("/end_user/block", Method::POST, Op::CustomerBlock(true)),
+    ("/end_user/unblock", Method::POST, Op::CustomerBlock(false)),
+    ("/tag/new", Method::POST, Op::New(EntityKind::Tag)),
+    ("/tag/update", Method::POST, Op::Update(EntityKind::Tag)),
+    ("/tag/info", Method::POST, Op::TagInfo),
+    ("/tag/delete", Method::POST, Op::TagDelete),
+    ("/team/member_add", Method::POST, Op::MemberAdd),
+    ("/team/member_update", Method::POST, Op::MemberUpdate),
+    ("/team/member_delete", Method::POST, Op::MemberDelete),
+    (
+        "/organization/new",
+        Method::POST,
+        Op::New(EntityKind::Organization),
+    ),
+    (
+        "/organization/update",
+        Method::POST,
+        Op::Update(EntityKind::Organization),
+    ),
+    (
+        "/organization/info",
+        Method::GET,
+        Op::Info(EntityKind::Organization),
+    ),
+    (
+        "/organization/delete",
+        Method::POST,
+        Op::Delete(EntityKind::Organization),
+    ),
 ];
 
 /// The route a request path names (`/key/info`, `/prod/key/info`,
@@ -160,7 +247,7 @@ async fn route<S: AdminStore>(
     let found = route_path(path).and_then(|p| ROUTES.iter().find(|(r, _, _)| *r == p));
     let Some((_, method, op)) = found else {
         return Err(ApiError::not_found(format!(
-            "no route {path}: the admin API has /key/generate|update|info|delete|block|unblock, /user/new|update|info|delete and /team/new|update|info|delete"
+            "no route {path}: the admin API has /key/generate|update|info|delete|block|unblock, /user/new|update|info|delete, /team/new|update|info|delete|member_add|member_update|member_delete /organization/new|update|info|delete and /customer/new|update|info|delete|block|unblock (or /end_user/...) and /tag/new|update|info|delete"
         )));
     };
     if request.method() != method {
@@ -179,6 +266,11 @@ async fn route<S: AdminStore>(
         let param = |name: &str| query.first(name).map(str::to_string);
         return match *op {
             Op::KeyInfo => admin.key_info(param("key")).await,
+            // LiteLLM names a customer by `end_user_id` here.
+            Op::Info(EntityKind::Customer) => {
+                let id = param("end_user_id").or_else(|| param("user_id"));
+                admin.info(EntityKind::Customer, id).await
+            }
             Op::Info(kind) => admin.info(kind, param(ops::id_field(kind))).await,
             _ => Err(ApiError::not_found(format!("no route GET {path}"))),
         };
@@ -196,9 +288,15 @@ async fn route<S: AdminStore>(
         Op::KeyUpdate => known::Form::KeyUpdate,
         Op::KeyDelete => known::Form::KeyDelete,
         Op::KeyBlock(_) => known::Form::KeyBlock,
+        Op::CustomerBlock(_) => known::Form::CustomerBlock,
+        Op::TagInfo => known::Form::TagInfo,
+        Op::TagDelete => known::Form::Delete(EntityKind::Tag),
         Op::New(kind) => known::Form::New(kind),
         Op::Update(kind) => known::Form::Update(kind),
         Op::Delete(kind) => known::Form::Delete(kind),
+        Op::MemberAdd => known::Form::MemberAdd,
+        Op::MemberUpdate => known::Form::MemberUpdate,
+        Op::MemberDelete => known::Form::MemberDelete,
         Op::KeyInfo | Op::Info(_) => {
             return Err(ApiError::not_found(format!("no route POST {path}")))
         }
@@ -209,9 +307,15 @@ async fn route<S: AdminStore>(
         Op::KeyUpdate => admin.key_update(&body).await,
         Op::KeyDelete => admin.key_delete(&body).await,
         Op::KeyBlock(blocked) => admin.key_block(&body, blocked).await,
+        Op::CustomerBlock(blocked) => admin.customer_block(&body, blocked).await,
+        Op::TagInfo => admin.tag_info(&body).await,
+        Op::TagDelete => admin.tag_delete(&body).await,
         Op::New(kind) => admin.new_owner(kind, &body).await,
         Op::Update(kind) => admin.update_owner(kind, &body).await,
         Op::Delete(kind) => admin.delete_owners(kind, &body).await,
+        Op::MemberAdd => admin.member_add(&body).await,
+        Op::MemberUpdate => admin.member_update(&body).await,
+        Op::MemberDelete => admin.member_delete(&body).await,
         Op::KeyInfo | Op::Info(_) => Err(ApiError::not_found(format!("no route POST {path}"))),
     }
 }

@@ -18,6 +18,9 @@ use serde_json::{json, Map, Value};
 use crate::fields::{self, attributes, bool_patch, expiry_patch, id_patch, key_hash_of};
 use crate::view;
 
+mod members;
+mod models;
+
 /// Attempts at a write that lost a race before giving up.
 const ATTEMPTS: u32 = 5;
 
@@ -42,24 +45,48 @@ pub(crate) struct Admin<'a, S> {
     pub now: DateTime<Utc>,
 }
 
-/// The id field of a user or team (`user_id`, `team_id`).
+/// The id field of a user, team or organization (`user_id`, `team_id`,
+/// `organization_id`).
 pub(crate) fn id_field(kind: EntityKind) -> &'static str {
     match kind {
         EntityKind::User => "user_id",
         EntityKind::Team => "team_id",
+        EntityKind::Organization => "organization_id",
+        EntityKind::TeamMember | EntityKind::Customer => "user_id",
+        EntityKind::Model => "model_max_budget",
+        EntityKind::Tag => "name",
         EntityKind::Key => "key",
     }
 }
 
-fn owner_fields(kind: EntityKind) -> [&'static str; 6] {
-    [
+/// The fields of a scope edge-budget acts on (the others are kept as
+/// given): its id, its budget, and a team's `organization_id`.
+fn owner_fields(kind: EntityKind) -> Vec<&'static str> {
+    let mut out = vec![
         id_field(kind),
         "max_budget",
         "budget_duration",
         "budget_limits",
         "reservation_floor",
         "budget_shards",
-    ]
+    ];
+    if kind == EntityKind::Team {
+        out.push("organization_id");
+    }
+    out
+}
+
+/// Sharded budgets (`budget_shards`) exist for users and teams only.
+fn refuse_shards(kind: EntityKind, shards: Option<u32>) -> Result<(), ApiError> {
+    match shards {
+        Some(n) if n > 1 && !matches!(kind, EntityKind::User | EntityKind::Team) => {
+            Err(ApiError::bad_request(
+                "budget_shards",
+                format!("budget_shards is not supported on an {kind}: only users and teams can be sharded"),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `old` (`None`: new) with `budget_shards` set to `n`: 1 stays 1 (not
@@ -68,6 +95,15 @@ fn owner_fields(kind: EntityKind) -> [&'static str; 6] {
 /// retired: nothing new is reserved there, what they hold settles there).
 fn with_shards(old: Option<&Entity>, mut new: Entity, n: Option<u32>) -> Result<Entity, ApiError> {
     let Some(n) = n else { return Ok(new) };
+    if n >= 2 && old.is_some_and(|o| o.member_count > 0) {
+        return Err(ApiError::bad_request(
+            "budget_shards",
+            format!(
+                "{} has member budgets (/team/member_add): a team with them cannot be sharded",
+                named(&new.entity)
+            ),
+        ));
+    }
     let sharded = old.is_some_and(budget_core::escrow::is_sharded);
     if n < 2 {
         if sharded {
@@ -121,6 +157,8 @@ fn with_param(mut e: ApiError, param: &str) -> ApiError {
 fn named(r: &EntityRef) -> String {
     match r.kind {
         EntityKind::Key => format!("key {}", key_hash_prefix(&r.id)),
+        EntityKind::TeamMember => format!("team member {}", r.display_id()),
+        EntityKind::Model => format!("the budget of model {}", r.display_id()),
         kind => format!("{kind} {}", r.id),
     }
 }
@@ -145,6 +183,11 @@ async fn backoff(attempt: u32) {
 /// A user or team may not be blocked here: admission only looks at keys'
 /// `blocked`, and accepting `true` would promise what is not enforced.
 fn refuse_owner_blocking(kind: EntityKind, body: &Map<String, Value>) -> Result<(), ApiError> {
+    if kind == EntityKind::Customer {
+        // Customers are blocked as LiteLLM blocks them: every request that
+        // names one is refused.
+        return bool_patch(body, "blocked").map(|_| ());
+    }
     match body.get("blocked") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(()),
         Some(Value::Bool(true)) => Err(ApiError::bad_request(
@@ -158,11 +201,28 @@ fn refuse_owner_blocking(kind: EntityKind, body: &Map<String, Value>) -> Result<
     }
 }
 
+/// A team's `organization_id` (the organization whose windows govern
+/// every request of the team's keys; it must exist); other scopes keep the
+/// field as given.
+fn organization_patch(
+    kind: EntityKind,
+    body: &Map<String, Value>,
+) -> Result<limits::Patch<String>, ApiError> {
+    if kind == EntityKind::Team {
+        id_patch(body, "organization_id")
+    } else {
+        Ok(limits::Patch::Absent)
+    }
+}
+
 /// A user's `team_id` (LiteLLM's "add to team", kept as a field) is an
 /// id like any other.
 fn check_owner_fields(kind: EntityKind, body: &Map<String, Value>) -> Result<(), ApiError> {
     if kind == EntityKind::User {
         id_patch(body, "team_id")?;
+    }
+    if kind == EntityKind::Team {
+        members::check_member_default(body)?;
     }
     Ok(())
 }
@@ -296,7 +356,7 @@ impl<S: AdminStore> Admin<'_, S> {
                     .map_err(unavailable)?
                 {
                     None => return Ok(false),
-                    Some(e) if e.entity.kind != EntityKind::Key && e.key_count > 0 => {
+                    Some(e) if e.key_count > 0 || e.member_count > 0 => {
                         return Err(still_has_keys(&e))
                     }
                     Some(e) => {
@@ -327,7 +387,9 @@ impl<S: AdminStore> Admin<'_, S> {
         }
         let key = custom.unwrap_or_else(generate_key);
         attrs.insert("key_name".into(), json!(fields::key_name(&key)));
+        let models = models::parse(body)?.unwrap_or_default();
         let mut e = Entity::new(EntityRef::key(hash_key(&key)), self.now);
+        e.model_budgets = models.iter().map(|(m, _)| m.clone()).collect();
         e.windows = limits::apply(&[], &limits, self.now, &self.settings.clock);
         e.user_id = user_id;
         e.team_id = team_id;
@@ -336,6 +398,7 @@ impl<S: AdminStore> Admin<'_, S> {
         e.reservation_floor = floor;
         e.attributes = attrs;
         self.create(&e).await?;
+        self.write_models(&e.entity.id, &[], &models).await?;
         let mut out = self.show(&e);
         out.insert("key".into(), json!(key));
         Ok(Value::Object(out))
@@ -344,6 +407,7 @@ impl<S: AdminStore> Admin<'_, S> {
     pub async fn key_update(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
         let hash = named_key(body)?;
         let budget = BudgetPatch::parse(body)?;
+        let models = models::parse(body)?;
         let user_id = id_patch(body, "user_id")?;
         let team_id = id_patch(body, "team_id")?;
         let expires = expiry_patch(body, self.now)?;
@@ -354,11 +418,22 @@ impl<S: AdminStore> Admin<'_, S> {
         attrs.remove("key_name");
         attrs.remove(view::DURATION_TEXTS);
         let (now, clock) = (self.now, &self.settings.clock);
+        let before = match &models {
+            Some(_) => {
+                self.load(&EntityRef::key(hash.clone()), "key")
+                    .await?
+                    .model_budgets
+            }
+            None => Vec::new(),
+        };
         let e = self
-            .modify(&EntityRef::key(hash), "key", |old| {
+            .modify(&EntityRef::key(hash.clone()), "key", |old| {
                 let limits = budget.resolve(&old.windows)?;
                 let mut new = old.clone();
                 new.windows = limits::apply(&old.windows, &limits, now, clock);
+                if let Some(m) = &models {
+                    new.model_budgets = m.iter().map(|(name, _)| name.clone()).collect();
+                }
                 new.user_id = user_id.clone().apply(old.user_id.clone());
                 new.team_id = team_id.clone().apply(old.team_id.clone());
                 new.expires = expires.clone().apply(old.expires);
@@ -371,6 +446,9 @@ impl<S: AdminStore> Admin<'_, S> {
                 Ok(new)
             })
             .await?;
+        if let Some(m) = &models {
+            self.write_models(&hash, &before, m).await?;
+        }
         Ok(Value::Object(self.show(&e)))
     }
 
@@ -391,6 +469,72 @@ impl<S: AdminStore> Admin<'_, S> {
         Ok(Value::Object(self.show(&e)))
     }
 
+    /// `/customer/block`, `/customer/unblock` (`user_ids`): every request
+    /// naming a blocked customer is refused. All must exist, or nothing
+    /// is written.
+    pub async fn customer_block(
+        &self,
+        body: &Map<String, Value>,
+        blocked: bool,
+    ) -> Result<Value, ApiError> {
+        let ids = fields::owner_id_list(body, "user_ids")?;
+        let refs: Vec<EntityRef> = ids.iter().map(EntityRef::customer).collect();
+        let found = self.store.load_many(&refs).await.map_err(unavailable)?;
+        if let Some(missing) = ids
+            .iter()
+            .find(|i| !found.iter().any(|e| &e.entity.id == *i))
+        {
+            return Err(with_param(
+                ApiError::not_found(format!("no customer {missing}; nothing was changed")),
+                "user_ids",
+            ));
+        }
+        for r in &refs {
+            self.modify(r, "user_ids", |old| {
+                Ok(Entity {
+                    blocked,
+                    ..old.clone()
+                })
+            })
+            .await?;
+        }
+        let field = if blocked {
+            "blocked_users"
+        } else {
+            "unblocked_users"
+        };
+        Ok(json!({ field: ids }))
+    }
+
+    /// `/tag/info {"names": [...]}`: LiteLLM's answer, each tag by name.
+    pub async fn tag_info(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
+        let names = fields::owner_id_list(body, "names")?;
+        let refs: Vec<EntityRef> = names.iter().map(EntityRef::tag).collect();
+        let found = self.store.load_many(&refs).await.map_err(unavailable)?;
+        if let Some(missing) = names
+            .iter()
+            .find(|n| !found.iter().any(|e| &e.entity.id == *n))
+        {
+            return Err(with_param(
+                ApiError::not_found(format!("no tag {missing}")),
+                "names",
+            ));
+        }
+        let mut out = Map::new();
+        for e in &found {
+            out.insert(e.entity.id.clone(), Value::Object(self.show(e)));
+        }
+        Ok(Value::Object(out))
+    }
+
+    /// `/tag/delete {"name"}`.
+    pub async fn tag_delete(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
+        let name = fields::required_id(body, "name")?;
+        let e = self.load(&EntityRef::tag(name.clone()), "name").await?;
+        self.delete_one(e).await?;
+        Ok(json!({"deleted_tags": [name]}))
+    }
+
     pub async fn key_info(&self, key: Option<String>) -> Result<Value, ApiError> {
         let Some(key) = key.filter(|k| !k.trim().is_empty()) else {
             return Err(ApiError::bad_request(
@@ -401,7 +545,12 @@ impl<S: AdminStore> Admin<'_, S> {
         let key = key.trim();
         fields::check_named_key("key", key)?;
         let e = self.load(&EntityRef::key(key_hash_of(key)), "key").await?;
-        Ok(json!({"key": e.entity.id, "info": self.show(&e)}))
+        let mut info = self.show(&e);
+        info.insert(
+            "model_budgets".into(),
+            Value::Array(self.model_views(&e).await?),
+        );
+        Ok(json!({"key": e.entity.id, "info": info}))
     }
 
     pub async fn key_delete(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
@@ -442,7 +591,12 @@ impl<S: AdminStore> Admin<'_, S> {
         let left = self.store.delete_keys(&found).await.map_err(write_failed)?;
         tracing::info!(keys = count, one_by_one = left.len(), "deleting keys");
         for e in left {
-            self.delete_one(e).await?;
+            self.delete_one(e.clone()).await?;
+        }
+        // Their model budgets go after them (a key never outlives its caps).
+        for e in &found {
+            self.write_models(&e.entity.id, &e.model_budgets, &[])
+                .await?;
         }
         Ok(json!({"deleted_keys": hashes}))
     }
@@ -461,6 +615,8 @@ impl<S: AdminStore> Admin<'_, S> {
         let limits = BudgetPatch::parse(body)?.resolve(&[])?;
         let floor = fields::floor_patch(body)?.apply(None);
         let shards = fields::shards_field(body)?;
+        refuse_shards(kind, shards)?;
+        let organization = organization_patch(kind, body)?.apply(None);
         let mut attrs = attributes(body, &owner_fields(kind))?;
         attrs.remove(view::DURATION_TEXTS);
         if let Some(t) = view::duration_texts(&Map::new(), body) {
@@ -469,6 +625,10 @@ impl<S: AdminStore> Admin<'_, S> {
         let mut e = Entity::new(EntityRef::new(kind, id), self.now);
         e.windows = limits::apply(&[], &limits, self.now, &self.settings.clock);
         e.reservation_floor = floor;
+        e.organization_id = organization;
+        if kind == EntityKind::Customer {
+            e.blocked = bool_patch(body, "blocked")?.apply(None).unwrap_or(false);
+        }
         e.attributes = attrs;
         let e = with_shards(None, e, shards)?;
         self.create(&e).await?;
@@ -487,6 +647,12 @@ impl<S: AdminStore> Admin<'_, S> {
         let budget = BudgetPatch::parse(body)?;
         let floor = fields::floor_patch(body)?;
         let shards = fields::shards_field(body)?;
+        refuse_shards(kind, shards)?;
+        let organization = organization_patch(kind, body)?;
+        let blocked = match kind {
+            EntityKind::Customer => bool_patch(body, "blocked")?,
+            _ => limits::Patch::Absent,
+        };
         let mut attrs = attributes(body, &owner_fields(kind))?;
         attrs.remove(view::DURATION_TEXTS);
         let (now, clock) = (self.now, &self.settings.clock);
@@ -496,6 +662,8 @@ impl<S: AdminStore> Admin<'_, S> {
                 let mut new = old.clone();
                 new.windows = limits::apply(&old.windows, &limits, now, clock);
                 new.reservation_floor = floor.clone().apply(old.reservation_floor);
+                new.organization_id = organization.clone().apply(old.organization_id.clone());
+                new.blocked = blocked.clone().apply(Some(old.blocked)).unwrap_or(false);
                 new.attributes.extend(attrs.clone());
                 if let Some(t) = view::duration_texts(&old.attributes, body) {
                     new.attributes.insert(view::DURATION_TEXTS.into(), t);
@@ -517,6 +685,31 @@ impl<S: AdminStore> Admin<'_, S> {
         check_id(field, &id)?;
         let e = self.load(&EntityRef::new(kind, id.clone()), field).await?;
         let keys = self.store.keys_of(&e.entity).await.map_err(unavailable)?;
+        if kind == EntityKind::Customer {
+            // LiteLLM's shape: the customer itself, with its budget table.
+            let mut out = self.show_owner(&e).await?;
+            let table = json!({
+                "max_budget": out.get("max_budget").cloned().unwrap_or(Value::Null),
+                "budget_duration": out.get("budget_duration").cloned().unwrap_or(Value::Null),
+                "budget_reset_at": out.get("budget_reset_at").cloned().unwrap_or(Value::Null),
+            });
+            out.insert("litellm_budget_table".into(), table);
+            return Ok(Value::Object(out));
+        }
+        if kind == EntityKind::Organization {
+            // LiteLLM's shape: the organization itself, with its teams and
+            // its budget table.
+            let mut out = self.show_owner(&e).await?;
+            let teams: Vec<Value> = keys.iter().map(|t| json!({"team_id": t})).collect();
+            out.insert("teams".into(), Value::Array(teams));
+            let table = json!({
+                "max_budget": out.get("max_budget").cloned().unwrap_or(Value::Null),
+                "budget_duration": out.get("budget_duration").cloned().unwrap_or(Value::Null),
+                "budget_reset_at": out.get("budget_reset_at").cloned().unwrap_or(Value::Null),
+            });
+            out.insert("litellm_budget_table".into(), table);
+            return Ok(Value::Object(out));
+        }
         let mut out = Map::new();
         out.insert(field.into(), json!(id));
         out.insert(
@@ -524,6 +717,11 @@ impl<S: AdminStore> Admin<'_, S> {
             Value::Object(self.show_owner(&e).await?),
         );
         out.insert("keys".into(), json!(keys));
+        if kind == EntityKind::Team {
+            // LiteLLM's name for the members' budgets.
+            let members = self.memberships(&id).await?;
+            out.insert("team_memberships".into(), Value::Array(members));
+        }
         Ok(Value::Object(out))
     }
 
@@ -553,7 +751,7 @@ impl<S: AdminStore> Admin<'_, S> {
                 &field,
             ));
         }
-        if let Some(e) = found.iter().find(|e| e.key_count > 0) {
+        if let Some(e) = found.iter().find(|e| e.key_count > 0 || e.member_count > 0) {
             return Err(with_param(still_has_keys(e), &field));
         }
         for e in found {
@@ -584,6 +782,24 @@ fn check_attributes_size(e: &Entity) -> Result<(), ApiError> {
 
 fn still_has_keys(e: &Entity) -> ApiError {
     let n = e.key_count;
+    if n == 0 && e.member_count > 0 {
+        let m = e.member_count;
+        return ApiError::conflict(format!(
+            "{} still has {m} member budget{}: remove {} first (/team/member_delete); nothing was deleted",
+            named(&e.entity),
+            if m == 1 { "" } else { "s" },
+            if m == 1 { "it" } else { "them" },
+        ));
+    }
+    if e.entity.kind == EntityKind::Organization {
+        return ApiError::conflict(format!(
+            "{} still has {n} team{}: move {} to another organization (/team/update with organization_id) or delete {} first; an organization is never deleted with its teams, and nothing was deleted",
+            named(&e.entity),
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "it" } else { "them" },
+            if n == 1 { "it" } else { "them" },
+        ));
+    }
     ApiError::conflict(format!(
         "{} still has {n} key{}: delete {} first (/key/delete); a {} is never deleted with its keys, and nothing was deleted",
         named(&e.entity),

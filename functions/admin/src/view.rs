@@ -1,4 +1,4 @@
-//! How keys, users and teams are shown: LiteLLM's flat fields (`spend`,
+//! How keys, users, teams and organizations are shown: LiteLLM's flat fields (`spend`,
 //! `max_budget`, `budget_duration`, `budget_reset_at`), the
 //! `budget_limits` echo, and every window in full, lazily rolled as of
 //! `now` (a window past its boundary shows spend 0 and its next reset).
@@ -151,7 +151,29 @@ pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String,
         }
         EntityKind::Team => {
             m.insert("team_id".into(), json!(e.entity.id));
+            m.insert("organization_id".into(), json!(e.organization_id));
             m.insert("key_count".into(), json!(e.key_count));
+        }
+        EntityKind::Organization => {
+            m.insert("organization_id".into(), json!(e.entity.id));
+            m.insert("team_count".into(), json!(e.key_count));
+        }
+        EntityKind::Model => {
+            if let Some((hash, model)) = e.entity.model_of() {
+                m.insert("token".into(), json!(hash));
+                m.insert("model".into(), json!(model));
+            }
+        }
+        EntityKind::Tag => {
+            m.insert("name".into(), json!(e.entity.id));
+        }
+        EntityKind::Customer => {
+            m.insert("user_id".into(), json!(e.entity.id));
+            m.insert("blocked".into(), json!(e.blocked));
+        }
+        EntityKind::TeamMember => {
+            m.insert("user_id".into(), json!(e.user_id));
+            m.insert("team_id".into(), json!(e.team_id));
         }
     }
     let legacy = e
@@ -181,6 +203,13 @@ pub fn entity(e: &Entity, now: DateTime<Utc>, clock: &ResetClock) -> Map<String,
         "budget_reset_at".into(),
         time(legacy.as_ref().and_then(|w| w.reset_at)),
     );
+    if e.entity.kind == EntityKind::TeamMember {
+        // LiteLLM's name for a member's cap.
+        m.insert(
+            "max_budget_in_team".into(),
+            legacy.as_ref().map_or(Value::Null, |w| usd(w.max)),
+        );
+    }
     m.insert(
         "budget_limits".into(),
         Value::Array(

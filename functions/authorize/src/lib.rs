@@ -1,5 +1,6 @@
 //! The API Gateway Lambda authorizer: finds the key, checks every window of
-//! key, user and team, and reserves the estimate in one atomic write.
+//! every scope of its chain (key, user, team, organization), and reserves
+//! the estimate in one atomic write.
 //!
 //! Accepts HTTP API payload 2.0 REQUEST events (answered with a simple
 //! response), and REST REQUEST and TOKEN events (answered with an IAM
@@ -16,7 +17,7 @@ use budget_core::decision::{rfc3339, Denial};
 use budget_core::metrics::{authorize_record, AuthorizeContext, Emitter};
 use budget_core::model::key_hash_prefix;
 use budget_core::money::MoneyError;
-use budget_core::service::{measured, AuthorizeOutcome, Authorizer, Requested};
+use budget_core::service::{measured, AuthorizeOutcome, Authorizer, RequestScopes, Requested};
 use budget_core::store::BudgetStore;
 use budget_core::Money;
 use chrono::{DateTime, Utc};
@@ -142,6 +143,136 @@ pub fn requested_from_header(header: Option<&str>) -> Result<Requested, String> 
     }
 }
 
+/// What the allow context (and the upstream's `x-budget-customer-id`,
+/// `x-budget-model`, `x-budget-tags`) says when the request named no
+/// customer, model or tags: `(none)` has characters no id, model name or
+/// tag may have.
+pub const NOT_NAMED: &str = "(none)";
+
+/// The headers that name the request's end customer (LiteLLM's own): the
+/// customer is charged as named — the header is the client's claim, and
+/// the LiteLLM integration checks it against the body.
+pub const CUSTOMER_HEADERS: [&str; 2] = ["x-litellm-customer-id", "x-litellm-end-user-id"];
+
+/// The scopes a request names in its headers, checked in bounded time
+/// (each header at most once, an id of at most 128 ASCII letters, digits
+/// and `._-:@+` — the ids DynamoDB keys are made of): a customer id, or
+/// none when neither header is sent (or both are empty). A bad value is
+/// refused with a message that does not quote it; both headers naming
+/// different customers is refused too.
+pub fn scopes_from_headers(headers: &HeaderMap) -> Result<RequestScopes, String> {
+    let mut customer: Option<String> = None;
+    for name in CUSTOMER_HEADERS {
+        let mut values = headers.get_all(name).iter();
+        let Some(value) = values.next() else {
+            continue;
+        };
+        if values.next().is_some() {
+            return Err(format!("{name} is given more than once"));
+        }
+        let text = value
+            .to_str()
+            .map_err(|_| format!("{name} must be plain ASCII"))?
+            .trim();
+        if text.is_empty() {
+            continue;
+        }
+        if let Some(problem) = budget_core::ids::problem(text) {
+            return Err(format!(
+                "{name} must be 1 to {} ASCII letters, digits or {} ({problem})",
+                budget_core::ids::MAX_ID_BYTES,
+                budget_core::ids::ID_PUNCTUATION
+            ));
+        }
+        match &customer {
+            Some(c) if c != text => {
+                return Err(format!(
+                    "{} and {} name different customers",
+                    CUSTOMER_HEADERS[0], CUSTOMER_HEADERS[1]
+                ))
+            }
+            _ => customer = Some(text.to_string()),
+        }
+    }
+    let model = model_from_headers(headers)?;
+    let tags = tags_from_headers(headers)?;
+    Ok(RequestScopes {
+        customer,
+        model,
+        tags,
+    })
+}
+
+/// The header that names a request's tags (LiteLLM's), comma separated.
+pub const TAGS_HEADER: &str = "x-litellm-tags";
+
+/// `x-litellm-tags: a, b`: at most 1,024 bytes, once, at most
+/// `MAX_REQUEST_TAGS` distinct tags, each an id (1 to 128 ASCII letters,
+/// digits and `._-:@+`); empty entries are ignored.
+fn tags_from_headers(headers: &HeaderMap) -> Result<Vec<String>, String> {
+    let mut values = headers.get_all(TAGS_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(Vec::new());
+    };
+    if values.next().is_some() {
+        return Err(format!("{TAGS_HEADER} is given more than once"));
+    }
+    if value.len() > 1024 {
+        return Err(format!("{TAGS_HEADER} is longer than 1024 bytes"));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| format!("{TAGS_HEADER} must be plain ASCII"))?;
+    let mut tags: Vec<String> = Vec::new();
+    for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if !budget_core::ids::is_tag_name(tag) {
+            return Err(format!(
+                "{TAGS_HEADER}: each tag must be 1 to {} ASCII letters, digits or {}",
+                budget_core::ids::MAX_ID_BYTES,
+                budget_core::ids::ID_PUNCTUATION
+            ));
+        }
+        if !tags.iter().any(|t| t == tag) {
+            tags.push(tag.to_string());
+        }
+        if tags.len() > budget_core::service::MAX_REQUEST_TAGS {
+            return Err(format!(
+                "{TAGS_HEADER} names more than {} tags",
+                budget_core::service::MAX_REQUEST_TAGS
+            ));
+        }
+    }
+    tags.sort();
+    Ok(tags)
+}
+
+/// The header that names the model a request calls (LiteLLM's hint).
+pub const MODEL_HEADER: &str = "x-litellm-model";
+
+fn model_from_headers(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let mut values = headers.get_all(MODEL_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(format!("{MODEL_HEADER} is given more than once"));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| format!("{MODEL_HEADER} must be plain ASCII"))?
+        .trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if !budget_core::ids::is_model_name(text) {
+        return Err(format!(
+            "{MODEL_HEADER} must be 1 to {} ASCII letters, digits or ._-:@+/",
+            budget_core::ids::MAX_ID_BYTES
+        ));
+    }
+    Ok(Some(text.to_string()))
+}
+
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -194,14 +325,21 @@ pub async fn handle_logged<S: BudgetStore>(
             "rest_token",
         ),
     };
+    let named = match &event {
+        Event::HttpApi(e) => scopes_from_headers(&e.headers),
+        Event::RestRequest(e) => scopes_from_headers(&e.headers),
+        Event::RestToken(_) => Ok(RequestScopes::default()),
+    };
     let decide = async {
-        match &key {
-            None => AuthorizeOutcome::InvalidKey,
-            Some(key) => match requested_from_header(estimate_header.as_deref()) {
+        match (&key, &named) {
+            (None, _) => AuthorizeOutcome::InvalidKey,
+            // Nothing is read or written on a bad header.
+            (Some(_), Err(message)) => AuthorizeOutcome::InvalidEstimate(message.clone()),
+            (Some(key), Ok(named)) => match requested_from_header(estimate_header.as_deref()) {
                 Err(message) => AuthorizeOutcome::InvalidEstimate(message),
                 Ok(requested) => {
                     authorizer
-                        .authorize(key, requested, request_id.as_deref(), now)
+                        .authorize_for(key, named, requested, request_id.as_deref(), now)
                         .await
                 }
             },
@@ -216,7 +354,19 @@ pub async fn handle_logged<S: BudgetStore>(
         stats,
     };
     emitter.emit(&authorize_record(&outcome, &context), now);
-    let (allowed, principal, context) = answer(&outcome);
+    let (allowed, principal, mut context) = answer(&outcome);
+    if allowed {
+        // What was charged, for the upstream (the gateway passes it on in
+        // headers of its own, which a client cannot set). Never empty: a
+        // mapping of an empty value might leave a client's header in place,
+        // so "none" is NOT_NAMED, which no id, model or tag can be.
+        let named = named.ok().unwrap_or_default();
+        let or_none = |v: Option<String>| v.unwrap_or_else(|| NOT_NAMED.to_string());
+        context.insert("customer_id".into(), json!(or_none(named.customer)));
+        context.insert("model".into(), json!(or_none(named.model)));
+        let tags = (!named.tags.is_empty()).then(|| named.tags.join(","));
+        context.insert("tags".into(), json!(or_none(tags)));
+    }
     match event {
         Event::HttpApi(_) => {
             let mut response = ApiGatewayV2CustomAuthorizerSimpleResponse::<Value>::default();
@@ -296,6 +446,15 @@ fn answer(outcome: &AuthorizeOutcome) -> (bool, String, Map<String, Value>) {
             let message = match r {
                 budget_core::decision::KeyRefusal::Blocked => "This key is blocked.",
                 budget_core::decision::KeyRefusal::Expired => "This key has expired.",
+                budget_core::decision::KeyRefusal::CustomerBlocked => {
+                    "The customer this request names is blocked."
+                }
+                budget_core::decision::KeyRefusal::ModelRequired => {
+                    "This key has per-model budgets: name the model in x-litellm-model."
+                }
+                budget_core::decision::KeyRefusal::ModelBudgetUnavailable => {
+                    "The budget of this model on this key could not be read; refused (fail closed)."
+                }
             };
             c.insert("message".into(), json!(message));
             (false, "key".into(), c)
@@ -308,6 +467,17 @@ fn answer(outcome: &AuthorizeOutcome) -> (bool, String, Map<String, Value>) {
         AuthorizeOutcome::InvalidEstimate(message) => {
             c.insert("reason".into(), json!("invalid_request"));
             c.insert("message".into(), json!(message));
+            (false, "anonymous".into(), c)
+        }
+        AuthorizeOutcome::TooManyScopes { items } => {
+            c.insert("reason".into(), json!("too_many_scopes"));
+            c.insert(
+                "message".into(),
+                json!(format!(
+                    "This request is governed by more budget scopes than one atomic write can check ({items} items, at most {}); refused, nothing was reserved.",
+                    budget_core::model::MAX_TRANSACTION_ITEMS
+                )),
+            );
             (false, "anonymous".into(), c)
         }
         AuthorizeOutcome::Unavailable(_) => {
@@ -401,6 +571,56 @@ mod tests {
         );
         let e = requested_from_header(Some("\"}{")).unwrap_err();
         assert!(!e.contains('"'), "{e}");
+    }
+
+    #[test]
+    fn customer_headers_are_checked_and_never_quoted() {
+        let with = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.append(*n, v.parse().unwrap());
+            }
+            scopes_from_headers(&h)
+        };
+        assert_eq!(with(&[]).unwrap().customer, None);
+        assert_eq!(
+            with(&[("x-litellm-customer-id", " ")]).unwrap().customer,
+            None
+        );
+        assert_eq!(
+            with(&[("x-litellm-customer-id", "cust-1")])
+                .unwrap()
+                .customer
+                .as_deref(),
+            Some("cust-1")
+        );
+        assert_eq!(
+            with(&[
+                ("x-litellm-end-user-id", "cust-2"),
+                ("x-litellm-customer-id", "cust-2")
+            ])
+            .unwrap()
+            .customer
+            .as_deref(),
+            Some("cust-2")
+        );
+        let long = "a".repeat(129);
+        for bad in [
+            vec![("x-litellm-customer-id", "a#b")],
+            vec![("x-litellm-customer-id", "\"}{")],
+            vec![("x-litellm-customer-id", long.as_str())],
+            vec![
+                ("x-litellm-customer-id", "a"),
+                ("x-litellm-customer-id", "b"),
+            ],
+            vec![
+                ("x-litellm-customer-id", "a"),
+                ("x-litellm-end-user-id", "b"),
+            ],
+        ] {
+            let e = with(&bad).unwrap_err();
+            assert!(!e.contains('"') && !e.contains("}{"), "{e}");
+        }
     }
 
     #[test]

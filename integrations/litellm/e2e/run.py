@@ -189,6 +189,66 @@ def failing_call_reserves_nothing() -> None:
     print(f"a failing upstream call: released, nothing reserved or spent ({state['window']})")
 
 
+def a_body_naming_another_customer_is_refused_and_released() -> None:
+    """The header-lying case: a client charged to customer A (its
+    x-litellm-customer-id) whose body names customer B in ``user`` is
+    refused by the callback before the model is called, and its reservation
+    released; the same body without a customer header (charged to none)
+    too. A body that names the charged customer goes through."""
+    user_id, key = new_user("e2e-litellm-cust")
+    customer = f"cust-{uuid.uuid4().hex[:8]}"
+    admin("POST", "/customer/new", {"user_id": customer, "max_budget": WINDOW_USD})
+    message = [{"role": "user", "content": "hi"}]
+    for headers in ({"x-litellm-customer-id": customer}, {}):
+        try:
+            client(key).chat.completions.create(
+                model="gpt-4o-mini", messages=message, user="someone-else", extra_headers=headers
+            )
+            fail(f"a body naming another customer was answered ({headers})")
+        except openai.APIStatusError as e:
+            check(e.status_code == 400, f"answered {e.status_code}: {e}")
+            check("reservation released" in str(e), f"the refusal says why: {e}")
+    deadline = time.monotonic() + 30
+    while user_window(user_id)["window"]["reserved"] != 0:
+        check(time.monotonic() < deadline, f"still reserved: {user_window(user_id)}")
+        time.sleep(0.2)
+    ok = client(key).chat.completions.create(
+        model="gpt-4o-mini", messages=message, user=customer, extra_headers={"x-litellm-customer-id": customer}
+    )
+    check(bool(ok.choices), f"the honest request was answered: {ok}")
+    print("a body naming another customer than the charged one: refused with 400, reservation released")
+
+
+def a_body_calling_another_model_is_refused_and_released() -> None:
+    """The same for models: a key with a budget for gpt-4o-mini whose
+    request says x-litellm-model: another model (no budget: the key's
+    other caps only) while its body calls gpt-4o-mini is refused by the
+    callback and released; the honest request goes through."""
+    user_id, _ = new_user("e2e-litellm-model")
+    key = admin(
+        "POST",
+        "/key/generate",
+        {"user_id": user_id, "model_max_budget": {"gpt-4o-mini": {"budget_limit": WINDOW_USD, "time_period": "1d"}}},
+    )["key"]
+    message = [{"role": "user", "content": "hi"}]
+    try:
+        client(key).chat.completions.create(
+            model="gpt-4o-mini", messages=message, extra_headers={"x-litellm-model": "some-cheap-model"}
+        )
+        fail("a body calling another model than the charged one was answered")
+    except openai.APIStatusError as e:
+        check(e.status_code == 400 and "reservation released" in str(e), f"answered {e.status_code}: {e}")
+    deadline = time.monotonic() + 30
+    while user_window(user_id)["window"]["reserved"] != 0:
+        check(time.monotonic() < deadline, f"still reserved: {user_window(user_id)}")
+        time.sleep(0.2)
+    ok = client(key).chat.completions.create(
+        model="gpt-4o-mini", messages=message, extra_headers={"x-litellm-model": "gpt-4o-mini"}
+    )
+    check(bool(ok.choices), f"the honest request was answered: {ok}")
+    print("a body calling another model than the charged one: refused with 400, reservation released")
+
+
 def settle_requests_are_signed_when_deployed() -> None:
     """Deployed, the callback signs with SigV4 for execute-api (botocore);
     checked offline with made-up credentials: the signature's scope names
@@ -227,4 +287,6 @@ if __name__ == "__main__":
     settle_requests_are_signed_when_deployed()
     spend_until_denied()
     failing_call_reserves_nothing()
-    print("litellm e2e: 4 passed, 0 failed")
+    a_body_naming_another_customer_is_refused_and_released()
+    a_body_calling_another_model_is_refused_and_released()
+    print("litellm e2e: 6 passed, 0 failed")

@@ -14,6 +14,14 @@ use crate::money::Money;
 pub enum KeyRefusal {
     Blocked,
     Expired,
+    /// The end customer the request names is blocked (`/customer/block`).
+    CustomerBlocked,
+    /// The key has per-model budgets and the request names no model
+    /// (`x-litellm-model`): it is refused rather than charged to none.
+    ModelRequired,
+    /// The key has a budget for the model named, and it could not be read
+    /// (its item is missing: an admin write failed half way): refused.
+    ModelBudgetUnavailable,
 }
 
 impl KeyRefusal {
@@ -21,8 +29,47 @@ impl KeyRefusal {
         match self {
             KeyRefusal::Blocked => "key_blocked",
             KeyRefusal::Expired => "key_expired",
+            KeyRefusal::CustomerBlocked => "customer_blocked",
+            KeyRefusal::ModelRequired => "model_required",
+            KeyRefusal::ModelBudgetUnavailable => "model_budget_unavailable",
         }
     }
+}
+
+/// A key with per-model budgets is charged to the model its request names:
+/// none named is refused (never charged to nothing while a cap exists); a
+/// model with a budget on the key must have it in the chain; a model
+/// without one is charged to the key's other scopes only.
+pub fn check_model(chain: &Chain, model: Option<&str>) -> Result<(), KeyRefusal> {
+    if chain.key.model_budgets.is_empty() {
+        return Ok(());
+    }
+    let Some(model) = model else {
+        return Err(KeyRefusal::ModelRequired);
+    };
+    if !chain.key.model_budgets.iter().any(|m| m == model) {
+        return Ok(());
+    }
+    let wanted = crate::model::EntityRef::model(&chain.key.entity.id, model);
+    if chain.scopes.iter().any(|e| e.entity == wanted) {
+        Ok(())
+    } else {
+        Err(KeyRefusal::ModelBudgetUnavailable)
+    }
+}
+
+/// The key's state, then every scope's that can refuse before any budget
+/// is looked at (a blocked customer).
+pub fn check_chain(chain: &Chain, now: DateTime<Utc>) -> Result<(), KeyRefusal> {
+    check_key(&chain.key, now)?;
+    if chain
+        .scopes
+        .iter()
+        .any(|e| e.entity.kind == crate::model::EntityKind::Customer && e.blocked)
+    {
+        return Err(KeyRefusal::CustomerBlocked);
+    }
+    Ok(())
 }
 
 pub fn check_key(key: &Entity, now: DateTime<Utc>) -> Result<(), KeyRefusal> {
@@ -258,8 +305,7 @@ mod tests {
         u.windows = user;
         Chain {
             key: k,
-            user: Some(u),
-            team: None,
+            scopes: vec![u],
         }
     }
 

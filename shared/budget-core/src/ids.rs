@@ -21,6 +21,23 @@ pub fn is_valid_id(id: &str) -> bool {
 
 /// Why `id` is not a valid id (`None`: it is), without echoing it: it may
 /// be long or hold characters that need escaping.
+/// A model name (`openai/gpt-4o`,
+/// `bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0`): 1 to 128 ASCII
+/// letters, digits and `._-:@+/` — an id that may also hold `/`, and never
+/// `#` (which separates a model budget's key from its model).
+pub fn is_model_name(name: &str) -> bool {
+    (1..=MAX_ID_BYTES).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:@+/".contains(&b))
+}
+
+/// A tag name: an id (tags are created with `/tag/new`, whose `name` is
+/// an id).
+pub fn is_tag_name(name: &str) -> bool {
+    is_valid_id(name)
+}
+
 pub fn problem(id: &str) -> Option<String> {
     if is_valid_id(id) {
         None

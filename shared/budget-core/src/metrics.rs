@@ -458,8 +458,14 @@ pub fn denial_reason(outcome: &AuthorizeOutcome) -> Option<&'static str> {
         AuthorizeOutcome::Denied(_) => Some("budget"),
         AuthorizeOutcome::Refused(KeyRefusal::Blocked) => Some("blocked"),
         AuthorizeOutcome::Refused(KeyRefusal::Expired) => Some("expired"),
+        AuthorizeOutcome::Refused(KeyRefusal::CustomerBlocked) => Some("customer_blocked"),
+        AuthorizeOutcome::Refused(KeyRefusal::ModelRequired) => Some("model_required"),
+        AuthorizeOutcome::Refused(KeyRefusal::ModelBudgetUnavailable) => {
+            Some("model_budget_unavailable")
+        }
         AuthorizeOutcome::InvalidKey => Some("invalid_key"),
         AuthorizeOutcome::InvalidEstimate(_) => Some("invalid_request"),
+        AuthorizeOutcome::TooManyScopes { .. } => Some("too_many_scopes"),
         AuthorizeOutcome::Unavailable(_) => Some("unavailable"),
     }
 }
@@ -551,6 +557,10 @@ pub fn authorize_record(outcome: &AuthorizeOutcome, cx: &AuthorizeContext<'_>) -
         AuthorizeOutcome::InvalidEstimate(m) => r
             .field("reason", "invalid_request")
             .field("error", m.as_str()),
+        AuthorizeOutcome::TooManyScopes { items } => r
+            .level("WARN")
+            .field("reason", "too_many_scopes")
+            .field("items", *items),
         AuthorizeOutcome::Unavailable(e) => r
             .level("ERROR")
             .field("reason", "unavailable")

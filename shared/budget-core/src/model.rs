@@ -1,5 +1,6 @@
-//! The budget world: keys, users and teams, each with its windows; and the
-//! reservations that hold budget while a request is in flight.
+//! The budget world: keys and the scopes above them (users, teams,
+//! organizations), each with its windows; and the reservations that hold
+//! budget while a request is in flight.
 
 use std::fmt;
 
@@ -9,13 +10,23 @@ use serde_json::{Map, Value};
 use crate::duration::{BudgetDuration, ResetClock};
 use crate::money::Money;
 
-/// What an entity is. The chain a request is charged to is always
-/// key → user → team.
+/// What an entity is. The chain a request is charged to is its key, then
+/// every scope above it in this order: the key's user and team, the user's
+/// budget inside that team (a team member), the team's organization, the
+/// end customer the request names, the key's budget for the model the
+/// request names, and each tag the request names (see [`Chain`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EntityKind {
     Key,
     User,
     Team,
+    TeamMember,
+    Organization,
+    Customer,
+    /// A key's budget for one model (`model_max_budget`).
+    Model,
+    /// A tag's budget (`/tag/new`), charged by every request that names it.
+    Tag,
 }
 
 impl EntityKind {
@@ -24,7 +35,21 @@ impl EntityKind {
             EntityKind::Key => "key",
             EntityKind::User => "user",
             EntityKind::Team => "team",
+            EntityKind::TeamMember => "team_member",
+            EntityKind::Organization => "organization",
+            EntityKind::Customer => "customer",
+            EntityKind::Model => "model",
+            EntityKind::Tag => "tag",
         }
+    }
+
+    /// A scope the request names (in a header) rather than the key: never
+    /// part of what is cached or snapshotted for the key.
+    pub fn from_request(self) -> bool {
+        matches!(
+            self,
+            EntityKind::Customer | EntityKind::Model | EntityKind::Tag
+        )
     }
 
     pub fn parse(s: &str) -> Option<EntityKind> {
@@ -32,6 +57,11 @@ impl EntityKind {
             "key" => Some(EntityKind::Key),
             "user" => Some(EntityKind::User),
             "team" => Some(EntityKind::Team),
+            "team_member" => Some(EntityKind::TeamMember),
+            "organization" => Some(EntityKind::Organization),
+            "customer" => Some(EntityKind::Customer),
+            "model" => Some(EntityKind::Model),
+            "tag" => Some(EntityKind::Tag),
             _ => None,
         }
     }
@@ -95,11 +125,57 @@ impl EntityRef {
         EntityRef::new(EntityKind::Team, id)
     }
 
+    pub fn organization(id: impl Into<String>) -> EntityRef {
+        EntityRef::new(EntityKind::Organization, id)
+    }
+
+    /// A tag, named by a request header.
+    pub fn tag(name: impl Into<String>) -> EntityRef {
+        EntityRef::new(EntityKind::Tag, name)
+    }
+
+    /// An end customer (LiteLLM's end user), named by a request header.
+    pub fn customer(id: impl Into<String>) -> EntityRef {
+        EntityRef::new(EntityKind::Customer, id)
+    }
+
+    /// User `user`'s budget inside team `team`: id `<team>#<user>` (`#` is
+    /// in no valid id, so no two pairs share one).
+    pub fn team_member(team: &str, user: &str) -> EntityRef {
+        EntityRef::new(EntityKind::TeamMember, format!("{team}#{user}"))
+    }
+
+    /// Key `key_hash`'s budget for model `model`: id `<hash>#<model>`.
+    pub fn model(key_hash: &str, model: &str) -> EntityRef {
+        EntityRef::new(EntityKind::Model, format!("{key_hash}#{model}"))
+    }
+
+    /// A model budget's key hash and model.
+    pub fn model_of(&self) -> Option<(&str, &str)> {
+        match self.kind {
+            EntityKind::Model => self.id.split_once('#'),
+            _ => None,
+        }
+    }
+
+    /// A team member's team and user.
+    pub fn member_of(&self) -> Option<(&str, &str)> {
+        match self.kind {
+            EntityKind::TeamMember => self.id.split_once('#'),
+            _ => None,
+        }
+    }
+
     /// How this entity is named to people: keys by a short hash prefix,
     /// never the key itself.
     pub fn display_id(&self) -> String {
-        match self.kind {
-            EntityKind::Key => key_hash_prefix(&self.id),
+        match (self.kind, self.member_of()) {
+            (EntityKind::Key, _) => key_hash_prefix(&self.id),
+            (EntityKind::TeamMember, Some((team, user))) => format!("{user}@{team}"),
+            (EntityKind::Model, _) => match self.model_of() {
+                Some((hash, model)) => format!("{model} on key {}", key_hash_prefix(hash)),
+                None => self.id.clone(),
+            },
             _ => self.id.clone(),
         }
     }
@@ -267,12 +343,22 @@ pub struct Entity {
     /// Keys: the owning user and team.
     pub user_id: Option<String>,
     pub team_id: Option<String>,
-    /// Keys: refused while blocked.
+    /// Teams: the organization above it, whose windows govern every
+    /// request of the team's keys.
+    pub organization_id: Option<String>,
+    /// Keys and customers: refused while blocked.
     pub blocked: bool,
+    /// Keys: the models with a budget of their own on this key
+    /// (`model_max_budget`), each a `model` entity. A request of such a key
+    /// must name its model (`x-litellm-model`).
+    pub model_budgets: Vec<String>,
     /// Keys: refused from this instant on.
     pub expires: Option<DateTime<Utc>>,
-    /// Users and teams: how many keys point at them.
+    /// Users and teams: how many keys point at them; organizations: how
+    /// many teams. An entity something points at is never deleted.
     pub key_count: i64,
+    /// Teams: how many member budgets (team members) they have.
+    pub member_count: i64,
     /// Everything settled against this entity since it was created, in
     /// any window (what LiteLLM calls `spend` when there is no
     /// `budget_duration`): never reset, only added to by settles.
@@ -307,9 +393,12 @@ impl Entity {
             windows: Vec::new(),
             user_id: None,
             team_id: None,
+            organization_id: None,
             blocked: false,
+            model_budgets: Vec::new(),
             expires: None,
             key_count: 0,
+            member_count: 0,
             lifetime_spent: Money::ZERO,
             key_revision: 0,
             shards: 0,
@@ -349,16 +438,33 @@ impl Entity {
         matches!(self.expires, Some(at) if at <= now)
     }
 
-    /// A key's user and team (none for users and teams).
+    /// The scopes directly above this entity, which count it (and must
+    /// exist while it does): a key's user and team, a team's organization,
+    /// a team member's team.
     pub fn owners(&self) -> Vec<EntityRef> {
-        if self.entity.kind != EntityKind::Key {
-            return Vec::new();
+        match self.entity.kind {
+            EntityKind::TeamMember => self
+                .entity
+                .member_of()
+                .map(|(team, _)| vec![EntityRef::team(team)])
+                .unwrap_or_default(),
+            EntityKind::Key => self
+                .user_id
+                .iter()
+                .map(|u| EntityRef::user(u.clone()))
+                .chain(self.team_id.iter().map(|t| EntityRef::team(t.clone())))
+                .collect(),
+            EntityKind::Team => self
+                .organization_id
+                .iter()
+                .map(|o| EntityRef::organization(o.clone()))
+                .collect(),
+            EntityKind::User
+            | EntityKind::Organization
+            | EntityKind::Customer
+            | EntityKind::Model
+            | EntityKind::Tag => Vec::new(),
         }
-        self.user_id
-            .iter()
-            .map(|u| EntityRef::user(u.clone()))
-            .chain(self.team_id.iter().map(|t| EntityRef::team(t.clone())))
-            .collect()
     }
 }
 
@@ -368,35 +474,96 @@ pub fn new_incarnation() -> u64 {
     (rand::random::<u64>() >> 11).max(1)
 }
 
-/// What a request is charged to: its key and, where the key has them, its
-/// user and team.
+/// The most items one atomic write may touch: DynamoDB's limit for a
+/// transaction. A reservation writes one item per entity of its chain and
+/// one for the reservation itself (see [`Chain::reserve_items`]).
+pub const MAX_TRANSACTION_ITEMS: usize = 100;
+
+/// How many owners deep a chain goes above its key (key → team →
+/// organization): what a store follows when it reads a chain, so a
+/// malformed table can never make it loop.
+pub const MAX_CHAIN_DEPTH: usize = 2;
+
+/// What a request is charged to: its key, then every scope that governs it
+/// — the key's user and team, the team's organization — each with any
+/// number of windows, all under the same rules (see `plan::reserve_chain`).
+/// Scopes are kept in [`EntityKind`] order, one per entity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chain {
     pub key: Entity,
-    pub user: Option<Entity>,
-    pub team: Option<Entity>,
+    pub scopes: Vec<Entity>,
 }
 
 impl Chain {
-    pub fn entities(&self) -> impl Iterator<Item = &Entity> {
-        std::iter::once(&self.key)
-            .chain(self.user.as_ref())
-            .chain(self.team.as_ref())
-    }
-
-    /// Puts a user or team in its place in the chain (keys are ignored).
-    pub fn set_owner(&mut self, owner: Entity) {
-        match owner.entity.kind {
-            EntityKind::User => self.user = Some(owner),
-            EntityKind::Team => self.team = Some(owner),
-            EntityKind::Key => {}
+    /// A key alone (its scopes are added with [`Chain::set_owner`]).
+    pub fn of(key: Entity) -> Chain {
+        Chain {
+            key,
+            scopes: Vec::new(),
         }
     }
 
+    pub fn entities(&self) -> impl Iterator<Item = &Entity> {
+        std::iter::once(&self.key).chain(self.scopes.iter())
+    }
+
     pub fn entities_mut(&mut self) -> impl Iterator<Item = &mut Entity> {
-        std::iter::once(&mut self.key)
-            .chain(self.user.as_mut())
-            .chain(self.team.as_mut())
+        std::iter::once(&mut self.key).chain(self.scopes.iter_mut())
+    }
+
+    /// The scope of `kind`, if the chain has one (the first: a chain has
+    /// one user, one team, one organization).
+    pub fn scope(&self, kind: EntityKind) -> Option<&Entity> {
+        self.scopes.iter().find(|e| e.entity.kind == kind)
+    }
+
+    pub fn user(&self) -> Option<&Entity> {
+        self.scope(EntityKind::User)
+    }
+
+    pub fn team(&self) -> Option<&Entity> {
+        self.scope(EntityKind::Team)
+    }
+
+    /// Puts a scope in its place in the chain, replacing the one read
+    /// before of the same entity (a key is ignored: it is the chain's).
+    pub fn set_owner(&mut self, owner: Entity) {
+        if owner.entity.kind == EntityKind::Key {
+            return;
+        }
+        self.scopes.retain(|e| e.entity != owner.entity);
+        self.scopes.push(owner);
+        self.scopes
+            .sort_by(|a, b| (a.entity.kind, &a.entity.id).cmp(&(b.entity.kind, &b.entity.id)));
+    }
+
+    /// The scopes the chain's entities name that it does not hold yet and
+    /// that are not in `tried` (read already and not found): what a store
+    /// reads next, until nothing is pending (at most [`MAX_CHAIN_DEPTH`]
+    /// rounds). A key of a user in a team also names the user's budget in
+    /// that team, which exists only if one was given (`/team/member_add`):
+    /// read with the user and team, left out when absent.
+    pub fn pending(&self, tried: &[EntityRef]) -> Vec<EntityRef> {
+        let member = match (&self.key.user_id, &self.key.team_id) {
+            (Some(u), Some(t)) => Some(EntityRef::team_member(t, u)),
+            _ => None,
+        };
+        let mut out: Vec<EntityRef> = Vec::new();
+        for owner in self.entities().flat_map(Entity::owners).chain(member) {
+            if !tried.contains(&owner)
+                && !out.contains(&owner)
+                && !self.entities().any(|e| e.entity == owner)
+            {
+                out.push(owner);
+            }
+        }
+        out
+    }
+
+    /// The items a reservation on this chain writes at most: one per
+    /// entity (a sharded one reserves on one shard), and the reservation.
+    pub fn reserve_items(&self) -> usize {
+        1 + self.scopes.len() + 1
     }
 }
 

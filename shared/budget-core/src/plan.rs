@@ -49,8 +49,11 @@ pub enum Guard {
     ResetAfter(String, DateTime<Utc>),
     /// The window is the very one a reservation was taken from.
     Generation(String, u64),
-    /// No key points at this user or team (it may be deleted).
+    /// No key points at this user or team, no team at this organization
+    /// (it may be deleted).
     NoKeys,
+    /// This team has no member budgets (it may be deleted).
+    NoMembers,
     /// No key of this user or team changed since the decision was made
     /// (it stands in for a check of the key itself: see
     /// [`reserve_chain`]).
@@ -407,14 +410,18 @@ pub fn update(old: &Entity, new: &Entity) -> (Vec<Guard>, Vec<WindowEdit>, Chang
 }
 
 /// The guards of deleting `entity` (as read): the configuration and
-/// incarnation read, and for a user or team that no key points at it.
+/// incarnation read, and that nothing points at it (no key at a user or
+/// team, no member budget in a team, no team in an organization).
 pub fn delete(entity: &Entity) -> Vec<Guard> {
     let mut guards = vec![
         Guard::Version(entity.version),
         Guard::Incarnation(entity.incarnation),
     ];
-    if entity.entity.kind != EntityKind::Key {
-        guards.push(Guard::NoKeys);
+    match entity.entity.kind {
+        EntityKind::Key | EntityKind::TeamMember => {}
+        EntityKind::Team => guards.extend([Guard::NoKeys, Guard::NoMembers]),
+        EntityKind::User | EntityKind::Organization => guards.push(Guard::NoKeys),
+        EntityKind::Customer | EntityKind::Model | EntityKind::Tag => {}
     }
     guards
 }
@@ -444,6 +451,7 @@ pub fn guards_hold(guards: &[Guard], stored: Option<&Entity>) -> bool {
         }
         Guard::Generation(id, g) => window(id).is_some_and(|w| w.generation == *g),
         Guard::NoKeys => e.key_count == 0,
+        Guard::NoMembers => e.member_count == 0,
         Guard::KeyRevision(r) => e.key_revision == *r,
         Guard::AtLeast(id, c, m) => window(id).is_some_and(|w| counter(w, *c) >= *m),
         Guard::Is(id, c, m) => window(id).is_some_and(|w| counter(w, *c) == *m),
@@ -528,6 +536,11 @@ pub struct ReservationEnd {
 /// reservation recorded if its id is new. `None` when the estimate can
 /// never fit a window of the chain.
 ///
+/// The chain is any number of scopes (key, user, team, organization), each
+/// with any number of windows: one item each, at most
+/// [`crate::model::MAX_TRANSACTION_ITEMS`] with the reservation (`None`
+/// past it; authorize refuses such a chain before, with a message).
+///
 /// A key with no window of its own would only be *checked* (its version and
 /// incarnation: not blocked, not deleted, not changed since it was read) —
 /// and a condition check costs what a write does, two write units. When an
@@ -544,6 +557,9 @@ pub fn reserve_chain(
     clock: &ResetClock,
     pick: u32,
 ) -> Option<Vec<EntityWrite>> {
+    if chain.reserve_items() > crate::model::MAX_TRANSACTION_ITEMS {
+        return None; // never: authorize refuses such a chain first
+    }
     let mut writes: Vec<EntityWrite> = chain
         .entities()
         .map(|e| match crate::escrow::shard_of(e, pick) {
@@ -552,12 +568,17 @@ pub fn reserve_chain(
         })
         .collect::<Option<_>>()?;
     let key_only_checked = writes[0].changes.is_empty();
-    // The key revision lives on the owner's own item, not on its shards.
+    // The key revision lives on the key's own owners (its user and team:
+    // only they count its changes; an organization does not), on the
+    // owner's item, not on its shards.
+    let owners = chain.key.owners();
     let carrier = chain
         .entities()
         .zip(writes.iter_mut())
         .skip(1)
-        .find(|(_, w)| !w.changes.is_empty() && w.entity.slot.is_none());
+        .find(|(e, w)| {
+            owners.contains(&e.entity) && !w.changes.is_empty() && w.entity.slot.is_none()
+        });
     if let (true, Some((owner, write))) = (key_only_checked, carrier) {
         write.guards.push(Guard::KeyRevision(owner.key_revision));
         writes.remove(0);
@@ -570,11 +591,20 @@ pub fn reserve_chain(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerBookkeeping {
     pub owner: EntityRef,
-    /// `key_count += this` (the owner must exist).
+    /// `key_count += this` (the owner must exist): keys of a user or team,
+    /// teams of an organization.
     pub key_count: i64,
     /// `key_revision += 1`: the key changed, so reservations decided on
     /// what was known of it before must fail (see [`reserve_chain`]).
     pub revision: bool,
+    /// `member_count += this`: a team's member budgets.
+    pub members: i64,
+    /// `version += 1`: a member budget of this team was created, changed
+    /// or deleted. A chain is read with its team, so a chain cached
+    /// without the member (or with its old limits) fails on the team's
+    /// version, is re-read, and finds it: no request is admitted past a
+    /// member budget that exists.
+    pub version: bool,
 }
 
 /// The bookkeeping of several key writes in one transaction: one write per
@@ -586,6 +616,8 @@ pub fn merge_bookkeeping(all: impl IntoIterator<Item = OwnerBookkeeping>) -> Vec
             Some(o) => {
                 o.key_count += b.key_count;
                 o.revision |= b.revision;
+                o.members += b.members;
+                o.version |= b.version;
             }
             None => out.push(b),
         }
@@ -597,7 +629,10 @@ pub fn merge_bookkeeping(all: impl IntoIterator<Item = OwnerBookkeeping>) -> Vec
 /// does to its owners: a new key counts itself on them; a deleted one
 /// uncounts itself and bumps their key revision; an updated one moves its
 /// count from the owners it leaves to those it joins, and bumps the key
-/// revision of all of them. Users and teams have no owners.
+/// revision of all of them. A team does the same on its organization. A
+/// team member (a user's budget in a team) counts itself in its team's
+/// `member_count` and bumps the team's version instead (see
+/// [`OwnerBookkeeping::version`]); users and organizations have no owners.
 pub fn key_bookkeeping(old: Option<&Entity>, new: Option<&Entity>) -> Vec<OwnerBookkeeping> {
     let owners = |e: Option<&Entity>| e.map(Entity::owners).unwrap_or_default();
     let (before, after) = (owners(old), owners(new));
@@ -617,10 +652,23 @@ pub fn key_bookkeeping(old: Option<&Entity>, new: Option<&Entity>) -> Vec<OwnerB
         if count == 0 && !revision {
             continue;
         }
-        out.push(OwnerBookkeeping {
-            owner: o.clone(),
-            key_count: count,
-            revision,
+        let member = old.or(new).map(|e| e.entity.kind) == Some(EntityKind::TeamMember);
+        out.push(if member {
+            OwnerBookkeeping {
+                owner: o.clone(),
+                key_count: 0,
+                revision: false,
+                members: count,
+                version: true,
+            }
+        } else {
+            OwnerBookkeeping {
+                owner: o.clone(),
+                key_count: count,
+                revision,
+                members: 0,
+                version: false,
+            }
         });
     }
     out
@@ -639,6 +687,7 @@ fn reserves_differently(old: &Entity, new: &Entity) -> bool {
             .collect::<Vec<_>>()
     };
     old.blocked != new.blocked
+        || old.model_budgets != new.model_budgets
         || old.expires != new.expires
         || old.owners() != new.owners()
         || old.reservation_floor != new.reservation_floor
@@ -770,10 +819,11 @@ mod tests {
         let clock = ResetClock::utc_midnight();
         let mut user = entity(EntityKind::User, vec![window("1d", 5, 0, 0, 1)]);
         user.key_revision = 3;
+        let mut key = entity(EntityKind::Key, vec![]);
+        key.user_id = Some("x".into());
         let chain = Chain {
-            key: entity(EntityKind::Key, vec![]),
-            user: Some(user.clone()),
-            team: None,
+            key,
+            scopes: vec![user.clone()],
         };
         let writes = reserve_chain(&chain, Money::usd(1), now(), &clock, 0).unwrap();
         assert_eq!(writes.len(), 1, "{writes:?}");
@@ -782,11 +832,7 @@ mod tests {
         user.key_revision = 4;
         assert!(!guards_hold(&writes[0].guards, Some(&user)));
         // Alone, the key is checked itself.
-        let alone = Chain {
-            key: entity(EntityKind::Key, vec![]),
-            user: None,
-            team: None,
-        };
+        let alone = Chain::of(entity(EntityKind::Key, vec![]));
         let writes = reserve_chain(&alone, Money::usd(1), now(), &clock, 0).unwrap();
         assert_eq!(writes.len(), 1);
         assert_eq!(writes[0].entity.kind, EntityKind::Key);
@@ -834,6 +880,47 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_chain_wider_than_one_transaction_is_never_planned() {
+        let clock = ResetClock::utc_midnight();
+        let scope = |i: usize| {
+            let mut e = entity(EntityKind::Team, vec![window("1d", 5, 0, 0, 1)]);
+            e.entity.id = format!("t{i}");
+            e
+        };
+        let mut chain = Chain::of(entity(EntityKind::Key, vec![]));
+        // 98 scopes, the key and the reservation: 100 items, the most.
+        chain.scopes = (0..98).map(scope).collect();
+        assert_eq!(chain.reserve_items(), crate::model::MAX_TRANSACTION_ITEMS);
+        let writes = reserve_chain(&chain, Money::usd(1), now(), &clock, 0).unwrap();
+        assert_eq!(writes.len() + 1, crate::model::MAX_TRANSACTION_ITEMS);
+        chain.scopes.push(scope(98));
+        assert_eq!(reserve_chain(&chain, Money::usd(1), now(), &clock, 0), None);
+    }
+
+    #[test]
+    fn only_the_keys_own_owners_carry_its_revision() {
+        // A key with no window, a user and team with none either, an
+        // organization with one: the key is checked itself (the
+        // organization does not count the key's changes).
+        let clock = ResetClock::utc_midnight();
+        let mut key = entity(EntityKind::Key, vec![]);
+        key.team_id = Some("x".into());
+        let mut team = entity(EntityKind::Team, vec![]);
+        team.organization_id = Some("x".into());
+        let org = entity(EntityKind::Organization, vec![window("1d", 5, 0, 0, 1)]);
+        let chain = Chain {
+            key,
+            scopes: vec![team, org],
+        };
+        let writes = reserve_chain(&chain, Money::usd(1), now(), &clock, 0).unwrap();
+        assert_eq!(writes.len(), 3, "{writes:?}");
+        assert_eq!(writes[0].entity.kind, EntityKind::Key);
+        assert!(writes
+            .iter()
+            .all(|w| !w.guards.iter().any(|g| matches!(g, Guard::KeyRevision(_)))));
+    }
+
     fn windows() -> impl Strategy<Value = Vec<Window>> {
         let spans = ["1h", "1d", "lifetime"];
         proptest::collection::vec((0..3usize, 0i64..6, 0i64..6, 0i64..6, 0u8..2), 0..3).prop_map(
@@ -863,13 +950,19 @@ mod tests {
             key in windows(),
             user in windows(),
             team in windows(),
+            organization in windows(),
             estimate in 0i64..7,
         ) {
             let clock = ResetClock::utc_midnight();
+            let mut key = entity(EntityKind::Key, key);
+            (key.user_id, key.team_id) = (Some("x".into()), Some("x".into()));
             let chain = Chain {
-                key: entity(EntityKind::Key, key),
-                user: Some(entity(EntityKind::User, user)),
-                team: Some(entity(EntityKind::Team, team)),
+                key,
+                scopes: vec![
+                    entity(EntityKind::User, user),
+                    entity(EntityKind::Team, team),
+                    entity(EntityKind::Organization, organization),
+                ],
             };
             let e = Money::usd(estimate);
             let admits = admit(&chain, e, now(), &clock).is_ok();
@@ -881,11 +974,13 @@ mod tests {
             });
             prop_assert_eq!(admits, holds);
             if let Some(writes) = &plan {
-                // A key with no window is left out when an owner is written.
+                // A key with no window is left out when one of its own
+                // owners (user, team; not the organization) is written.
                 let key_written = writes.iter().any(|w| w.entity.kind == EntityKind::Key);
-                let owner_changed = writes
-                    .iter()
-                    .any(|w| w.entity.kind != EntityKind::Key && !w.changes.is_empty());
+                let owner_changed = writes.iter().any(|w| {
+                    matches!(w.entity.kind, EntityKind::User | EntityKind::Team)
+                        && !w.changes.is_empty()
+                });
                 prop_assert_eq!(key_written, !chain.key.windows.is_empty() || !owner_changed);
             }
             if let (true, Some(writes)) = (holds, plan) {
@@ -911,13 +1006,17 @@ mod tests {
         fn a_decision_on_a_snapshot_is_safe(
             user in windows(),
             team in windows(),
+            organization in windows(),
             estimate in 0i64..7,
         ) {
             let clock = ResetClock::utc_midnight();
             let stored = Chain {
                 key: entity(EntityKind::Key, vec![]),
-                user: Some(entity(EntityKind::User, user)),
-                team: Some(entity(EntityKind::Team, team)),
+                scopes: vec![
+                    entity(EntityKind::User, user),
+                    entity(EntityKind::Team, team),
+                    entity(EntityKind::Organization, organization),
+                ],
             };
             let mut known = stored.clone();
             for e in known.entities_mut() {

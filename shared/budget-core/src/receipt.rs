@@ -113,6 +113,11 @@ pub fn from_receipt(external: &str, now: DateTime<Utc>) -> Option<Reservation> {
             EntityKind::Key => key_hash = id.clone(),
             EntityKind::User => user_id = Some(id.clone()),
             EntityKind::Team => team_id = Some(id.clone()),
+            EntityKind::TeamMember
+            | EntityKind::Organization
+            | EntityKind::Customer
+            | EntityKind::Model
+            | EntityKind::Tag => {}
         }
         let entity = EntityRef::new(kind, id);
         holds.push(Hold {

@@ -11,10 +11,48 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
 use crate::decision::{
-    admit, check_key, reservation_amount, Admission, Denial, KeyRefusal, Requested,
+    admit, check_chain, check_key, check_model, reservation_amount, Admission, Denial, KeyRefusal,
+    Requested,
 };
 use crate::keys::hash_key;
 use crate::model::{Chain, EntityRef, Reservation};
+
+/// The scopes a request names itself (from its headers: untrusted, charged
+/// as named): the end customer. Validated before they get here (see the
+/// authorize function's header rules).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestScopes {
+    pub customer: Option<String>,
+    /// The model the request says it calls (`x-litellm-model`): charged to
+    /// the key's budget for it, if the key has one.
+    pub model: Option<String>,
+    /// The tags it names (`x-litellm-tags`), distinct, sorted, at most
+    /// [`MAX_REQUEST_TAGS`]: each charged, where it has a budget.
+    pub tags: Vec<String>,
+}
+
+/// The most tags one request may name: each is one more item in its
+/// transaction (so a chain stays far below DynamoDB's 100), and a request
+/// naming more is refused.
+pub const MAX_REQUEST_TAGS: usize = 8;
+
+impl RequestScopes {
+    /// The entities these name for a request of `key` (a model only where
+    /// the key has a budget for it).
+    fn refs(&self, key: &crate::model::Entity) -> Vec<EntityRef> {
+        let model = self
+            .model
+            .as_deref()
+            .filter(|m| key.model_budgets.iter().any(|b| b == m))
+            .map(|m| EntityRef::model(&key.entity.id, m));
+        self.customer
+            .iter()
+            .map(EntityRef::customer)
+            .chain(model)
+            .chain(self.tags.iter().map(EntityRef::tag))
+            .collect()
+    }
+}
 use crate::money::Money;
 use crate::store::{BudgetStore, ReserveWrite, StoreError};
 
@@ -40,10 +78,18 @@ pub enum AuthorizeOutcome {
     Denied(Box<Denial>),
     Refused(KeyRefusal),
     InvalidKey,
-    /// The `x-budget-reserve` header is not a usable amount.
+    /// A header is not usable: `x-budget-reserve` is not an amount, or a
+    /// header naming a scope (the customer) is malformed. Nothing is read
+    /// or written.
     InvalidEstimate(String),
     /// The store failed or stayed contended: fail closed.
     Unavailable(String),
+    /// The request is governed by more scopes than one atomic write can
+    /// hold (`items` with the reservation, past
+    /// [`crate::model::MAX_TRANSACTION_ITEMS`]): refused, nothing written.
+    TooManyScopes {
+        items: usize,
+    },
 }
 
 /// The reservation id: derived from the gateway's request id when there is
@@ -109,8 +155,23 @@ impl<S: BudgetStore> Authorizer<S> {
         request_id: Option<&str>,
         now: DateTime<Utc>,
     ) -> AuthorizeOutcome {
+        self.authorize_for(key, &RequestScopes::default(), requested, request_id, now)
+            .await
+    }
+
+    /// [`Authorizer::authorize`] for a request that names scopes of its
+    /// own (`named`: its end customer), charged beside the key's chain in
+    /// the same write.
+    pub async fn authorize_for(
+        &self,
+        key: &str,
+        named: &RequestScopes,
+        requested: impl Into<Requested>,
+        request_id: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> AuthorizeOutcome {
         let deadline = Duration::from_millis(self.settings.authorize_deadline_ms);
-        let attempt = self.try_authorize(key, requested.into(), request_id, now);
+        let attempt = self.try_authorize(key, named, requested.into(), request_id, now);
         match tokio::time::timeout(deadline, attempt).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => AuthorizeOutcome::Unavailable(e.to_string()),
@@ -124,6 +185,7 @@ impl<S: BudgetStore> Authorizer<S> {
     async fn try_authorize(
         &self,
         key: &str,
+        named: &RequestScopes,
         requested: Requested,
         request_id: Option<&str>,
         now: DateTime<Utc>,
@@ -131,7 +193,7 @@ impl<S: BudgetStore> Authorizer<S> {
         if key.len() > MAX_KEY_BYTES {
             return Ok(AuthorizeOutcome::InvalidKey);
         }
-        let Some(mut req) = self.start(hash_key(key), request_id).await? else {
+        let Some(mut req) = self.start(hash_key(key), named, request_id).await? else {
             return Ok(AuthorizeOutcome::InvalidKey);
         };
         // Set when what we hold may be out of date: read the chain afresh.
@@ -166,12 +228,21 @@ impl<S: BudgetStore> Authorizer<S> {
             // only the budget is forgiven.
             if req.fresh && check_key(&req.chain.key, now).is_ok() {
                 if let Some(first) = req.own.take_if(|r| r.state.holds_budget()) {
-                    self.remember(&req.hash, Some(req.chain));
+                    self.remember(&req.cache_id, Some(req.chain));
                     return Ok(first_answer(first));
                 }
             }
+            // Every scope takes part in the one atomic write, or none:
+            // a chain wider than a transaction is refused, never cut.
+            let items = req.chain.reserve_items();
+            if items > crate::model::MAX_TRANSACTION_ITEMS {
+                return Ok(self.refused(req, AuthorizeOutcome::TooManyScopes { items }));
+            }
             let estimate = reservation_amount(requested, &req.chain, &self.settings);
-            let admission = match judge(&req.chain, estimate, now, &self.settings.clock) {
+            let judged = check_model(&req.chain, req.named.model.as_deref())
+                .map_err(AuthorizeOutcome::Refused)
+                .and_then(|_| judge(&req.chain, estimate, now, &self.settings.clock));
+            let admission = match judged {
                 Ok(a) => a,
                 // What memory says may be out of date: only a fresh read denies.
                 Err(_) if !req.fresh => {
@@ -222,12 +293,34 @@ impl<S: BudgetStore> Authorizer<S> {
     async fn start(
         &self,
         hash: String,
+        named: &RequestScopes,
         request_id: Option<&str>,
     ) -> Result<Option<InFlight>, StoreError> {
-        let (chain, snapshot) = match self.cached(&hash) {
-            Some(c) => (c, false),
+        // A chain is cached per key and customer (the customer is part of
+        // it); never one request's customer for another's.
+        let cache_id = if *named == RequestScopes::default() {
+            hash.clone()
+        } else {
+            format!(
+                "{hash}\ncustomer\n{}\nmodel\n{}\ntags\n{}",
+                named.customer.as_deref().unwrap_or(""),
+                named.model.as_deref().unwrap_or(""),
+                named.tags.join(",")
+            )
+        };
+        let (chain, snapshot) = match self.cached(&cache_id) {
+            // A named scope the cached chain lacks (it did not exist when
+            // it was read) is looked for again: one created since is never
+            // left out of a warm instance's write.
+            Some(mut c) => {
+                self.add_named(&mut c, named).await?;
+                (c, false)
+            }
             None => match store_call(self.store.load_chain_quick(&hash)).await? {
-                Some(c) => (c, true),
+                Some(mut c) => {
+                    self.add_named(&mut c, named).await?;
+                    (c, true)
+                }
                 None => return Ok(None),
             },
         };
@@ -235,6 +328,8 @@ impl<S: BudgetStore> Authorizer<S> {
         Ok(Some(InFlight {
             id: reservation_id(&hash, retry),
             retry: retry.is_some(),
+            named: named.clone(),
+            cache_id,
             hash,
             from_snapshot: snapshot,
             chain,
@@ -251,10 +346,11 @@ impl<S: BudgetStore> Authorizer<S> {
         } else {
             (store_call(self.store.load_chain(&req.hash)).await?, None)
         };
-        let Some(chain) = read else {
-            self.remember(&req.hash, None);
+        let Some(mut chain) = read else {
+            self.remember(&req.cache_id, None);
             return Ok(false);
         };
+        self.add_named(&mut chain, &req.named).await?;
         if std::mem::take(&mut req.from_snapshot) && snapshot_out_of_date(&req.chain, &chain) {
             // Once per key after an owner changed: the next cold instance
             // then decides from the key item alone again.
@@ -269,8 +365,26 @@ impl<S: BudgetStore> Authorizer<S> {
     /// The answer to a request refused on a fresh read (a retry whose
     /// first reservation holds never gets here: see `try_authorize`).
     fn refused(&self, req: InFlight, outcome: AuthorizeOutcome) -> AuthorizeOutcome {
-        self.remember(&req.hash, Some(req.chain));
+        self.remember(&req.cache_id, Some(req.chain));
         outcome
+    }
+
+    /// The scopes the request names that `chain` does not hold, read into
+    /// it (strongly consistent): one that does not exist has no budget and
+    /// is not charged (and is looked for again by the next request).
+    async fn add_named(&self, chain: &mut Chain, named: &RequestScopes) -> Result<(), StoreError> {
+        let refs: Vec<EntityRef> = named
+            .refs(&chain.key)
+            .into_iter()
+            .filter(|r| !chain.scopes.iter().any(|e| &e.entity == r))
+            .collect();
+        if refs.is_empty() {
+            return Ok(());
+        }
+        for e in store_call(self.store.load_many(&refs)).await? {
+            chain.set_owner(e);
+        }
+        Ok(())
     }
 
     /// The one atomic write of an admitted request, and what it means.
@@ -296,7 +410,7 @@ impl<S: BudgetStore> Authorizer<S> {
             match store_call(self.store.reserve(&req.chain, &reservation, now, clock)).await? {
                 ReserveWrite::Reserved => {
                     let after = apply_reservation(req.chain.clone(), estimate, now, clock);
-                    self.remember(&req.hash, Some(after));
+                    self.remember(&req.cache_id, Some(after));
                     Step::Done(AuthorizeOutcome::Allowed {
                         reservation: Box::new(reservation),
                         admission,
@@ -331,6 +445,9 @@ impl<S: BudgetStore> Authorizer<S> {
 /// request's own reservation.
 struct InFlight {
     hash: String,
+    /// What the chain is cached under: the key, and the customer named.
+    cache_id: String,
+    named: RequestScopes,
     /// The gateway gave a request id: this may be a retry.
     retry: bool,
     id: String,
@@ -360,7 +477,13 @@ const MAX_ESCROW_STEPS: usize = 16;
 /// Whether the owners in the key's snapshot (`quick`) differ from what a
 /// fresh read found.
 fn snapshot_out_of_date(quick: &Chain, fresh: &Chain) -> bool {
-    let owners = |c: &Chain| c.entities().skip(1).cloned().collect::<Vec<_>>();
+    let owners = |c: &Chain| {
+        c.scopes
+            .iter()
+            .filter(|e| !e.entity.kind.from_request())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     let (was, is) = (owners(quick), owners(fresh));
     was.len() != is.len() || was.iter().zip(&is).any(|(a, b)| !a.same_configuration(b))
 }
@@ -372,7 +495,7 @@ fn judge(
     now: DateTime<Utc>,
     clock: &crate::duration::ResetClock,
 ) -> Result<Admission, AuthorizeOutcome> {
-    check_key(&chain.key, now).map_err(AuthorizeOutcome::Refused)?;
+    check_chain(chain, now).map_err(AuthorizeOutcome::Refused)?;
     admit(chain, estimate, now, clock).map_err(|d| AuthorizeOutcome::Denied(Box::new(d)))
 }
 
@@ -477,6 +600,15 @@ mod tests {
 
     fn user_window(store: &MemoryStore) -> Window {
         store.entity(&EntityRef::user("u")).unwrap().windows[0].clone()
+    }
+
+    #[test]
+    fn the_widest_chain_fits_one_transaction() {
+        // Key, user, team, team member, organization, customer, model, the
+        // most tags a request may name, and the reservation.
+        let widest = 7 + MAX_REQUEST_TAGS + 1;
+        assert_eq!(widest, 16);
+        assert!(widest <= crate::model::MAX_TRANSACTION_ITEMS);
     }
 
     #[tokio::test]

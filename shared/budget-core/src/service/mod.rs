@@ -12,7 +12,9 @@ pub mod stats;
 use std::time::Duration;
 
 pub use crate::decision::Requested;
-pub use authorize::{reservation_id, AuthorizeOutcome, Authorizer, MAX_KEY_BYTES};
+pub use authorize::{
+    reservation_id, AuthorizeOutcome, Authorizer, RequestScopes, MAX_KEY_BYTES, MAX_REQUEST_TAGS,
+};
 pub use finish::{expire, settle, SettleOutcome};
 pub use reset::{reset, ResetSummary};
 pub use stats::{measured, OpStats};

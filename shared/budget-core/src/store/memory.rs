@@ -143,14 +143,14 @@ impl State {
 
     fn chain(&self, key_hash: &str) -> Option<Chain> {
         let key = self.entities.get(&EntityRef::key(key_hash))?.clone();
-        let mut chain = Chain {
-            user: None,
-            team: None,
-            key,
-        };
-        for owner in chain.key.owners() {
-            if let Some(e) = self.entities.get(&owner) {
-                chain.set_owner(e.clone());
+        let mut chain = Chain::of(key);
+        let mut tried = Vec::new();
+        for _ in 0..crate::model::MAX_CHAIN_DEPTH {
+            for owner in chain.pending(&tried) {
+                match self.entities.get(&owner) {
+                    Some(e) => chain.set_owner(e.clone()),
+                    None => tried.push(owner),
+                }
             }
         }
         Some(chain)
@@ -161,6 +161,8 @@ impl State {
             if let Some(e) = self.entities.get_mut(&b.owner) {
                 e.key_count += b.key_count;
                 e.key_revision += u64::from(b.revision);
+                e.member_count += b.members;
+                e.version += u64::from(b.version);
             }
         }
     }
@@ -466,6 +468,7 @@ impl AdminStore for MemoryStore {
             version: stored.version + 1,
             incarnation: stored.incarnation,
             key_count: stored.key_count,
+            member_count: stored.member_count,
             lifetime_spent: stored.lifetime_spent,
             key_revision: stored.key_revision,
             created_at: stored.created_at,
@@ -496,12 +499,33 @@ impl AdminStore for MemoryStore {
         Ok(self.state().entities.get(entity).cloned())
     }
 
+    async fn members_of(&self, team: &str) -> Result<Vec<String>, StoreError> {
+        let state = self.state();
+        let mut users: Vec<String> = state
+            .entities
+            .keys()
+            .filter_map(|r| r.member_of())
+            .filter(|(t, _)| *t == team)
+            .map(|(_, u)| u.to_string())
+            .collect();
+        users.sort();
+        Ok(users)
+    }
+
     async fn keys_of(&self, owner: &EntityRef) -> Result<Vec<String>, StoreError> {
         let state = self.state();
         Ok(state
             .entities
             .values()
-            .filter(|e| e.entity.kind == EntityKind::Key && e.owners().contains(owner))
+            .filter(|e| {
+                // A user's or team's keys, an organization's teams (as
+                // DynamoDB's indexes hold them; not a team's member budgets).
+                let counted = match owner.kind {
+                    EntityKind::Organization => EntityKind::Team,
+                    _ => EntityKind::Key,
+                };
+                e.entity.slot.is_none() && e.entity.kind == counted && e.owners().contains(owner)
+            })
             .map(|e| e.entity.id.clone())
             .collect())
     }

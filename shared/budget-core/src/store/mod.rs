@@ -140,7 +140,8 @@ pub trait Reads: Send + Sync {
 /// and settle (end a reservation).
 #[async_trait]
 pub trait BudgetStore: Reads {
-    /// A key and its user and team. `None` for an unknown key.
+    /// A key and every scope above it (its user and team, the team's
+    /// organization). `None` for an unknown key.
     async fn load_chain(&self, key_hash: &str) -> Result<Option<Chain>, StoreError>;
 
     /// [`BudgetStore::load_chain`], and the reservation `id` (if any) with it,
@@ -291,7 +292,11 @@ pub trait AdminStore: Reads {
         self.load(entity).await
     }
 
-    /// Hashes of the keys that belong to a user or team.
+    /// The users with a budget in team `team` (its team members).
+    async fn members_of(&self, team: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Hashes of the keys that belong to a user or team; the ids of the
+    /// teams of an organization.
     async fn keys_of(&self, owner: &EntityRef) -> Result<Vec<String>, StoreError>;
 }
 

@@ -2,10 +2,13 @@
 //! (a test compares them), and local runs create it from here.
 //!
 //! Single table, partition key `pk` only:
-//! - `key#<sha256>`, `user#<id>`, `team#<id>`: an entity with its windows;
+//! - `key#<sha256>`, `user#<id>`, `team#<id>`, `organization#<id>`: an
+//!   entity with its windows (the kind prefix keeps ids of different kinds
+//!   apart);
 //! - `res#<id>`: a reservation.
 //!
-//! Indexes (keys only). `gsi1` (`gsi1pk`, `gsi1sk`): keys by user (`user#<id>#keys`), and
+//! Indexes (keys only). `gsi1` (`gsi1pk`, `gsi1sk`): keys by user (`user#<id>#keys`),
+//! teams by organization (`organization#<id>#keys`), and
 //! held reservations by expiry (`held#<shard>`, expiry as zero-padded epoch
 //! seconds) for the reset job. Index `gsi2` (`gsi2pk`, `gsi2sk`): keys by
 //! team. Index `due` (`due_pk`, `due_sk`): keys, users and teams by the

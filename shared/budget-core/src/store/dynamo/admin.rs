@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 use crate::model::{Entity, EntityKind, EntityRef};
 use crate::plan::{self, WindowEdit};
 use crate::store::table::PARTITION_KEY;
-use crate::store::{AdminStore, AdminWrite, BudgetStore, Isolated, Reads, StoreError};
+use crate::store::{AdminStore, AdminWrite, BudgetStore, Isolated, StoreError};
 
 use super::codec::*;
 use super::errors::*;
@@ -15,12 +15,12 @@ use super::expr::*;
 use super::DynamoStore;
 
 impl DynamoStore {
-    /// The snapshots of `owners` (as they are now) for a key item.
-    pub(super) async fn owner_snapshots(
-        &self,
-        owners: &[EntityRef],
-    ) -> Result<AttributeValue, StoreError> {
-        Ok(owner_snapshots(&self.load_many(owners).await?))
+    /// The snapshots of `key`'s scopes (its owners and theirs, as they
+    /// are now) for its item.
+    pub(super) async fn owner_snapshots(&self, key: &Entity) -> Result<AttributeValue, StoreError> {
+        let mut chain = crate::model::Chain::of(key.clone());
+        self.read_scopes(&mut chain, Vec::new()).await?;
+        Ok(owner_snapshots(&chain.scopes, &chain.pending(&[])))
     }
 
     /// After an admin update of a key: it re-reads its owners into its
@@ -32,7 +32,7 @@ impl DynamoStore {
     /// read, never a wrong admission.
     pub(super) async fn refresh_snapshots(&self, new: &Entity) {
         let result = match new.entity.kind {
-            EntityKind::Key => match self.owner_snapshots(&new.owners()).await {
+            EntityKind::Key => match self.owner_snapshots(new).await {
                 Ok(snapshots) => {
                     let mut ex = Expr::default();
                     let owners = ex.name(OWNERS);
@@ -54,7 +54,13 @@ impl DynamoStore {
                 }
                 Err(e) => Err(e),
             },
-            EntityKind::User | EntityKind::Team => Ok(()),
+            EntityKind::User
+            | EntityKind::Team
+            | EntityKind::TeamMember
+            | EntityKind::Organization
+            | EntityKind::Customer
+            | EntityKind::Model
+            | EntityKind::Tag => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "owner snapshot not refreshed");
@@ -113,8 +119,8 @@ impl AdminStore for DynamoStore {
     async fn create(&self, entity: &Entity) -> Result<AdminWrite, StoreError> {
         let mut item = entity_item(entity);
         let owners = entity.owners();
-        if !owners.is_empty() {
-            item.insert(OWNERS.into(), self.owner_snapshots(&owners).await?);
+        if !owners.is_empty() && entity.entity.kind == EntityKind::Key {
+            item.insert(OWNERS.into(), self.owner_snapshots(entity).await?);
         }
         let put = self.put(item, "attribute_not_exists(pk)")?;
         let mut items = vec![TransactWriteItem::builder().put(put).build()];
@@ -216,7 +222,7 @@ impl AdminStore for DynamoStore {
         let mut added = Vec::new();
         for books in plan::key_bookkeeping(Some(old), Some(new)) {
             items.push(keep_books(self, &books)?);
-            if books.key_count > 0 {
+            if books.key_count > 0 || books.members > 0 {
                 added.push((items.len() - 1, books.owner));
             }
         }
@@ -332,21 +338,37 @@ impl AdminStore for DynamoStore {
         Ok(Some(e))
     }
 
+    async fn members_of(&self, team: &str) -> Result<Vec<String>, StoreError> {
+        let items = self
+            .query_all("gsi2", "gsi2pk", members_index_pk(team), None, usize::MAX)
+            .await?;
+        let mut users: Vec<String> = items
+            .iter()
+            .filter_map(|i| match i.get("gsi2sk") {
+                Some(AttributeValue::S(u)) => Some(u.clone()),
+                _ => None,
+            })
+            .collect();
+        users.sort();
+        Ok(users)
+    }
+
     async fn keys_of(&self, owner: &EntityRef) -> Result<Vec<String>, StoreError> {
-        let (index, attr) = match owner.kind {
-            EntityKind::User => ("gsi1", "gsi1pk"),
-            EntityKind::Team => ("gsi2", "gsi2pk"),
-            EntityKind::Key => return Ok(Vec::new()),
+        // A user's keys and an organization's teams share an index (their
+        // partitions differ by kind); a team's keys have their own.
+        let (index, attr, sort_key) = match owner.kind {
+            EntityKind::User | EntityKind::Organization => ("gsi1", "gsi1pk", "gsi1sk"),
+            EntityKind::Team => ("gsi2", "gsi2pk", "gsi2sk"),
+            EntityKind::Key
+            | EntityKind::TeamMember
+            | EntityKind::Customer
+            | EntityKind::Model
+            | EntityKind::Tag => return Ok(Vec::new()),
         };
         let items = self
             .query_all(index, attr, owner_index_pk(owner), None, usize::MAX)
             .await?;
-        // The index's sort key is the key's hash (the index holds keys only).
-        let sort_key = if owner.kind == EntityKind::User {
-            "gsi1sk"
-        } else {
-            "gsi2sk"
-        };
+        // The index's sort key is the key's hash (the team's id).
         let mut keys: Vec<String> = items
             .iter()
             .filter_map(|i| match i.get(sort_key) {
@@ -366,14 +388,24 @@ pub(super) fn keep_books(
     books: &plan::OwnerBookkeeping,
 ) -> Result<TransactWriteItem, StoreError> {
     let mut ex = Expr::default();
-    let kc = ex.name("key_count");
-    let d = ex.value(n(books.key_count));
     let zero = ex.value(n(0));
     let pk = ex.name(PARTITION_KEY);
-    let mut sets = vec![format!("{kc} = if_not_exists({kc}, {zero}) + {d}")];
+    let mut sets = Vec::new();
+    if books.key_count != 0 || books.members == 0 {
+        let (kc, d) = (ex.name("key_count"), ex.value(n(books.key_count)));
+        sets.push(format!("{kc} = if_not_exists({kc}, {zero}) + {d}"));
+    }
+    if books.members != 0 {
+        let (mc, d) = (ex.name(MEMBER_COUNT), ex.value(n(books.members)));
+        sets.push(format!("{mc} = if_not_exists({mc}, {zero}) + {d}"));
+    }
     if books.revision {
         let (kv, one) = (ex.name(KEY_REVISION), ex.value(n(1)));
         sets.push(format!("{kv} = if_not_exists({kv}, {zero}) + {one}"));
+    }
+    if books.version {
+        let (ver, one) = (ex.name("ver"), ex.value(n(1)));
+        sets.push(format!("{ver} = {ver} + {one}"));
     }
     let update = store.update(
         entity_pk(&books.owner),

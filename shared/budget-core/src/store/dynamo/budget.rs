@@ -20,6 +20,28 @@ use super::expr::*;
 use super::DynamoStore;
 
 impl DynamoStore {
+    /// Reads the scopes `chain` names and does not hold yet (other than
+    /// `tried`: read already, not found), round after round (a team read
+    /// names its organization), at most [`crate::model::MAX_CHAIN_DEPTH`]
+    /// rounds.
+    pub(super) async fn read_scopes(
+        &self,
+        chain: &mut Chain,
+        mut tried: Vec<EntityRef>,
+    ) -> Result<(), StoreError> {
+        for _ in 0..crate::model::MAX_CHAIN_DEPTH {
+            let pending = chain.pending(&tried);
+            if pending.is_empty() {
+                break;
+            }
+            for e in self.load_many(&pending).await? {
+                chain.set_owner(e);
+            }
+            tried.extend(pending);
+        }
+        Ok(())
+    }
+
     /// One entity's write of a plan, as a transaction item (a condition
     /// check when it changes nothing).
     pub(super) fn entity_write(
@@ -91,15 +113,8 @@ impl BudgetStore for DynamoStore {
         let Some(key) = self.load(&EntityRef::key(key_hash)).await? else {
             return Ok(None);
         };
-        let owners = self.load_many(&key.owners()).await?;
-        let mut chain = Chain {
-            key,
-            user: None,
-            team: None,
-        };
-        for e in owners {
-            chain.set_owner(e);
-        }
+        let mut chain = Chain::of(key);
+        self.read_scopes(&mut chain, Vec::new()).await?;
         Ok(Some(chain))
     }
 
@@ -111,14 +126,12 @@ impl BudgetStore for DynamoStore {
         let Some(key) = self.load(&EntityRef::key(key_hash)).await? else {
             return Ok((None, None));
         };
-        // The owners and the reservation in one BatchGetItem.
-        let mut pks: Vec<String> = key.owners().iter().map(entity_pk).collect();
+        // The scopes the key names (its user and team, the user's budget in
+        // the team) and the reservation in one BatchGetItem.
+        let mut chain = Chain::of(key);
+        let owners = chain.pending(&[]);
+        let mut pks: Vec<String> = owners.iter().map(entity_pk).collect();
         pks.push(reservation_pk(id));
-        let mut chain = Chain {
-            key,
-            user: None,
-            team: None,
-        };
         let mut reservation = None;
         for item in self.batch_get(pks).await? {
             if matches!(item.get("kind"), Some(AttributeValue::S(k)) if k == "reservation") {
@@ -127,6 +140,8 @@ impl BudgetStore for DynamoStore {
                 chain.set_owner(entity_from_item(&item)?);
             }
         }
+        // The scopes above them (a team's organization): one more read.
+        self.read_scopes(&mut chain, owners).await?;
         Ok((Some(chain), reservation))
     }
 
@@ -143,22 +158,31 @@ impl BudgetStore for DynamoStore {
         let Some(item) = out.item() else {
             return Ok(None);
         };
-        let key = entity_from_item(item)?;
-        let mut chain = Chain {
-            user: None,
-            team: None,
-            key,
-        };
-        let mut missing = Vec::new();
-        for owner in chain.key.owners() {
-            match owner_from_snapshot(item, owner.kind, &owner.id) {
-                Some(e) => chain.set_owner(e),
-                None => missing.push(owner),
+        let mut chain = Chain::of(entity_from_item(item)?);
+        // Every scope the snapshot knows (the organization of a team it
+        // knows too); the others are read.
+        let (mut missing, mut absent) = (Vec::new(), Vec::new());
+        for _ in 0..crate::model::MAX_CHAIN_DEPTH {
+            let skip: Vec<EntityRef> = missing.iter().chain(&absent).cloned().collect();
+            for owner in chain.pending(&skip) {
+                match snapshot_of(item, owner.kind, &owner.id) {
+                    Snapshot::Known(e) => chain.set_owner(*e),
+                    Snapshot::Absent => absent.push(owner),
+                    Snapshot::Unknown => missing.push(owner),
+                }
             }
         }
+        let mut read = Vec::new();
         for e in self.load_many(&missing).await? {
+            read.push(e.entity.clone());
             chain.set_owner(e);
         }
+        let tried: Vec<EntityRef> = missing
+            .into_iter()
+            .filter(|m| !read.contains(m))
+            .chain(absent)
+            .collect();
+        self.read_scopes(&mut chain, tried).await?;
         Ok(Some(chain))
     }
 
@@ -237,9 +261,16 @@ impl BudgetStore for DynamoStore {
     }
 
     async fn refresh_snapshot(&self, chain: &Chain) -> Result<(), StoreError> {
-        let owners: Vec<Entity> = chain.entities().skip(1).cloned().collect();
+        // The key's scopes only: a customer is the request's, not the key's.
+        let owners: Vec<Entity> = chain
+            .scopes
+            .iter()
+            .filter(|e| !e.entity.kind.from_request())
+            .cloned()
+            .collect();
         let mut ex = Expr::default();
-        let (name, v) = (ex.name(OWNERS), ex.value(owner_snapshots(&owners)));
+        let absent = chain.pending(&[]);
+        let (name, v) = (ex.name(OWNERS), ex.value(owner_snapshots(&owners, &absent)));
         let (ver, kv) = (ex.name("ver"), ex.value(n(chain.key.version as i64)));
         let conds = [
             format!("{ver} = {kv}"),

@@ -105,6 +105,11 @@ pub(super) fn owner_index_pk(owner: &EntityRef) -> String {
     format!("{}#keys", entity_pk(owner))
 }
 
+/// The index partition of a team's member budgets (`team#<id>#members`).
+pub(super) fn members_index_pk(team: &str) -> String {
+    format!("{}#members", entity_pk(&EntityRef::team(team)))
+}
+
 /// A window as stored; a slot's part also carries its `avail` (the
 /// changes add to it, so it must exist).
 pub(super) fn window_item(w: &Window, slot: bool) -> AttributeValue {
@@ -254,6 +259,9 @@ pub(super) fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
     );
     item.extend(entity_config_attributes(e));
     item.insert("key_count".into(), n(e.key_count));
+    if e.member_count != 0 {
+        item.insert(MEMBER_COUNT.into(), n(e.member_count));
+    }
     if !e.lifetime_spent.is_zero() {
         item.insert(super::expr::LIFETIME_SPENT.into(), money(e.lifetime_spent));
     }
@@ -304,13 +312,58 @@ pub(super) const SHARD_ITEMS: &str = "shard_items";
 pub(super) const KEY_REVISION: &str = "kv";
 
 /// The `owners` attribute of a key whose owners are `owners`.
-pub(super) fn owner_snapshots(owners: &[Entity]) -> AttributeValue {
-    AttributeValue::M(
-        owners
-            .iter()
-            .map(|o| (o.entity.kind.as_str().to_string(), owner_snapshot(o)))
-            .collect(),
-    )
+/// `absent`: the scopes the key names that do not exist (the user's
+/// budget in the team, when none was given), so a cold authorizer does not
+/// look for them. Only a hint, like the rest: creating one bumps the
+/// version of its team, which the reservation is conditional on.
+pub(super) fn owner_snapshots(owners: &[Entity], absent: &[EntityRef]) -> AttributeValue {
+    let mut m: HashMap<String, AttributeValue> = owners
+        .iter()
+        .map(|o| (o.entity.kind.as_str().to_string(), owner_snapshot(o)))
+        .collect();
+    for a in absent {
+        m.insert(
+            a.kind.as_str().to_string(),
+            AttributeValue::M(HashMap::from([
+                ("id".to_string(), s(a.id.clone())),
+                (ABSENT.to_string(), AttributeValue::Bool(true)),
+            ])),
+        );
+    }
+    AttributeValue::M(m)
+}
+
+/// Marks a scope the snapshot knows does not exist.
+const ABSENT: &str = "absent";
+
+/// What a key's snapshot knows of one scope it names.
+pub(super) enum Snapshot {
+    Known(Box<Entity>),
+    /// It did not exist when the snapshot was taken.
+    Absent,
+    Unknown,
+}
+
+/// [`owner_from_snapshot`], telling a known absence from no knowledge.
+pub(super) fn snapshot_of(
+    item: &HashMap<String, AttributeValue>,
+    kind: EntityKind,
+    id: &str,
+) -> Snapshot {
+    let absent = match item.get(OWNERS) {
+        Some(AttributeValue::M(owners)) => match owners.get(kind.as_str()) {
+            Some(AttributeValue::M(snap)) => {
+                matches!(snap.get("id"), Some(AttributeValue::S(i)) if i == id)
+                    && matches!(snap.get(ABSENT), Some(AttributeValue::Bool(true)))
+            }
+            _ => false,
+        },
+        _ => false,
+    };
+    if absent {
+        return Snapshot::Absent;
+    }
+    owner_from_snapshot(item, kind, id).map_or(Snapshot::Unknown, |e| Snapshot::Known(Box::new(e)))
 }
 
 pub(super) fn owner_snapshot(e: &Entity) -> AttributeValue {
@@ -341,6 +394,10 @@ pub(super) fn owner_snapshot(e: &Entity) -> AttributeValue {
     if let Some(floor) = e.reservation_floor {
         snapshot.insert(FLOOR.to_string(), money(floor));
     }
+    // A team's organization: the scope a cold instance looks for next.
+    if let Some(o) = &e.organization_id {
+        snapshot.insert(ORGANIZATION.to_string(), s(o.clone()));
+    }
     // A cold instance must know the owner is sharded (it reserves on a
     // shard, never on the owner's item).
     if e.shards > 0 || e.shard_items > 0 {
@@ -352,6 +409,15 @@ pub(super) fn owner_snapshot(e: &Entity) -> AttributeValue {
 
 /// The attribute of an entity's reservation floor (nano-USD).
 pub(super) const FLOOR: &str = "floor";
+
+/// The attribute of a team's number of member budgets (absent: 0).
+pub(super) const MEMBER_COUNT: &str = "member_count";
+
+/// The attribute of a key's models with a budget of their own.
+pub(super) const MODEL_BUDGETS: &str = "model_budgets";
+
+/// The attribute of a team's organization.
+pub(super) const ORGANIZATION: &str = "organization_id";
 
 /// The owner `kind` (`user`/`team`) with id `id` as the key's snapshot
 /// knows it: limits and generations, counters unknown (zero), boundaries
@@ -378,6 +444,7 @@ pub(super) fn owner_from_snapshot(
     e.shards = r.opt_n(snap, SHARDS).ok()?.unwrap_or(0) as u32;
     e.shard_items = r.opt_n(snap, SHARD_ITEMS).ok()?.unwrap_or(0) as u32;
     e.reservation_floor = r.opt_n(snap, FLOOR).ok()?.map(Money::from_nanos);
+    e.organization_id = r.opt_s(snap, ORGANIZATION).ok()?.map(str::to_string);
     if let Some(AttributeValue::M(ws)) = snap.get("w") {
         for (wid, w) in ws {
             let AttributeValue::M(w) = w else { return None };
@@ -425,8 +492,32 @@ pub(super) fn entity_config_attributes(e: &Entity) -> Vec<(String, AttributeValu
             out.push(("gsi2sk".into(), s(e.entity.id.clone())));
         }
     }
+    // A team's organization; the organization's teams are found through
+    // the same index as a user's keys (its partition names the
+    // organization, so the two never mix).
+    if let Some(o) = &e.organization_id {
+        out.push((ORGANIZATION.into(), s(o.clone())));
+        if e.entity.kind == EntityKind::Team {
+            out.push((
+                "gsi1pk".into(),
+                s(owner_index_pk(&EntityRef::organization(o.clone()))),
+            ));
+            out.push(("gsi1sk".into(), s(e.entity.id.clone())));
+        }
+    }
+    // A team's member budgets, found by the team (apart from its keys).
+    if let Some((team, user)) = e.entity.member_of() {
+        out.push(("gsi2pk".into(), s(members_index_pk(team))));
+        out.push(("gsi2sk".into(), s(user.to_string())));
+    }
     if let Some(x) = e.expires {
         out.push(("expires".into(), epoch(x)));
+    }
+    if !e.model_budgets.is_empty() {
+        out.push((
+            MODEL_BUDGETS.into(),
+            AttributeValue::L(e.model_budgets.iter().map(|m| s(m.clone())).collect()),
+        ));
     }
     if let Some(floor) = e.reservation_floor {
         out.push((FLOOR.into(), money(floor)));
@@ -485,8 +576,18 @@ pub(super) fn alert_config_of(item: &HashMap<String, AttributeValue>) -> AlertCo
 }
 
 /// Optional configuration attributes: removed when absent in the new form.
-pub(super) const OPTIONAL_CONFIG: [&str; 9] = [
-    "user_id", "team_id", "expires", "gsi1pk", "gsi1sk", "gsi2pk", "gsi2sk", FLOOR, ALERTS,
+pub(super) const OPTIONAL_CONFIG: [&str; 11] = [
+    MODEL_BUDGETS,
+    "user_id",
+    "team_id",
+    ORGANIZATION,
+    "expires",
+    "gsi1pk",
+    "gsi1sk",
+    "gsi2pk",
+    "gsi2sk",
+    FLOOR,
+    ALERTS,
 ];
 
 pub(super) fn entity_from_item(
@@ -532,9 +633,21 @@ pub(super) fn entity_from_item(
         windows,
         user_id: r.opt_s(item, "user_id")?.map(str::to_string),
         team_id: r.opt_s(item, "team_id")?.map(str::to_string),
+        organization_id: r.opt_s(item, ORGANIZATION)?.map(str::to_string),
+        model_budgets: match item.get(MODEL_BUDGETS) {
+            Some(AttributeValue::L(list)) => list
+                .iter()
+                .map(|v| match v {
+                    AttributeValue::S(m) => Ok(m.clone()),
+                    _ => Err(r.corrupt("model_budgets holds a non-string")),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => Vec::new(),
+        },
         blocked: r.bool(item, "blocked"),
         expires: r.time(item, "expires")?,
         key_count: r.opt_n(item, "key_count")?.unwrap_or(0),
+        member_count: r.opt_n(item, MEMBER_COUNT)?.unwrap_or(0),
         // A counter like a window's: read saturated past i64.
         lifetime_spent: match item.get(super::expr::LIFETIME_SPENT) {
             None => Money::ZERO,

@@ -199,6 +199,10 @@ pub(super) fn render_guard(ex: &mut Expr, guard: &Guard) -> String {
             let (kc, zero) = (ex.name("key_count"), ex.value(n(0)));
             format!("({kc} = {zero} OR attribute_not_exists({kc}))")
         }
+        Guard::NoMembers => {
+            let (mc, zero) = (ex.name(MEMBER_COUNT), ex.value(n(0)));
+            format!("({mc} = {zero} OR attribute_not_exists({mc}))")
+        }
         Guard::AtLeast(w, c, m) => {
             let (path, value) = (
                 WindowPaths::new(w).field(ex, counter_name(*c)),
