@@ -161,6 +161,24 @@ def _headers_of(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return found
 
 
+def trusted_header(data: Mapping[str, Any], name: str) -> Optional[str]:
+    """A header of the request as it reached LiteLLM's proxy (the
+    ``proxy_server_request`` headers LiteLLM itself records), never one a
+    client could write into the body's ``metadata``."""
+    psr = data.get("proxy_server_request") or {}
+    headers = psr.get("headers") if isinstance(psr, Mapping) else None
+    if not isinstance(headers, Mapping):
+        return None
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == name and isinstance(value, str) and value:
+            return value.strip()
+    return None
+
+
+# Body fields that make LiteLLM call other models than the body's ``model``.
+FALLBACK_FIELDS = ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks")
+
+
 def header(data: Mapping[str, Any], name: str) -> Optional[str]:
     """A request header (case-insensitive) of the proxied request."""
     for headers in _headers_of(data):
@@ -200,13 +218,39 @@ class EdgeBudgetSettler(CustomLogger):
     # ------------------------------------------------------------ hooks
     async def async_pre_call_hook(self, user_api_key_dict, cache, data, call_type):
         """Refuses (and releases) a request whose body names another end
-        customer than the one charged. Requests without a reservation (not
-        sent through the gateway) are left alone."""
-        reservation = header(data, RESERVATION_HEADER)
+        customer, model or tags than the ones charged. The charged scopes
+        are read only from the headers LiteLLM recorded of the request
+        itself (``proxy_server_request``): a request that carries a
+        reservation anywhere else (a pass-through route, or a client's own
+        ``metadata.headers``) cannot be checked and is refused. Requests
+        without a reservation (not sent through the gateway) are left
+        alone."""
+        reservation = trusted_header(data, RESERVATION_HEADER)
         if reservation is None:
-            return data
-        charged_model = _charged(header(data, CHARGED_MODEL_HEADER))
-        model = _text(data.get("model"))
+            planted = header(data, RESERVATION_HEADER)
+            if planted is None:
+                return data
+            message = (
+                "edge-budget: this route does not show the proxy the gateway's headers, so "
+                "what was charged cannot be checked; refused (use the OpenAI-compatible routes)"
+            )
+            log.warning("%s", message)
+            _refuse(message)
+        charged_model = _charged(trusted_header(data, CHARGED_MODEL_HEADER))
+        raw_model = data.get("model")
+        model = _text(raw_model)
+        if charged_model is not None and raw_model is not None and model is None:
+            await self._finish("release", reservation, None)
+            _refuse("edge-budget: this request's model is not a name; refused, and its reservation released")
+        fallbacks = [f for f in FALLBACK_FIELDS if data.get(f)]
+        if charged_model is not None and fallbacks:
+            await self._finish("release", reservation, None)
+            message = (
+                "edge-budget: this request asks for %s, which would call other models than the "
+                "charged %r; refused, and its reservation released" % (fallbacks[0], charged_model)
+            )
+            log.warning("%s (%s)", message, reservation.split(".")[0])
+            _refuse(message)
         if charged_model is not None and model is not None and model != charged_model:
             await self._finish("release", reservation, None)
             message = (
@@ -216,7 +260,7 @@ class EdgeBudgetSettler(CustomLogger):
             )
             log.warning("%s (%s)", message, reservation.split(".")[0])
             _refuse(message)
-        charged_tags = {t.strip() for t in (_charged(header(data, CHARGED_TAGS_HEADER)) or "").split(",") if t.strip()}
+        charged_tags = {t.strip() for t in (_charged(trusted_header(data, CHARGED_TAGS_HEADER)) or "").split(",") if t.strip()}
         uncharged = [t for t in named_tags(data) if t not in charged_tags]
         if uncharged:
             await self._finish("release", reservation, None)
@@ -227,7 +271,7 @@ class EdgeBudgetSettler(CustomLogger):
             )
             log.warning("%s (%s)", message, reservation.split(".")[0])
             _refuse(message)
-        charged = _charged(header(data, CHARGED_CUSTOMER_HEADER))
+        charged = _charged(trusted_header(data, CHARGED_CUSTOMER_HEADER))
         other = [n for n in named_customers(user_api_key_dict, data) if n != charged]
         if other:
             named = other[0]

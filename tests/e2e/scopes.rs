@@ -695,9 +695,16 @@ async fn a_keys_model_budget_caps_the_model_the_request_names() {
         format!("openai/o1 on key {prefix}"),
         "{o1}"
     );
-    assert!(allowed(
-        &authorize_with(&app, &key, "2", &[("x-litellm-model", "gpt-4o-mini")]).await
-    ));
+    // A model the key has no budget for (another name, a case variant, an
+    // alias LiteLLM might route to a budgeted one): refused.
+    for other in ["gpt-4o-mini", "GPT-4o", "openai/gpt-4o"] {
+        let refused = authorize_with(&app, &key, "2", &[("x-litellm-model", other)]).await;
+        assert!(!allowed(&refused), "{other}: {refused}");
+        assert_eq!(
+            refused["context"]["reason"], "model_not_budgeted",
+            "{refused}"
+        );
+    }
     // No model named: refused, nothing reserved.
     let none = authorize_with(&app, &key, "1", &[]).await;
     assert!(!allowed(&none), "{none}");

@@ -327,6 +327,12 @@ pub async fn handle_logged<S: BudgetStore>(
     };
     let named = match &event {
         Event::HttpApi(e) => scopes_from_headers(&e.headers),
+        // `headers` keeps only the last value of a repeated header, which
+        // need not be the one the upstream reads: the scopes are read
+        // from every value (`multiValueHeaders`), so a repeat is refused.
+        Event::RestRequest(e) if !e.multi_value_headers.is_empty() => {
+            scopes_from_headers(&e.multi_value_headers)
+        }
         Event::RestRequest(e) => scopes_from_headers(&e.headers),
         Event::RestToken(_) => Ok(RequestScopes::default()),
     };
@@ -452,6 +458,9 @@ fn answer(outcome: &AuthorizeOutcome) -> (bool, String, Map<String, Value>) {
                 budget_core::decision::KeyRefusal::ModelRequired => {
                     "This key has per-model budgets: name the model in x-litellm-model."
                 }
+                budget_core::decision::KeyRefusal::ModelNotBudgeted => {
+                    "This key has per-model budgets and none for the model named in x-litellm-model: it may call only the models it has budgets for."
+                }
                 budget_core::decision::KeyRefusal::ModelBudgetUnavailable => {
                     "The budget of this model on this key could not be read; refused (fail closed)."
                 }
@@ -571,6 +580,34 @@ mod tests {
         );
         let e = requested_from_header(Some("\"}{")).unwrap_err();
         assert!(!e.contains('"'), "{e}");
+    }
+
+    /// API Gateway's REST event keeps a repeated header's last value in
+    /// `headers` and every value in `multiValueHeaders`: a model named
+    /// twice (first the budgeted one the upstream reads, last a cheap one)
+    /// is refused, not charged to the last.
+    #[test]
+    fn a_repeated_scope_header_of_a_rest_request_is_refused() {
+        let event = parse_event(serde_json::json!({
+            "type": "REQUEST",
+            "methodArn": "arn:aws:execute-api:us-east-1:123456789012:abc/api/POST/v1/chat",
+            "headers": {"x-litellm-model": "cheap", "authorization": "Bearer sk-x"},
+            "multiValueHeaders": {
+                "x-litellm-model": ["gpt-4o", "cheap"],
+                "authorization": ["Bearer sk-x"]
+            },
+            "requestContext": {"requestId": "r"}
+        }))
+        .expect("a REST request event");
+        let Event::RestRequest(e) = &event else {
+            panic!("not read as a REST request");
+        };
+        assert!(
+            scopes_from_headers(&e.headers).is_ok(),
+            "the last value alone"
+        );
+        let err = scopes_from_headers(&e.multi_value_headers).unwrap_err();
+        assert!(err.contains("more than once"), "{err}");
     }
 
     #[test]

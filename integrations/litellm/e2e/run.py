@@ -220,20 +220,29 @@ def a_body_naming_another_customer_is_refused_and_released() -> None:
 
 
 def a_body_calling_another_model_is_refused_and_released() -> None:
-    """The same for models: a key with a budget for gpt-4o-mini whose
-    request says x-litellm-model: another model (no budget: the key's
-    other caps only) while its body calls gpt-4o-mini is refused by the
-    callback and released; the honest request goes through."""
+    """The same for models. A key with budgets for gpt-4o-mini and
+    cheap-model: a request naming a model it has no budget for is refused
+    by the gateway (model_not_budgeted: no alias can run outside the caps);
+    one whose header says cheap-model while its body calls gpt-4o-mini is
+    refused by the callback and released; the honest request goes through."""
     user_id, _ = new_user("e2e-litellm-model")
+    budget = {"budget_limit": WINDOW_USD, "time_period": "1d"}
     key = admin(
         "POST",
         "/key/generate",
-        {"user_id": user_id, "model_max_budget": {"gpt-4o-mini": {"budget_limit": WINDOW_USD, "time_period": "1d"}}},
+        {"user_id": user_id, "model_max_budget": {"gpt-4o-mini": budget, "cheap-model": budget}},
     )["key"]
     message = [{"role": "user", "content": "hi"}]
     try:
+        client(key).with_options(max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=message, extra_headers={"x-litellm-model": "some-other-model"}
+        )
+        fail("a model without a budget on the key was answered")
+    except openai.APIStatusError as e:
+        check(e.status_code == 429 and "model_not_budgeted" in str(e), f"answered {e.status_code}: {e}")
+    try:
         client(key).chat.completions.create(
-            model="gpt-4o-mini", messages=message, extra_headers={"x-litellm-model": "some-cheap-model"}
+            model="gpt-4o-mini", messages=message, extra_headers={"x-litellm-model": "cheap-model"}
         )
         fail("a body calling another model than the charged one was answered")
     except openai.APIStatusError as e:
@@ -246,7 +255,7 @@ def a_body_calling_another_model_is_refused_and_released() -> None:
         model="gpt-4o-mini", messages=message, extra_headers={"x-litellm-model": "gpt-4o-mini"}
     )
     check(bool(ok.choices), f"the honest request was answered: {ok}")
-    print("a body calling another model than the charged one: refused with 400, reservation released")
+    print("a model without a budget: refused by the gateway; a body calling another model than the charged one: refused with 400, reservation released")
 
 
 def settle_requests_are_signed_when_deployed() -> None:

@@ -99,10 +99,50 @@ async def main() -> None:
             assert "reservation released" in str(getattr(e, "detail", e)), e
         assert outcome == refused, (charged_tags, body_tags)
         assert released == (["release r-1.receipt"] if refused else []), released
+    # A model that is not a name, or fallbacks to other models, when a
+    # model was charged: refused and released.
+    extra = 0
+    for field, value in [("model", ["gpt-4o", "gpt-4o-mini"]), ("fallbacks", ["gpt-4o"]),
+                         ("context_window_fallbacks", [{"gpt-4o-mini": ["gpt-4o"]}])]:
+        released.clear()
+        key, data = request("cust-a", "cust-a")
+        data["proxy_server_request"]["headers"]["x-budget-model"] = "gpt-4o-mini"
+        data["model"] = "gpt-4o-mini"
+        data[field] = value
+        try:
+            await settler.async_pre_call_hook(key, None, data, "completion")
+            outcome = False
+        except Exception as e:
+            outcome = True
+            assert "reservation released" in str(getattr(e, "detail", e)), e
+        assert outcome, (field, value)
+        assert released == ["release r-1.receipt"], released
+        extra += 1
+    # Charged headers planted by the client in the body's metadata count for
+    # nothing: a reservation seen only there (a pass-through route) is refused.
+    released.clear()
+    key, data = request("cust-a", "cust-b")
+    data["metadata"] = {"headers": {"x-budget-customer-id": "cust-b"}}
+    try:
+        await settler.async_pre_call_hook(key, None, data, "completion")
+        raise AssertionError("a planted x-budget-customer-id was believed")
+    except AssertionError:
+        raise
+    except Exception as e:
+        assert "reservation released" in str(getattr(e, "detail", e)), e
+    passthrough = {"model": "gpt-4o", "metadata": {"headers": {"x-budget-reservation-id": "r-1.receipt", "x-budget-model": "gpt-4o"}}}
+    try:
+        await settler.async_pre_call_hook(SimpleNamespace(end_user_id=None), None, passthrough, "pass_through_endpoint")
+        raise AssertionError("a pass-through request with a reservation was let through")
+    except AssertionError:
+        raise
+    except Exception as e:
+        assert "cannot be checked" in str(getattr(e, "detail", e)), e
+    extra += 2
     # Not through the gateway: left alone.
     plain = {"model": "m", "user": "anyone", "proxy_server_request": {"headers": {}}}
     assert await settler.async_pre_call_hook(SimpleNamespace(), None, plain, "completion") is plain
-    print("scope_check: ok (%d cases)" % (len(cases) + 10))
+    print("scope_check: ok (%d cases)" % (len(cases) + 10 + extra))
 
 
 asyncio.run(main())

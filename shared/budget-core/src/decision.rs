@@ -19,6 +19,10 @@ pub enum KeyRefusal {
     /// The key has per-model budgets and the request names no model
     /// (`x-litellm-model`): it is refused rather than charged to none.
     ModelRequired,
+    /// The key has per-model budgets and the request names a model it has
+    /// none for: refused, so no alias, case variant or other name of a
+    /// budgeted model can run outside its cap.
+    ModelNotBudgeted,
     /// The key has a budget for the model named, and it could not be read
     /// (its item is missing: an admin write failed half way): refused.
     ModelBudgetUnavailable,
@@ -31,15 +35,18 @@ impl KeyRefusal {
             KeyRefusal::Expired => "key_expired",
             KeyRefusal::CustomerBlocked => "customer_blocked",
             KeyRefusal::ModelRequired => "model_required",
+            KeyRefusal::ModelNotBudgeted => "model_not_budgeted",
             KeyRefusal::ModelBudgetUnavailable => "model_budget_unavailable",
         }
     }
 }
 
 /// A key with per-model budgets is charged to the model its request names:
-/// none named is refused (never charged to nothing while a cap exists); a
-/// model with a budget on the key must have it in the chain; a model
-/// without one is charged to the key's other scopes only.
+/// none named is refused (never charged to nothing while a cap exists), and
+/// so is a model the key has no budget for (the key's models are the only
+/// ones it may call: LiteLLM's aliases, wildcards and prefixes could route
+/// another name to a budgeted model); a model with a budget on the key
+/// must have it in the chain.
 pub fn check_model(chain: &Chain, model: Option<&str>) -> Result<(), KeyRefusal> {
     if chain.key.model_budgets.is_empty() {
         return Ok(());
@@ -48,7 +55,7 @@ pub fn check_model(chain: &Chain, model: Option<&str>) -> Result<(), KeyRefusal>
         return Err(KeyRefusal::ModelRequired);
     };
     if !chain.key.model_budgets.iter().any(|m| m == model) {
-        return Ok(());
+        return Err(KeyRefusal::ModelNotBudgeted);
     }
     let wanted = crate::model::EntityRef::model(&chain.key.entity.id, model);
     if chain.scopes.iter().any(|e| e.entity == wanted) {

@@ -460,6 +460,7 @@ pub fn denial_reason(outcome: &AuthorizeOutcome) -> Option<&'static str> {
         AuthorizeOutcome::Refused(KeyRefusal::Expired) => Some("expired"),
         AuthorizeOutcome::Refused(KeyRefusal::CustomerBlocked) => Some("customer_blocked"),
         AuthorizeOutcome::Refused(KeyRefusal::ModelRequired) => Some("model_required"),
+        AuthorizeOutcome::Refused(KeyRefusal::ModelNotBudgeted) => Some("model_not_budgeted"),
         AuthorizeOutcome::Refused(KeyRefusal::ModelBudgetUnavailable) => {
             Some("model_budget_unavailable")
         }
