@@ -22,7 +22,10 @@
 //! - the path on a refused shard is the service's: read pool and shard,
 //!   refill a slice of the limit; with the pool short, one isolated read of
 //!   every slot, deny if the total is short, else borrow what the shard
-//!   lacks from the slots with the most headroom and go on.
+//!   lacks from the slots with the most headroom and go on. The isolated
+//!   read is cancelled while any slot is held by a transaction (as
+//!   DynamoDB cancels `TransactGetItems`): read again twice after 1–2 ms and
+//!   2–4 ms, then counted as a busy attempt.
 //!
 //! The team's limit is what 20 seconds of the offered load would spend, so
 //! the cap comes when throughput allows. Printed per shard count and load:
@@ -90,6 +93,12 @@ impl Table {
         self.items[r].state.clone()
     }
 
+    /// Whether a transaction holds any of `refs` at `now` (an isolated
+    /// read of them is cancelled).
+    fn any_busy(&self, refs: &[EntityRef], now: u64) -> bool {
+        refs.iter().any(|r| self.items[r].busy_until_us > now)
+    }
+
     /// One transaction at `now`: capacity and conflicts first, then the
     /// guards (`plan::guards_hold`) and the changes (`plan::apply`).
     fn transact(&mut self, writes: &[EntityWrite], now: u64) -> Outcome {
@@ -139,6 +148,8 @@ struct Request {
     round_trips: u32,
     attempts: u32,
     escrow_steps: u32,
+    /// Isolated reads cancelled in a row in this step.
+    reads: u32,
     slot: SlotId,
     cost: Money,
 }
@@ -157,6 +168,8 @@ struct Figures {
     busy: [u64; 4],
     refills: u64,
     gathers: u64,
+    /// Isolated reads of all slots cancelled by a transaction in progress.
+    busy_reads: u64,
     first_gather_us: Option<u64>,
     /// At the end: spent, reserved, headroom left, limit.
     end: (Money, Money, Money, Money),
@@ -251,6 +264,7 @@ fn run(shards: u32, rate: f64) -> Figures {
                     round_trips: 1,
                     attempts: 0,
                     escrow_steps: 0,
+                    reads: 0,
                     slot,
                     cost,
                 },
@@ -314,15 +328,34 @@ fn run(shards: u32, rate: f64) -> Figures {
                 }
             }
             Phase::Gather => {
-                let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
-                let total = escrow::totals(&e, &all).windows[0].avail;
-                if total < estimate {
-                    f.denied += 1;
-                    f.cap_us.get_or_insert(now);
-                    continue;
+                // DynamoDB cancels the isolated read while any slot is in
+                // a transaction: read again twice after 1–2 ms, 2–4 ms
+                // (`service::escrow`'s read_all), then a busy attempt.
+                if table.any_busy(&refs, now) {
+                    f.busy_reads += 1;
+                    if r.reads < 2 {
+                        r.reads += 1;
+                        let base = 1_000u64 << (r.reads - 1);
+                        let wait = base + rng.next() % base;
+                        r.round_trips += 1;
+                        requests.insert(id, r);
+                        push(&mut queue, now + wait + ROUND_TRIP_US, id);
+                        continue;
+                    }
+                    r.reads = 0;
+                    Outcome::Busy
+                } else {
+                    r.reads = 0;
+                    let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
+                    let total = escrow::totals(&e, &all).windows[0].avail;
+                    if total < escrow::need(estimate) {
+                        f.denied += 1;
+                        f.cap_us.get_or_insert(now);
+                        continue;
+                    }
+                    let writes = escrow::borrow(&all, &shard_ref, estimate).expect("covered");
+                    table.transact(&writes, now)
                 }
-                let writes = escrow::borrow(&all, &shard_ref, estimate).expect("covered");
-                table.transact(&writes, now)
             }
         };
         match (r.phase, outcome) {
@@ -436,8 +469,8 @@ fn main() {
             );
             if std::env::var("SIM_DEBUG").is_ok() {
                 eprintln!(
-                    "  cancelled (reserve, refill, gather, settle) {:?}, refills {}, borrows {}",
-                    f.busy, f.refills, f.gathers
+                    "  cancelled (reserve, refill, gather, settle) {:?}, refills {}, borrows {}, isolated reads cancelled {}",
+                    f.busy, f.refills, f.gathers, f.busy_reads
                 );
             }
         }

@@ -146,6 +146,29 @@ pub struct Denial {
 }
 
 impl Denial {
+    /// The denial of `estimate` by `window` of `entity` at `now`: the
+    /// window as a reader at `now` sees it (a sharded entity's: its totals
+    /// over its slots), so every path that denies names it alike.
+    pub fn of(
+        entity: &EntityRef,
+        window: &Window,
+        estimate: Money,
+        now: DateTime<Utc>,
+        clock: &ResetClock,
+    ) -> Denial {
+        let reset_at = window.reset_at_as_of(now, clock);
+        Denial {
+            entity: entity.clone(),
+            span: window.span,
+            max: window.max,
+            spend: window.spent_at(now),
+            reserved: window.reserved,
+            estimate,
+            reset_at,
+            retry_after: reset_at.map(|at| retry_after_seconds(at, now)),
+        }
+    }
+
     /// `Budget exceeded: user=user-123 over 1d budget. Spend=$140.0000
     /// (+$5.0000 reserved), Estimate=$10.0000, Limit=$150.00, resets
     /// 2026-11-29T00:00:00Z`: what is spent, what is held, what this
@@ -237,17 +260,7 @@ pub fn admit(
                 }
                 continue;
             }
-            let reset_at = window.reset_at_as_of(now, clock);
-            let denial = Denial {
-                entity: entity.entity.clone(),
-                span: window.span,
-                max: window.max,
-                spend: window.spent_at(now),
-                reserved: window.reserved,
-                estimate,
-                reset_at,
-                retry_after: reset_at.map(|at| retry_after_seconds(at, now)),
-            };
+            let denial = Denial::of(&entity.entity, window, estimate, now, clock);
             let later = match (&worst, denial.reset_at) {
                 (None, _) => true,
                 (Some(w), Some(at)) => w.reset_at.is_some_and(|prev| at > prev),

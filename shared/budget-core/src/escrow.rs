@@ -60,14 +60,6 @@ pub fn shard_of(e: &Entity, pick: u32) -> Option<SlotId> {
     is_sharded(e).then(|| SlotId::Shard(pick % e.shards))
 }
 
-/// The headroom a shard must hold for a reservation of `estimate`: the
-/// estimate, and at least one nano — as an unsharded window admits only
-/// while its use is below its limit, an exhausted sharded budget must not
-/// admit a zero estimate.
-pub fn need(estimate: Money) -> Money {
-    estimate.max(Money::from_nanos(1))
-}
-
 /// Every slot item of `e`: the pool and each shard item that exists
 /// (retired ones included: reservations may still settle there).
 pub fn slot_refs(e: &Entity) -> Vec<EntityRef> {
@@ -98,6 +90,14 @@ fn part(w: &Window, avail: Money) -> Window {
         avail,
         ..w.clone()
     }
+}
+
+/// The headroom a reservation of `estimate` needs on a slot, and over all
+/// slots not to be denied: the estimate, and never less than one nano — a
+/// zero estimate still needs room, as `decision::window_admits` asks of a
+/// plain window (`used < max`).
+pub fn need(estimate: Money) -> Money {
+    estimate.max(Money::from_nanos(1))
 }
 
 /// The reservation of `estimate` on slot `slot` of `e` (as known: its
@@ -383,12 +383,20 @@ pub fn roll(
     writes
 }
 
-/// Whether `slot`'s parts are in the periods `e` (as known) is in.
+/// Whether `slot`'s parts are in the periods `e` (as known) is in; a
+/// boundary `e` does not know (an owner from a key's snapshot, whose
+/// boundaries were not read) is taken as the slot's.
 pub fn same_periods(e: &Entity, slot: &Entity) -> bool {
     e.windows.iter().all(|w| {
         slot.window(&w.id())
-            .is_some_and(|p| p.reset_at == w.reset_at)
+            .is_some_and(|p| w.reset_at.is_none() || p.reset_at == w.reset_at)
     })
+}
+
+/// Whether a window of `slot` is past its boundary at `now`: the slots
+/// must roll over before anything else is done on them.
+pub fn behind(slot: &Entity, now: DateTime<Utc>) -> bool {
+    slot.windows.iter().any(|w| w.is_due(now))
 }
 
 /// `e` (its item as read) with each window's `spent`, `reserved` and
@@ -424,6 +432,9 @@ pub fn admin_change(
     slots: &[Entity],
 ) -> (Vec<EntityWrite>, Vec<Entity>) {
     let version = old.version + 1;
+    if let Some(writes) = limit_change(old, new, slots, version) {
+        return (writes, Vec::new());
+    }
     let mut stored = new.clone();
     stored.version = version;
     let mut create = Vec::new();
@@ -469,6 +480,76 @@ pub fn admin_change(
         }
     }
     (writes, create)
+}
+
+/// An admin change that moves only limits (same shards, same windows in
+/// the same generations) as writes that need no slot to be as read: the
+/// pool takes each window's change of limit — a raise always, a cut
+/// conditional on the pool covering it — and every slot takes the new
+/// version, nothing else. So the traffic on the shards, which moves their
+/// counters all the time, never refuses it (a gathering is conditional on
+/// every slot's headroom as read). `None`: the change needs the gathering
+/// (a cut the pool does not cover as read, or anything but limits).
+fn limit_change(
+    old: &Entity,
+    new: &Entity,
+    slots: &[Entity],
+    version: u64,
+) -> Option<Vec<EntityWrite>> {
+    if !is_sharded(old)
+        || !is_sharded(new)
+        || old.shards != new.shards
+        || old.shard_items != new.shard_items
+        || old.windows.len() != new.windows.len()
+    {
+        return None;
+    }
+    let pool = slots.iter().find(|s| s.entity.slot == Some(SlotId::Pool))?;
+    if slots.len() != slot_refs(old).len() {
+        return None;
+    }
+    let mut take = EntityWrite {
+        entity: pool.entity.clone(),
+        guards: vec![Guard::Incarnation(pool.incarnation)],
+        changes: vec![Change::SetVersion(version)],
+    };
+    for (o, n) in old.windows.iter().zip(&new.windows) {
+        let part = pool.window(&o.id())?;
+        if o.id() != n.id() || o.generation != n.generation || part.generation != o.generation {
+            return None;
+        }
+        let change = n.max.saturating_sub(o.max);
+        if change.is_zero() {
+            continue;
+        }
+        if change < Money::ZERO && part.avail < change.negated() {
+            return None;
+        }
+        let id = o.id();
+        take.guards
+            .push(Guard::Generation(id.clone(), o.generation));
+        if change < Money::ZERO {
+            take.guards
+                .push(Guard::AtLeast(id.clone(), Counter::Avail, change.negated()));
+        }
+        take.changes.push(Change::Add(id, Counter::Avail, change));
+    }
+    Some(
+        slots
+            .iter()
+            .map(|s| {
+                if s.entity == pool.entity {
+                    take.clone()
+                } else {
+                    EntityWrite {
+                        entity: s.entity.clone(),
+                        guards: vec![Guard::Incarnation(s.incarnation)],
+                        changes: vec![Change::SetVersion(version)],
+                    }
+                }
+            })
+            .collect(),
+    )
 }
 
 /// The slot items of `e` created sharded: the pool holding every window's
@@ -725,6 +806,67 @@ mod tests {
                 prop_assert!(negative.negated() <= debt, "{:?}", store);
             }
         }
+    }
+
+    #[test]
+    fn a_limit_change_on_a_busy_team_touches_only_the_pool_where_it_can() {
+        let (e, mut store) = team(4, 10);
+        // Read by the admin call; then the shards move (a refill and a
+        // reservation), as they do on a busy team.
+        let read = store.clone();
+        let shard = e.entity.at(SlotId::Shard(1));
+        let t = transfer(slot(&store, SlotId::Pool), &shard, Money::usd(2)).unwrap();
+        assert!(run(&mut store, &t));
+        let r = reserve(&e, SlotId::Shard(1), Money::usd(1), t0()).unwrap();
+        assert!(run(&mut store, &[r]));
+        let with_max = |max: i64| {
+            let mut n = e.clone();
+            n.windows[0].max = Money::usd(max);
+            n
+        };
+        let sum = |store: &[Entity], e: &Entity| {
+            let w = totals(e, store).windows[0].clone();
+            w.avail.saturating_add(w.reserved).saturating_add(w.spent)
+        };
+        // Raised: the pool takes it; no slot needs to be as read.
+        let (writes, create) = admin_change(&e, &with_max(15), &read);
+        assert!(create.is_empty());
+        assert!(writes
+            .iter()
+            .all(|w| !w.guards.iter().any(|g| matches!(g, Guard::Is(..)))));
+        assert!(
+            run(&mut store, &writes),
+            "committed over the shards' traffic"
+        );
+        let raised = Entity {
+            version: e.version + 1,
+            ..with_max(15)
+        };
+        assert_eq!(sum(&store, &raised), Money::usd(15));
+        assert!(store.iter().all(|s| s.version == raised.version));
+        // Lowered by what the pool holds (8 + 5 = 13 there): the pool alone.
+        let read = store.clone();
+        let (writes, _) = admin_change(&raised, &with_max(4), &read);
+        assert!(writes
+            .iter()
+            .all(|w| !w.guards.iter().any(|g| matches!(g, Guard::Is(..)))));
+        assert!(run(&mut store, &writes));
+        let lowered = Entity {
+            version: raised.version + 1,
+            ..with_max(4)
+        };
+        assert_eq!(sum(&store, &lowered), Money::usd(4));
+        // Lowered by more than the pool holds (2): the full gathering.
+        let (writes, _) = admin_change(&lowered, &with_max(1), &store);
+        assert!(writes
+            .iter()
+            .any(|w| w.guards.iter().any(|g| matches!(g, Guard::Is(..)))));
+        assert!(run(&mut store, &writes));
+        let last = Entity {
+            version: lowered.version + 1,
+            ..with_max(1)
+        };
+        assert_eq!(sum(&store, &last), Money::usd(1));
     }
 
     #[test]

@@ -212,13 +212,13 @@ impl<S: BudgetStore> Authorizer<S> {
             stale = false;
             if let Some(e) = super::escrow::due(&req.chain, now) {
                 let entity = e.entity.clone();
-                store_call(super::escrow::roll(
-                    &self.store,
-                    &entity,
-                    now,
-                    &self.settings.clock,
-                ))
-                .await?;
+                let clock = &self.settings.clock;
+                let rolled =
+                    store_call(super::escrow::roll(&self.store, &entity, now, clock)).await?;
+                if rolled == super::escrow::Rolled::Busy {
+                    // Another request is rolling it: let it finish.
+                    backoff(attempt).await;
+                }
                 stale = true;
                 continue;
             }

@@ -6,13 +6,39 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::decision::{retry_after_seconds, Denial};
+use crate::decision::Denial;
 use crate::duration::ResetClock;
 use crate::escrow;
 use crate::model::{Chain, Entity, EntityRef, SlotId};
 use crate::money::Money;
 use crate::plan;
-use crate::store::{BudgetStore, PlanWrite, StoreError};
+use crate::store::{BudgetStore, Isolated, PlanWrite, StoreError};
+
+/// Isolated reads of all slots one step makes before it gives the attempt
+/// up as busy: DynamoDB cancels one while any of its items is in a
+/// transaction, which under load is brief but frequent.
+const ISOLATED_READS: usize = 3;
+
+/// Every slot of `owner` as of one instant, read again after a short
+/// jittered pause (1–2 ms, 2–4 ms) while a transaction holds one of them;
+/// `None` when all [`ISOLATED_READS`] were busy (nothing may be decided on
+/// a read that is not isolated).
+async fn read_all<S: BudgetStore>(
+    store: &S,
+    refs: &[EntityRef],
+) -> Result<Option<Vec<Entity>>, StoreError> {
+    for attempt in 0..ISOLATED_READS {
+        if attempt > 0 {
+            let base = 1u64 << (attempt - 1);
+            let jitter = rand::random::<u64>() % (base * 1000);
+            tokio::time::sleep(std::time::Duration::from_micros(base * 1000 + jitter)).await;
+        }
+        if let Isolated::Read(slots) = store.load_isolated(refs).await? {
+            return Ok(Some(slots));
+        }
+    }
+    Ok(None)
+}
 
 /// What a request whose shard did not cover it does next.
 #[derive(Debug)]
@@ -45,8 +71,6 @@ pub(super) async fn step<S: BudgetStore>(
     now: DateTime<Utc>,
     clock: &ResetClock,
 ) -> Result<Next, StoreError> {
-    let asked = estimate;
-    let estimate = escrow::need(estimate);
     let pool_ref = owner.entity.at(SlotId::Pool);
     let read = store.load_many(&[pool_ref.clone(), slot.clone()]).await?;
     let (Some(pool), Some(shard)) = (
@@ -58,17 +82,23 @@ pub(super) async fn step<S: BudgetStore>(
     if shard.version != owner.version || shard.incarnation != owner.incarnation {
         return Ok(Next::Reread);
     }
-    if !escrow::same_periods(owner, shard) || !escrow::same_periods(owner, pool) {
-        // The entity's item rolled over (lazily) and its slots did not yet.
-        return Ok(match roll(store, &owner.entity, now, clock).await {
-            Err(StoreError::Unavailable(_)) => Next::Busy,
-            other => {
-                other?;
-                Next::Reread
-            }
+    if escrow::behind(shard, now) || escrow::behind(pool, now) {
+        // A boundary passed and the slots are still in the old period.
+        return Ok(match roll(store, &owner.entity, now, clock).await? {
+            Rolled::Busy => Next::Busy,
+            Rolled::Done | Rolled::Already => Next::Reread,
         });
     }
-    if escrow::headroom(shard) >= estimate {
+    if !escrow::same_periods(owner, shard) || !escrow::same_periods(owner, pool) {
+        // The slots are current and what we know of the owner is not (a
+        // boundary we hold from before a roll-over): read it again. A
+        // boundary we do not know (an owner from the key's snapshot) is
+        // no difference: the slots' own guard their period.
+        return Ok(Next::Reread);
+    }
+    // What the shard must hold: a zero estimate still needs room.
+    let need = escrow::need(estimate);
+    if escrow::headroom(shard) >= need {
         return Ok(Next::Retry);
     }
     let limit = owner
@@ -77,9 +107,7 @@ pub(super) async fn step<S: BudgetStore>(
         .map(|w| w.max)
         .min()
         .unwrap_or(Money::ZERO);
-    if let Some(amount) =
-        escrow::refill_amount(escrow::headroom(pool), estimate, limit, owner.shards)
-    {
+    if let Some(amount) = escrow::refill_amount(escrow::headroom(pool), need, limit, owner.shards) {
         if let Some(writes) = escrow::transfer(pool, slot, amount) {
             return Ok(match store.write_all(&writes).await? {
                 PlanWrite::Done | PlanWrite::Refused => Next::Retry,
@@ -87,29 +115,32 @@ pub(super) async fn step<S: BudgetStore>(
             });
         }
     }
-    // Near the cap: the totals decide, from one isolated read of all slots.
-    // Still cancelled after the store's own tries (every slot busy): back
-    // off and start over, rather than answer unavailable.
-    let slots = match store.load_isolated(&escrow::slot_refs(owner)).await {
-        Err(StoreError::Unavailable(_)) => return Ok(Next::Busy),
-        read => read?,
+    // Near the cap: the totals decide, from one isolated read of all slots
+    // and the entity's own item (its counters as stored, not the hints a
+    // cached chain carries: they are part of the totals a denial names).
+    let refs: Vec<EntityRef> = std::iter::once(owner.entity.clone())
+        .chain(escrow::slot_refs(owner))
+        .collect();
+    let Some(mut read) = read_all(store, &refs).await? else {
+        return Ok(Next::Busy);
     };
-    let totals = escrow::totals(owner, &slots);
-    if let Some(w) = totals.windows.iter().find(|w| w.avail < estimate) {
-        return Ok(Next::Deny(Box::new(Denial {
-            entity: owner.entity.clone(),
-            span: w.span,
-            max: w.max,
-            spend: w.spent,
-            reserved: w.reserved,
-            reset_at: w.reset_at,
-            retry_after: w.reset_at.map(|at| retry_after_seconds(at, now)),
-            estimate: asked,
-        })));
+    let Some(at) = read.iter().position(|e| e.entity == owner.entity) else {
+        return Ok(Next::Reread);
+    };
+    let item = read.swap_remove(at);
+    let slots = read;
+    if item.version != owner.version || item.incarnation != owner.incarnation {
+        return Ok(Next::Reread);
+    }
+    let totals = escrow::totals(&item, &slots);
+    if let Some(w) = totals.windows.iter().find(|w| w.avail < need) {
+        // Named as a plain window's denial is (`decision::admit`).
+        let denial = Denial::of(&owner.entity, w, estimate, now, clock);
+        return Ok(Next::Deny(Box::new(denial)));
     }
     // Borrow what the shard lacks from the slots with the most headroom
     // (the fewest that cover it: usually one, a two-item transaction).
-    let Some(writes) = escrow::borrow(&slots, slot, estimate) else {
+    let Some(writes) = escrow::borrow(&slots, slot, need) else {
         return Ok(Next::Retry);
     };
     Ok(match store.write_all(&writes).await? {
@@ -126,31 +157,264 @@ pub(super) fn due(chain: &Chain, now: DateTime<Utc>) -> Option<&Entity> {
         .find(|e| escrow::is_sharded(e) && e.windows.iter().any(|w| w.is_due(now)))
 }
 
+/// What [`roll`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rolled {
+    /// This call rolled the entity and its slots over.
+    Done,
+    /// Nothing was due any more: someone else rolled (or it is gone).
+    Already,
+    /// Another writer held or moved an item meanwhile: back off, try again.
+    Busy,
+}
+
 /// Rolls over `entity`'s due windows on its item and all its slots, in one
-/// transaction (read afresh first). `Ok(false)`: nothing was written
-/// (someone else rolled, or it moved: read again).
+/// transaction. At a boundary every request of every instance finds the
+/// slots due at once: each first reads only the entity and its pool (one
+/// request), and all but the one that wins see them rolled there and go on
+/// — the isolated read of every slot and the transaction over all of them
+/// are only the roller's.
 pub async fn roll<S: BudgetStore>(
     store: &S,
     entity: &EntityRef,
     now: DateTime<Utc>,
     clock: &ResetClock,
-) -> Result<bool, StoreError> {
-    let Some(e) = store.load(entity).await? else {
-        return Ok(false);
+) -> Result<Rolled, StoreError> {
+    let first = store
+        .load_many(&[entity.clone(), entity.at(SlotId::Pool)])
+        .await?;
+    let Some(e) = first.iter().find(|x| &x.entity == entity) else {
+        return Ok(Rolled::Already);
     };
-    // Rolled already: at a boundary every request of a hot budget finds
-    // it due, and all but the first stop here, at two reads, instead of
-    // reading every slot and sending a transaction that can only be
-    // refused. The slots roll together, so the pool in step with the item
-    // means all of them are.
-    if !e.windows.iter().any(|w| w.is_due(now)) {
-        let pool = store.load(&e.entity.at(SlotId::Pool)).await?;
-        if pool.is_some_and(|p| escrow::same_periods(&e, &p)) {
-            return Ok(false);
+    let pool = first.iter().find(|x| x.entity == entity.at(SlotId::Pool));
+    let item_due = e.windows.iter().any(|w| w.is_due(now));
+    if !item_due && pool.is_none_or(|p| !escrow::behind(p, now)) {
+        return Ok(Rolled::Already);
+    }
+    let Some(slots) = read_all(store, &escrow::slot_refs(e)).await? else {
+        return Ok(Rolled::Busy);
+    };
+    let mut writes = vec![plan::roll_over(e, now, clock)];
+    writes.extend(escrow::roll(e, &slots, |w| w.reset_at_as_of(now, clock)));
+    Ok(match store.write_all(&writes).await? {
+        PlanWrite::Done => Rolled::Done,
+        PlanWrite::Busy | PlanWrite::Refused => Rolled::Busy,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The request path of a sharded team over the memory store (which
+    //! executes the same plans as DynamoDB).
+
+    use chrono::TimeZone;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::keys::{generate_key, hash_key};
+    use crate::model::{Span, Window};
+    use crate::service::{AuthorizeOutcome, Authorizer};
+    use crate::store::memory::MemoryStore;
+    use crate::store::{AdminStore, AdminWrite};
+
+    pub(crate) fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap()
+    }
+
+    pub(crate) fn settings() -> Settings {
+        // No floor: a zero estimate stays zero.
+        Settings::from_lookup(|k| match k {
+            "TABLE_NAME" => Some("t".to_string()),
+            "MIN_RESERVATION_USD" => Some("0".to_string()),
+            _ => None,
+        })
+        .unwrap()
+    }
+
+    /// A team of `shards` shards with a 1d window of `max` USD, and a key
+    /// of it; returns the key.
+    pub(crate) async fn hot_team(store: &MemoryStore, shards: u32, max: i64) -> String {
+        let clock = settings().clock;
+        let mut team = Entity::new(EntityRef::team("t"), now());
+        team.shards = shards;
+        team.shard_items = shards;
+        team.windows.push(Window::open(
+            Span::parse_id("1d").unwrap(),
+            Money::usd(max),
+            false,
+            now(),
+            &clock,
+        ));
+        assert_eq!(store.create(&team).await.unwrap(), AdminWrite::Done);
+        let key = generate_key();
+        let mut k = Entity::new(EntityRef::key(hash_key(&key)), now());
+        k.team_id = Some("t".into());
+        assert_eq!(store.create(&k).await.unwrap(), AdminWrite::Done);
+        key
+    }
+
+    fn admitted(outcome: &AuthorizeOutcome) -> bool {
+        matches!(outcome, AuthorizeOutcome::Allowed { .. })
+    }
+
+    #[tokio::test]
+    async fn a_busy_isolated_read_is_read_again_and_the_denial_comes_from_the_totals() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 4, 1).await;
+        let a = Authorizer::new(store.clone(), settings());
+        assert!(admitted(
+            &a.authorize(&key, Money::usd(1), None, now()).await
+        ));
+        // A transaction holds a slot at the first two isolated reads.
+        store.inject_busy_reads(2);
+        let denied = a.authorize(&key, Money::usd(1), None, now()).await;
+        match denied {
+            AuthorizeOutcome::Denied(d) => {
+                assert_eq!(d.entity, EntityRef::team("t"));
+                assert_eq!(d.max, Money::usd(1));
+            }
+            other => panic!("not denied on the totals: {other:?}"),
         }
     }
-    let slots = store.load_isolated(&escrow::slot_refs(&e)).await?;
-    let mut writes = vec![plan::roll_over(&e, now, clock)];
-    writes.extend(escrow::roll(&e, &slots, |w| w.reset_at_as_of(now, clock)));
-    Ok(store.write_all(&writes).await? == PlanWrite::Done)
+
+    #[tokio::test]
+    async fn isolated_reads_that_stay_busy_fail_closed_and_never_deny() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 4, 1).await;
+        let a = Authorizer::new(store.clone(), settings());
+        assert!(admitted(
+            &a.authorize(&key, Money::usd(1), None, now()).await
+        ));
+        store.inject_busy_reads(1_000);
+        let outcome = a.authorize(&key, Money::usd(1), None, now()).await;
+        assert!(
+            matches!(outcome, AuthorizeOutcome::Unavailable(_)),
+            "{outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_busy_isolated_read_still_borrows_what_another_shard_holds() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 2, 1).await;
+        // The whole limit on shard 0, none in the pool.
+        let pool = store
+            .entity(&EntityRef::team("t").at(SlotId::Pool))
+            .unwrap();
+        let to = EntityRef::team("t").at(SlotId::Shard(0));
+        let moved = escrow::transfer(&pool, &to, Money::usd(1)).unwrap();
+        assert_eq!(store.write_all(&moved).await.unwrap(), PlanWrite::Done);
+        let a = Authorizer::new(store.clone(), settings());
+        store.inject_busy_reads(2);
+        for _ in 0..4 {
+            let outcome = a
+                .authorize(&key, Money::from_nanos(250_000_000), None, now())
+                .await;
+            assert!(admitted(&outcome), "{outcome:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_zero_estimate_is_denied_on_an_exhausted_sharded_team_as_on_a_plain_one() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 4, 1).await;
+        let a = Authorizer::new(store.clone(), settings());
+        // Room left: a zero estimate is admitted on any shard (one with
+        // nothing yet refills first).
+        let outcome = a.authorize(&key, Money::ZERO, None, now()).await;
+        assert!(admitted(&outcome), "{outcome:?}");
+        assert!(admitted(
+            &a.authorize(&key, Money::usd(1), None, now()).await
+        ));
+        // Exhausted: every shard holds 0, and 0 >= 0 must not admit.
+        for _ in 0..8 {
+            let outcome = a.authorize(&key, Money::ZERO, None, now()).await;
+            assert!(
+                matches!(outcome, AuthorizeOutcome::Denied(_)),
+                "{outcome:?}"
+            );
+        }
+    }
+
+    /// What the second of two $1 requests on a team of $1 is answered,
+    /// the team sharded over `shards` (0: a plain team).
+    async fn second_dollar(shards: u32) -> AuthorizeOutcome {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, shards, 1).await;
+        let a = Authorizer::new(store.clone(), settings());
+        assert!(admitted(
+            &a.authorize(&key, Money::usd(1), None, now()).await
+        ));
+        // A cold instance too: it knows the team from nothing but the key.
+        let cold = Authorizer::new(store.clone(), settings());
+        let other = cold.authorize(&key, Money::usd(1), None, now()).await;
+        let warm = a.authorize(&key, Money::usd(1), None, now()).await;
+        assert_eq!(other, warm);
+        warm
+    }
+
+    #[tokio::test]
+    async fn an_exhausted_sharded_team_is_denied_as_a_plain_one_is() {
+        let plain = second_dollar(0).await;
+        let AuthorizeOutcome::Denied(d) = &plain else {
+            panic!("{plain:?}");
+        };
+        assert_eq!(d.reserved, Money::usd(1));
+        for shards in [2, 8] {
+            assert_eq!(second_dollar(shards).await, plain, "{shards} shards");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_owner_from_a_snapshot_refills_without_taking_the_roll_path() {
+        let store = MemoryStore::new();
+        hot_team(&store, 4, 10).await;
+        // As a key's snapshot knows the team: its configuration, no
+        // boundaries.
+        let mut owner = store.entity(&EntityRef::team("t")).unwrap();
+        for w in &mut owner.windows {
+            w.reset_at = None;
+        }
+        let slot = owner.entity.at(SlotId::Shard(1));
+        let before = store.requests();
+        let clock = settings().clock;
+        let next = step(&store, &owner, &slot, Money::usd(1), now(), &clock)
+            .await
+            .unwrap();
+        assert!(matches!(next, Next::Retry), "{next:?}");
+        // The pool and the shard read, the refill written: nothing else.
+        assert_eq!(store.requests() - before, 2);
+        assert!(store.entity(&slot).unwrap().windows[0].avail >= Money::usd(1));
+    }
+
+    #[tokio::test]
+    async fn at_a_boundary_one_roller_rolls_and_the_others_see_it_for_one_read() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 4, 10).await;
+        let a = Authorizer::new(store.clone(), settings());
+        assert!(admitted(
+            &a.authorize(&key, Money::usd(3), None, now()).await
+        ));
+        let clock = settings().clock;
+        let tomorrow = now() + chrono::Duration::days(1);
+        let team = EntityRef::team("t");
+        assert_eq!(
+            roll(&store, &team, tomorrow, &clock).await.unwrap(),
+            Rolled::Done
+        );
+        let before = store.requests();
+        for _ in 0..3 {
+            assert_eq!(
+                roll(&store, &team, tomorrow, &clock).await.unwrap(),
+                Rolled::Already
+            );
+        }
+        assert_eq!(store.requests() - before, 3, "one read each");
+        // The warm instance's chain still has yesterday's boundary: it
+        // finds the roll-over done and is admitted on the new period.
+        let outcome = a.authorize(&key, Money::usd(7), None, tomorrow).await;
+        assert!(admitted(&outcome), "10 − 3 in flight: {outcome:?}");
+        let denied = a.authorize(&key, Money::usd(1), None, tomorrow).await;
+        assert!(matches!(denied, AuthorizeOutcome::Denied(_)), "{denied:?}");
+    }
 }

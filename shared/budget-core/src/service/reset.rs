@@ -8,6 +8,7 @@ use crate::duration::ResetClock;
 use crate::model::Entity;
 use crate::store::ResetStore;
 
+use super::escrow::Rolled;
 use super::{expire, MAX_ATTEMPTS};
 
 /// What one run of the reset job did.
@@ -173,11 +174,16 @@ async fn roll_one<S: ResetStore>(
         let due = entity.windows.iter().filter(|w| w.is_due(now)).count();
         for attempt in 0..MAX_ATTEMPTS {
             match super::escrow::roll(store, &entity.entity, now, clock).await {
-                Ok(true) => {
+                Ok(Rolled::Done) => {
                     summary.windows_reset += due;
                     return;
                 }
-                Ok(false) => super::backoff(attempt).await,
+                // A request rolled it first (at the boundary, it usually does).
+                Ok(Rolled::Already) => {
+                    summary.already_rolled += due;
+                    return;
+                }
+                Ok(Rolled::Busy) => super::backoff(attempt).await,
                 Err(e) => return not_rolled(summary, &name, e),
             }
         }

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AdminStore, AdminWrite, BudgetStore, Finish, FinishWrite, PlanWrite, Reads, ReserveWrite,
-    ResetStore, StoreError,
+    AdminStore, AdminWrite, BudgetStore, Finish, FinishWrite, Isolated, PlanWrite, Reads,
+    ReserveWrite, ResetStore, StoreError,
 };
 use crate::duration::ResetClock;
 use crate::model::{Chain, Entity, EntityKind, EntityRef, Reservation, ReservationState};
@@ -48,6 +48,8 @@ pub struct MemoryStore {
 struct Inner {
     state: Mutex<State>,
     faults: Mutex<VecDeque<Injected>>,
+    /// Isolated reads still to answer `Busy` (a transaction held an item).
+    busy_reads: Mutex<usize>,
     requests: Mutex<usize>,
 }
 
@@ -60,6 +62,17 @@ impl MemoryStore {
     pub fn inject(&self, fault: Injected, times: usize) {
         let mut faults = self.inner.faults.lock().unwrap_or_else(|e| e.into_inner());
         faults.extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// The next `times` isolated reads answer [`Isolated::Busy`], as
+    /// DynamoDB cancels a `TransactGetItems` while a transaction holds one
+    /// of its items.
+    pub fn inject_busy_reads(&self, times: usize) {
+        *self
+            .inner
+            .busy_reads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) += times;
     }
 
     /// Requests served so far (reads and writes), as DynamoDB would bill
@@ -237,6 +250,26 @@ impl BudgetStore for MemoryStore {
 
     async fn reservation(&self, id: &str) -> Result<Option<Reservation>, StoreError> {
         Ok(self.state().reservations.get(id).cloned())
+    }
+
+    async fn load_isolated(&self, entities: &[EntityRef]) -> Result<Isolated, StoreError> {
+        {
+            let mut busy = self
+                .inner
+                .busy_reads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if *busy > 0 {
+                *busy -= 1;
+                *self
+                    .inner
+                    .requests
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) += 1;
+                return Ok(Isolated::Busy);
+            }
+        }
+        Ok(Isolated::Read(self.load_many(entities).await?))
     }
 
     async fn write_all(&self, writes: &[plan::EntityWrite]) -> Result<PlanWrite, StoreError> {

@@ -81,6 +81,16 @@ pub enum PlanWrite {
     Busy,
 }
 
+/// What an isolated read (`BudgetStore::load_isolated`) found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Isolated {
+    /// The items that exist, all as of one instant.
+    Read(Vec<Entity>),
+    /// A transaction held one of the items (or one was throttled): nothing
+    /// was read. Back off, read again; never decide on a partial read.
+    Busy,
+}
+
 /// How a reservation ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
@@ -185,8 +195,10 @@ pub trait BudgetStore: Reads {
 
     /// `entities` in one isolated read (a snapshot: no transaction is seen
     /// half done), at most 100: what the escrow's totals are decided on.
-    async fn load_isolated(&self, entities: &[EntityRef]) -> Result<Vec<Entity>, StoreError> {
-        self.load_many(entities).await
+    /// [`Isolated::Busy`] when a transaction held one of them (DynamoDB
+    /// cancels a `TransactGetItems` then): nothing was read, try again.
+    async fn load_isolated(&self, entities: &[EntityRef]) -> Result<Isolated, StoreError> {
+        Ok(Isolated::Read(self.load_many(entities).await?))
     }
 
     /// `writes` in one atomic write: every guard holds and every change

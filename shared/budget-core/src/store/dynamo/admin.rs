@@ -7,7 +7,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 use crate::model::{Entity, EntityKind, EntityRef};
 use crate::plan::{self, WindowEdit};
 use crate::store::table::PARTITION_KEY;
-use crate::store::{AdminStore, AdminWrite, BudgetStore, StoreError};
+use crate::store::{AdminStore, AdminWrite, BudgetStore, Isolated, StoreError};
 
 use super::codec::*;
 use super::errors::*;
@@ -203,7 +203,11 @@ impl AdminStore for DynamoStore {
         // A sharded user or team: every slot takes the change (one
         // transaction: the escrow's invariant holds across it).
         if crate::escrow::is_sharded(old) || crate::escrow::is_sharded(new) {
-            let slots = self.load_isolated(&crate::escrow::slot_refs(old)).await?;
+            let slots = match self.load_isolated(&crate::escrow::slot_refs(old)).await? {
+                Isolated::Read(slots) => slots,
+                // A transaction held a slot: the caller backs off and retries.
+                Isolated::Busy => return Ok(AdminWrite::Conflict),
+            };
             let (writes, create) = crate::escrow::admin_change(old, new, &slots);
             for w in &writes {
                 items.push(self.entity_write(w)?);

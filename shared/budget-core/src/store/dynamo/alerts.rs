@@ -11,10 +11,10 @@ use crate::alerts::AlertConfig;
 use crate::escrow;
 use crate::model::{Entity, EntityRef};
 use crate::store::table::{PARTITION_KEY, TTL_ATTRIBUTE};
-use crate::store::{BudgetStore, StoreError};
+use crate::store::{BudgetStore, Isolated, StoreError};
 
 use super::codec::{alert_config_of, entity_from_item, entity_pk, entity_ref_from_pk};
-use super::errors::unavailable;
+use super::errors::{backoff, unavailable};
 use super::expr::{key_of, n, s};
 use super::DynamoStore;
 
@@ -22,6 +22,9 @@ use super::DynamoStore;
 /// hours of retention (and notify's one hour of record age), a record of
 /// the period can no longer arrive.
 const MARKER_RETENTION_SECONDS: i64 = 2 * 24 * 3600;
+/// Isolated reads of a sharded owner's slots before its totals count as
+/// unavailable (each cancelled read backs off 5–10 ms, 10–20 ms, …).
+const ALERT_READ_TRIES: usize = 5;
 
 /// A marker claimed this long ago and still `pending` belongs to a sender
 /// that died before it could say the event went out (twice notify's 30 s
@@ -121,7 +124,23 @@ impl DynamoStore {
         if refs.is_empty() {
             return Ok(None);
         }
-        let slots = self.load_isolated(&refs).await?;
+        // Cancelled while a slot is in a transaction (a hot budget's
+        // usually are): read again a few times, jittered, before failing.
+        let mut slots = None;
+        for attempt in 0..ALERT_READ_TRIES {
+            match self.load_isolated(&refs).await? {
+                Isolated::Read(read) => {
+                    slots = Some(read);
+                    break;
+                }
+                Isolated::Busy => backoff(attempt).await,
+            }
+        }
+        let Some(slots) = slots else {
+            return Err(StoreError::Unavailable(format!(
+                "isolated read of the slots: busy {ALERT_READ_TRIES} times"
+            )));
+        };
         Ok(Some((
             escrow::totals(&entity, &slots),
             alert_config_of(item),

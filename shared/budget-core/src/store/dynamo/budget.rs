@@ -10,7 +10,8 @@ use crate::model::{Chain, Entity, EntityRef, Reservation, ReservationState};
 use crate::plan::{self, EntityWrite, ReservationEnd, ReservationGuard};
 use crate::store::table::TTL_ATTRIBUTE;
 use crate::store::{
-    reserve_refused, BudgetStore, Finish, FinishWrite, PlanWrite, Reads, ReserveWrite, StoreError,
+    reserve_refused, BudgetStore, Finish, FinishWrite, Isolated, PlanWrite, Reads, ReserveWrite,
+    StoreError,
 };
 
 use super::codec::*;
@@ -215,9 +216,9 @@ impl BudgetStore for DynamoStore {
         }
     }
 
-    async fn load_isolated(&self, entities: &[EntityRef]) -> Result<Vec<Entity>, StoreError> {
+    async fn load_isolated(&self, entities: &[EntityRef]) -> Result<Isolated, StoreError> {
         if entities.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Isolated::Read(Vec::new()));
         }
         let mut request = self.client.transact_get_items();
         for e in entities {
@@ -232,27 +233,16 @@ impl BudgetStore for DynamoStore {
                     .build(),
             );
         }
-        // DynamoDB cancels the read while any of its items is in a
-        // transaction, which the slots of a hot budget nearly always are:
-        // a few tries, spaced with jitter, before it counts as unavailable.
-        let mut tries = 0;
-        let out = loop {
-            match request.clone().send().await {
-                Ok(out) => break out,
-                Err(e) if tries + 1 < ISOLATED_READ_TRIES && read_conflicted(&e) => {
-                    tries += 1;
-                    let base = 5u64 << tries;
-                    let jitter = rand::random::<u64>() % base;
-                    tokio::time::sleep(std::time::Duration::from_millis(base + jitter)).await;
-                }
-                Err(e) => return Err(unavailable("isolated read", e)),
-            }
+        let out = match request.send().await {
+            Ok(out) => out,
+            Err(e) => return isolated_refused(e),
         };
         out.responses()
             .iter()
             .filter_map(|r| r.item())
             .map(entity_from_item)
-            .collect()
+            .collect::<Result<_, _>>()
+            .map(Isolated::Read)
     }
 
     async fn write_all(&self, writes: &[EntityWrite]) -> Result<PlanWrite, StoreError> {
@@ -347,30 +337,4 @@ impl BudgetStore for DynamoStore {
             TxOutcome::Failed(_) => Ok(FinishWrite::Stale),
         }
     }
-}
-
-/// Tries of one isolated read that keeps meeting transactions (about
-/// 10 + 20 + 40 + 80 ms of waiting, with jitter, at most).
-const ISOLATED_READ_TRIES: u32 = 5;
-
-/// Whether a `TransactGetItems` was cancelled only because an item was in
-/// a transaction or throttled (worth another try), not refused.
-fn read_conflicted(
-    e: &aws_sdk_dynamodb::error::SdkError<
-        aws_sdk_dynamodb::operation::transact_get_items::TransactGetItemsError,
-    >,
-) -> bool {
-    use aws_sdk_dynamodb::operation::transact_get_items::TransactGetItemsError;
-    let Some(TransactGetItemsError::TransactionCanceledException(c)) = e.as_service_error() else {
-        return false;
-    };
-    let reasons: Vec<_> = c
-        .cancellation_reasons()
-        .iter()
-        .filter_map(|r| classify(r.code().unwrap_or_default(), r.message()))
-        .collect();
-    !reasons.is_empty()
-        && reasons
-            .iter()
-            .all(|r| matches!(r, Refusal::Conflict | Refusal::Throttled))
 }

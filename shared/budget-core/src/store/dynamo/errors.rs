@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_get_items::TransactGetItemsError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use aws_sdk_dynamodb::Client;
 
-use crate::store::StoreError;
+use crate::store::{Isolated, StoreError};
 
 /// A failed call as a [`StoreError`]: a `ValidationException` is
 /// [`StoreError::Rejected`] (sending it again cannot help), anything else
@@ -164,6 +165,53 @@ pub(super) async fn transact(
     }
 }
 
+/// A refused `TransactGetItems`: cancelled because a transaction held one
+/// of its items, or one was throttled (the conflict codes of [`classify`]),
+/// is [`Isolated::Busy`] — nothing was read, and reading again shortly will
+/// usually succeed; anything else fails as any call does.
+pub(super) fn isolated_refused<R>(
+    e: SdkError<TransactGetItemsError, R>,
+) -> Result<Isolated, StoreError>
+where
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match e {
+        SdkError::ServiceError(e) => {
+            let err = e.into_err();
+            let busy = match &err {
+                TransactGetItemsError::TransactionCanceledException(c) => isolated_busy(
+                    c.cancellation_reasons()
+                        .iter()
+                        .map(|r| classify(r.code().unwrap_or_default(), r.message())),
+                ),
+                other => matches!(
+                    classify(other.code().unwrap_or_default(), None),
+                    Some(Refusal::Conflict | Refusal::Throttled)
+                ),
+            };
+            if busy {
+                Ok(Isolated::Busy)
+            } else {
+                Err(unavailable("isolated read", err))
+            }
+        }
+        e => Err(unavailable("isolated read", e)),
+    }
+}
+
+/// Whether a cancelled isolated read's reasons are all contention
+/// (at least one conflict or throttle, nothing else refused).
+fn isolated_busy(reasons: impl Iterator<Item = Option<Refusal>>) -> bool {
+    let mut busy = false;
+    for r in reasons.flatten() {
+        match r {
+            Refusal::Conflict | Refusal::Throttled => busy = true,
+            _ => return false,
+        }
+    }
+    busy
+}
+
 /// DynamoDB's limit of keys in one BatchGetItem.
 pub(super) const BATCH_GET_KEYS: usize = 100;
 /// TransactWriteItems takes at most 100 items.
@@ -257,5 +305,14 @@ mod tests {
             Some(Refusal::Conflict)
         );
         assert_eq!(classify("None", None), None);
+    }
+
+    #[test]
+    fn an_isolated_read_cancelled_by_a_transaction_is_busy_not_an_error() {
+        let r = |codes: &[&str]| isolated_busy(codes.iter().map(|c| classify(c, None)));
+        assert!(r(&["None", "TransactionConflict", "None"]));
+        assert!(r(&["ThrottlingError"]));
+        assert!(!r(&["None", "ValidationError", "TransactionConflict"]));
+        assert!(!r(&["None", "None"]));
     }
 }
