@@ -469,6 +469,21 @@ impl<S: AdminStore> Admin<'_, S> {
         Ok(Value::Object(self.show(&e)))
     }
 
+    /// Every entity of `refs`, or a 404 (on `param`, saying `missing(id)`)
+    /// naming the first that does not exist.
+    async fn load_all(
+        &self,
+        refs: &[EntityRef],
+        param: &str,
+        missing: impl Fn(&str) -> String,
+    ) -> Result<Vec<Entity>, ApiError> {
+        let found = self.store.load_many(refs).await.map_err(unavailable)?;
+        match refs.iter().find(|r| !found.iter().any(|e| &e.entity == *r)) {
+            Some(absent) => Err(with_param(ApiError::not_found(missing(&absent.id)), param)),
+            None => Ok(found),
+        }
+    }
+
     /// `/customer/block`, `/customer/unblock` (`user_ids`): every request
     /// naming a blocked customer is refused. All must exist, or nothing
     /// is written.
@@ -479,16 +494,10 @@ impl<S: AdminStore> Admin<'_, S> {
     ) -> Result<Value, ApiError> {
         let ids = fields::owner_id_list(body, "user_ids")?;
         let refs: Vec<EntityRef> = ids.iter().map(EntityRef::customer).collect();
-        let found = self.store.load_many(&refs).await.map_err(unavailable)?;
-        if let Some(missing) = ids
-            .iter()
-            .find(|i| !found.iter().any(|e| &e.entity.id == *i))
-        {
-            return Err(with_param(
-                ApiError::not_found(format!("no customer {missing}; nothing was changed")),
-                "user_ids",
-            ));
-        }
+        self.load_all(&refs, "user_ids", |id| {
+            format!("no customer {id}; nothing was changed")
+        })
+        .await?;
         for r in &refs {
             self.modify(r, "user_ids", |old| {
                 Ok(Entity {
@@ -510,16 +519,9 @@ impl<S: AdminStore> Admin<'_, S> {
     pub async fn tag_info(&self, body: &Map<String, Value>) -> Result<Value, ApiError> {
         let names = fields::owner_id_list(body, "names")?;
         let refs: Vec<EntityRef> = names.iter().map(EntityRef::tag).collect();
-        let found = self.store.load_many(&refs).await.map_err(unavailable)?;
-        if let Some(missing) = names
-            .iter()
-            .find(|n| !found.iter().any(|e| &e.entity.id == *n))
-        {
-            return Err(with_param(
-                ApiError::not_found(format!("no tag {missing}")),
-                "names",
-            ));
-        }
+        let found = self
+            .load_all(&refs, "names", |id| format!("no tag {id}"))
+            .await?;
         let mut out = Map::new();
         for e in &found {
             out.insert(e.entity.id.clone(), Value::Object(self.show(e)));

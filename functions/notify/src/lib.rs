@@ -180,19 +180,11 @@ async fn sharded_alerts(
     settings: &Settings,
     now: DateTime<Utc>,
 ) -> Result<Vec<Alert>, String> {
-    // The isolated read of every slot is cancelled while any slot is in a
-    // transaction, which a hot budget always has: a few tries, spaced.
-    let mut tries = 0;
-    let read = loop {
-        match store.sharded_totals(owner).await {
-            Err(e) if tries < SHARDED_READ_TRIES => {
-                tries += 1;
-                tracing::debug!(error = %e, tries, "sharded totals read again");
-                tokio::time::sleep(std::time::Duration::from_millis(25 << tries)).await;
-            }
-            other => break other.map_err(|e| e.to_string())?,
-        }
-    };
+    // The store reads the slots again a few times while they are busy.
+    let read = store
+        .sharded_totals(owner)
+        .await
+        .map_err(|e| e.to_string())?;
     let Some((totals, config)) = read else {
         return Ok(Vec::new());
     };
@@ -204,10 +196,6 @@ async fn sharded_alerts(
         now,
     ))
 }
-
-/// Reads of a sharded budget's totals after the first (50, 100, 200, 400 ms
-/// apart).
-const SHARDED_READ_TRIES: u32 = 4;
 
 /// Alert ids this instance has sent or found sent (sharded budgets only,
 /// whose levels are looked at again on every batch); forgotten wholesale
