@@ -112,12 +112,17 @@ pub fn sharded(
                         Some(SlotId::Shard(k)) => json!(k),
                         _ => json!("pool"),
                     };
-                    Some(json!({
+                    let mut part = json!({
                         "slot": slot,
                         "avail": usd(p.avail),
                         "reserved": usd(p.reserved),
                         "spend": usd(p.spent),
-                    }))
+                    });
+                    // Held back while the window is in debt.
+                    if !p.parked.is_zero() {
+                        part["parked"] = usd(p.parked);
+                    }
+                    Some(part)
                 })
                 .collect();
             if let Value::Object(o) = shown {

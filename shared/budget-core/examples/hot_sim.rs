@@ -186,6 +186,7 @@ fn team(shards: u32, max: Money, t0: DateTime<Utc>) -> (Entity, Vec<Entity>) {
         generation: 1,
         legacy: false,
         avail: Money::ZERO,
+        parked: Money::ZERO,
     });
     e.shards = shards.max(2);
     e.shard_items = e.shards;

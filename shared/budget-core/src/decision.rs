@@ -301,6 +301,7 @@ mod tests {
             generation: 1,
             legacy: false,
             avail: Money::ZERO,
+            parked: Money::ZERO,
         }
     }
 
@@ -391,6 +392,7 @@ mod tests {
             generation: 1,
             legacy: true,
             avail: Money::ZERO,
+            parked: Money::ZERO,
         });
         let d = admit(&c, Money::ZERO, now, &ResetClock::default()).unwrap_err();
         assert_eq!(d.retry_after, None);

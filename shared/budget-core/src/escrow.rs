@@ -216,39 +216,83 @@ fn period_guards(write: &mut EntityWrite, w: &Window) {
 }
 
 /// Where `headroom` (the whole headroom of one window, possibly negative:
-/// a limit lowered below what is used) goes when the slots are
-/// re-balanced, by slot (in `slots`' order): all of it to the pool. A
-/// debt is never left on the pool alone — the shards would go on
-/// admitting what their reservations give back — but charged first to the
-/// shards holding reservations (each at most what it holds in flight), so
-/// what a release or a cheap settle returns pays the debt before that
-/// shard can admit again; what is left of it (spend past the new limit)
-/// stays on the pool.
-fn placement(slots: &[&Entity], window: &str, headroom: Money) -> Vec<Money> {
-    let mut out: Vec<Money> = slots.iter().map(|_| Money::ZERO).collect();
+/// a limit lowered below what is used, or more in flight at a roll-over
+/// than the new period's limit) goes when the slots are re-balanced, by
+/// slot (in `slots`' order), as `(avail, parked)`.
+///
+/// Not in debt: all of it to the pool's `avail`. In debt, nothing may be
+/// admitted anywhere until what comes back pays it: a shard could admit
+/// what its releases return while another slot still owes, which is the
+/// overspend a plain window never allows. So every shard is charged all it
+/// holds in flight (`avail = −reserved`: its releases bring it back to
+/// `−cost` at most, never above zero) and what that leaves over goes to
+/// the pool's `parked` — part of the total, but neither reserved nor
+/// transferred — or, when the debt is larger than everything in flight, to
+/// the pool's `avail` as the rest of the debt. Refills and borrows then
+/// have nothing to move; the request path decides on the totals, and
+/// re-balances again ([`regather`]) once they cover a request.
+fn placement(slots: &[&Entity], window: &str, headroom: Money) -> Vec<(Money, Money)> {
+    let mut out: Vec<(Money, Money)> = slots.iter().map(|_| (Money::ZERO, Money::ZERO)).collect();
     let pool = slots
         .iter()
         .position(|s| s.entity.slot == Some(SlotId::Pool));
-    let mut debt = headroom.negated().max(Money::ZERO);
+    if headroom >= Money::ZERO {
+        if let Some(p) = pool {
+            out[p].0 = headroom;
+        }
+        return out;
+    }
+    let mut rest = headroom;
     for (i, s) in slots.iter().enumerate() {
-        if Some(i) == pool || debt <= Money::ZERO {
+        if Some(i) == pool {
             continue;
         }
         let held = s
             .window(window)
             .map_or(Money::ZERO, |w| w.reserved.max(Money::ZERO));
-        let share = held.min(debt);
-        out[i] = share.negated();
-        debt = debt.saturating_sub(share);
+        out[i].0 = held.negated();
+        rest = rest.saturating_add(held);
     }
     if let Some(p) = pool {
-        out[p] = if headroom >= Money::ZERO {
-            headroom
-        } else {
-            debt.negated()
-        };
+        out[p] = (rest.min(Money::ZERO), rest.max(Money::ZERO));
     }
     out
+}
+
+/// Whether a window of `slot` is in debt or owes: a negative headroom (a
+/// debt placed by [`placement`], or a settle that cost more than it held)
+/// or headroom parked. Refills and borrows wait for a re-balancing then.
+pub fn owes(slot: &Entity) -> bool {
+    slot.windows
+        .iter()
+        .any(|w| w.avail < Money::ZERO || !w.parked.is_zero())
+}
+
+/// The whole headroom of window `id` over `slots`: what they hold and
+/// what the pool has parked.
+fn held_back(slots: &[Entity], id: &str) -> Money {
+    slots
+        .iter()
+        .filter_map(|s| s.window(id))
+        .fold(Money::ZERO, |a, w| a.saturating_add(w.avail).saturating_add(w.parked))
+}
+
+/// The guards and changes that place `to` (`(avail, parked)`) on window
+/// `w` of a slot as read: conditional on both being as read.
+fn place(write: &mut EntityWrite, w: &Window, to: (Money, Money)) {
+    let id = w.id();
+    write
+        .guards
+        .push(Guard::Is(id.clone(), Counter::Avail, w.avail));
+    write
+        .guards
+        .push(Guard::Is(id.clone(), Counter::Parked, w.parked));
+    write
+        .changes
+        .push(Change::Set(id.clone(), Counter::Avail, to.0));
+    if to.1 != w.parked {
+        write.changes.push(Change::Set(id, Counter::Parked, to.1));
+    }
 }
 
 /// One write per slot (as read), conditional on its incarnation, starting
@@ -278,22 +322,49 @@ pub fn gather(slots: &[Entity], extra: impl Fn(&str) -> Money, version: u64) -> 
         .map(|s| s.windows.iter().map(Window::id).collect())
         .unwrap_or_default();
     for id in ids {
-        let headroom = slots
-            .iter()
-            .filter_map(|s| s.window(&id))
-            .fold(extra(&id), |a, w| a.saturating_add(w.avail));
+        let headroom = held_back(slots, &id).saturating_add(extra(&id));
         for ((write, s), to) in writes
             .iter_mut()
             .zip(slots)
             .zip(placement(&refs, &id, headroom))
         {
             let Some(w) = s.window(&id) else { continue };
-            write
-                .guards
-                .push(Guard::Is(id.clone(), Counter::Avail, w.avail));
-            write
-                .changes
-                .push(Change::Set(id.clone(), Counter::Avail, to));
+            place(write, w, to);
+        }
+    }
+    writes
+}
+
+/// The re-balancing of `e`'s slots (all of them, as read in one isolated
+/// read) when a slot owes ([`owes`]): every window's whole headroom placed
+/// again by [`placement`] — into the pool once the debt is paid — in the
+/// periods read, the version unchanged. One transaction, each slot
+/// conditional on being as read, so it never creates budget. Empty when
+/// nothing owes.
+pub fn regather(e: &Entity, slots: &[Entity]) -> Vec<EntityWrite> {
+    if !slots.iter().any(owes) {
+        return Vec::new();
+    }
+    let refs: Vec<&Entity> = slots.iter().collect();
+    let mut writes: Vec<EntityWrite> = slots
+        .iter()
+        .map(|s| EntityWrite {
+            entity: s.entity.clone(),
+            guards: vec![Guard::Version(e.version), Guard::Incarnation(s.incarnation)],
+            changes: Vec::new(),
+        })
+        .collect();
+    for w in &e.windows {
+        let id = w.id();
+        let headroom = held_back(slots, &id);
+        for ((write, s), to) in writes
+            .iter_mut()
+            .zip(slots)
+            .zip(placement(&refs, &id, headroom))
+        {
+            let Some(part) = s.window(&id) else { continue };
+            period_guards(write, part);
+            place(write, part, to);
         }
     }
     writes
@@ -350,17 +421,11 @@ pub fn roll(
                 w.max.saturating_sub(in_flight).saturating_sub(item_spent)
             }
             // Not due: what the slots hold, gathered.
-            None => slots
-                .iter()
-                .filter_map(|x| x.window(&id))
-                .fold(Money::ZERO, |a, p| a.saturating_add(p.avail)),
+            None => held_back(slots, &id),
         };
         let places = placement(&refs, &id, headroom);
         for ((write, s), to) in writes.iter_mut().zip(slots).zip(places) {
             let Some(mine) = s.window(&id) else { continue };
-            write
-                .guards
-                .push(Guard::Is(id.clone(), Counter::Avail, mine.avail));
             if let Some(at) = next {
                 if let Some(old) = mine.reset_at {
                     write.guards.push(Guard::ResetAtIs(id.clone(), old));
@@ -375,9 +440,7 @@ pub fn roll(
                     write.changes.push(Change::SetResetAt(id.clone(), at));
                 }
             }
-            write
-                .changes
-                .push(Change::Set(id.clone(), Counter::Avail, to));
+            place(write, mine, to);
         }
     }
     writes
@@ -400,8 +463,8 @@ pub fn behind(slot: &Entity, now: DateTime<Utc>) -> bool {
 }
 
 /// `e` (its item as read) with each window's `spent`, `reserved` and
-/// `avail` summed over its slots: the figures `/…/info` shows and a
-/// denial names.
+/// `avail` (with what is parked) summed over its slots: the figures
+/// `/…/info` shows and a denial names.
 pub fn totals(e: &Entity, slots: &[Entity]) -> Entity {
     let mut out = e.clone();
     // Settles on a shard count its lifetime spend there.
@@ -413,7 +476,8 @@ pub fn totals(e: &Entity, slots: &[Entity]) -> Entity {
         for p in slots.iter().filter_map(|s| s.window(&id)) {
             w.spent = w.spent.saturating_add(p.spent);
             w.reserved = w.reserved.saturating_add(p.reserved);
-            w.avail = w.avail.saturating_add(p.avail);
+            // What is parked is headroom too, only not yet usable.
+            w.avail = w.avail.saturating_add(p.avail).saturating_add(p.parked);
         }
     }
     out
@@ -505,7 +569,9 @@ fn limit_change(
         return None;
     }
     let pool = slots.iter().find(|s| s.entity.slot == Some(SlotId::Pool))?;
-    if slots.len() != slot_refs(old).len() {
+    // In debt (or a slot owing an overrun), a raise on the pool alone
+    // would be admitted while another slot still owes: re-place it all.
+    if slots.len() != slot_refs(old).len() || slots.iter().any(owes) {
         return None;
     }
     let mut take = EntityWrite {
@@ -518,6 +584,8 @@ fn limit_change(
         if o.id() != n.id() || o.generation != n.generation || part.generation != o.generation {
             return None;
         }
+        take.guards
+            .push(Guard::Is(o.id(), Counter::Parked, Money::ZERO));
         let change = n.max.saturating_sub(o.max);
         if change.is_zero() {
             continue;
@@ -541,9 +609,18 @@ fn limit_change(
                 if s.entity == pool.entity {
                     take.clone()
                 } else {
+                    // Not owing (no condition on what the traffic moves:
+                    // a shard only goes below zero by a debt placed, or
+                    // a settle over what it held).
+                    let mut guards = vec![Guard::Incarnation(s.incarnation)];
+                    guards.extend(
+                        s.windows
+                            .iter()
+                            .map(|w| Guard::AtLeast(w.id(), Counter::Avail, Money::ZERO)),
+                    );
                     EntityWrite {
                         entity: s.entity.clone(),
-                        guards: vec![Guard::Incarnation(s.incarnation)],
+                        guards,
                         changes: vec![Change::SetVersion(version)],
                     }
                 }
@@ -663,6 +740,7 @@ mod tests {
             generation: 1,
             legacy: false,
             avail: Money::ZERO,
+            parked: Money::ZERO,
         });
         let old = Entity {
             shards: 0,
@@ -701,6 +779,7 @@ mod tests {
         Borrow(u32, u32, i64, bool),
         Change(i64),
         Roll,
+        Regather(bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -712,6 +791,7 @@ mod tests {
                 .prop_map(|(a, b, x, st)| Op::Borrow(a, b, x, st)),
             (-3i64..4).prop_map(Op::Change),
             Just(Op::Roll),
+            any::<bool>().prop_map(Op::Regather),
         ]
     }
 
@@ -720,14 +800,19 @@ mod tests {
         /// over what they held), refills and borrows from stale reads,
         /// limit changes, roll-overs — the slots account for the limit
         /// exactly after every step, what is reserved is what is in flight,
-        /// and no headroom goes below zero except by a settle that cost
-        /// more than it held or a limit lowered below what was used.
+        /// no headroom goes below zero except by a settle that cost more
+        /// than it held or a debt placed (a limit lowered below what was
+        /// used), and nothing is admitted that takes the total past the
+        /// limit by more than what settles cost over what they held.
         #[test]
         fn the_slots_always_account_for_the_limit(ops in proptest::collection::vec(op(), 1..60)) {
             let (mut e, mut store) = team(4, 10);
             let mut stale = store.clone();
             let mut held: Vec<(SlotId, Money)> = Vec::new();
             let mut debt = Money::ZERO;
+            // What settles cost over what they held since the last
+            // roll-over: the only way past the limit, as on a plain window.
+            let mut overrun = Money::ZERO;
             let mut now = t0();
             for op in ops {
                 match op {
@@ -739,6 +824,8 @@ mod tests {
                             if run(&mut store, &[w]) {
                                 prop_assert!(before >= x);
                                 held.push((SlotId::Shard(s), x));
+                                let left = totals(&e, &store).windows[0].avail;
+                                prop_assert!(left >= overrun.negated(), "admitted in debt: {:?}", store);
                             }
                         }
                     }
@@ -746,7 +833,9 @@ mod tests {
                         if i < held.len() {
                             let (k, amount) = held.remove(i);
                             let cost = Money::usd(c);
-                            debt = debt.saturating_add(cost.saturating_sub(amount).max(Money::ZERO));
+                            let over = cost.saturating_sub(amount).max(Money::ZERO);
+                            debt = debt.saturating_add(over);
+                            overrun = overrun.saturating_add(over);
                             let s = slot(&store, k);
                             let mut write = EntityWrite { entity: s.entity.clone(), guards: vec![], changes: vec![] };
                             finish_window(&mut write, &s.windows[0], amount, cost);
@@ -789,6 +878,16 @@ mod tests {
                         e.windows[0].reset_at = Some(next);
                         let in_flight = held.iter().fold(Money::ZERO, |a, (_, m)| a.saturating_add(*m));
                         debt = in_flight.saturating_sub(e.windows[0].max).max(Money::ZERO);
+                        overrun = Money::ZERO;
+                    }
+                    Op::Regather(st) => {
+                        let read = if st { stale.clone() } else { store.clone() };
+                        let writes = regather(&e, &read);
+                        if !st && !writes.is_empty() {
+                            prop_assert!(run(&mut store, &writes));
+                        } else {
+                            run(&mut store, &writes);
+                        }
                     }
                 }
                 let total = totals(&e, &store).windows[0].clone();
@@ -803,9 +902,68 @@ mod tests {
                     .iter()
                     .map(|s| s.windows[0].avail.min(Money::ZERO))
                     .fold(Money::ZERO, |a, b| a.saturating_add(b));
-                prop_assert!(negative.negated() <= debt, "{:?}", store);
+                let parked = slot(&store, SlotId::Pool).windows[0].parked;
+                prop_assert!(negative.negated() <= debt.saturating_add(parked), "{:?}", store);
             }
         }
+    }
+
+    #[test]
+    fn in_debt_no_shard_admits_what_a_release_gives_back_until_the_debt_is_paid() {
+        let usd = Money::usd;
+        let (e, mut store) = team(4, 10);
+        let (a, b) = (e.entity.at(SlotId::Shard(0)), e.entity.at(SlotId::Shard(1)));
+        for to in [&a, &b] {
+            let t = transfer(slot(&store, SlotId::Pool), to, usd(5)).unwrap();
+            assert!(run(&mut store, &t));
+            let r = reserve(&e, to.slot.unwrap(), usd(5), t0()).unwrap();
+            assert!(run(&mut store, &[r]));
+        }
+        // $10 in flight; the limit lowered to $7: $3 of debt.
+        let mut lowered = e.clone();
+        lowered.windows[0].max = usd(7);
+        let (writes, _) = admin_change(&e, &lowered, &store);
+        assert!(run(&mut store, &writes));
+        let e = Entity {
+            version: e.version + 1,
+            ..lowered
+        };
+        // Shard 1's reservation comes back unspent: $2 is left of $7 (the
+        // $5 on shard 0 still in flight), so $5 must not be admitted on
+        // shard 1 — nor, before the totals re-place it, anything at all.
+        let mut release = EntityWrite {
+            entity: b.clone(),
+            guards: vec![],
+            changes: vec![],
+        };
+        finish_window(&mut release, &slot(&store, SlotId::Shard(1)).windows[0], usd(5), Money::ZERO);
+        assert!(run(&mut store, &[release]));
+        for x in [5, 2] {
+            let r = reserve(&e, SlotId::Shard(1), usd(x), t0()).unwrap();
+            assert!(!run(&mut store, &[r]), "${x} admitted in debt: {store:?}");
+        }
+        let pool = slot(&store, SlotId::Pool).clone();
+        assert!(transfer(&pool, &b, usd(1)).is_none(), "the pool gives nothing in debt");
+        assert_eq!(totals(&e, &store).windows[0].avail, usd(2));
+        // Re-placed on the totals: the $2 into the pool, shard 0 no longer
+        // charged (its release may come back: $7 is the most it can be).
+        let again = regather(&e, &store);
+        assert!(run(&mut store, &again));
+        assert!(!slot(&store, SlotId::Pool).windows.iter().any(|w| !w.parked.is_zero()));
+        assert_eq!(slot(&store, SlotId::Pool).windows[0].avail, usd(2));
+        let t = transfer(slot(&store, SlotId::Pool), &b, usd(2)).unwrap();
+        assert!(run(&mut store, &t));
+        let r = reserve(&e, SlotId::Shard(1), usd(2), t0()).unwrap();
+        assert!(run(&mut store, &[r]), "the $2 left is admitted");
+        assert!(regather(&e, &store).is_empty(), "nothing owes");
+        let w = totals(&e, &store).windows[0].clone();
+        assert_eq!(w.reserved, usd(7));
+        assert_eq!(w.avail, Money::ZERO);
+    }
+
+    /// A guard on a counter the traffic moves being as read.
+    fn counter_is(g: &Guard) -> bool {
+        matches!(g, Guard::Is(_, c, _) if *c != Counter::Parked)
     }
 
     #[test]
@@ -833,7 +991,7 @@ mod tests {
         assert!(create.is_empty());
         assert!(writes
             .iter()
-            .all(|w| !w.guards.iter().any(|g| matches!(g, Guard::Is(..)))));
+            .all(|w| !w.guards.iter().any(|g| counter_is(g))));
         assert!(
             run(&mut store, &writes),
             "committed over the shards' traffic"
@@ -849,7 +1007,7 @@ mod tests {
         let (writes, _) = admin_change(&raised, &with_max(4), &read);
         assert!(writes
             .iter()
-            .all(|w| !w.guards.iter().any(|g| matches!(g, Guard::Is(..)))));
+            .all(|w| !w.guards.iter().any(|g| counter_is(g))));
         assert!(run(&mut store, &writes));
         let lowered = Entity {
             version: raised.version + 1,
@@ -860,7 +1018,7 @@ mod tests {
         let (writes, _) = admin_change(&lowered, &with_max(1), &store);
         assert!(writes
             .iter()
-            .any(|w| w.guards.iter().any(|g| matches!(g, Guard::Is(..)))));
+            .any(|w| w.guards.iter().any(|g| counter_is(g))));
         assert!(run(&mut store, &writes));
         let last = Entity {
             version: lowered.version + 1,

@@ -243,6 +243,12 @@ pub struct Window {
     /// what a reservation on it may take. Zero on ordinary windows, whose
     /// headroom is `max − used`.
     pub avail: Money,
+    /// An escrow pool only: headroom held back while the window is in
+    /// debt (a limit lowered below what is used, or a roll-over with more
+    /// in flight than the limit), so that nothing is admitted until the
+    /// reservations in flight have come back (`escrow::placement`). Part
+    /// of the window's remaining; never reserved or transferred.
+    pub parked: Money,
 }
 
 impl Window {
@@ -263,6 +269,7 @@ impl Window {
             generation: rand::random::<u32>() as u64,
             legacy,
             avail: Money::ZERO,
+            parked: Money::ZERO,
         }
     }
 

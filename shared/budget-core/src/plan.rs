@@ -28,6 +28,8 @@ pub enum Counter {
     Reserved,
     /// An escrow slot's headroom (see `escrow.rs`).
     Avail,
+    /// An escrow pool's headroom held back while in debt (only ever set).
+    Parked,
 }
 
 /// What must hold in the stored item for a write to happen.
@@ -439,6 +441,7 @@ pub fn guards_hold(guards: &[Guard], stored: Option<&Entity>) -> bool {
         Counter::Spent => w.spent,
         Counter::Reserved => w.reserved,
         Counter::Avail => w.avail,
+        Counter::Parked => w.parked,
     };
     guards.iter().all(|g| match g {
         Guard::Version(v) => e.version == *v,
@@ -500,6 +503,8 @@ pub fn apply(changes: &[Change], stored: &mut Entity) {
             Change::SetSpent(_, m) | Change::Set(_, Counter::Spent, m) => w.spent = *m,
             Change::Set(_, Counter::Reserved, m) => w.reserved = *m,
             Change::Set(_, Counter::Avail, m) => w.avail = *m,
+            Change::Add(_, Counter::Parked, m) => w.parked = w.parked.saturating_add(*m),
+            Change::Set(_, Counter::Parked, m) => w.parked = *m,
             Change::Set(_, Counter::Used, _) => {}
             Change::SetResetAt(_, at) => w.reset_at = Some(*at),
             Change::SetNextDue(_)
@@ -753,6 +758,7 @@ pub fn entities_as_held(reservation: &Reservation) -> Vec<Entity> {
             generation: hold.generation,
             legacy: false,
             avail: Money::ZERO,
+            parked: Money::ZERO,
         };
         match out
             .iter_mut()
@@ -797,6 +803,7 @@ mod tests {
             generation: 7,
             legacy: false,
             avail: Money::ZERO,
+            parked: Money::ZERO,
         }
     }
 

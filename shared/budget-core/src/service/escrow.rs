@@ -107,7 +107,9 @@ pub(super) async fn step<S: BudgetStore>(
         .map(|w| w.max)
         .min()
         .unwrap_or(Money::ZERO);
-    if let Some(amount) = escrow::refill_amount(escrow::headroom(pool), need, limit, owner.shards) {
+    // What the shard lacks (more than the estimate if it owes an overrun).
+    let lacks = need.saturating_sub(escrow::headroom(shard));
+    if let Some(amount) = escrow::refill_amount(escrow::headroom(pool), lacks, limit, owner.shards) {
         if let Some(writes) = escrow::transfer(pool, slot, amount) {
             return Ok(match store.write_all(&writes).await? {
                 PlanWrite::Done | PlanWrite::Refused => Next::Retry,
@@ -137,6 +139,16 @@ pub(super) async fn step<S: BudgetStore>(
         // Named as a plain window's denial is (`decision::admit`).
         let denial = Denial::of(&owner.entity, w, estimate, now, clock);
         return Ok(Next::Deny(Box::new(denial)));
+    }
+    // A slot owes (a debt placed while it was below zero, or an overrun):
+    // the totals now cover the request, so place everything again — into
+    // the pool, once nothing is owed — before anything moves.
+    let again = escrow::regather(&item, &slots);
+    if !again.is_empty() {
+        return Ok(match store.write_all(&again).await? {
+            PlanWrite::Done | PlanWrite::Refused => Next::Retry,
+            PlanWrite::Busy => Next::Busy,
+        });
     }
     // Borrow what the shard lacks from the slots with the most headroom
     // (the fewest that cover it: usually one, a two-item transaction).

@@ -130,6 +130,9 @@ pub(super) fn window_item(w: &Window, slot: bool) -> AttributeValue {
     if slot || !w.avail.is_zero() {
         m.insert("avail".to_string(), money(w.avail));
     }
+    if !w.parked.is_zero() {
+        m.insert("parked".to_string(), money(w.parked));
+    }
     AttributeValue::M(m)
 }
 
@@ -457,6 +460,7 @@ pub(super) fn owner_from_snapshot(
                 generation: r.n(w, "gen").ok()? as u64,
                 legacy: r.bool(w, "legacy"),
                 avail: Money::ZERO,
+                parked: Money::ZERO,
             });
         }
     }
@@ -616,6 +620,10 @@ pub(super) fn entity_from_item(
                 legacy: r.bool(w, "legacy"),
                 avail: match w.get("avail") {
                     Some(_) => r.counter(w, "avail")?,
+                    None => Money::ZERO,
+                },
+                parked: match w.get("parked") {
+                    Some(_) => r.counter(w, "parked")?,
                     None => Money::ZERO,
                 },
             });

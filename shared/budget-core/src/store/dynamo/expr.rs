@@ -153,6 +153,7 @@ pub(super) fn counter_name(c: Counter) -> &'static str {
         Counter::Spent => "spent",
         Counter::Reserved => "reserved",
         Counter::Avail => "avail",
+        Counter::Parked => "parked",
     }
 }
 
@@ -209,6 +210,14 @@ pub(super) fn render_guard(ex: &mut Expr, guard: &Guard) -> String {
                 ex.value(money(*m)),
             );
             format!("{path} >= {value}")
+        }
+        // Stored only when not zero.
+        Guard::Is(w, Counter::Parked, m) if m.is_zero() => {
+            let (path, value) = (
+                WindowPaths::new(w).field(ex, counter_name(Counter::Parked)),
+                ex.value(money(*m)),
+            );
+            format!("(attribute_not_exists({path}) OR {path} = {value})")
         }
         Guard::Is(w, c, m) => {
             let (path, value) = (
