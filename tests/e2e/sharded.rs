@@ -395,3 +395,46 @@ async fn a_cancelled_isolated_read_is_tried_again_and_the_totals_decide() {
     assert!(reads >= 3, "two cancelled, then read: {reads}");
     println!("isolated reads of the slots: {reads} (2 cancelled)");
 }
+
+#[tokio::test]
+async fn a_limit_lowered_below_what_is_in_flight_admits_only_what_the_releases_pay_back() {
+    let app = TestApp::with_settings(SLOW).await;
+    let keys = hot_team(&app, "hot-debt", 4, 10.0, 4).await;
+    let ids = burst(&app, &keys, 10, "1", 4).await;
+    assert_eq!(ids.len(), 10);
+    // $10 in flight over the shards; the limit lowered to $7: $3 of debt.
+    app.post(
+        "/team/update",
+        json!({"team_id": "hot-debt", "budget_limits": [{"budget_duration": "1d", "max_budget": 7}]}),
+    )
+    .await;
+    // Five reservations come back unspent: $2 is left of the $7 (five still
+    // in flight), wherever the releases landed. Before the fix the shards
+    // those releases reached admitted what came back while the debt was
+    // charged elsewhere.
+    for id in &ids[..5] {
+        let (status, answer) = app.settle(id, 0.0).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let w = shown(&app, "hot-debt").await;
+    assert_eq!(
+        (usd(&w["reserved"]), usd(&w["remaining"])),
+        (5.0, 2.0),
+        "{w}"
+    );
+    let more = burst(&app, &keys, 16, "1", 4).await;
+    assert_eq!(more.len(), 2, "exactly the $2 left: {}", shown(&app, "hot-debt").await);
+    let w = shown(&app, "hot-debt").await;
+    assert_eq!(
+        (usd(&w["spend"]), usd(&w["reserved"]), usd(&w["remaining"])),
+        (0.0, 7.0, 0.0),
+        "{w}"
+    );
+    let parked: f64 = w["shards"]
+        .as_array()
+        .expect("shards shown")
+        .iter()
+        .map(|p| p.get("parked").map_or(0.0, usd))
+        .sum();
+    assert_eq!(parked, 0.0, "nothing left parked once re-placed: {w}");
+}
