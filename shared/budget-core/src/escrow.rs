@@ -483,6 +483,92 @@ pub fn totals(e: &Entity, slots: &[Entity]) -> Entity {
     out
 }
 
+/// What one isolated read of a sharded entity's slots proves for as long
+/// as its configuration and periods stay as read: per window, `avail +
+/// reserved + parked` summed over the slots bounds all the headroom the
+/// window can ever have again. A reservation moves `avail` to `reserved`,
+/// a settle takes its cost out of the sum (costs are never negative), a
+/// transfer or a re-placement moves it between slots; only an admin change
+/// (a new version on every slot) or a roll-over (a new boundary on every
+/// slot) can raise it. So an estimate above the bound is denied on a read
+/// of any one slot that still shows the version and periods of the read —
+/// no write, and no read of the other slots (`service::escrow`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ceiling {
+    pub version: u64,
+    pub incarnation: u64,
+    /// Per window: the totals as read (the figures a denial names), the
+    /// generation and boundary the slots were in, and the bound.
+    pub windows: Vec<CeilingWindow>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CeilingWindow {
+    pub totals: Window,
+    pub generation: u64,
+    pub reset_at: Option<DateTime<Utc>>,
+    pub bound: Money,
+}
+
+/// The [`Ceiling`] of `item` (the entity's item) over its `slots`, all as
+/// of one isolated read. `None` without a pool (not sharded).
+pub fn ceiling(item: &Entity, slots: &[Entity]) -> Option<Ceiling> {
+    let pool = slots.iter().find(|s| s.entity.slot == Some(SlotId::Pool))?;
+    let sums = totals(item, slots);
+    let windows = sums
+        .windows
+        .iter()
+        .map(|t| {
+            let part = pool.window(&t.id())?;
+            let bound = slots
+                .iter()
+                .filter_map(|s| s.window(&t.id()))
+                .fold(Money::ZERO, |a, w| {
+                    a.saturating_add(w.avail)
+                        .saturating_add(w.reserved)
+                        .saturating_add(w.parked)
+                });
+            Some(CeilingWindow {
+                totals: t.clone(),
+                generation: part.generation,
+                reset_at: part.reset_at,
+                bound,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Ceiling {
+        version: pool.version,
+        incarnation: pool.incarnation,
+        windows,
+    })
+}
+
+impl Ceiling {
+    /// The window (its totals as read) whose bound is below what a
+    /// request of `estimate` needs, if `owner` (as known) is the
+    /// configuration it was read under and the period has not ended.
+    pub fn denies(&self, owner: &Entity, estimate: Money, now: DateTime<Utc>) -> Option<&Window> {
+        if owner.version != self.version || owner.incarnation != self.incarnation {
+            return None;
+        }
+        self.windows
+            .iter()
+            .find(|w| w.bound < need(estimate) && w.reset_at.is_none_or(|at| at > now))
+            .map(|w| &w.totals)
+    }
+
+    /// Whether `slot` (one slot, read now) is still in the configuration
+    /// and periods of the read: then the bound still holds.
+    pub fn holds_on(&self, slot: &Entity) -> bool {
+        slot.version == self.version
+            && slot.incarnation == self.incarnation
+            && self.windows.iter().all(|c| {
+                slot.window(&c.totals.id())
+                    .is_some_and(|w| w.generation == c.generation && w.reset_at == c.reset_at)
+            })
+    }
+}
+
 /// The slot writes of an admin change of a sharded entity from `old` (its
 /// item as read) to `new` (version `old.version + 1`), on its `slots` (as
 /// read): every slot takes the new version and the new set of windows,

@@ -113,6 +113,7 @@ pub struct Authorizer<S> {
     pub store: S,
     pub settings: Settings,
     cache: Mutex<HashMap<String, Chain>>,
+    ceilings: super::escrow::Ceilings,
 }
 
 impl<S: BudgetStore> Authorizer<S> {
@@ -121,6 +122,7 @@ impl<S: BudgetStore> Authorizer<S> {
             store,
             settings,
             cache: Mutex::new(HashMap::new()),
+            ceilings: Default::default(),
         }
     }
 
@@ -251,6 +253,23 @@ impl<S: BudgetStore> Authorizer<S> {
                 }
                 Err(outcome) => return Ok(self.refused(req, outcome)),
             };
+            // A sharded entity known to be short: one read denies (never
+            // a retry, which may be a request admitted already).
+            if !req.retry {
+                let pick = crate::escrow::pick_of(&req.id);
+                let early = super::escrow::early_denial(
+                    &self.store,
+                    &self.ceilings,
+                    &req.chain,
+                    estimate,
+                    pick,
+                    now,
+                    &self.settings.clock,
+                );
+                if let Some(denial) = store_call(early).await? {
+                    return Ok(self.refused(req, AuthorizeOutcome::Denied(Box::new(denial))));
+                }
+            }
             match self.write(&mut req, estimate, admission, now).await? {
                 Step::Done(outcome) => return Ok(outcome),
                 Step::Reread => stale = true,
@@ -263,8 +282,15 @@ impl<S: BudgetStore> Authorizer<S> {
                     };
                     let owner = owner.clone();
                     let clock = &self.settings.clock;
-                    let step =
-                        super::escrow::step(&self.store, &owner, &slot, estimate, now, clock);
+                    let step = super::escrow::step(
+                        &self.store,
+                        &self.ceilings,
+                        &owner,
+                        &slot,
+                        estimate,
+                        now,
+                        clock,
+                    );
                     match store_call(step).await? {
                         Next::Retry if escrow_steps < MAX_ESCROW_STEPS => {
                             escrow_steps += 1;

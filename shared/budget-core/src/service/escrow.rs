@@ -40,6 +40,83 @@ async fn read_all<S: BudgetStore>(
     Ok(None)
 }
 
+/// The most entities an instance keeps a [`escrow::Ceiling`] of (cleared
+/// when full, like the chain cache).
+const CEILINGS: usize = 1024;
+
+/// Per instance: the last [`escrow::Ceiling`] read of each sharded entity,
+/// so that once its totals are below what requests ask, they are denied on
+/// one read of their own shard instead of a refill attempt and an isolated
+/// read of every slot each — which, at thousands of requests a second
+/// after the cap, DynamoDB would mostly cancel.
+#[derive(Debug, Default)]
+pub(super) struct Ceilings(std::sync::Mutex<std::collections::HashMap<EntityRef, escrow::Ceiling>>);
+
+impl Ceilings {
+    fn note(&self, entity: &EntityRef, c: escrow::Ceiling) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= CEILINGS && !m.contains_key(entity) {
+                m.clear();
+            }
+            m.insert(entity.clone(), c);
+        }
+    }
+
+    fn get(&self, entity: &EntityRef) -> Option<escrow::Ceiling> {
+        self.0.lock().ok()?.get(entity).cloned()
+    }
+
+    fn forget(&self, entity: &EntityRef) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(entity);
+        }
+    }
+}
+
+/// A denial without a write: a sharded entity of `chain` whose last full
+/// read bounds its headroom below `estimate` is denied when one read (the
+/// key's item and the request's own shard, one request) shows the key's
+/// configuration unchanged and the shard still in the version and periods
+/// of that read — the bound still holds (see [`escrow::Ceiling`]). `None`
+/// (and the ceiling forgotten when the read showed it moved): decide as
+/// usual, by the write.
+pub(super) async fn early_denial<S: BudgetStore>(
+    store: &S,
+    ceilings: &Ceilings,
+    chain: &Chain,
+    estimate: Money,
+    pick: u32,
+    now: DateTime<Utc>,
+    clock: &ResetClock,
+) -> Result<Option<Denial>, StoreError> {
+    for e in chain.entities().filter(|e| escrow::is_sharded(e)) {
+        let Some(c) = ceilings.get(&e.entity) else {
+            continue;
+        };
+        let (Some(w), Some(slot)) = (c.denies(e, estimate, now), escrow::shard_of(e, pick)) else {
+            continue;
+        };
+        let slot = e.entity.at(slot);
+        let key = &chain.key;
+        let read = store.load_many(&[key.entity.clone(), slot.clone()]).await?;
+        let key_same = read.iter().find(|x| x.entity == key.entity).is_some_and(|k| {
+            k.version == key.version && k.incarnation == key.incarnation
+        });
+        let holds = read
+            .iter()
+            .find(|x| x.entity == slot)
+            .is_some_and(|s| c.holds_on(s));
+        if key_same && holds {
+            return Ok(Some(Denial::of(&e.entity, w, estimate, now, clock)));
+        }
+        if !holds {
+            ceilings.forget(&e.entity);
+        }
+        return Ok(None);
+    }
+    Ok(None)
+}
+
 /// What a request whose shard did not cover it does next.
 #[derive(Debug)]
 pub(super) enum Next {
@@ -65,6 +142,7 @@ pub(super) enum Next {
 /// most headroom.
 pub(super) async fn step<S: BudgetStore>(
     store: &S,
+    ceilings: &Ceilings,
     owner: &Entity,
     slot: &EntityRef,
     estimate: Money,
@@ -133,6 +211,9 @@ pub(super) async fn step<S: BudgetStore>(
     let slots = read;
     if item.version != owner.version || item.incarnation != owner.incarnation {
         return Ok(Next::Reread);
+    }
+    if let Some(c) = escrow::ceiling(&item, &slots) {
+        ceilings.note(&owner.entity, c);
     }
     let totals = escrow::totals(&item, &slots);
     if let Some(w) = totals.windows.iter().find(|w| w.avail < need) {
@@ -390,7 +471,7 @@ mod tests {
         let slot = owner.entity.at(SlotId::Shard(1));
         let before = store.requests();
         let clock = settings().clock;
-        let next = step(&store, &owner, &slot, Money::usd(1), now(), &clock)
+        let next = step(&store, &Ceilings::default(), &owner, &slot, Money::usd(1), now(), &clock)
             .await
             .unwrap();
         assert!(matches!(next, Next::Retry), "{next:?}");
@@ -428,5 +509,49 @@ mod tests {
         assert!(admitted(&outcome), "10 − 3 in flight: {outcome:?}");
         let denied = a.authorize(&key, Money::usd(1), None, tomorrow).await;
         assert!(matches!(denied, AuthorizeOutcome::Denied(_)), "{denied:?}");
+    }
+
+    #[tokio::test]
+    async fn once_the_totals_are_below_the_ask_a_denial_is_one_read_and_no_write() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 4, 1).await;
+        let a = Authorizer::new(store.clone(), settings());
+        let AuthorizeOutcome::Allowed { reservation, .. } =
+            a.authorize(&key, Money::usd(1), None, now()).await
+        else {
+            panic!("the first dollar");
+        };
+        // In flight, the dollar may come back: denied on the totals, but
+        // not early (what is reserved is part of the bound).
+        let denied = a.authorize(&key, Money::usd(1), None, now()).await;
+        assert!(matches!(denied, AuthorizeOutcome::Denied(_)), "{denied:?}");
+        let before = store.requests();
+        let again = a.authorize(&key, Money::usd(1), None, now()).await;
+        assert_eq!(again, denied);
+        assert!(store.requests() - before > 1, "the full path while in flight");
+        // Spent: the next full read bounds it at $0, and from then on a
+        // denial is one read, the same denial as the full path's.
+        crate::service::settle(&store, &reservation.id, Money::usd(1), now(), &settings())
+            .await
+            .unwrap();
+        let full = a.authorize(&key, Money::usd(1), None, now()).await;
+        assert!(matches!(full, AuthorizeOutcome::Denied(_)), "{full:?}");
+        let before = store.requests();
+        for _ in 0..5 {
+            let early = a.authorize(&key, Money::from_nanos(1), None, now()).await;
+            let AuthorizeOutcome::Denied(d) = &early else {
+                panic!("{early:?}");
+            };
+            assert_eq!((d.entity.clone(), d.spend), (EntityRef::team("t"), Money::usd(1)));
+        }
+        assert_eq!(store.requests() - before, 5, "one read each");
+        // A raise moves every slot's version: the bound no longer holds,
+        // and the request is admitted on the new headroom.
+        let team = store.entity(&EntityRef::team("t")).unwrap();
+        let mut raised = team.clone();
+        raised.windows[0].max = Money::usd(2);
+        assert_eq!(store.update(&team, &raised).await.unwrap(), AdminWrite::Done);
+        let outcome = a.authorize(&key, Money::usd(1), None, now()).await;
+        assert!(admitted(&outcome), "after the raise: {outcome:?}");
     }
 }
