@@ -423,7 +423,12 @@ async fn a_limit_lowered_below_what_is_in_flight_admits_only_what_the_releases_p
         "{w}"
     );
     let more = burst(&app, &keys, 16, "1", 4).await;
-    assert_eq!(more.len(), 2, "exactly the $2 left: {}", shown(&app, "hot-debt").await);
+    assert_eq!(
+        more.len(),
+        2,
+        "exactly the $2 left: {}",
+        shown(&app, "hot-debt").await
+    );
     let w = shown(&app, "hot-debt").await;
     assert_eq!(
         (usd(&w["spend"]), usd(&w["reserved"]), usd(&w["remaining"])),
@@ -437,4 +442,61 @@ async fn a_limit_lowered_below_what_is_in_flight_admits_only_what_the_releases_p
         .map(|p| p.get("parked").map_or(0.0, usd))
         .sum();
     assert_eq!(parked, 0.0, "nothing left parked once re-placed: {w}");
+}
+
+/// Past the cap each instance denies on one read of the key and its shard
+/// (the bound of its last full read); a raise marks every slot, so the
+/// same warm instances admit exactly the new headroom, no more, no less.
+#[tokio::test]
+async fn past_the_cap_warm_instances_deny_on_the_bound_and_a_raise_is_admitted_exactly() {
+    let app = TestApp::with_settings(SLOW).await;
+    let keys = hot_team(&app, "hot-cap", 4, 4.0, 4).await;
+    let authorizers: Vec<Authorizer<DynamoStore>> = (0..4).map(|_| app.authorizer()).collect();
+    let mut ids = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let answer = authorize_via(&authorizers[i], key, Some("1"), app.now).await;
+        assert!(allowed(&answer), "{answer}");
+        ids.push(reservation_id(&answer));
+    }
+    for id in &ids {
+        let (status, answer) = app.settle(id, 1.0).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // Every instance is denied, the first time by the full read, then on
+    // its bound: the same denial, the team's spend and limit named.
+    for round in 0..3 {
+        for (i, key) in keys.iter().enumerate() {
+            let answer = authorize_via(&authorizers[i], key, Some("0.01"), app.now).await;
+            assert_eq!(
+                answer["context"]["reason"], "budget_exceeded",
+                "round {round}: {answer}"
+            );
+            assert_eq!(answer["context"]["entity"], "team", "{answer}");
+        }
+    }
+    app.post(
+        "/team/update",
+        json!({"team_id": "hot-cap", "budget_limits": [{"budget_duration": "1d", "max_budget": 6}]}),
+    )
+    .await;
+    let mut admitted = 0;
+    for round in 0..4 {
+        for (i, key) in keys.iter().enumerate() {
+            let answer = authorize_via(&authorizers[i], key, Some("0.5"), app.now).await;
+            if allowed(&answer) {
+                admitted += 1;
+            } else {
+                assert_eq!(
+                    answer["context"]["reason"], "budget_exceeded",
+                    "round {round}: {answer}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        admitted,
+        4,
+        "exactly the $2 raised: {}",
+        shown(&app, "hot-cap").await
+    );
 }

@@ -274,7 +274,9 @@ fn held_back(slots: &[Entity], id: &str) -> Money {
     slots
         .iter()
         .filter_map(|s| s.window(id))
-        .fold(Money::ZERO, |a, w| a.saturating_add(w.avail).saturating_add(w.parked))
+        .fold(Money::ZERO, |a, w| {
+            a.saturating_add(w.avail).saturating_add(w.parked)
+        })
 }
 
 /// The guards and changes that place `to` (`(avail, parked)`) on window
@@ -1022,20 +1024,31 @@ mod tests {
             guards: vec![],
             changes: vec![],
         };
-        finish_window(&mut release, &slot(&store, SlotId::Shard(1)).windows[0], usd(5), Money::ZERO);
+        finish_window(
+            &mut release,
+            &slot(&store, SlotId::Shard(1)).windows[0],
+            usd(5),
+            Money::ZERO,
+        );
         assert!(run(&mut store, &[release]));
         for x in [5, 2] {
             let r = reserve(&e, SlotId::Shard(1), usd(x), t0()).unwrap();
             assert!(!run(&mut store, &[r]), "${x} admitted in debt: {store:?}");
         }
         let pool = slot(&store, SlotId::Pool).clone();
-        assert!(transfer(&pool, &b, usd(1)).is_none(), "the pool gives nothing in debt");
+        assert!(
+            transfer(&pool, &b, usd(1)).is_none(),
+            "the pool gives nothing in debt"
+        );
         assert_eq!(totals(&e, &store).windows[0].avail, usd(2));
         // Re-placed on the totals: the $2 into the pool, shard 0 no longer
         // charged (its release may come back: $7 is the most it can be).
         let again = regather(&e, &store);
         assert!(run(&mut store, &again));
-        assert!(!slot(&store, SlotId::Pool).windows.iter().any(|w| !w.parked.is_zero()));
+        assert!(!slot(&store, SlotId::Pool)
+            .windows
+            .iter()
+            .any(|w| !w.parked.is_zero()));
         assert_eq!(slot(&store, SlotId::Pool).windows[0].avail, usd(2));
         let t = transfer(slot(&store, SlotId::Pool), &b, usd(2)).unwrap();
         assert!(run(&mut store, &t));

@@ -253,22 +253,19 @@ impl<S: BudgetStore> Authorizer<S> {
                 }
                 Err(outcome) => return Ok(self.refused(req, outcome)),
             };
-            // A sharded entity known to be short: one read denies (never
-            // a retry, which may be a request admitted already).
-            if !req.retry {
-                let pick = crate::escrow::pick_of(&req.id);
-                let early = super::escrow::early_denial(
-                    &self.store,
-                    &self.ceilings,
-                    &req.chain,
-                    estimate,
-                    pick,
-                    now,
-                    &self.settings.clock,
-                );
-                if let Some(denial) = store_call(early).await? {
-                    return Ok(self.refused(req, AuthorizeOutcome::Denied(Box::new(denial))));
-                }
+            // A sharded entity known to be short: one read denies.
+            let early = super::escrow::early_denial(
+                &self.store,
+                &self.ceilings,
+                &req.chain,
+                estimate,
+                &req.id,
+                req.retry,
+                now,
+                &self.settings.clock,
+            );
+            if let Some(denial) = store_call(early).await? {
+                return Ok(self.refused(req, AuthorizeOutcome::Denied(Box::new(denial))));
             }
             match self.write(&mut req, estimate, admission, now).await? {
                 Step::Done(outcome) => return Ok(outcome),

@@ -77,18 +77,24 @@ impl Ceilings {
 /// read bounds its headroom below `estimate` is denied when one read (the
 /// key's item and the request's own shard, one request) shows the key's
 /// configuration unchanged and the shard still in the version and periods
-/// of that read — the bound still holds (see [`escrow::Ceiling`]). `None`
-/// (and the ceiling forgotten when the read showed it moved): decide as
-/// usual, by the write.
+/// of that read — the bound still holds (see [`escrow::Ceiling`]). A
+/// request that carries an id (`retry`: the gateway's, which a repeat of
+/// it carries again) is denied so only if no reservation of that id exists
+/// — read at the same time, so still one round trip: a repeat of an
+/// admitted request gets its first answer from the write path. `None` (and
+/// the ceiling forgotten when the read showed it moved): decide as usual,
+/// by the write.
 pub(super) async fn early_denial<S: BudgetStore>(
     store: &S,
     ceilings: &Ceilings,
     chain: &Chain,
     estimate: Money,
-    pick: u32,
+    id: &str,
+    retry: bool,
     now: DateTime<Utc>,
     clock: &ResetClock,
 ) -> Result<Option<Denial>, StoreError> {
+    let pick = escrow::pick_of(id);
     for e in chain.entities().filter(|e| escrow::is_sharded(e)) {
         let Some(c) = ceilings.get(&e.entity) else {
             continue;
@@ -98,10 +104,21 @@ pub(super) async fn early_denial<S: BudgetStore>(
         };
         let slot = e.entity.at(slot);
         let key = &chain.key;
-        let read = store.load_many(&[key.entity.clone(), slot.clone()]).await?;
-        let key_same = read.iter().find(|x| x.entity == key.entity).is_some_and(|k| {
-            k.version == key.version && k.incarnation == key.incarnation
+        let refs = [key.entity.clone(), slot.clone()];
+        let (read, own) = tokio::join!(store.load_many(&refs), async {
+            match retry {
+                true => store.reservation(id).await,
+                false => Ok(None),
+            }
         });
+        if own?.is_some() {
+            return Ok(None);
+        }
+        let read = read?;
+        let key_same = read
+            .iter()
+            .find(|x| x.entity == key.entity)
+            .is_some_and(|k| k.version == key.version && k.incarnation == key.incarnation);
         let holds = read
             .iter()
             .find(|x| x.entity == slot)
@@ -187,7 +204,8 @@ pub(super) async fn step<S: BudgetStore>(
         .unwrap_or(Money::ZERO);
     // What the shard lacks (more than the estimate if it owes an overrun).
     let lacks = need.saturating_sub(escrow::headroom(shard));
-    if let Some(amount) = escrow::refill_amount(escrow::headroom(pool), lacks, limit, owner.shards) {
+    if let Some(amount) = escrow::refill_amount(escrow::headroom(pool), lacks, limit, owner.shards)
+    {
         if let Some(writes) = escrow::transfer(pool, slot, amount) {
             return Ok(match store.write_all(&writes).await? {
                 PlanWrite::Done | PlanWrite::Refused => Next::Retry,
@@ -471,9 +489,17 @@ mod tests {
         let slot = owner.entity.at(SlotId::Shard(1));
         let before = store.requests();
         let clock = settings().clock;
-        let next = step(&store, &Ceilings::default(), &owner, &slot, Money::usd(1), now(), &clock)
-            .await
-            .unwrap();
+        let next = step(
+            &store,
+            &Ceilings::default(),
+            &owner,
+            &slot,
+            Money::usd(1),
+            now(),
+            &clock,
+        )
+        .await
+        .unwrap();
         assert!(matches!(next, Next::Retry), "{next:?}");
         // The pool and the shard read, the refill written: nothing else.
         assert_eq!(store.requests() - before, 2);
@@ -528,7 +554,10 @@ mod tests {
         let before = store.requests();
         let again = a.authorize(&key, Money::usd(1), None, now()).await;
         assert_eq!(again, denied);
-        assert!(store.requests() - before > 1, "the full path while in flight");
+        assert!(
+            store.requests() - before > 1,
+            "the full path while in flight"
+        );
         // Spent: the next full read bounds it at $0, and from then on a
         // denial is one read, the same denial as the full path's.
         crate::service::settle(&store, &reservation.id, Money::usd(1), now(), &settings())
@@ -542,15 +571,30 @@ mod tests {
             let AuthorizeOutcome::Denied(d) = &early else {
                 panic!("{early:?}");
             };
-            assert_eq!((d.entity.clone(), d.spend), (EntityRef::team("t"), Money::usd(1)));
+            assert_eq!(
+                (d.entity.clone(), d.spend),
+                (EntityRef::team("t"), Money::usd(1))
+            );
         }
         assert_eq!(store.requests() - before, 5, "one read each");
+        // With the gateway's request id, the reservation of that id is
+        // read beside them (a repeat of an admitted request is answered by
+        // the write path): two reads, one round trip.
+        let before = store.requests();
+        let early = a
+            .authorize(&key, Money::from_nanos(1), Some("gw-1"), now())
+            .await;
+        assert!(matches!(early, AuthorizeOutcome::Denied(_)), "{early:?}");
+        assert_eq!(store.requests() - before, 2);
         // A raise moves every slot's version: the bound no longer holds,
         // and the request is admitted on the new headroom.
         let team = store.entity(&EntityRef::team("t")).unwrap();
         let mut raised = team.clone();
         raised.windows[0].max = Money::usd(2);
-        assert_eq!(store.update(&team, &raised).await.unwrap(), AdminWrite::Done);
+        assert_eq!(
+            store.update(&team, &raised).await.unwrap(),
+            AdminWrite::Done
+        );
         let outcome = a.authorize(&key, Money::usd(1), None, now()).await;
         assert!(admitted(&outcome), "after the raise: {outcome:?}");
     }
