@@ -52,6 +52,14 @@ const MAX_ATTEMPTS: u32 = 8;
 const DEADLINE_US: u64 = 2_500_000;
 const ESTIMATE_NANOS: i64 = 10_000_000; // $0.01
 const RUN_SECONDS: u64 = 60;
+/// Reads: 3,000 read units a second per item (a bucket of 300); a
+/// strongly consistent read of a small item costs 1, a transactional one 2.
+const READ_UNITS_PER_MS: f64 = 3.0;
+const READ_BUCKET: f64 = 300.0;
+/// Authorizer instances: one per 20 ms of offered load in flight (Lambda
+/// concurrency ≈ rate × latency), at least 4. Each keeps its own
+/// `escrow::Ceiling` of the team.
+const INSTANCE_SECONDS: f64 = 0.02;
 
 /// xorshift64*: the same figures on every run.
 struct Rng(u64);
@@ -74,6 +82,8 @@ struct Item {
     tokens: f64,
     refreshed_us: u64,
     busy_until_us: u64,
+    read_tokens: f64,
+    read_refreshed_us: u64,
 }
 
 /// The team's slots under the capacity model.
@@ -97,6 +107,24 @@ impl Table {
     /// read of them is cancelled).
     fn any_busy(&self, refs: &[EntityRef], now: u64) -> bool {
         refs.iter().any(|r| self.items[r].busy_until_us > now)
+    }
+
+    /// Reads `refs` at `units` each at `now`; `false`: throttled (an item
+    /// lacks the read units), nothing read.
+    fn read(&mut self, refs: &[EntityRef], units: f64, now: u64) -> bool {
+        for r in refs {
+            let item = self.items.get_mut(r).expect("slot");
+            let elapsed = now.saturating_sub(item.read_refreshed_us) as f64 / 1000.0;
+            item.read_tokens = (item.read_tokens + elapsed * READ_UNITS_PER_MS).min(READ_BUCKET);
+            item.read_refreshed_us = now;
+        }
+        if refs.iter().any(|r| self.items[r].read_tokens < units) {
+            return false;
+        }
+        for r in refs {
+            self.items.get_mut(r).expect("slot").read_tokens -= units;
+        }
+        true
     }
 
     /// One transaction at `now`: capacity and conflicts first, then the
@@ -140,6 +168,8 @@ enum Phase {
     Refill,
     Gather,
     Settle,
+    /// The read of the request's shard that denies on the instance's bound.
+    Early,
 }
 
 struct Request {
@@ -152,6 +182,7 @@ struct Request {
     reads: u32,
     slot: SlotId,
     cost: Money,
+    instance: usize,
 }
 
 #[derive(Default)]
@@ -159,13 +190,21 @@ struct Figures {
     admitted: u64,
     /// When each request was admitted, and whether after one round trip.
     admitted_at: Vec<(u64, bool)>,
+    /// Denied `budget_exceeded` (the totals were short of the request).
     denied: u64,
-    /// Gave up (contention, deadline) while the team had headroom.
+    /// Of those, on one read of the shard (the instance's bound).
+    denied_early: u64,
+    /// Denials while the team's total headroom covered the request at that
+    /// instant: ones a single exact counter would not have made.
+    false_denials: u64,
+    /// Gave up (attempts, deadline): answered `unavailable`.
+    gave_up: u64,
+    /// Of those, while the team's total headroom covered the request.
     given_up: u64,
     round_trips: u64,
     cap_us: Option<u64>,
     /// Cancelled attempts (throttled or in conflict), by phase.
-    busy: [u64; 4],
+    busy: [u64; 5],
     refills: u64,
     gathers: u64,
     /// Isolated reads of all slots cancelled by a transaction in progress.
@@ -219,6 +258,8 @@ fn run(shards: u32, rate: f64) -> Figures {
                     tokens: BUCKET,
                     refreshed_us: 0,
                     busy_until_us: 0,
+                    read_tokens: READ_BUCKET,
+                    read_refreshed_us: 0,
                 };
                 (s.entity, item)
             })
@@ -242,6 +283,8 @@ fn run(shards: u32, rate: f64) -> Figures {
     let mut requests: HashMap<u64, Request> = HashMap::new();
     let mut next_request = 0u64;
     let mut f = Figures::default();
+    let instances = ((rate * INSTANCE_SECONDS).ceil() as usize).max(4);
+    let mut ceilings: Vec<Option<escrow::Ceiling>> = vec![None; instances];
     let end = RUN_SECONDS * 1_000_000;
     while let Some(Reverse((now, _, id))) = queue.pop() {
         if now > end {
@@ -257,6 +300,7 @@ fn run(shards: u32, rate: f64) -> Figures {
                 SlotId::Shard(rng.next() as u32 % shards)
             };
             let cost = Money::from_nanos((ESTIMATE_NANOS as f64 * (0.5 + rng.unit() / 2.0)) as i64);
+            let instance = rng.next() as usize % instances;
             requests.insert(
                 next_request,
                 Request {
@@ -268,6 +312,7 @@ fn run(shards: u32, rate: f64) -> Figures {
                     reads: 0,
                     slot,
                     cost,
+                    instance,
                 },
             );
             push(&mut queue, now + ROUND_TRIP_US, next_request);
@@ -297,9 +342,39 @@ fn run(shards: u32, rate: f64) -> Figures {
                     }
                 }
             }
-            Phase::Reserve => {
+            Phase::Reserve
+                if ceilings[r.instance]
+                    .as_ref()
+                    .is_some_and(|c| c.denies(&e, estimate, t0).is_some()) =>
+            {
+                // The instance's bound is short: read the shard instead of
+                // writing (`service::escrow::early_denial`).
+                r.phase = Phase::Early;
+                if !table.read(std::slice::from_ref(&shard_ref), 1.0, now) {
+                    Outcome::Busy
+                } else if ceilings[r.instance]
+                    .as_ref()
+                    .is_some_and(|c| c.holds_on(&table.get(&shard_ref)))
+                {
+                    f.denied += 1;
+                    f.denied_early += 1;
+                    if total_avail(&table) >= escrow::need(estimate) {
+                        f.false_denials += 1;
+                    }
+                    f.cap_us.get_or_insert(now);
+                    continue;
+                } else {
+                    ceilings[r.instance] = None;
+                    Outcome::Refused
+                }
+            }
+            Phase::Early | Phase::Reserve => {
+                r.phase = Phase::Reserve;
                 let w = escrow::reserve(&e, r.slot, estimate, t0).expect("fits");
                 table.transact(&[w], now)
+            }
+            Phase::Refill if !table.read(&[pool_ref.clone(), shard_ref.clone()], 1.0, now) => {
+                Outcome::Busy
             }
             Phase::Refill => {
                 let (pool, shard) = (table.get(&pool_ref), table.get(&shard_ref));
@@ -332,7 +407,7 @@ fn run(shards: u32, rate: f64) -> Figures {
                 // DynamoDB cancels the isolated read while any slot is in
                 // a transaction: read again twice after 1–2 ms, 2–4 ms
                 // (`service::escrow`'s read_all), then a busy attempt.
-                if table.any_busy(&refs, now) {
+                if table.any_busy(&refs, now) || !table.read(&refs, 2.0, now) {
                     f.busy_reads += 1;
                     if r.reads < 2 {
                         r.reads += 1;
@@ -348,6 +423,7 @@ fn run(shards: u32, rate: f64) -> Figures {
                 } else {
                     r.reads = 0;
                     let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
+                    ceilings[r.instance] = escrow::ceiling(&e, &all);
                     let total = escrow::totals(&e, &all).windows[0].avail;
                     if total < escrow::need(estimate) {
                         f.denied += 1;
@@ -384,6 +460,11 @@ fn run(shards: u32, rate: f64) -> Figures {
                 r.phase = Phase::Reserve;
             }
             (_, Outcome::Refused) => r.phase = Phase::Reserve,
+            (Phase::Early, Outcome::Busy) => {
+                r.attempts += 1;
+                f.busy[Phase::Early as usize] += 1;
+                r.phase = Phase::Reserve;
+            }
             (p, Outcome::Busy) => {
                 r.attempts += 1;
                 f.busy[p as usize] += 1;
@@ -391,11 +472,9 @@ fn run(shards: u32, rate: f64) -> Figures {
         }
         r.round_trips += 1;
         if r.attempts >= MAX_ATTEMPTS || r.escrow_steps > 16 || now - r.arrived_us > DEADLINE_US {
+            f.gave_up += 1;
             if total_avail(&table) >= estimate {
                 f.given_up += 1;
-            } else {
-                f.denied += 1;
-                f.cap_us.get_or_insert(now);
             }
             continue;
         }
@@ -416,10 +495,17 @@ fn run(shards: u32, rate: f64) -> Figures {
 
 fn main() {
     println!("one team, one lifetime window of 20 s of the offered load ($0.0075 a request); {RUN_SECONDS} s simulated");
-    println!("| shards | offered/s | admitted/s (steady) | round trips per admitted | cancelled attempts per admitted | admitted after >1 round trip: before the budget ran out / after | budget used up at (s) | spent + reserved at the end ≤ limit | given up (contention) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for shards in [1u32, 4, 16, 64] {
-        for rate in [1_000.0, 2_500.0, 5_000.0, 8_000.0] {
+    println!("| shards | offered/s | admitted/s (steady) | round trips per admitted | cancelled attempts per admitted | admitted after >1 round trip: before the budget ran out / after | budget used up at (s) | spent + reserved at the end ≤ limit | denied budget_exceeded (of them on one read) | denials a single exact counter would not have made | unavailable (of them while the total covered it) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // SIM_SHARDS=64 SIM_RATES=8000: one row (all by default).
+    let pick = |name: &str, all: &[f64]| -> Vec<f64> {
+        std::env::var(name).map_or(all.to_vec(), |v| {
+            v.split(',').filter_map(|x| x.trim().parse().ok()).collect()
+        })
+    };
+    for shards in pick("SIM_SHARDS", &[1.0, 4.0, 16.0, 64.0]) {
+        let shards = shards as u32;
+        for rate in pick("SIM_RATES", &[1_000.0, 2_500.0, 5_000.0, 8_000.0]) {
             let f = run(shards, rate);
             // The budget is used up when the pool is first short of one
             // request (the headroom left is then under a cent); steady
@@ -443,7 +529,7 @@ fn main() {
                 .count();
             let (spent, reserved, left, max) = f.end;
             println!(
-                "| {} | {} | {:.0} | {:.3} | {:.3} | {} / {} | {} | {} + {} = {} ≤ {}: {} | {} |",
+                "| {} | {} | {:.0} | {:.3} | {:.3} | {} / {} | {} | {} + {} = {} ≤ {}: {} | {} ({}) | {} | {} ({}) |",
                 shards,
                 rate,
                 steady as f64 / ((to - from) as f64 / 1e6),
@@ -466,11 +552,15 @@ fn main() {
                 } else {
                     "NOT EXACT"
                 },
+                f.denied,
+                f.denied_early,
+                f.false_denials,
+                f.gave_up,
                 f.given_up,
             );
             if std::env::var("SIM_DEBUG").is_ok() {
                 eprintln!(
-                    "  cancelled (reserve, refill, gather, settle) {:?}, refills {}, borrows {}, isolated reads cancelled {}",
+                    "  cancelled (reserve, refill, gather, settle, early) {:?}, refills {}, borrows {}, isolated reads cancelled or throttled {}",
                     f.busy, f.refills, f.gathers, f.busy_reads
                 );
             }
