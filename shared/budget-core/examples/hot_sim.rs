@@ -170,6 +170,9 @@ enum Phase {
     Settle,
     /// The read of the request's shard that denies on the instance's bound.
     Early,
+    /// The plain read of every slot: its bound denies, or its headroom is
+    /// borrowed.
+    Scan,
 }
 
 struct Request {
@@ -204,7 +207,7 @@ struct Figures {
     round_trips: u64,
     cap_us: Option<u64>,
     /// Cancelled attempts (throttled or in conflict), by phase.
-    busy: [u64; 5],
+    busy: [u64; 6],
     refills: u64,
     gathers: u64,
     /// Isolated reads of all slots cancelled by a transaction in progress.
@@ -283,6 +286,7 @@ fn run(shards: u32, rate: f64) -> Figures {
     let mut requests: HashMap<u64, Request> = HashMap::new();
     let mut next_request = 0u64;
     let mut f = Figures::default();
+    let mut trace_sec = u64::MAX;
     let instances = ((rate * INSTANCE_SECONDS).ceil() as usize).max(4);
     let mut ceilings: Vec<Option<escrow::Ceiling>> = vec![None; instances];
     let end = RUN_SECONDS * 1_000_000;
@@ -321,6 +325,25 @@ fn run(shards: u32, rate: f64) -> Figures {
         let Some(mut r) = requests.remove(&id) else {
             continue;
         };
+        if std::env::var("SIM_TRACE").is_ok() {
+            let sec = now / 1_000_000;
+            if sec != trace_sec {
+                trace_sec = sec;
+                let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
+                let t = escrow::totals(&e, &all).windows[0].clone();
+                let known = ceilings
+                    .iter()
+                    .filter(|c| {
+                        c.as_ref()
+                            .is_some_and(|c| c.denies(&e, estimate, t0).is_some())
+                    })
+                    .count();
+                eprintln!(
+                    "  t={sec} s: headroom {} reserved {} spent {}; requests in flight {}; instances denying on their bound {known}",
+                    t.avail, t.reserved, t.spent, requests.len()
+                );
+            }
+        }
         let shard_ref = e.entity.at(r.slot);
         let pool_ref = e.entity.at(SlotId::Pool);
         let outcome = match r.phase {
@@ -394,12 +417,49 @@ fn run(shards: u32, rate: f64) -> Figures {
                                 eprintln!("  pool short at {:.2} s: headroom {} reserved {} spent {} of {}", now as f64 / 1e6, t.avail, t.reserved, t.spent, e.windows[0].max);
                             }
                             f.first_gather_us.get_or_insert(now);
-                            r.phase = Phase::Gather;
+                            r.phase = Phase::Scan;
                             r.round_trips += 1;
                             requests.insert(id, r);
                             push(&mut queue, now + ROUND_TRIP_US, id);
                             continue;
                         }
+                    }
+                }
+            }
+            Phase::Scan if !table.read(&refs, 1.0, now) => Outcome::Busy,
+            Phase::Scan if escrow::headroom(&table.get(&shard_ref)) >= escrow::need(estimate) => {
+                Outcome::Done
+            }
+            Phase::Scan if escrow::headroom(&table.get(&pool_ref)) >= escrow::need(estimate) => {
+                let pool = table.get(&pool_ref);
+                let x = escrow::refill_amount(escrow::headroom(&pool), estimate, max, shards)
+                    .expect("covered");
+                let t = escrow::transfer(&pool, &shard_ref, x).expect("covered");
+                table.transact(&t, now)
+            }
+            Phase::Scan => {
+                let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
+                let c = escrow::ceiling(&e, &all);
+                let denies = c
+                    .as_ref()
+                    .is_some_and(|c| c.denies(&e, estimate, t0).is_some());
+                ceilings[r.instance] = c;
+                if denies {
+                    f.denied += 1;
+                    if total_avail(&table) >= escrow::need(estimate) {
+                        f.false_denials += 1;
+                    }
+                    f.cap_us.get_or_insert(now);
+                    continue;
+                }
+                match escrow::borrow(&all, &shard_ref, estimate) {
+                    Some(writes) if !all.iter().any(escrow::owes) => table.transact(&writes, now),
+                    _ => {
+                        r.phase = Phase::Gather;
+                        r.round_trips += 1;
+                        requests.insert(id, r);
+                        push(&mut queue, now + ROUND_TRIP_US, id);
+                        continue;
                     }
                 }
             }
@@ -423,7 +483,8 @@ fn run(shards: u32, rate: f64) -> Figures {
                 } else {
                     r.reads = 0;
                     let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
-                    ceilings[r.instance] = escrow::ceiling(&e, &all);
+                    ceilings[r.instance] =
+                        escrow::ceiling(&e, &all).or(ceilings[r.instance].take());
                     let total = escrow::totals(&e, &all).windows[0].avail;
                     if total < escrow::need(estimate) {
                         f.denied += 1;
@@ -447,8 +508,12 @@ fn run(shards: u32, rate: f64) -> Figures {
                 continue;
             }
             (Phase::Reserve, Outcome::Refused) => {
-                // The shard is short: read pool and shard.
-                r.phase = Phase::Refill;
+                // The shard is short: read pool and shard, or every slot
+                // when this instance last saw the pool short.
+                r.phase = match &ceilings[r.instance] {
+                    Some(c) if c.pool_avail < escrow::need(estimate) => Phase::Scan,
+                    _ => Phase::Refill,
+                };
                 r.escrow_steps += 1;
             }
             (p, Outcome::Done) => {

@@ -485,16 +485,18 @@ pub fn totals(e: &Entity, slots: &[Entity]) -> Entity {
     out
 }
 
-/// What one isolated read of a sharded entity's slots proves for as long
-/// as its configuration and periods stay as read: per window, `avail +
-/// reserved + parked` summed over the slots bounds all the headroom the
-/// window can ever have again. A reservation moves `avail` to `reserved`,
-/// a settle takes its cost out of the sum (costs are never negative), a
-/// transfer or a re-placement moves it between slots; only an admin change
-/// (a new version on every slot) or a roll-over (a new boundary on every
-/// slot) can raise it. So an estimate above the bound is denied on a read
-/// of any one slot that still shows the version and periods of the read —
-/// no write, and no read of the other slots (`service::escrow`).
+/// What a read of all of a sharded entity's slots proves for as long as
+/// its configuration and periods stay as read: per window, `max − Σ spent`
+/// over the slots bounds all the headroom the window can ever have again
+/// (`avail + reserved + parked`, by the invariant). Within one version and
+/// period no write lowers a slot's `spent` — settles only add their cost,
+/// reservations, transfers and re-placements leave it — while an admin
+/// change writes a new version on every slot and a roll-over a new
+/// boundary on every slot. So the bound needs no isolated read: slots read
+/// one after the other, all in the same version and periods, give a bound
+/// for every instant after the last of them. A request above it is denied
+/// on a read of any one slot that still shows that version and those
+/// periods — no write, no read of the others (`service::escrow`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ceiling {
     pub version: u64,
@@ -502,6 +504,8 @@ pub struct Ceiling {
     /// Per window: the totals as read (the figures a denial names), the
     /// generation and boundary the slots were in, and the bound.
     pub windows: Vec<CeilingWindow>,
+    /// The pool's headroom as read (a hint: whether refills are over).
+    pub pool_avail: Money,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -512,29 +516,61 @@ pub struct CeilingWindow {
     pub bound: Money,
 }
 
-/// The [`Ceiling`] of `item` (the entity's item) over its `slots`, all as
-/// of one isolated read. `None` without a pool (not sharded).
-pub fn ceiling(item: &Entity, slots: &[Entity]) -> Option<Ceiling> {
+/// `e` with none of its item's counters: its configuration alone (what a
+/// cached chain knows of a sharded owner's counters are hints, never the
+/// stored figures).
+pub fn config_of(e: &Entity) -> Entity {
+    let mut c = e.clone();
+    for w in &mut c.windows {
+        w.spent = Money::ZERO;
+        w.reserved = Money::ZERO;
+        w.avail = Money::ZERO;
+        w.parked = Money::ZERO;
+    }
+    c
+}
+
+/// The [`Ceiling`] of `e` (its configuration, known or read: its limits)
+/// over `slots` — every slot of it ([`slot_refs`]), read in any order.
+/// `None` unless all are there and in one version, incarnation and set of
+/// periods (a change or a roll-over came between the reads).
+pub fn ceiling(e: &Entity, slots: &[Entity]) -> Option<Ceiling> {
     let pool = slots.iter().find(|s| s.entity.slot == Some(SlotId::Pool))?;
-    let sums = totals(item, slots);
+    let refs = slot_refs(e);
+    if refs.len() != slots.len() || !refs.iter().all(|r| slots.iter().any(|s| &s.entity == r)) {
+        return None;
+    }
+    let same = |s: &Entity| {
+        s.version == pool.version
+            && s.incarnation == pool.incarnation
+            && e.windows.iter().all(|w| {
+                let (Some(a), Some(b)) = (s.window(&w.id()), pool.window(&w.id())) else {
+                    return false;
+                };
+                a.generation == b.generation && a.reset_at == b.reset_at
+            })
+    };
+    if !slots.iter().all(same) {
+        return None;
+    }
+    let sums = totals(e, slots);
     let windows = sums
         .windows
         .iter()
         .map(|t| {
             let part = pool.window(&t.id())?;
-            let bound = slots
+            let spent = slots
                 .iter()
                 .filter_map(|s| s.window(&t.id()))
-                .fold(Money::ZERO, |a, w| {
-                    a.saturating_add(w.avail)
-                        .saturating_add(w.reserved)
-                        .saturating_add(w.parked)
-                });
+                .fold(Money::ZERO, |a, w| a.saturating_add(w.spent));
             Some(CeilingWindow {
-                totals: t.clone(),
+                totals: Window {
+                    reset_at: part.reset_at,
+                    ..t.clone()
+                },
                 generation: part.generation,
                 reset_at: part.reset_at,
-                bound,
+                bound: t.max.saturating_sub(spent),
             })
         })
         .collect::<Option<Vec<_>>>()?;
@@ -542,6 +578,7 @@ pub fn ceiling(item: &Entity, slots: &[Entity]) -> Option<Ceiling> {
         version: pool.version,
         incarnation: pool.incarnation,
         windows,
+        pool_avail: headroom(pool),
     })
 }
 
@@ -901,6 +938,7 @@ mod tests {
             // What settles cost over what they held since the last
             // roll-over: the only way past the limit, as on a plain window.
             let mut overrun = Money::ZERO;
+            let mut bounds: Vec<Ceiling> = Vec::new();
             let mut now = t0();
             for op in ops {
                 match op {
@@ -990,6 +1028,24 @@ mod tests {
                     .iter()
                     .map(|s| s.windows[0].avail.min(Money::ZERO))
                     .fold(Money::ZERO, |a, b| a.saturating_add(b));
+                // A bound from slots read at different times (some as the
+                // stale read saw them, some now) is never below what the
+                // window holds now, while the bound still holds on a slot.
+                let mixed: Vec<Entity> = store
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| match stale.iter().find(|x| x.entity == s.entity) {
+                        Some(old) if i % 2 == 0 => old.clone(),
+                        _ => s.clone(),
+                    })
+                    .collect();
+                bounds.extend(ceiling(&e, &mixed));
+                let held = total.avail.saturating_add(total.reserved);
+                for c in &bounds {
+                    if store.iter().all(|s| c.holds_on(s)) {
+                        prop_assert!(held <= c.windows[0].bound, "{:?} over {:?}", total, c);
+                    }
+                }
                 let parked = slot(&store, SlotId::Pool).windows[0].parked;
                 prop_assert!(negative.negated() <= debt.saturating_add(parked), "{:?}", store);
             }

@@ -166,8 +166,21 @@ pub(super) async fn step<S: BudgetStore>(
     now: DateTime<Utc>,
     clock: &ResetClock,
 ) -> Result<Next, StoreError> {
+    // What the shard must hold: a zero estimate still needs room.
+    let need = escrow::need(estimate);
     let pool_ref = owner.entity.at(SlotId::Pool);
-    let read = store.load_many(&[pool_ref.clone(), slot.clone()]).await?;
+    // An instance that last saw the pool short, in this configuration,
+    // reads every slot at once (a refill is still tried from that read):
+    // past the cap every request would otherwise read the one pool item,
+    // past its 3,000 read units a second.
+    let scan_first = ceilings
+        .get(&owner.entity)
+        .is_some_and(|c| c.version == owner.version && c.pool_avail < need);
+    let refs = match scan_first {
+        true => escrow::slot_refs(owner),
+        false => vec![pool_ref.clone(), slot.clone()],
+    };
+    let read = store.load_many(&refs).await?;
     let (Some(pool), Some(shard)) = (
         read.iter().find(|s| s.entity == pool_ref),
         read.iter().find(|s| &s.entity == slot),
@@ -191,8 +204,6 @@ pub(super) async fn step<S: BudgetStore>(
         // no difference: the slots' own guard their period.
         return Ok(Next::Reread);
     }
-    // What the shard must hold: a zero estimate still needs room.
-    let need = escrow::need(estimate);
     if escrow::headroom(shard) >= need {
         return Ok(Next::Retry);
     }
@@ -213,9 +224,39 @@ pub(super) async fn step<S: BudgetStore>(
             });
         }
     }
-    // Near the cap: the totals decide, from one isolated read of all slots
-    // and the entity's own item (its counters as stored, not the hints a
-    // cached chain carries: they are part of the totals a denial names).
+    // Near the cap. First a plain read of every slot (one request, never
+    // cancelled by transactions in flight): its bound denies a request
+    // above what the entity can ever have again in this period, and its
+    // headroom can be borrowed (each giver's part is a condition of the
+    // transfer, so any read will do).
+    let slots = match scan_first {
+        true => read,
+        false => store.load_many(&escrow::slot_refs(owner)).await?,
+    };
+    if let Some(c) = escrow::ceiling(&escrow::config_of(owner), &slots) {
+        let denies = c.denies(owner, estimate, now).cloned();
+        ceilings.note(&owner.entity, c);
+        if let Some(w) = denies {
+            return Ok(Next::Deny(Box::new(Denial::of(
+                &owner.entity,
+                &w,
+                estimate,
+                now,
+                clock,
+            ))));
+        }
+        if !slots.iter().any(escrow::owes) {
+            if let Some(writes) = escrow::borrow(&slots, slot, need) {
+                return Ok(match store.write_all(&writes).await? {
+                    PlanWrite::Done | PlanWrite::Refused => Next::Retry,
+                    PlanWrite::Busy => Next::Busy,
+                });
+            }
+        }
+    }
+    // Then the totals decide, from one isolated read of all slots and the
+    // entity's own item (its counters as stored, not the hints a cached
+    // chain carries: they are part of the totals a denial names).
     let refs: Vec<EntityRef> = std::iter::once(owner.entity.clone())
         .chain(escrow::slot_refs(owner))
         .collect();
