@@ -1144,9 +1144,7 @@ mod tests {
         // Raised: the pool takes it; no slot needs to be as read.
         let (writes, create) = admin_change(&e, &with_max(15), &read);
         assert!(create.is_empty());
-        assert!(writes
-            .iter()
-            .all(|w| !w.guards.iter().any(|g| counter_is(g))));
+        assert!(writes.iter().all(|w| !w.guards.iter().any(counter_is)));
         assert!(
             run(&mut store, &writes),
             "committed over the shards' traffic"
@@ -1160,9 +1158,7 @@ mod tests {
         // Lowered by what the pool holds (8 + 5 = 13 there): the pool alone.
         let read = store.clone();
         let (writes, _) = admin_change(&raised, &with_max(4), &read);
-        assert!(writes
-            .iter()
-            .all(|w| !w.guards.iter().any(|g| counter_is(g))));
+        assert!(writes.iter().all(|w| !w.guards.iter().any(counter_is)));
         assert!(run(&mut store, &writes));
         let lowered = Entity {
             version: raised.version + 1,
@@ -1171,9 +1167,7 @@ mod tests {
         assert_eq!(sum(&store, &lowered), Money::usd(4));
         // Lowered by more than the pool holds (2): the full gathering.
         let (writes, _) = admin_change(&lowered, &with_max(1), &store);
-        assert!(writes
-            .iter()
-            .any(|w| w.guards.iter().any(|g| counter_is(g))));
+        assert!(writes.iter().any(|w| w.guards.iter().any(counter_is)));
         assert!(run(&mut store, &writes));
         let last = Entity {
             version: lowered.version + 1,

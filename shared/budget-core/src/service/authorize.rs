@@ -259,8 +259,7 @@ impl<S: BudgetStore> Authorizer<S> {
                 &self.ceilings,
                 &req.chain,
                 estimate,
-                &req.id,
-                req.retry,
+                (&req.id, req.retry),
                 now,
                 &self.settings.clock,
             );

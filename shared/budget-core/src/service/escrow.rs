@@ -89,8 +89,7 @@ pub(super) async fn early_denial<S: BudgetStore>(
     ceilings: &Ceilings,
     chain: &Chain,
     estimate: Money,
-    id: &str,
-    retry: bool,
+    (id, retry): (&str, bool),
     now: DateTime<Utc>,
     clock: &ResetClock,
 ) -> Result<Option<Denial>, StoreError> {
