@@ -378,7 +378,8 @@ async fn a_cancelled_isolated_read_is_tried_again_and_the_totals_decide() {
     let keys = hot_team(&app, "hot-busy", 2, 1.0, 1).await;
     let answer = app.authorize(&keys[0], Some("1")).await;
     assert!(allowed(&answer), "{answer}");
-    assert_eq!(app.settle(&reservation_id(&answer), 1.0).await.0, 200);
+    // Still in flight: the dollar may come back, so only the totals of an
+    // isolated read can deny.
     let (proxy, store) = app.proxied(std::time::Duration::from_secs(20)).await;
     let conflict = Answer::Cancelled(vec![
         Reason::None,
@@ -394,6 +395,15 @@ async fn a_cancelled_isolated_read_is_tried_again_and_the_totals_decide() {
     let reads = proxy.seen("TransactGetItems");
     assert!(reads >= 3, "two cancelled, then read: {reads}");
     println!("isolated reads of the slots: {reads} (2 cancelled)");
+    // Spent: what the team can ever have again is below the ask, which a
+    // plain read of the slots shows — no isolated read at all.
+    assert_eq!(app.settle(&reservation_id(&answer), 1.0).await.0, 200);
+    let cold =
+        app.authorizer_on(app.store_via(&proxy.endpoint(), std::time::Duration::from_secs(20)));
+    let before = proxy.seen("TransactGetItems");
+    let denied = authorize_via(&cold, &keys[0], Some("0.5"), app.now).await;
+    assert_eq!(denied["context"]["reason"], "budget_exceeded", "{denied}");
+    assert_eq!(proxy.seen("TransactGetItems"), before);
 }
 
 #[tokio::test]
