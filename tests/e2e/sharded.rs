@@ -466,3 +466,34 @@ async fn idle_shards_give_their_headroom_back_to_the_pool_and_refill_on_the_next
     assert_eq!(usd(&w["reserved"]), 1.0, "{w}");
     assert_eq!(usd(&w["remaining"]), usd(&before["remaining"]) - 1.0, "{w}");
 }
+
+/// The job finds sharded entities through their pool's `gsi1` entry, not
+/// a scan: a pool written before the entry existed is not visited, and
+/// joins the index at its entity's next admin change.
+#[tokio::test]
+async fn a_pool_without_its_index_entry_joins_it_at_the_next_admin_change() {
+    let app = TestApp::with_settings(SLOW).await;
+    hot_team(&app, "hot-old", 2, 10.0, 1).await;
+    let pool = budget_core::store::dynamo::entity_pk(&EntityRef::team("hot-old").at(SlotId::Pool));
+    app.client
+        .update_item()
+        .table_name(app.store.table())
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(pool.clone()),
+        )
+        .update_expression("REMOVE gsi1pk, gsi1sk")
+        .send()
+        .await
+        .expect("remove the entry");
+    let run = app.reset_at(app.now + chrono::Duration::minutes(1)).await;
+    assert_eq!(run.sharded_visited, 0, "{run:?}");
+    app.post(
+        "/team/update",
+        json!({"team_id": "hot-old", "budget_limits": [{"budget_duration": "1d", "max_budget": 12}]}),
+    )
+    .await;
+    let run = app.reset_at(app.now + chrono::Duration::minutes(2)).await;
+    assert!(run.errors.is_empty(), "{run:?}");
+    assert_eq!(run.sharded_visited, 1, "{run:?}");
+}
