@@ -675,4 +675,30 @@ mod tests {
         let late = now() + chrono::Duration::days(2);
         assert!(idle_returns(&team, &slots, Some(&visit_record(&slots)), late).is_empty());
     }
+
+    #[tokio::test]
+    async fn past_the_per_run_bound_each_run_takes_the_next_sharded_entities_in_turn() {
+        let store = MemoryStore::new();
+        let n = SHARDED_PER_RUN + SHARDED_PER_RUN / 2;
+        for i in 0..n {
+            let mut team = Entity::new(EntityRef::team(format!("t-{i:03}")), now());
+            team.shards = 2;
+            team.shard_items = 2;
+            team.windows.push(Window::open(
+                Span::parse_id("1d").unwrap(),
+                Money::usd(1),
+                false,
+                now(),
+                &settings().clock,
+            ));
+            assert_eq!(store.create(&team).await.unwrap(), AdminWrite::Done);
+        }
+        let at = |m: i64| now() + chrono::Duration::minutes(m);
+        let first = reset(&store, at(1), &settings()).await;
+        let second = reset(&store, at(2), &settings()).await;
+        assert!(first.errors.is_empty() && second.errors.is_empty());
+        let mut visited = [first.sharded_visited, second.sharded_visited];
+        visited.sort_unstable();
+        assert_eq!(visited, [n - SHARDED_PER_RUN, SHARDED_PER_RUN]);
+    }
 }
