@@ -652,8 +652,10 @@ pub struct IdleReturn {
 /// A fingerprint of a shard's counters (every window's `avail`,
 /// `reserved`, `spent`, generation and boundary): equal at two visits of
 /// the reset job means no request, settle or transfer touched the shard
-/// in between. FNV-1a, so the record stays comparable across builds.
-fn fingerprint(slot: &Entity) -> u64 {
+/// in between. FNV-1a folded to 32 bits (a collision only makes a busy
+/// shard's transfer attempted, which its condition refuses or keeps
+/// exact), so the record stays small and comparable across builds.
+fn fingerprint(slot: &Entity) -> u32 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for b in bytes {
@@ -671,34 +673,41 @@ fn fingerprint(slot: &Entity) -> u64 {
         eat(&w.generation.to_le_bytes());
         eat(&w.reset_at.map_or(i64::MIN, |t| t.timestamp()).to_le_bytes());
     }
-    h
+    (h ^ (h >> 32)) as u32
 }
 
 /// What the reset job records (on the pool) at a visit of a sharded
-/// entity: each shard's fingerprint, `k=hex` joined by `;`, shards in
-/// order (the pool's own counters are not part of it).
+/// entity: `v1`, then `;k=hex` with the fingerprint of each shard that
+/// holds headroom, shards in order. A shard with none has nothing to give
+/// back, so it is left out (the record of an entity whose shards are all
+/// dry is `v1`, and stays so while they are); the pool's own counters are
+/// not part of it.
 pub fn visit_record(slots: &[Entity]) -> String {
-    let mut shards: Vec<(u32, u64)> = slots
+    let mut shards: Vec<(u32, u32)> = slots
         .iter()
+        .filter(|s| headroom(s) > Money::ZERO)
         .filter_map(|s| match s.entity.slot {
             Some(SlotId::Shard(k)) => Some((k, fingerprint(s))),
             _ => None,
         })
         .collect();
     shards.sort_unstable();
-    shards
-        .iter()
-        .map(|(k, f)| format!("{k}={f:016x}"))
+    std::iter::once("v1".to_string())
+        .chain(shards.iter().map(|(k, f)| format!("{k}={f:08x}")))
         .collect::<Vec<_>>()
         .join(";")
 }
 
 /// The fingerprint `record` (a [`visit_record`]) holds for shard `k`.
-fn recorded(record: &str, k: u32) -> Option<u64> {
-    record.split(';').find_map(|part| {
+fn recorded(record: &str, k: u32) -> Option<u32> {
+    let mut parts = record.split(';');
+    if parts.next() != Some("v1") {
+        return None;
+    }
+    parts.find_map(|part| {
         let (shard, f) = part.split_once('=')?;
         (shard.parse::<u32>().ok()? == k)
-            .then(|| u64::from_str_radix(f, 16).ok())
+            .then(|| u32::from_str_radix(f, 16).ok())
             .flatten()
     })
 }
