@@ -510,3 +510,105 @@ async fn past_the_cap_warm_instances_deny_on_the_bound_and_a_raise_is_admitted_e
         shown(&app, "hot-cap").await
     );
 }
+
+/// The headroom a slot of the window shown holds (`"pool"` or a shard's
+/// number).
+fn slot_avail(w: &Value, slot: Value) -> f64 {
+    w["shards"]
+        .as_array()
+        .expect("shards shown")
+        .iter()
+        .find(|p| p["slot"] == slot)
+        .map_or(0.0, |p| usd(&p["avail"]))
+}
+
+/// Traffic falls: two reset runs with no request between them give every
+/// idle shard's headroom back to the pool (found through the pool's index
+/// entry, moved in transfers conditional on the shard as read); the
+/// team's totals are unchanged, and the next request refills its shard.
+#[tokio::test]
+async fn idle_shards_give_their_headroom_back_to_the_pool_and_refill_on_the_next_request() {
+    let app = TestApp::with_settings(SLOW).await;
+    let keys = hot_team(&app, "hot-idle", 4, 10.0, 2).await;
+    let ids = burst(&app, &keys, 8, "1", 2).await;
+    assert_eq!(ids.len(), 8);
+    for id in &ids {
+        let (status, answer) = app.settle(id, 0.25).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let before = shown(&app, "hot-idle").await;
+    let on_shards: f64 = (0..4).map(|k| slot_avail(&before, json!(k))).sum();
+    assert!(
+        on_shards > 0.0,
+        "the burst left headroom on the shards: {before}"
+    );
+
+    let first = app.reset_at(app.now + chrono::Duration::minutes(1)).await;
+    assert!(first.errors.is_empty(), "{first:?}");
+    assert_eq!(
+        (first.sharded_visited, first.shards_returned),
+        (1, 0),
+        "{first:?}"
+    );
+    let second = app.reset_at(app.now + chrono::Duration::minutes(2)).await;
+    assert!(second.errors.is_empty(), "{second:?}");
+    assert!(second.shards_returned > 0, "{second:?}");
+    assert!(
+        (second.headroom_returned.as_f64() - on_shards).abs() < 1e-9,
+        "{second:?}"
+    );
+    let after = shown(&app, "hot-idle").await;
+    for k in 0..4 {
+        assert_eq!(slot_avail(&after, json!(k)), 0.0, "shard {k}: {after}");
+    }
+    assert_eq!(
+        slot_avail(&after, json!("pool")),
+        usd(&before["remaining"]),
+        "{after}"
+    );
+    for field in ["spend", "reserved", "remaining", "max_budget"] {
+        assert_eq!(usd(&after[field]), usd(&before[field]), "{field}: {after}");
+    }
+    // A third run finds nothing to move.
+    let third = app.reset_at(app.now + chrono::Duration::minutes(3)).await;
+    assert_eq!(third.shards_returned, 0, "{third:?}");
+
+    // The next request refills its shard from the pool and is admitted.
+    let a = app.authorizer();
+    let answer = authorize_via(&a, &keys[0], Some("1"), app.now).await;
+    assert!(allowed(&answer), "{answer}");
+    let w = shown(&app, "hot-idle").await;
+    assert_eq!(usd(&w["reserved"]), 1.0, "{w}");
+    assert_eq!(usd(&w["remaining"]), usd(&before["remaining"]) - 1.0, "{w}");
+}
+
+/// The job finds sharded entities through their pool's `gsi1` entry, not
+/// a scan: a pool written before the entry existed is not visited, and
+/// joins the index at its entity's next admin change.
+#[tokio::test]
+async fn a_pool_without_its_index_entry_joins_it_at_the_next_admin_change() {
+    let app = TestApp::with_settings(SLOW).await;
+    hot_team(&app, "hot-old", 2, 10.0, 1).await;
+    let pool = budget_core::store::dynamo::entity_pk(&EntityRef::team("hot-old").at(SlotId::Pool));
+    app.client
+        .update_item()
+        .table_name(app.store.table())
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(pool.clone()),
+        )
+        .update_expression("REMOVE gsi1pk, gsi1sk")
+        .send()
+        .await
+        .expect("remove the entry");
+    let run = app.reset_at(app.now + chrono::Duration::minutes(1)).await;
+    assert_eq!(run.sharded_visited, 0, "{run:?}");
+    app.post(
+        "/team/update",
+        json!({"team_id": "hot-old", "budget_limits": [{"budget_duration": "1d", "max_budget": 12}]}),
+    )
+    .await;
+    let run = app.reset_at(app.now + chrono::Duration::minutes(2)).await;
+    assert!(run.errors.is_empty(), "{run:?}");
+    assert_eq!(run.sharded_visited, 1, "{run:?}");
+}

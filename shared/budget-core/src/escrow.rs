@@ -840,6 +840,128 @@ pub fn headroom(slot: &Entity) -> Money {
         .unwrap_or(Money::ZERO)
 }
 
+// ---- policy: shrinking idle shards back into the pool ----
+
+/// An idle shard's headroom going back to the pool: what
+/// [`idle_returns`] proposes, one two-item transaction each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdleReturn {
+    pub shard: SlotId,
+    pub amount: Money,
+    pub writes: [EntityWrite; 2],
+}
+
+/// A fingerprint of a shard's counters (every window's `avail`,
+/// `reserved`, `spent`, generation and boundary): equal at two visits of
+/// the reset job means no request, settle or transfer touched the shard
+/// in between. FNV-1a folded to 32 bits (a collision only makes a busy
+/// shard's transfer attempted, which its condition refuses or keeps
+/// exact), so the record stays small and comparable across builds.
+fn fingerprint(slot: &Entity) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    eat(&slot.incarnation.to_le_bytes());
+    for w in &slot.windows {
+        eat(w.id().as_bytes());
+        eat(&[0]);
+        for m in [w.avail, w.reserved, w.spent] {
+            eat(&m.nanos().to_le_bytes());
+        }
+        eat(&w.generation.to_le_bytes());
+        eat(&w.reset_at.map_or(i64::MIN, |t| t.timestamp()).to_le_bytes());
+    }
+    (h ^ (h >> 32)) as u32
+}
+
+/// What the reset job records (on the pool) at a visit of a sharded
+/// entity: `v1`, then `;k=hex` with the fingerprint of each shard that
+/// holds headroom, shards in order. A shard with none has nothing to give
+/// back, so it is left out (the record of an entity whose shards are all
+/// dry is `v1`, and stays so while they are); the pool's own counters are
+/// not part of it.
+pub fn visit_record(slots: &[Entity]) -> String {
+    let mut shards: Vec<(u32, u32)> = slots
+        .iter()
+        .filter(|s| headroom(s) > Money::ZERO)
+        .filter_map(|s| match s.entity.slot {
+            Some(SlotId::Shard(k)) => Some((k, fingerprint(s))),
+            _ => None,
+        })
+        .collect();
+    shards.sort_unstable();
+    std::iter::once("v1".to_string())
+        .chain(shards.iter().map(|(k, f)| format!("{k}={f:08x}")))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// The fingerprint `record` (a [`visit_record`]) holds for shard `k`.
+fn recorded(record: &str, k: u32) -> Option<u32> {
+    let mut parts = record.split(';');
+    if parts.next() != Some("v1") {
+        return None;
+    }
+    parts.find_map(|part| {
+        let (shard, f) = part.split_once('=')?;
+        (shard.parse::<u32>().ok()? == k)
+            .then(|| u32::from_str_radix(f, 16).ok())
+            .flatten()
+    })
+}
+
+/// The shards of sharded `e` (its item as read) that are idle — their
+/// counters as `slots` (as read) show them are those `seen` (the record
+/// of the job's previous visit) holds — and still hold headroom, each
+/// with the transfer of all of it (the least `avail` over its windows,
+/// only when positive) back to the pool: conditional on the shard's
+/// `avail` as read, so a request or settle that touches the shard
+/// meanwhile makes the transfer refused, never wrong. Retired shards
+/// (`k >= shards`) return the same way. Nothing while a slot is past a
+/// boundary (the roll-over comes first) or the pool is missing; nothing
+/// on a first visit (`seen` is `None`). A shard that shrank refills from
+/// the pool at its next request, as any dry shard does.
+pub fn idle_returns(
+    e: &Entity,
+    slots: &[Entity],
+    seen: Option<&str>,
+    now: DateTime<Utc>,
+) -> Vec<IdleReturn> {
+    let Some(seen) = seen else {
+        return Vec::new();
+    };
+    let Some(pool) = slots.iter().find(|s| s.entity.slot == Some(SlotId::Pool)) else {
+        return Vec::new();
+    };
+    if !is_sharded(e) || slots.iter().any(|s| behind(s, now)) {
+        return Vec::new();
+    }
+    slots
+        .iter()
+        .filter_map(|s| {
+            let Some(SlotId::Shard(k)) = s.entity.slot else {
+                return None;
+            };
+            if s.incarnation != pool.incarnation || recorded(seen, k) != Some(fingerprint(s)) {
+                return None;
+            }
+            let amount = headroom(s);
+            if amount <= Money::ZERO {
+                return None;
+            }
+            Some(IdleReturn {
+                shard: SlotId::Shard(k),
+                amount,
+                writes: transfer(s, &pool.entity, amount)?,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

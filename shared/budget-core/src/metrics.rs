@@ -664,6 +664,10 @@ pub fn reset_record(summary: &ResetSummary, trigger: &str, latency: Duration) ->
         .field("stopped_at_deadline", summary.stopped_at_deadline)
         .field("backlog_reservations", summary.backlog_reservations)
         .opt("oldest_expired_seconds", summary.oldest_expired_seconds)
+        .field("sharded_visited", summary.sharded_visited)
+        .field("shards_returned", summary.shards_returned)
+        .field("headroom_returned_usd", summary.headroom_returned.as_f64())
+        .field("shards_not_returned", summary.shards_not_returned)
         // The first few errors: enough to act on, bounded in size.
         .field(
             "errors",

@@ -1,12 +1,14 @@
-//! The reset job: release expired reservations, then roll over due
-//! windows — each found through an index of what is due, never a scan.
+//! The reset job: release expired reservations, roll over due windows,
+//! then give idle shards' headroom back to their pool — each found
+//! through an index (of what is due, of sharded entities), never a scan.
 
 use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
 use crate::duration::ResetClock;
 use crate::model::Entity;
-use crate::store::ResetStore;
+use crate::money::Money;
+use crate::store::{PlanWrite, ResetStore};
 
 use super::escrow::Rolled;
 use super::{expire, MAX_ATTEMPTS};
@@ -29,17 +31,29 @@ pub struct ResetSummary {
     /// backlog), and how long the oldest of them has been expired.
     pub backlog_reservations: usize,
     pub oldest_expired_seconds: Option<i64>,
+    /// Sharded entities visited for idle shards (at most
+    /// [`SHARDED_PER_RUN`]), shards whose headroom went back to the pool,
+    /// how much in all (summed over shards, each the same in every window),
+    /// and idle shards whose transfer was refused or busy (a request or
+    /// settle touched them meanwhile: the next run looks again).
+    pub sharded_visited: usize,
+    pub shards_returned: usize,
+    pub headroom_returned: Money,
+    pub shards_not_returned: usize,
     pub errors: Vec<String>,
     pub started_at: String,
     pub finished_at: String,
 }
 
-/// Releases expired reservations, then rolls over every due window. Both
-/// are found through indexes of what is due (held reservations by expiry,
-/// entities by their earliest boundary), so one run reads what is due and
-/// not the table. Releases come first: a held reservation that is never
-/// released shrinks its windows for good, while a window not rolled is
-/// only late (authorize and settle roll it themselves when they meet it).
+/// Releases expired reservations, then rolls over every due window, then
+/// gives the headroom of idle shards back to their pool. All are found
+/// through indexes (held reservations by expiry, entities by their
+/// earliest boundary, sharded entities by their pool), so one run reads
+/// what is due and the sharded entities, not the table. Releases come
+/// first: a held reservation that is never released shrinks its windows
+/// for good, while a window not rolled is only late (authorize and settle
+/// roll it themselves when they meet it), and a shard not shrunk only
+/// makes the others borrow sooner near the cap.
 /// Safe to run twice at once and alongside authorize and settle: every
 /// write is conditional on what was read.
 pub async fn reset<S: ResetStore>(
@@ -57,6 +71,9 @@ pub async fn reset<S: ResetStore>(
     release_expired(store, now, settings, &deadline, &mut summary).await;
     if !deadline.passed(&mut summary) {
         roll_due(store, now, settings, &deadline, &mut summary).await;
+    }
+    if !deadline.passed(&mut summary) {
+        shrink_idle(store, now, &deadline, &mut summary).await;
     }
     summary.finished_at = crate::decision::rfc3339(Utc::now().max(now));
     summary
@@ -222,6 +239,112 @@ async fn roll_one<S: ResetStore>(
     );
 }
 
+/// The most sharded entities one run visits for idle shards; with more,
+/// each run takes the next [`SHARDED_PER_RUN`] of them in turn (so an
+/// entity's previous visit is that many runs back).
+pub const SHARDED_PER_RUN: usize = 100;
+
+/// The most sharded entities one run lists from the index.
+const SHARDED_LISTED: usize = 10_000;
+
+/// Gives back to the pool the headroom of every shard that sat idle since
+/// the previous visit (`escrow::idle_returns`): a shard a burst filled (or
+/// settles refilled) and that no request has used since holds budget the
+/// busy shards then have to borrow near the cap. One isolated two-item
+/// transfer per idle shard, conditional on the shard's headroom as read;
+/// one write of the visit's record on the pool, only when it changed.
+async fn shrink_idle<S: ResetStore>(
+    store: &S,
+    now: DateTime<Utc>,
+    deadline: &Deadline,
+    summary: &mut ResetSummary,
+) {
+    let listed = match store.sharded_entities(SHARDED_LISTED).await {
+        Ok(l) => l,
+        Err(e) => {
+            summary.errors.push(format!(
+                "sharded entities not listed, idle shards not shrunk: {e}"
+            ));
+            return;
+        }
+    };
+    if listed.is_empty() {
+        return;
+    }
+    // This run's turn of them: all when there are few.
+    let turn = if listed.len() <= SHARDED_PER_RUN {
+        listed
+    } else {
+        let runs = usize::try_from(now.timestamp().max(0) / 60).unwrap_or(0);
+        let start = (runs % listed.len().div_ceil(SHARDED_PER_RUN)) * SHARDED_PER_RUN;
+        listed
+            .into_iter()
+            .skip(start)
+            .take(SHARDED_PER_RUN)
+            .collect()
+    };
+    let visits = match store.visit_sharded(&turn).await {
+        Ok(v) => v,
+        Err(e) => {
+            summary.errors.push(format!(
+                "sharded entities not read, idle shards not shrunk: {e}"
+            ));
+            return;
+        }
+    };
+    for visit in visits {
+        if deadline.passed(summary) {
+            return;
+        }
+        summary.sharded_visited += 1;
+        let name = format!(
+            "{} {}",
+            visit.entity.entity.kind,
+            visit.entity.entity.display_id()
+        );
+        let mut after = visit.slots.clone();
+        for back in
+            crate::escrow::idle_returns(&visit.entity, &visit.slots, visit.seen.as_deref(), now)
+        {
+            match store.write_all(&back.writes).await {
+                Ok(PlanWrite::Done) => {
+                    summary.shards_returned += 1;
+                    summary.headroom_returned =
+                        summary.headroom_returned.saturating_add(back.amount);
+                    // The record holds the shard as this transfer left it.
+                    for w in &back.writes {
+                        if let Some(s) = after.iter_mut().find(|s| s.entity == w.entity) {
+                            crate::plan::apply(&w.changes, s);
+                        }
+                    }
+                }
+                Ok(PlanWrite::Refused | PlanWrite::Busy) => summary.shards_not_returned += 1,
+                Err(e) => {
+                    summary.shards_not_returned += 1;
+                    summary
+                        .errors
+                        .push(format!("{name}: idle shard not shrunk: {e}"));
+                }
+            }
+        }
+        let record = crate::escrow::visit_record(&after);
+        if visit.seen.as_deref() == Some(record.as_str()) {
+            continue;
+        }
+        let Some(pool) = after
+            .iter()
+            .find(|s| s.entity.slot == Some(crate::model::SlotId::Pool))
+        else {
+            continue;
+        };
+        if let Err(e) = store.record_visit(pool, &record).await {
+            summary
+                .errors
+                .push(format!("{name}: visit not recorded: {e}"));
+        }
+    }
+}
+
 /// The error line of an entity the job could not roll.
 fn not_rolled(summary: &mut ResetSummary, name: &str, why: impl std::fmt::Display) {
     summary
@@ -360,5 +483,222 @@ mod tests {
             store.entity(&u.entity).unwrap().windows[0].reserved,
             Money::ZERO
         );
+    }
+
+    /// A team of 4 shards with a 1d window of $100 and a key of it, a
+    /// burst of `n` $1 requests each settled at $0.25 (the rest back on
+    /// the shard that held): returns the key.
+    async fn burst_on_hot_team(store: &MemoryStore, n: usize) -> String {
+        use crate::service::{settle, AuthorizeOutcome, Authorizer};
+        let mut team = Entity::new(EntityRef::team("hot"), now());
+        team.shards = 4;
+        team.shard_items = 4;
+        team.windows.push(Window::open(
+            Span::parse_id("1d").unwrap(),
+            Money::usd(100),
+            false,
+            now(),
+            &settings().clock,
+        ));
+        assert_eq!(store.create(&team).await.unwrap(), AdminWrite::Done);
+        let key = crate::keys::generate_key();
+        let mut k = Entity::new(EntityRef::key(crate::keys::hash_key(&key)), now());
+        k.team_id = Some("hot".into());
+        assert_eq!(store.create(&k).await.unwrap(), AdminWrite::Done);
+        let a = Authorizer::new(store.clone(), settings());
+        for i in 0..n {
+            let id = format!("burst-{i}");
+            let r = a.authorize(&key, Money::usd(1), Some(&id), now()).await;
+            let AuthorizeOutcome::Allowed { reservation, .. } = r else {
+                panic!("{r:?}");
+            };
+            settle(
+                store,
+                &reservation.id,
+                Money::from_nanos(250_000_000),
+                now(),
+                &settings(),
+            )
+            .await
+            .unwrap();
+        }
+        key
+    }
+
+    fn hot_slots(store: &MemoryStore) -> (Entity, Vec<Entity>) {
+        let team = store.entity(&EntityRef::team("hot")).unwrap();
+        let slots = crate::escrow::slot_refs(&team)
+            .iter()
+            .filter_map(|r| store.entity(r))
+            .collect();
+        (team, slots)
+    }
+
+    fn avail_of(store: &MemoryStore, slot: crate::model::SlotId) -> Money {
+        store
+            .entity(&EntityRef::team("hot").at(slot))
+            .unwrap()
+            .windows[0]
+            .avail
+    }
+
+    #[tokio::test]
+    async fn idle_shards_give_their_headroom_back_to_the_pool_after_two_runs() {
+        use crate::model::SlotId;
+        let store = MemoryStore::new();
+        burst_on_hot_team(&store, 24).await;
+        let (team, slots) = hot_slots(&store);
+        let before = crate::escrow::totals(&team, &slots);
+        let on_shards = (0..4)
+            .map(|k| avail_of(&store, SlotId::Shard(k)))
+            .fold(Money::ZERO, Money::saturating_add);
+        assert!(
+            on_shards > Money::ZERO,
+            "the burst left headroom on the shards"
+        );
+
+        // The first visit only records what the shards hold.
+        let first = reset(&store, now() + chrono::Duration::minutes(1), &settings()).await;
+        assert!(first.errors.is_empty(), "{first:?}");
+        assert_eq!((first.sharded_visited, first.shards_returned), (1, 0));
+        // No traffic since: every shard with headroom gives it back.
+        let second = reset(&store, now() + chrono::Duration::minutes(2), &settings()).await;
+        assert!(second.errors.is_empty(), "{second:?}");
+        assert!(second.shards_returned > 0, "{second:?}");
+        assert_eq!(second.headroom_returned, on_shards, "{second:?}");
+        for k in 0..4 {
+            assert_eq!(avail_of(&store, SlotId::Shard(k)), Money::ZERO, "shard {k}");
+        }
+        let (team, slots) = hot_slots(&store);
+        let after = crate::escrow::totals(&team, &slots);
+        assert_eq!(after, before, "nothing created or lost");
+        assert_eq!(avail_of(&store, SlotId::Pool), before.windows[0].avail);
+        // Idle and empty now: later runs move and write nothing.
+        let writes = store.requests();
+        let third = reset(&store, now() + chrono::Duration::minutes(3), &settings()).await;
+        assert_eq!((third.shards_returned, third.shards_not_returned), (0, 0));
+        assert_eq!(
+            store.requests() - writes,
+            // due, held, the listing, the visit: reads only.
+            4,
+            "{third:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shard_touched_between_runs_keeps_its_headroom() {
+        use crate::model::SlotId;
+        use crate::service::{settle, AuthorizeOutcome, Authorizer};
+        let store = MemoryStore::new();
+        let key = burst_on_hot_team(&store, 24).await;
+        let first = reset(&store, now() + chrono::Duration::minutes(1), &settings()).await;
+        assert_eq!(first.shards_returned, 0, "{first:?}");
+        // A request and its settle on one shard between the runs.
+        let a = Authorizer::new(store.clone(), settings());
+        let r = a.authorize(&key, Money::usd(1), Some("touch"), now()).await;
+        let AuthorizeOutcome::Allowed { reservation, .. } = r else {
+            panic!("{r:?}");
+        };
+        let touched = reservation.holds[0].entity.slot.unwrap();
+        settle(
+            &store,
+            &reservation.id,
+            Money::from_nanos(100_000_000),
+            now(),
+            &settings(),
+        )
+        .await
+        .unwrap();
+        let held = avail_of(&store, touched);
+        assert!(held > Money::ZERO);
+        let (team, slots) = hot_slots(&store);
+        let before = crate::escrow::totals(&team, &slots);
+        let second = reset(&store, now() + chrono::Duration::minutes(2), &settings()).await;
+        assert!(second.errors.is_empty(), "{second:?}");
+        assert_eq!(avail_of(&store, touched), held, "the busy shard keeps it");
+        for k in 0..4 {
+            if SlotId::Shard(k) != touched {
+                assert_eq!(avail_of(&store, SlotId::Shard(k)), Money::ZERO, "shard {k}");
+            }
+        }
+        let (team, slots) = hot_slots(&store);
+        assert_eq!(crate::escrow::totals(&team, &slots), before);
+        // Idle for a run after that, it returns too.
+        reset(&store, now() + chrono::Duration::minutes(3), &settings()).await;
+        assert_eq!(avail_of(&store, touched), Money::ZERO);
+    }
+
+    #[test]
+    fn only_idle_shards_with_headroom_move_and_never_a_debt() {
+        use crate::escrow::{idle_returns, visit_record};
+        use crate::model::SlotId;
+        let mut team = Entity::new(EntityRef::team("t"), now());
+        team.shards = 2;
+        team.shard_items = 3;
+        team.windows.push(Window::open(
+            Span::parse_id("1d").unwrap(),
+            Money::usd(10),
+            false,
+            now(),
+            &settings().clock,
+        ));
+        let mut slots = crate::escrow::slots_of_new(&team);
+        slots.push(crate::escrow::new_slot(&team, SlotId::Shard(2), |_| {
+            Money::ZERO
+        }));
+        slots[1].windows[0].avail = Money::usd(2);
+        // Shard 1 owes: a settle cost more than it held.
+        slots[2].windows[0].avail = Money::usd(-1);
+        // Shard 2 is retired (k >= shards) and holds headroom.
+        slots[3].windows[0].avail = Money::usd(3);
+        assert!(
+            idle_returns(&team, &slots, None, now()).is_empty(),
+            "first visit"
+        );
+        let seen = visit_record(&slots);
+        let moves = idle_returns(&team, &slots, Some(&seen), now());
+        let moved: Vec<(SlotId, Money)> = moves.iter().map(|m| (m.shard, m.amount)).collect();
+        assert_eq!(
+            moved,
+            [
+                (SlotId::Shard(0), Money::usd(2)),
+                (SlotId::Shard(2), Money::usd(3))
+            ]
+        );
+        // A shard that moved since the record stays.
+        slots[1].windows[0].reserved = Money::usd(1);
+        slots[1].windows[0].avail = Money::usd(1);
+        let moves = idle_returns(&team, &slots, Some(&seen), now());
+        assert_eq!(moves.len(), 1);
+        assert_eq!(moves[0].shard, SlotId::Shard(2));
+        // Past a boundary: the roll-over first, nothing moves.
+        let late = now() + chrono::Duration::days(2);
+        assert!(idle_returns(&team, &slots, Some(&visit_record(&slots)), late).is_empty());
+    }
+
+    #[tokio::test]
+    async fn past_the_per_run_bound_each_run_takes_the_next_sharded_entities_in_turn() {
+        let store = MemoryStore::new();
+        let n = SHARDED_PER_RUN + SHARDED_PER_RUN / 2;
+        for i in 0..n {
+            let mut team = Entity::new(EntityRef::team(format!("t-{i:03}")), now());
+            team.shards = 2;
+            team.shard_items = 2;
+            team.windows.push(Window::open(
+                Span::parse_id("1d").unwrap(),
+                Money::usd(1),
+                false,
+                now(),
+                &settings().clock,
+            ));
+            assert_eq!(store.create(&team).await.unwrap(), AdminWrite::Done);
+        }
+        let at = |m: i64| now() + chrono::Duration::minutes(m);
+        let first = reset(&store, at(1), &settings()).await;
+        let second = reset(&store, at(2), &settings()).await;
+        assert!(first.errors.is_empty() && second.errors.is_empty());
+        let mut visited = [first.sharded_visited, second.sharded_visited];
+        visited.sort_unstable();
+        assert_eq!(visited, [n - SHARDED_PER_RUN, SHARDED_PER_RUN]);
     }
 }

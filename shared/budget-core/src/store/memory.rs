@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use super::{
     AdminStore, AdminWrite, BudgetStore, Finish, FinishWrite, Isolated, PlanWrite, Reads,
-    ReserveWrite, ResetStore, StoreError,
+    ReserveWrite, ResetStore, ShardedVisit, StoreError,
 };
 use crate::duration::ResetClock;
 use crate::model::{Chain, Entity, EntityKind, EntityRef, Reservation, ReservationState};
@@ -35,6 +35,9 @@ struct State {
     /// The index of what is due (DynamoDB's `due` index): each entity's
     /// earliest boundary as the plans set it; absent, never due.
     due: BTreeMap<EntityRef, DateTime<Utc>>,
+    /// What the reset job recorded on each pool at its last visit (an
+    /// attribute of the pool item in DynamoDB; gone with the pool).
+    seen: BTreeMap<EntityRef, String>,
 }
 
 /// See the module documentation. Clones share one store (as instances of
@@ -383,6 +386,54 @@ impl ResetStore for MemoryStore {
         due.truncate(limit);
         Ok(due)
     }
+
+    /// The pools (only sharded entities have one) stand for DynamoDB's
+    /// index entries.
+    async fn sharded_entities(&self, limit: usize) -> Result<Vec<EntityRef>, StoreError> {
+        Ok(self
+            .state()
+            .entities
+            .keys()
+            .filter(|e| e.slot == Some(crate::model::SlotId::Pool))
+            .map(EntityRef::owner)
+            .take(limit)
+            .collect())
+    }
+
+    async fn visit_sharded(&self, entities: &[EntityRef]) -> Result<Vec<ShardedVisit>, StoreError> {
+        let state = self.state();
+        Ok(entities
+            .iter()
+            .filter_map(|r| {
+                let e = state.entities.get(r).map(without_attributes)?;
+                if !crate::escrow::is_sharded(&e) {
+                    return None;
+                }
+                let slots = crate::escrow::slot_refs(&e)
+                    .iter()
+                    .filter_map(|s| state.entities.get(s).cloned())
+                    .collect();
+                let seen = state.seen.get(&r.at(crate::model::SlotId::Pool)).cloned();
+                Some(ShardedVisit {
+                    entity: e,
+                    slots,
+                    seen,
+                })
+            })
+            .collect())
+    }
+
+    async fn record_visit(&self, pool: &Entity, record: &str) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        let same = state
+            .entities
+            .get(&pool.entity)
+            .is_some_and(|p| p.incarnation == pool.incarnation);
+        if same {
+            state.seen.insert(pool.entity.clone(), record.to_string());
+        }
+        Ok(same)
+    }
 }
 
 #[async_trait]
@@ -489,6 +540,7 @@ impl AdminStore for MemoryStore {
         state.entities.remove(&entity.entity);
         for slot in crate::escrow::slot_refs(entity) {
             state.entities.remove(&slot);
+            state.seen.remove(&slot);
         }
         state.due.remove(&entity.entity);
         state.keep_books(&plan::key_bookkeeping(Some(entity), None));

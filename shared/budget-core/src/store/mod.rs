@@ -255,6 +255,35 @@ pub trait ResetStore: BudgetStore {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError>;
+
+    /// Up to `limit` sharded users and teams, in a stable order, listed
+    /// from the index entry their pool carries (only sharded entities
+    /// have a pool): never the table.
+    async fn sharded_entities(&self, limit: usize) -> Result<Vec<EntityRef>, StoreError>;
+
+    /// `entities` (from [`ResetStore::sharded_entities`]) as the job
+    /// visits them: each one's item, all its slots (each strongly
+    /// consistent, not one isolated read: what is decided on them is
+    /// conditional on them) and what its pool recorded at the previous
+    /// visit. Entities gone or no longer sharded are left out.
+    async fn visit_sharded(&self, entities: &[EntityRef]) -> Result<Vec<ShardedVisit>, StoreError>;
+
+    /// Records `record` (`escrow::visit_record`) on `pool` (as read), if
+    /// that pool still exists in the same incarnation. `false`: not
+    /// written (gone, recreated, or held by a transaction: the next visit
+    /// records again).
+    async fn record_visit(&self, pool: &Entity, record: &str) -> Result<bool, StoreError>;
+}
+
+/// A sharded entity as the reset job reads it to shrink idle shards.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardedVisit {
+    /// The entity's own item.
+    pub entity: Entity,
+    /// Its pool and every shard item (retired ones included).
+    pub slots: Vec<Entity>,
+    /// What the pool recorded at the job's previous visit.
+    pub seen: Option<String>,
 }
 
 /// The management API's writes and queries.

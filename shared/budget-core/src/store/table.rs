@@ -10,7 +10,9 @@
 //! Indexes (keys only). `gsi1` (`gsi1pk`, `gsi1sk`): keys by user (`user#<id>#keys`),
 //! teams by organization (`organization#<id>#keys`), and
 //! held reservations by expiry (`held#<shard>`, expiry as zero-padded epoch
-//! seconds) for the reset job. Index `gsi2` (`gsi2pk`, `gsi2sk`): keys by
+//! seconds) for the reset job, and sharded users and teams by their pool
+//! item (`hot#<shard>`, sort key the entity's own key) for the job's
+//! shrinking of idle shards. Index `gsi2` (`gsi2pk`, `gsi2sk`): keys by
 //! team. Index `due` (`due_pk`, `due_sk`): keys, users and teams by the
 //! earliest boundary of their windows (`due#<shard>`, zero-padded epoch
 //! seconds), sparse (an entity with no window that resets is not in it):
@@ -49,6 +51,9 @@ pub const DUE_SK: &str = "due_sk";
 /// entity stays in one: its shard is a hash of its key), so a midnight
 /// boundary shared by every entity is not one hot partition.
 pub const DUE_SHARDS: u32 = 16;
+/// Sharded entities' pools are spread over this many `gsi1` partitions
+/// (`hot#<shard>`, a hash of the entity's key); the job queries each.
+pub const HOT_SHARDS: u32 = 4;
 
 /// Creates the table as AWS would from `template.yaml` (on-demand, the
 /// indexes, TTL). An existing table is left alone.

@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, Put, TransactWriteItem};
 
-use crate::model::{Entity, EntityKind, EntityRef};
-use crate::plan::{self, WindowEdit};
+use crate::model::{Entity, EntityKind, EntityRef, SlotId};
+use crate::plan::{self, EntityWrite, WindowEdit};
 use crate::store::table::PARTITION_KEY;
 use crate::store::{AdminStore, AdminWrite, BudgetStore, Isolated, StoreError};
 
@@ -69,6 +69,24 @@ impl DynamoStore {
 }
 
 impl DynamoStore {
+    /// A pool's write of an admin change, which also (re)sets its entry in
+    /// the index of sharded entities: a pool created before the entry
+    /// existed joins it at its entity's next admin change.
+    fn pool_write(&self, write: &EntityWrite) -> Result<TransactWriteItem, StoreError> {
+        let mut ex = Expr::default();
+        let Rendered {
+            conds,
+            mut sets,
+            removes,
+        } = render(&mut ex, write);
+        for (name, value) in hot_entry(&write.entity) {
+            let (p, v) = (ex.name(&name), ex.value(value));
+            sets.push(format!("{p} = {v}"));
+        }
+        let update = self.update(entity_pk(&write.entity), sets, removes, conds, &ex)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
     /// The attributes of `e` written to its meta item (the item removed
     /// when it has none), in the transaction of its admin write.
     fn meta_write(&self, e: &Entity) -> Result<TransactWriteItem, StoreError> {
@@ -210,7 +228,11 @@ impl AdminStore for DynamoStore {
             };
             let (writes, create) = crate::escrow::admin_change(old, new, &slots);
             for w in &writes {
-                items.push(self.entity_write(w)?);
+                items.push(if w.entity.slot == Some(SlotId::Pool) {
+                    self.pool_write(w)?
+                } else {
+                    self.entity_write(w)?
+                });
             }
             for slot in create {
                 let put = self.put(entity_item(&slot), "attribute_not_exists(pk)")?;

@@ -13,7 +13,9 @@ use crate::model::{
     Entity, EntityKind, EntityRef, Hold, Reservation, ReservationState, SlotId, Span, Window,
 };
 use crate::money::Money;
-use crate::store::table::{DUE_PK, DUE_SHARDS, DUE_SK, HELD_SHARDS, PARTITION_KEY, TTL_ATTRIBUTE};
+use crate::store::table::{
+    DUE_PK, DUE_SHARDS, DUE_SK, HELD_SHARDS, HOT_SHARDS, PARTITION_KEY, TTL_ATTRIBUTE,
+};
 use crate::store::StoreError;
 
 use super::expr::*;
@@ -281,8 +283,31 @@ pub(super) fn entity_item(e: &Entity) -> HashMap<String, AttributeValue> {
         item.insert(DUE_PK.into(), s(pk));
         item.insert(DUE_SK.into(), s(sk));
     }
+    // A pool (only sharded entities have one) lists its entity for the
+    // reset job's shrinking of idle shards; gone with the pool.
+    if e.entity.slot == Some(SlotId::Pool) {
+        item.extend(hot_entry(&e.entity));
+    }
     item
 }
+
+/// The `gsi1` entry of a pool item: `hot#<shard>` (a hash of its entity's
+/// key) and the entity's key. A slot has no other `gsi1` entry.
+pub(super) fn hot_entry(pool: &EntityRef) -> [(String, AttributeValue); 2] {
+    let owner = entity_pk(&pool.owner());
+    let shard = owner
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()))
+        % HOT_SHARDS;
+    [
+        ("gsi1pk".into(), s(format!("hot#{shard}"))),
+        ("gsi1sk".into(), s(owner)),
+    ]
+}
+
+/// The pool's attribute holding the reset job's record of its last visit
+/// (`escrow::visit_record`).
+pub(super) const VISIT: &str = "visit";
 
 /// The entity's entry in the `due` index: its shard (a hash of its key,
 /// so it stays in one) and its earliest boundary.

@@ -8,10 +8,12 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::duration::ResetClock;
-use crate::model::Entity;
+use crate::model::{Entity, EntityRef, SlotId};
 use crate::plan::{self, Guard};
-use crate::store::table::{DUE_INDEX, DUE_PK, DUE_SHARDS, DUE_SK, HELD_SHARDS, PARTITION_KEY};
-use crate::store::{ResetStore, StoreError};
+use crate::store::table::{
+    DUE_INDEX, DUE_PK, DUE_SHARDS, DUE_SK, HELD_SHARDS, HOT_SHARDS, PARTITION_KEY,
+};
+use crate::store::{ResetStore, ShardedVisit, StoreError};
 
 use super::codec::*;
 use super::errors::*;
@@ -138,5 +140,108 @@ impl ResetStore for DynamoStore {
             }
         }
         Ok(out)
+    }
+
+    async fn sharded_entities(&self, limit: usize) -> Result<Vec<EntityRef>, StoreError> {
+        // The pools' `hot#<shard>` entries (keys only): one query per
+        // shard of the index, a page holding thousands of entries.
+        let mut out = Vec::new();
+        for shard in 0..HOT_SHARDS {
+            let items = self
+                .query_all("gsi1", "gsi1pk", format!("hot#{shard}"), None, limit)
+                .await?;
+            out.extend(items.iter().filter_map(|item| {
+                match item.get(PARTITION_KEY) {
+                    Some(AttributeValue::S(pk)) => entity_ref_from_pk(pk)
+                        .filter(|r| r.slot == Some(SlotId::Pool))
+                        .map(|r| r.owner()),
+                    _ => None,
+                }
+            }));
+        }
+        out.sort();
+        out.dedup();
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn visit_sharded(&self, entities: &[EntityRef]) -> Result<Vec<ShardedVisit>, StoreError> {
+        if entities.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The entities' items (100 a request), then all their slots.
+        let items = self
+            .batch_get(entities.iter().map(entity_pk).collect())
+            .await?;
+        let mut owners = items
+            .iter()
+            .map(entity_from_item)
+            .collect::<Result<Vec<_>, _>>()?;
+        owners.retain(crate::escrow::is_sharded);
+        owners.sort_by(|a, b| a.entity.cmp(&b.entity));
+        let slot_pks: Vec<String> = owners
+            .iter()
+            .flat_map(crate::escrow::slot_refs)
+            .map(|r| entity_pk(&r))
+            .collect();
+        let slot_items = self.batch_get(slot_pks).await?;
+        let mut slots = Vec::with_capacity(slot_items.len());
+        let mut seen = std::collections::HashMap::new();
+        for item in &slot_items {
+            let slot = entity_from_item(item)?;
+            if slot.entity.slot == Some(SlotId::Pool) {
+                if let Some(AttributeValue::S(record)) = item.get(VISIT) {
+                    seen.insert(slot.entity.owner(), record.clone());
+                }
+            }
+            slots.push(slot);
+        }
+        Ok(owners
+            .into_iter()
+            .map(|e| {
+                let mine: Vec<Entity> = slots
+                    .iter()
+                    .filter(|s| s.entity.owner() == e.entity)
+                    .cloned()
+                    .collect();
+                ShardedVisit {
+                    seen: seen.remove(&e.entity),
+                    slots: mine,
+                    entity: e,
+                }
+            })
+            .collect())
+    }
+
+    async fn record_visit(&self, pool: &Entity, record: &str) -> Result<bool, StoreError> {
+        // Only on the pool as read (never creating an item for a pool
+        // deleted meanwhile); a plain write of one attribute, no index
+        // entry moved.
+        let mut ex = Expr::default();
+        let pk = ex.name(PARTITION_KEY);
+        let conds = [
+            format!("attribute_exists({pk})"),
+            incarnation_is(&mut ex, pool.incarnation),
+        ];
+        let (visit, value) = (ex.name(VISIT), ex.value(s(record.to_string())));
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(entity_pk(&pool.entity))))
+            .update_expression(format!("SET {visit} = {value}"))
+            .condition_expression(conds.join(" AND "))
+            .set_expression_attribute_names(ex.names())
+            .set_expression_attribute_values(ex.values());
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e))
+                if e.err().is_conditional_check_failed_exception()
+                    || e.err().is_transaction_conflict_exception() =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable("record visit", e)),
+        }
     }
 }
