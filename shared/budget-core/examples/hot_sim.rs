@@ -478,8 +478,12 @@ fn run(shards: u32, rate: f64) -> Figures {
                         push(&mut queue, now + wait + ROUND_TRIP_US, id);
                         continue;
                     }
-                    r.reads = 0;
-                    Outcome::Busy
+                    // `Next::Undecided`: answered `unavailable` at once.
+                    f.gave_up += 1;
+                    if total_avail(&table) >= estimate {
+                        f.given_up += 1;
+                    }
+                    continue;
                 } else {
                     r.reads = 0;
                     let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();

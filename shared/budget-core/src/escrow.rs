@@ -803,8 +803,11 @@ pub fn refill_amount(pool_avail: Money, need: Money, limit: Money, shards: u32) 
 /// Near the cap (the pool cannot cover a request): what `to` (as read
 /// among `slots`) lacks to cover `need`, taken from the slots with the most
 /// headroom, the fewest that cover it — one transaction of those givers
-/// and `to`, each giver conditional on covering its part. `None`: all the
-/// slots together do not cover it (deny).
+/// and `to`, each giver conditional on covering its part. A giver holding
+/// less than `need` (a fragment no request of its own can use alone: what
+/// settles gave back) gives all of it, so the fragments left after the cap
+/// are gathered on fewer slots as they are borrowed, and later borrows need
+/// fewer givers. `None`: all the slots together do not cover it (deny).
 pub fn borrow(slots: &[Entity], to: &EntityRef, need: Money) -> Option<Vec<EntityWrite>> {
     let target = slots.iter().find(|s| &s.entity == to)?;
     let mut missing = need.saturating_sub(headroom(target));
@@ -816,7 +819,8 @@ pub fn borrow(slots: &[Entity], to: &EntityRef, need: Money) -> Option<Vec<Entit
     let mut writes = Vec::new();
     let mut taken = Money::ZERO;
     for g in givers {
-        let part = headroom(g).min(missing);
+        let held = headroom(g);
+        let part = if held < need { held } else { held.min(missing) };
         if part <= Money::ZERO {
             break;
         }

@@ -293,6 +293,9 @@ impl<S: BudgetStore> Authorizer<S> {
                             attempt -= 1;
                         }
                         Next::Retry | Next::Busy => backoff(attempt).await,
+                        Next::Undecided => {
+                            return Ok(AuthorizeOutcome::Unavailable(UNDECIDED.into()))
+                        }
                         Next::Reread => stale = true,
                         Next::Deny(denial) => {
                             return Ok(self.refused(req, AuthorizeOutcome::Denied(denial)))
@@ -462,6 +465,11 @@ impl<S: BudgetStore> Authorizer<S> {
             .and_then(answer_of))
     }
 }
+
+/// The answer near a sharded budget's cap when the totals could not be
+/// read at one instant.
+const UNDECIDED: &str = "budget nearly used up: what is left is held by requests in flight; \
+try again in a few seconds";
 
 /// One authorization in progress: what is known of the chain and of the
 /// request's own reservation.

@@ -146,6 +146,11 @@ pub(super) enum Next {
     Reread,
     /// The entity's headroom over all its slots is below the estimate.
     Deny(Box<Denial>),
+    /// Near the cap with reservations in flight (what is left may come
+    /// back), and no isolated read of the slots could be had: answer
+    /// `unavailable` now. Trying again at once is what keeps the slots
+    /// busy for everyone's reads.
+    Undecided,
 }
 
 /// One step for a request of `estimate` whose write found `slot` of
@@ -260,7 +265,7 @@ pub(super) async fn step<S: BudgetStore>(
         .chain(escrow::slot_refs(owner))
         .collect();
     let Some(mut read) = read_all(store, &refs).await? else {
-        return Ok(Next::Busy);
+        return Ok(Next::Undecided);
     };
     let Some(at) = read.iter().position(|e| e.entity == owner.entity) else {
         return Ok(Next::Reread);
