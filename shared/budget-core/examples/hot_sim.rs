@@ -268,7 +268,9 @@ fn run(shards: u32, rate: f64) -> Figures {
             })
             .collect(),
     };
-    let refs: Vec<EntityRef> = table.items.keys().cloned().collect();
+    // In a fixed order (a map's is not): the same figures on every run.
+    let mut refs: Vec<EntityRef> = table.items.keys().cloned().collect();
+    refs.sort();
     let total_avail = |table: &Table| {
         let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
         escrow::totals(&e, &all).windows[0].avail
