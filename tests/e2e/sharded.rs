@@ -461,7 +461,12 @@ async fn a_limit_lowered_below_what_is_in_flight_admits_only_what_the_releases_p
 async fn past_the_cap_warm_instances_deny_on_the_bound_and_a_raise_is_admitted_exactly() {
     let app = TestApp::with_settings(SLOW).await;
     let keys = hot_team(&app, "hot-cap", 4, 4.0, 4).await;
-    let authorizers: Vec<Authorizer<DynamoStore>> = (0..4).map(|_| app.authorizer()).collect();
+    // Through a counting proxy: what each denial costs.
+    let timeout = std::time::Duration::from_secs(20);
+    let (proxy, _) = app.proxied(timeout).await;
+    let authorizers: Vec<Authorizer<DynamoStore>> = (0..4)
+        .map(|_| app.authorizer_on(app.store_via(&proxy.endpoint(), timeout)))
+        .collect();
     let mut ids = Vec::new();
     for (i, key) in keys.iter().enumerate() {
         let answer = authorize_via(&authorizers[i], key, Some("1"), app.now).await;
@@ -474,6 +479,8 @@ async fn past_the_cap_warm_instances_deny_on_the_bound_and_a_raise_is_admitted_e
     }
     // Every instance is denied, the first time by the full read, then on
     // its bound: the same denial, the team's spend and limit named.
+    let seen = |op: &str| proxy.seen(op);
+    let mut before = (0, 0);
     for round in 0..3 {
         for (i, key) in keys.iter().enumerate() {
             let answer = authorize_via(&authorizers[i], key, Some("0.01"), app.now).await;
@@ -483,6 +490,12 @@ async fn past_the_cap_warm_instances_deny_on_the_bound_and_a_raise_is_admitted_e
             );
             assert_eq!(answer["context"]["entity"], "team", "{answer}");
         }
+        let now = (seen("TransactWriteItems"), seen("TransactGetItems"));
+        if round > 0 {
+            // Reads only: no reservation written, no isolated read.
+            assert_eq!(now, before, "round {round}");
+        }
+        before = now;
     }
     app.post(
         "/team/update",

@@ -532,8 +532,10 @@ pub fn config_of(e: &Entity) -> Entity {
 
 /// The [`Ceiling`] of `e` (its configuration, known or read: its limits)
 /// over `slots` — every slot of it ([`slot_refs`]), read in any order.
-/// `None` unless all are there and in one version, incarnation and set of
-/// periods (a change or a roll-over came between the reads).
+/// `None` unless all are there, all in `e`'s version and incarnation (the
+/// bound is `e`'s limits less what was spent: slots of another version
+/// have other limits) and in one set of periods (a change or a roll-over
+/// came between the reads).
 pub fn ceiling(e: &Entity, slots: &[Entity]) -> Option<Ceiling> {
     let pool = slots.iter().find(|s| s.entity.slot == Some(SlotId::Pool))?;
     let refs = slot_refs(e);
@@ -541,8 +543,8 @@ pub fn ceiling(e: &Entity, slots: &[Entity]) -> Option<Ceiling> {
         return None;
     }
     let same = |s: &Entity| {
-        s.version == pool.version
-            && s.incarnation == pool.incarnation
+        s.version == e.version
+            && s.incarnation == e.incarnation
             && e.windows.iter().all(|w| {
                 let (Some(a), Some(b)) = (s.window(&w.id()), pool.window(&w.id())) else {
                     return false;
@@ -807,7 +809,8 @@ pub fn refill_amount(pool_avail: Money, need: Money, limit: Money, shards: u32) 
 /// less than `need` (a fragment no request of its own can use alone: what
 /// settles gave back) gives all of it, so the fragments left after the cap
 /// are gathered on fewer slots as they are borrowed, and later borrows need
-/// fewer givers. `None`: all the slots together do not cover it (deny).
+/// fewer givers. `None`: the slots with headroom, as read, do not cover it
+/// together (the totals decide, on an isolated read).
 pub fn borrow(slots: &[Entity], to: &EntityRef, need: Money) -> Option<Vec<EntityWrite>> {
     let target = slots.iter().find(|s| &s.entity == to)?;
     let mut missing = need.saturating_sub(headroom(target));
@@ -922,9 +925,10 @@ fn recorded(record: &str, k: u32) -> Option<u32> {
 /// counters as `slots` (as read) show them are those `seen` (the record
 /// of the job's previous visit) holds — and still hold headroom, each
 /// with the transfer of all of it (the least `avail` over its windows,
-/// only when positive) back to the pool: conditional on the shard's
-/// `avail` as read, so a request or settle that touches the shard
-/// meanwhile makes the transfer refused, never wrong. Retired shards
+/// only when positive) back to the pool: conditional on the shard still
+/// covering it, so a request that takes headroom there meanwhile makes the
+/// transfer refused (a settle that adds some leaves it for the next visit),
+/// never wrong. Retired shards
 /// (`k >= shards`) return the same way. Nothing while a slot is past a
 /// boundary (the roll-over comes first) or the pool is missing; nothing
 /// on a first visit (`seen` is `None`). A shard that shrank refills from
@@ -1119,6 +1123,8 @@ mod tests {
                         prop_assert!(create.is_empty());
                         prop_assert!(run(&mut store, &writes));
                         debt = debt.saturating_add(lowered);
+                        // The old limits never bound the new version.
+                        prop_assert!(ceiling(&e, &store).is_none());
                         e = Entity { version: e.version + 1, ..new };
                     }
                     Op::Roll => {

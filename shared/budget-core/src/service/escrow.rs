@@ -14,9 +14,10 @@ use crate::money::Money;
 use crate::plan;
 use crate::store::{BudgetStore, Isolated, PlanWrite, StoreError};
 
-/// Isolated reads of all slots one step makes before it gives the attempt
-/// up as busy: DynamoDB cancels one while any of its items is in a
-/// transaction, which under load is brief but frequent.
+/// Isolated reads of all slots one step makes before the request is
+/// answered `unavailable` ([`Next::Undecided`]): DynamoDB cancels one while
+/// any of its items is in a transaction, which under load is brief but
+/// frequent.
 const ISOLATED_READS: usize = 3;
 
 /// Every slot of `owner` as of one instant, read again after a short
@@ -154,13 +155,19 @@ pub(super) enum Next {
 }
 
 /// One step for a request of `estimate` whose write found `slot` of
-/// sharded `owner` (as known) short: refill the shard from the pool when
-/// the pool covers it (one two-item transaction; a shard takes a slice of
-/// the limit, so this happens about 16 times per shard over the budget's
-/// life); else
-/// read every slot in one isolated read and deny if the totals are below
-/// the estimate, or borrow what the shard lacks from the slots with the
-/// most headroom.
+/// sharded `owner` (as known) short, in this order:
+/// 1. read the pool and the shard (every slot instead, when this instance
+///    last saw the pool short) and refill the shard from the pool when the
+///    pool covers it (one two-item transaction; a shard takes a slice of
+///    the limit, so this happens about 16 times per shard over the
+///    budget's life);
+/// 2. near the cap, a plain read of every slot: deny when its bound
+///    ([`escrow::Ceiling`]: `max − Σ spent`) is below the estimate, else
+///    borrow what the shard lacks from the slots with the most headroom;
+/// 3. else one isolated read of the entity and every slot: deny when the
+///    totals are below the estimate, re-place everything when a slot owes
+///    ([`escrow::regather`]), or borrow; [`Next::Undecided`] when that read
+///    stays cancelled.
 pub(super) async fn step<S: BudgetStore>(
     store: &S,
     ceilings: &Ceilings,
@@ -177,9 +184,13 @@ pub(super) async fn step<S: BudgetStore>(
     // reads every slot at once (a refill is still tried from that read):
     // past the cap every request would otherwise read the one pool item,
     // past its 3,000 read units a second.
-    let scan_first = ceilings
-        .get(&owner.entity)
-        .is_some_and(|c| c.version == owner.version && c.pool_avail < need);
+    let scan_first = ceilings.get(&owner.entity).is_some_and(|c| {
+        c.version == owner.version
+            && c.pool_avail < need
+            && c.windows
+                .iter()
+                .all(|w| w.reset_at.is_none_or(|at| at > now))
+    });
     let refs = match scan_first {
         true => escrow::slot_refs(owner),
         false => vec![pool_ref.clone(), slot.clone()],
@@ -221,6 +232,11 @@ pub(super) async fn step<S: BudgetStore>(
     let lacks = need.saturating_sub(escrow::headroom(shard));
     if let Some(amount) = escrow::refill_amount(escrow::headroom(pool), lacks, limit, owner.shards)
     {
+        if scan_first {
+            // The pool has headroom again (a re-placement or an idle
+            // shard's return put it there): read the pool alone again.
+            ceilings.forget(&owner.entity);
+        }
         if let Some(writes) = escrow::transfer(pool, slot, amount) {
             return Ok(match store.write_all(&writes).await? {
                 PlanWrite::Done | PlanWrite::Refused => Next::Retry,
@@ -249,13 +265,13 @@ pub(super) async fn step<S: BudgetStore>(
                 clock,
             ))));
         }
-        if !slots.iter().any(escrow::owes) {
-            if let Some(writes) = escrow::borrow(&slots, slot, need) {
-                return Ok(match store.write_all(&writes).await? {
-                    PlanWrite::Done | PlanWrite::Refused => Next::Retry,
-                    PlanWrite::Busy => Next::Busy,
-                });
-            }
+        // (In debt no slot has headroom to give: the shards are at or
+        // below zero and what is parked is never lent.)
+        if let Some(writes) = escrow::borrow(&slots, slot, need) {
+            return Ok(match store.write_all(&writes).await? {
+                PlanWrite::Done | PlanWrite::Refused => Next::Retry,
+                PlanWrite::Busy => Next::Busy,
+            });
         }
     }
     // Then the totals decide, from one isolated read of all slots and the
@@ -442,11 +458,15 @@ mod tests {
             &a.authorize(&key, Money::usd(1), None, now()).await
         ));
         store.inject_busy_reads(1_000);
+        let before = store.requests();
         let outcome = a.authorize(&key, Money::usd(1), None, now()).await;
-        assert!(
-            matches!(outcome, AuthorizeOutcome::Unavailable(_)),
-            "{outcome:?}"
-        );
+        let AuthorizeOutcome::Unavailable(why) = &outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(why.contains("held by requests in flight"), "{why}");
+        // The write, the pool and shard, every slot, three isolated reads:
+        // answered then, not tried again.
+        assert_eq!(store.requests() - before, 6);
     }
 
     #[tokio::test]
