@@ -268,6 +268,25 @@ pub fn owes(slot: &Entity) -> bool {
         .any(|w| w.avail < Money::ZERO || !w.parked.is_zero())
 }
 
+/// Whether `slots` (all of an entity's, as read at one instant) must be
+/// placed again before anything is lent: a debt placed (the pool below
+/// zero, or headroom parked), or a slot whose windows are out of step — a
+/// reservation made before a window was added gives back to the old
+/// windows only, and a shard's headroom is the least over its windows, so
+/// what it gave back would be stranded there. A plain overrun (a shard
+/// below zero by a settle over what it held) is not: the slots with
+/// headroom lend as usual.
+pub fn must_regather(slots: &[Entity]) -> bool {
+    slots.iter().any(|s| {
+        let pool_owes = s.entity.slot == Some(SlotId::Pool)
+            && s.windows
+                .iter()
+                .any(|w| w.avail < Money::ZERO || !w.parked.is_zero());
+        let skewed = s.windows.windows(2).any(|p| p[0].avail != p[1].avail);
+        pool_owes || skewed
+    })
+}
+
 /// The whole headroom of window `id` over `slots`: what they hold and
 /// what the pool has parked.
 fn held_back(slots: &[Entity], id: &str) -> Money {
@@ -338,13 +357,13 @@ pub fn gather(slots: &[Entity], extra: impl Fn(&str) -> Money, version: u64) -> 
 }
 
 /// The re-balancing of `e`'s slots (all of them, as read in one isolated
-/// read) when a slot owes ([`owes`]): every window's whole headroom placed
-/// again by [`placement`] — into the pool once the debt is paid — in the
-/// periods read, the version unchanged. One transaction, each slot
-/// conditional on being as read, so it never creates budget. Empty when
-/// nothing owes.
+/// read) when they must be ([`must_regather`]): every window's whole
+/// headroom placed again by [`placement`] — into the pool once the debt is
+/// paid — in the periods read, the version unchanged. One transaction,
+/// each slot conditional on being as read, so it never creates budget.
+/// Empty when nothing needs it.
 pub fn regather(e: &Entity, slots: &[Entity]) -> Vec<EntityWrite> {
-    if !slots.iter().any(owes) {
+    if !must_regather(slots) {
         return Vec::new();
     }
     let refs: Vec<&Entity> = slots.iter().collect();

@@ -468,8 +468,8 @@ impl<S: BudgetStore> Authorizer<S> {
 
 /// The answer near a sharded budget's cap when the totals could not be
 /// read at one instant.
-const UNDECIDED: &str = "budget nearly used up: what is left is held by requests in flight; \
-try again in a few seconds";
+const UNDECIDED: &str = "budget nearly used up: what is left is held by requests in flight \
+or spread over the budget's shards; try again in a few seconds";
 
 /// One authorization in progress: what is known of the chain and of the
 /// request's own reservation.

@@ -663,4 +663,44 @@ mod tests {
         let outcome = a.authorize(&key, Money::usd(1), None, now()).await;
         assert!(admitted(&outcome), "after the raise: {outcome:?}");
     }
+
+    #[tokio::test]
+    async fn what_comes_back_to_windows_out_of_step_is_placed_again_not_stranded() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 2, 10).await;
+        let a = Authorizer::new(store.clone(), settings());
+        let AuthorizeOutcome::Allowed { reservation, .. } =
+            a.authorize(&key, Money::usd(4), None, now()).await
+        else {
+            panic!("the first $4");
+        };
+        // A 30d window joins while the $4 is in flight: it holds only the
+        // 1d window, so its release gives back to that one alone.
+        let team = store.entity(&EntityRef::team("t")).unwrap();
+        let mut wider = team.clone();
+        wider.windows.push(Window::open(
+            Span::parse_id("30d").unwrap(),
+            Money::usd(10),
+            false,
+            now(),
+            &settings().clock,
+        ));
+        assert_eq!(store.update(&team, &wider).await.unwrap(), AdminWrite::Done);
+        crate::service::settle(&store, &reservation.id, Money::ZERO, now(), &settings())
+            .await
+            .unwrap();
+        // $10 left in both windows: $8 is admitted, then $2, then nothing.
+        let cold = Authorizer::new(store.clone(), settings());
+        for x in [8, 2] {
+            let outcome = cold.authorize(&key, Money::usd(x), None, now()).await;
+            assert!(admitted(&outcome), "${x}: {outcome:?}");
+        }
+        let outcome = cold
+            .authorize(&key, Money::from_nanos(1), None, now())
+            .await;
+        assert!(
+            matches!(outcome, AuthorizeOutcome::Denied(_)),
+            "{outcome:?}"
+        );
+    }
 }

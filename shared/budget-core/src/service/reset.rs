@@ -271,12 +271,19 @@ async fn shrink_idle<S: ResetStore>(
     if listed.is_empty() {
         return;
     }
-    // This run's turn of them: all when there are few.
+    // This run's turn of them: all when there are few; else a group picked
+    // by a hash of the run's time (whatever the schedule's period, every
+    // group comes up: a turn by minute would skip some under a schedule of
+    // several minutes).
     let turn = if listed.len() <= SHARDED_PER_RUN {
         listed
     } else {
-        let runs = usize::try_from(now.timestamp().max(0) / 60).unwrap_or(0);
-        let start = (runs % listed.len().div_ceil(SHARDED_PER_RUN)) * SHARDED_PER_RUN;
+        let mut x = now.timestamp() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+        let groups = listed.len().div_ceil(SHARDED_PER_RUN);
+        let start = (x % groups as u64) as usize * SHARDED_PER_RUN;
         listed
             .into_iter()
             .skip(start)
@@ -677,7 +684,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn past_the_per_run_bound_each_run_takes_the_next_sharded_entities_in_turn() {
+    async fn past_the_per_run_bound_runs_take_the_sharded_entities_in_groups() {
         let store = MemoryStore::new();
         let n = SHARDED_PER_RUN + SHARDED_PER_RUN / 2;
         for i in 0..n {
@@ -693,12 +700,21 @@ mod tests {
             ));
             assert_eq!(store.create(&team).await.unwrap(), AdminWrite::Done);
         }
-        let at = |m: i64| now() + chrono::Duration::minutes(m);
-        let first = reset(&store, at(1), &settings()).await;
-        let second = reset(&store, at(2), &settings()).await;
-        assert!(first.errors.is_empty() && second.errors.is_empty());
-        let mut visited = [first.sharded_visited, second.sharded_visited];
-        visited.sort_unstable();
-        assert_eq!(visited, [n - SHARDED_PER_RUN, SHARDED_PER_RUN]);
+        // Every 5 minutes: both groups come up (a turn by the minute would
+        // give a schedule of 2 minutes one group only).
+        let mut visited = Vec::new();
+        for run in 1..=8 {
+            let at = now() + chrono::Duration::minutes(5 * run);
+            let summary = reset(&store, at, &settings()).await;
+            assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+            visited.push(summary.sharded_visited);
+        }
+        assert!(visited
+            .iter()
+            .all(|v| [n - SHARDED_PER_RUN, SHARDED_PER_RUN].contains(v)));
+        assert!(
+            visited.contains(&SHARDED_PER_RUN) && visited.contains(&(n - SHARDED_PER_RUN)),
+            "{visited:?}"
+        );
     }
 }
