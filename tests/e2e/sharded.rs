@@ -625,3 +625,33 @@ async fn a_pool_without_its_index_entry_joins_it_at_the_next_admin_change() {
     assert!(run.errors.is_empty(), "{run:?}");
     assert_eq!(run.sharded_visited, 1, "{run:?}");
 }
+
+/// A member budget written as if its check ran before the team was made
+/// sharded (the admin race): the team's item refuses the bookkeeping —
+/// a version bump its slots would not follow — and requests go on.
+#[tokio::test]
+async fn a_member_budget_racing_the_sharding_of_its_team_is_refused_and_requests_go_on() {
+    use budget_core::model::{Entity, Span, Window};
+    use budget_core::store::AdminWrite;
+    let app = TestApp::new().await;
+    let keys = hot_team(&app, "hot-mem", 4, 10.0, 1).await;
+    let team = EntityRef::team("hot-mem");
+    let before = app.store.load(&team).await.unwrap().unwrap().version;
+    let mut member = Entity::new(EntityRef::team_member("hot-mem", "hot-mem-u"), app.now);
+    member.windows.push(Window::open(
+        Span::parse_id("1d").unwrap(),
+        Money::usd(5),
+        false,
+        app.now,
+        &app.settings.clock,
+    ));
+    let written = app.store.create(&member).await.unwrap();
+    assert_eq!(written, AdminWrite::Missing(team.clone()));
+    assert!(app.store.load(&member.entity).await.unwrap().is_none());
+    assert_eq!(
+        app.store.load(&team).await.unwrap().unwrap().version,
+        before
+    );
+    let answer = app.authorize(&keys[0], Some("1")).await;
+    assert!(allowed(&answer), "{answer}");
+}

@@ -612,6 +612,14 @@ pub struct OwnerBookkeeping {
     pub version: bool,
 }
 
+/// Whether `books` may be kept on `owner` as stored: a member budget's
+/// change bumps its team's version, which a sharded team's slots would not
+/// follow (every request on its shards would then fail on the version), so
+/// it is refused on a team that became sharded since it was checked.
+pub fn books_hold(books: &OwnerBookkeeping, owner: &Entity) -> bool {
+    !(books.version && crate::escrow::is_sharded(owner))
+}
+
 /// The bookkeeping of several key writes in one transaction: one write per
 /// owner (a transaction may touch an item once), counts summed.
 pub fn merge_bookkeeping(all: impl IntoIterator<Item = OwnerBookkeeping>) -> Vec<OwnerBookkeeping> {

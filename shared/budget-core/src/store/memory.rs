@@ -159,6 +159,19 @@ impl State {
         Some(chain)
     }
 
+    /// The owner of `books` whose item refuses them (`plan::books_hold`),
+    /// as DynamoDB's condition does.
+    fn refused_books(&self, books: &[plan::OwnerBookkeeping]) -> Option<EntityRef> {
+        books
+            .iter()
+            .find(|b| {
+                self.entities
+                    .get(&b.owner)
+                    .is_some_and(|o| !plan::books_hold(b, o))
+            })
+            .map(|b| b.owner.clone())
+    }
+
     fn keep_books(&mut self, books: &[plan::OwnerBookkeeping]) {
         for b in books {
             if let Some(e) = self.entities.get_mut(&b.owner) {
@@ -447,7 +460,11 @@ impl AdminStore for MemoryStore {
         if let Some(missing) = owners.iter().find(|o| !state.entities.contains_key(o)) {
             return Ok(AdminWrite::Missing(missing.clone()));
         }
-        state.keep_books(&plan::key_bookkeeping(None, Some(entity)));
+        let books = plan::key_bookkeeping(None, Some(entity));
+        if let Some(refused) = state.refused_books(&books) {
+            return Ok(AdminWrite::Missing(refused));
+        }
+        state.keep_books(&books);
         state.entities.insert(entity.entity.clone(), entity.clone());
         for slot in crate::escrow::slots_of_new(entity) {
             state.entities.insert(slot.entity.clone(), slot);
@@ -460,6 +477,9 @@ impl AdminStore for MemoryStore {
         let (mut guards, edits, due) = plan::update(old, new);
         guards.extend(crate::escrow::conversion_guards(old, new));
         let mut state = self.state();
+        if let Some(refused) = state.refused_books(&plan::key_bookkeeping(Some(old), Some(new))) {
+            return Ok(AdminWrite::Missing(refused));
+        }
         if !plan::guards_hold(&guards, state.entities.get(&old.entity)) {
             return Ok(AdminWrite::Conflict);
         }

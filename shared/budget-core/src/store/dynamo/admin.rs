@@ -429,13 +429,13 @@ pub(super) fn keep_books(
         let (ver, one) = (ex.name("ver"), ex.value(n(1)));
         sets.push(format!("{ver} = {ver} + {one}"));
     }
-    let update = store.update(
-        entity_pk(&books.owner),
-        sets,
-        vec![],
-        vec![format!("attribute_exists({pk})")],
-        &ex,
-    )?;
+    let mut conds = vec![format!("attribute_exists({pk})")];
+    if books.version {
+        // As `plan::books_hold`: never on a team that became sharded.
+        let (sh, two) = (ex.name(SHARDS), ex.value(n(2)));
+        conds.push(format!("(attribute_not_exists({sh}) OR {sh} < {two})"));
+    }
+    let update = store.update(entity_pk(&books.owner), sets, vec![], conds, &ex)?;
     Ok(TransactWriteItem::builder().update(update).build())
 }
 
