@@ -249,7 +249,8 @@ while :; do
         deny="$answer"
         if [ -n "${ALERTS_LOG:-}" ]; then
             # A slow machine may print it late; it was sent at the settle.
-            printf '%s' "$ALERTS_SHOWN" | grep -q "ALERT 80 % of user $USER_ID 1d" || show_alerts 15
+            # (Up to 45 s: a stuck delivery is sent again after 10 s.)
+            printf '%s' "$ALERTS_SHOWN" | grep -q "ALERT 80 % of user $USER_ID 1d" || show_alerts 45
             printf '%s' "$ALERTS_SHOWN" | grep -q "ALERT 80 % of user $USER_ID 1d" ||
                 fail "no 80 % alert of the daily window (see .local/logs/alerts.log, notify.log)"
             echo "           (the day's 80 % alert was sent at the settle before this denial)"
