@@ -655,3 +655,38 @@ async fn a_member_budget_racing_the_sharding_of_its_team_is_refused_and_requests
     let answer = app.authorize(&keys[0], Some("1")).await;
     assert!(allowed(&answer), "{answer}");
 }
+
+/// A settle tops a low shard up from the pool (a slice, once), so the
+/// requests on it do not find it dry.
+#[tokio::test]
+async fn a_settle_tops_a_low_shard_up_from_the_pool() {
+    let app = TestApp::new().await;
+    // $16 over 2 shards: a slice is $0.50.
+    let keys = hot_team(&app, "hot-top", 2, 16.0, 1).await;
+    let answer = app.authorize(&keys[0], Some("0.4")).await;
+    assert!(allowed(&answer), "{answer}");
+    let w = shown(&app, "hot-top").await;
+    let held = |w: &Value| -> Value {
+        w["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| usd(&p["reserved"]) == 0.4 || usd(&p["spend"]) == 0.4)
+            .cloned()
+            .expect("the shard that held")
+    };
+    assert_eq!(usd(&held(&w)["avail"]), 0.1, "{w}");
+    let (status, body) = app.settle(&reservation_id(&answer), 0.4).await;
+    assert_eq!(status, 200, "{body}");
+    let w = shown(&app, "hot-top").await;
+    assert_eq!(usd(&held(&w)["avail"]), 0.6, "topped up by one slice: {w}");
+    let pool = w["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["slot"] == "pool")
+        .cloned()
+        .unwrap();
+    assert_eq!(usd(&pool["avail"]), 15.0, "{w}");
+    assert_eq!((usd(&w["spend"]), usd(&w["remaining"])), (0.4, 15.6), "{w}");
+}

@@ -184,6 +184,8 @@ enum Phase {
     /// The plain read of every slot: its bound denies, or its headroom is
     /// borrowed.
     Scan,
+    /// After a settle: the top-up of its shard when low.
+    TopUp,
 }
 
 struct Request {
@@ -218,8 +220,10 @@ struct Figures {
     round_trips: u64,
     cap_us: Option<u64>,
     /// Cancelled attempts (throttled or in conflict), by phase.
-    busy: [u64; 6],
+    busy: [u64; 7],
     refills: u64,
+    /// Shards topped up by a settle before they ran dry.
+    top_ups: u64,
     gathers: u64,
     /// Isolated reads of all slots cancelled by a transaction in progress.
     busy_reads: u64,
@@ -240,6 +244,7 @@ fn team(shards: u32, max: Money, t0: DateTime<Utc>) -> (Entity, Vec<Entity>) {
         legacy: false,
         avail: Money::ZERO,
         parked: Money::ZERO,
+        topped: Money::ZERO,
     });
     e.shards = shards.max(2);
     e.shard_items = e.shards;
@@ -369,7 +374,15 @@ fn run(shards: u32, rate: f64) -> Figures {
                 };
                 escrow::finish_window(&mut w, &shard.windows[0], estimate, r.cost);
                 match table.transact(&[w], now) {
-                    Outcome::Done => continue,
+                    Outcome::Done => {
+                        // The settle then reads its shard (a round trip
+                        // later) and tops it up when low
+                        // (`service::escrow::top_up`).
+                        r.phase = Phase::TopUp;
+                        requests.insert(id, r);
+                        push(&mut queue, now + ROUND_TRIP_US, id);
+                        continue;
+                    }
                     _ => {
                         let retry = now + 5_000 + rng.next() % 5_000;
                         requests.insert(id, r);
@@ -377,6 +390,22 @@ fn run(shards: u32, rate: f64) -> Figures {
                         continue;
                     }
                 }
+            }
+            Phase::TopUp => {
+                // The shard's read; the pool's and the transfer only when
+                // it is low. Best effort, as the service's.
+                if table.read(std::slice::from_ref(&shard_ref), 1.0, now)
+                    && escrow::is_low(&table.get(&shard_ref))
+                    && table.read(std::slice::from_ref(&pool_ref), 1.0, now + ROUND_TRIP_US)
+                {
+                    let (pool, shard) = (table.get(&pool_ref), table.get(&shard_ref));
+                    if let Some(t) = escrow::top_up(&pool, &shard) {
+                        if matches!(table.transact(&t, now + 2 * ROUND_TRIP_US), Outcome::Done) {
+                            f.top_ups += 1;
+                        }
+                    }
+                }
+                continue;
             }
             Phase::Reserve
                 if ceilings[r.instance]
@@ -419,7 +448,7 @@ fn run(shards: u32, rate: f64) -> Figures {
                 } else {
                     match escrow::refill_amount(escrow::headroom(&pool), estimate, max, shards) {
                         Some(x) => {
-                            let t = escrow::transfer(&pool, &shard_ref, x).expect("covered");
+                            let t = escrow::refill(&pool, &shard_ref, x).expect("covered");
                             table.transact(&t, now)
                         }
                         None => {
@@ -447,7 +476,7 @@ fn run(shards: u32, rate: f64) -> Figures {
                 let pool = table.get(&pool_ref);
                 let x = escrow::refill_amount(escrow::headroom(&pool), estimate, max, shards)
                     .expect("covered");
-                let t = escrow::transfer(&pool, &shard_ref, x).expect("covered");
+                let t = escrow::refill(&pool, &shard_ref, x).expect("covered");
                 table.transact(&t, now)
             }
             Phase::Scan => {
@@ -642,8 +671,8 @@ fn main() {
             );
             if std::env::var("SIM_DEBUG").is_ok() {
                 eprintln!(
-                    "  cancelled (reserve, refill, gather, settle, early) {:?}, refills {}, borrows {}, isolated reads cancelled or throttled {}",
-                    f.busy, f.refills, f.gathers, f.busy_reads
+                    "  cancelled (reserve, refill, gather, settle, early, scan) {:?}, refills on the request path {}, top-ups by settles {}, borrows {}, isolated reads cancelled or throttled {}",
+                    f.busy, f.refills, f.top_ups, f.gathers, f.busy_reads
                 );
             }
         }

@@ -302,6 +302,7 @@ mod tests {
             legacy: false,
             avail: Money::ZERO,
             parked: Money::ZERO,
+            topped: Money::ZERO,
         }
     }
 
@@ -393,6 +394,7 @@ mod tests {
             legacy: true,
             avail: Money::ZERO,
             parked: Money::ZERO,
+            topped: Money::ZERO,
         });
         let d = admit(&c, Money::ZERO, now, &ResetClock::default()).unwrap_err();
         assert_eq!(d.retry_after, None);

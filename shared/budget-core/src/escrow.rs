@@ -167,6 +167,46 @@ pub fn transfer(from: &Entity, to: &EntityRef, amount: Money) -> Option<[EntityW
     Some([give(from, amount)?, receive(from, to, amount)])
 }
 
+/// A refill of shard `to` from the pool (as read): [`transfer`], the shard
+/// noting what it took (`topped`: the size of its slice, for [`top_up`]).
+pub fn refill(pool: &Entity, to: &EntityRef, amount: Money) -> Option<[EntityWrite; 2]> {
+    let [give, mut take] = transfer(pool, to, amount)?;
+    for w in &pool.windows {
+        take.changes
+            .push(Change::Set(w.id(), Counter::Topped, amount));
+    }
+    Some([give, take])
+}
+
+/// Whether `shard` (as read) is low: every window holds less than half of
+/// its last refill (never refilled: not low).
+pub fn is_low(shard: &Entity) -> bool {
+    shard
+        .windows
+        .iter()
+        .all(|w| w.topped > Money::ZERO && w.avail < Money::from_nanos(w.topped.nanos() / 2))
+        && !shard.windows.is_empty()
+}
+
+/// A settle's top-up of `shard` from `pool` (both as read) before the
+/// shard runs dry: when it [`is_low`], one more refill of its last size,
+/// conditional on the pool covering it and on the shard still being low
+/// (so settles that race top it up once). `None`: not low, or the pool
+/// does not cover it as read. What a request does when it finds its shard
+/// dry, done by the settle instead, off the request's path.
+pub fn top_up(pool: &Entity, shard: &Entity) -> Option<[EntityWrite; 2]> {
+    if !is_low(shard) || !same_periods(pool, shard) {
+        return None;
+    }
+    let slice = shard.windows.iter().map(|w| w.topped).min()?;
+    let [give, mut take] = refill(pool, &shard.entity, slice)?;
+    for w in &shard.windows {
+        let half = Money::from_nanos(w.topped.nanos() / 2);
+        take.guards.push(Guard::Below(w.id(), Counter::Avail, half));
+    }
+    Some([give, take])
+}
+
 /// The giver's side of a transfer: `amount` of every window's `avail` of
 /// `from` (as read), conditional on covering it in the period read.
 fn give(from: &Entity, amount: Money) -> Option<EntityWrite> {
@@ -351,6 +391,13 @@ pub fn gather(slots: &[Entity], extra: impl Fn(&str) -> Money, version: u64) -> 
         {
             let Some(w) = s.window(&id) else { continue };
             place(write, w, to);
+            // A shard is topped up again only after a request refilled it
+            // (a retired one never is).
+            if !w.topped.is_zero() {
+                write
+                    .changes
+                    .push(Change::Set(id.clone(), Counter::Topped, Money::ZERO));
+            }
         }
     }
     writes
@@ -1015,6 +1062,7 @@ mod tests {
             legacy: false,
             avail: Money::ZERO,
             parked: Money::ZERO,
+            topped: Money::ZERO,
         });
         let old = Entity {
             shards: 0,
@@ -1054,6 +1102,7 @@ mod tests {
         Change(i64),
         Roll,
         Regather(bool),
+        TopUp(u32, bool),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1066,6 +1115,7 @@ mod tests {
             (-3i64..4).prop_map(Op::Change),
             Just(Op::Roll),
             any::<bool>().prop_map(Op::Regather),
+            (0u32..4, any::<bool>()).prop_map(|(s, st)| Op::TopUp(s, st)),
         ]
     }
 
@@ -1120,7 +1170,7 @@ mod tests {
                     Op::Refill(s, x, st) => {
                         let read = if st { &stale } else { &store };
                         let pool = slot(read, SlotId::Pool).clone();
-                        if let Some(t) = transfer(&pool, &e.entity.at(SlotId::Shard(s)), Money::usd(x)) {
+                        if let Some(t) = refill(&pool, &e.entity.at(SlotId::Shard(s)), Money::usd(x)) {
                             run(&mut store, &t);
                         }
                     }
@@ -1156,6 +1206,13 @@ mod tests {
                         let in_flight = held.iter().fold(Money::ZERO, |a, (_, m)| a.saturating_add(*m));
                         debt = in_flight.saturating_sub(e.windows[0].max).max(Money::ZERO);
                         overrun = Money::ZERO;
+                    }
+                    Op::TopUp(k, st) => {
+                        let read = if st { &stale } else { &store };
+                        let (pool, shard) = (slot(read, SlotId::Pool).clone(), slot(read, SlotId::Shard(k)).clone());
+                        if let Some(t) = top_up(&pool, &shard) {
+                            run(&mut store, &t);
+                        }
                     }
                     Op::Regather(st) => {
                         let read = if st { stale.clone() } else { store.clone() };

@@ -249,6 +249,10 @@ pub struct Window {
     /// reservations in flight have come back (`escrow::placement`). Part
     /// of the window's remaining; never reserved or transferred.
     pub parked: Money,
+    /// An escrow shard only: what its last refill from the pool moved —
+    /// the size of its slice, so that a settle can top it up before it
+    /// runs dry (`escrow::top_up`) without knowing the entity's limits.
+    pub topped: Money,
 }
 
 impl Window {
@@ -270,6 +274,7 @@ impl Window {
             legacy,
             avail: Money::ZERO,
             parked: Money::ZERO,
+            topped: Money::ZERO,
         }
     }
 

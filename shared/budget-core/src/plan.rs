@@ -30,6 +30,8 @@ pub enum Counter {
     Avail,
     /// An escrow pool's headroom held back while in debt (only ever set).
     Parked,
+    /// An escrow shard's last refill (only ever set).
+    Topped,
 }
 
 /// What must hold in the stored item for a write to happen.
@@ -442,6 +444,7 @@ pub fn guards_hold(guards: &[Guard], stored: Option<&Entity>) -> bool {
         Counter::Reserved => w.reserved,
         Counter::Avail => w.avail,
         Counter::Parked => w.parked,
+        Counter::Topped => w.topped,
     };
     guards.iter().all(|g| match g {
         Guard::Version(v) => e.version == *v,
@@ -505,6 +508,8 @@ pub fn apply(changes: &[Change], stored: &mut Entity) {
             Change::Set(_, Counter::Avail, m) => w.avail = *m,
             Change::Add(_, Counter::Parked, m) => w.parked = w.parked.saturating_add(*m),
             Change::Set(_, Counter::Parked, m) => w.parked = *m,
+            Change::Add(_, Counter::Topped, m) => w.topped = w.topped.saturating_add(*m),
+            Change::Set(_, Counter::Topped, m) => w.topped = *m,
             Change::Set(_, Counter::Used, _) => {}
             Change::SetResetAt(_, at) => w.reset_at = Some(*at),
             Change::SetNextDue(_)
@@ -767,6 +772,7 @@ pub fn entities_as_held(reservation: &Reservation) -> Vec<Entity> {
             legacy: false,
             avail: Money::ZERO,
             parked: Money::ZERO,
+            topped: Money::ZERO,
         };
         match out
             .iter_mut()
@@ -812,6 +818,7 @@ mod tests {
             legacy: false,
             avail: Money::ZERO,
             parked: Money::ZERO,
+            topped: Money::ZERO,
         }
     }
 

@@ -134,6 +134,30 @@ pub(super) async fn early_denial<S: BudgetStore>(
     Ok(None)
 }
 
+/// After a settle on shard `slot`: top it up from the pool when it is low
+/// ([`escrow::top_up`]), so the requests on it do not find it dry. One
+/// read of the shard (spread over the shards, like the settles); the pool
+/// is read and written only when the shard is low — about once a slice.
+/// `true` when it was topped up.
+pub(super) async fn top_up<S: BudgetStore>(
+    store: &S,
+    slot: &EntityRef,
+) -> Result<bool, StoreError> {
+    let Some(shard) = store.load(slot).await? else {
+        return Ok(false);
+    };
+    if !escrow::is_low(&shard) {
+        return Ok(false);
+    }
+    let Some(pool) = store.load(&slot.owner().at(SlotId::Pool)).await? else {
+        return Ok(false);
+    };
+    let Some(writes) = escrow::top_up(&pool, &shard) else {
+        return Ok(false);
+    };
+    Ok(store.write_all(&writes).await? == PlanWrite::Done)
+}
+
 /// What a request whose shard did not cover it does next.
 #[derive(Debug)]
 pub(super) enum Next {
@@ -237,7 +261,7 @@ pub(super) async fn step<S: BudgetStore>(
             // shard's return put it there): read the pool alone again.
             ceilings.forget(&owner.entity);
         }
-        if let Some(writes) = escrow::transfer(pool, slot, amount) {
+        if let Some(writes) = escrow::refill(pool, slot, amount) {
             return Ok(match store.write_all(&writes).await? {
                 PlanWrite::Done | PlanWrite::Refused => Next::Retry,
                 PlanWrite::Busy => Next::Busy,
@@ -702,5 +726,55 @@ mod tests {
             matches!(outcome, AuthorizeOutcome::Denied(_)),
             "{outcome:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_settle_tops_a_low_shard_up_before_it_runs_dry() {
+        let store = MemoryStore::new();
+        // $16 over 2 shards: a slice is $0.50.
+        let key = hot_team(&store, 2, 16).await;
+        let a = Authorizer::new(store.clone(), settings());
+        let AuthorizeOutcome::Allowed { reservation, .. } = a
+            .authorize(&key, Money::from_nanos(400_000_000), None, now())
+            .await
+        else {
+            panic!("$0.40");
+        };
+        let slot = reservation
+            .holds
+            .iter()
+            .find_map(|h| h.entity.slot.map(|_| h.entity.clone()))
+            .expect("a shard held");
+        let avail = |r: &EntityRef| store.entity(r).unwrap().windows[0].avail;
+        // Refilled with a slice, $0.10 left: under half a slice.
+        assert_eq!(avail(&slot), Money::from_nanos(100_000_000));
+        crate::service::settle(
+            &store,
+            &reservation.id,
+            Money::from_nanos(400_000_000),
+            now(),
+            &settings(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            avail(&slot),
+            Money::from_nanos(600_000_000),
+            "topped up by the settle"
+        );
+        let pool = EntityRef::team("t").at(SlotId::Pool);
+        assert_eq!(avail(&pool), Money::usd(15));
+        // Not low any more: the next settle leaves it.
+        let AuthorizeOutcome::Allowed { reservation, .. } = a
+            .authorize(&key, Money::from_nanos(100_000_000), None, now())
+            .await
+        else {
+            panic!("$0.10");
+        };
+        let before = avail(&pool);
+        crate::service::settle(&store, &reservation.id, Money::ZERO, now(), &settings())
+            .await
+            .unwrap();
+        assert_eq!(avail(&pool), before, "not low: the pool is not touched");
     }
 }

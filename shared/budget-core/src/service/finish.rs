@@ -38,17 +38,37 @@ pub async fn settle<S: BudgetStore>(
                 reservation: Box::new(reservation),
                 duplicate: true,
             },
-            Finished::Done(reservation) => SettleOutcome::Settled {
-                reservation: Box::new(Reservation {
-                    state: ReservationState::Settled,
-                    cost: Some(cost),
-                    settled_at: Some(now),
-                    ..reservation
-                }),
-                duplicate: false,
-            },
+            Finished::Done(reservation) => {
+                top_up_shards(store, &reservation).await;
+                SettleOutcome::Settled {
+                    reservation: Box::new(Reservation {
+                        state: ReservationState::Settled,
+                        cost: Some(cost),
+                        settled_at: Some(now),
+                        ..reservation
+                    }),
+                    duplicate: false,
+                }
+            }
         },
     )
+}
+
+/// The shards `reservation` held on, topped up when low (`escrow::top_up`):
+/// best effort — the settle is done whatever this finds; a shard left low
+/// is refilled by the next request that finds it dry.
+async fn top_up_shards<S: BudgetStore>(store: &S, reservation: &Reservation) {
+    let mut slots: Vec<&EntityRef> = reservation
+        .holds
+        .iter()
+        .map(|h| &h.entity)
+        .filter(|e| matches!(e.slot, Some(crate::model::SlotId::Shard(_))))
+        .collect();
+    slots.sort();
+    slots.dedup();
+    for slot in slots {
+        let _ = store_call(super::escrow::top_up(store, slot)).await;
+    }
 }
 
 /// Releases one expired reservation (reset job). `true` when this call

@@ -135,6 +135,9 @@ pub(super) fn window_item(w: &Window, slot: bool) -> AttributeValue {
     if !w.parked.is_zero() {
         m.insert("parked".to_string(), money(w.parked));
     }
+    if !w.topped.is_zero() {
+        m.insert("topped".to_string(), money(w.topped));
+    }
     AttributeValue::M(m)
 }
 
@@ -486,6 +489,7 @@ pub(super) fn owner_from_snapshot(
                 legacy: r.bool(w, "legacy"),
                 avail: Money::ZERO,
                 parked: Money::ZERO,
+                topped: Money::ZERO,
             });
         }
     }
@@ -649,6 +653,10 @@ pub(super) fn entity_from_item(
                 },
                 parked: match w.get("parked") {
                     Some(_) => r.counter(w, "parked")?,
+                    None => Money::ZERO,
+                },
+                topped: match w.get("topped") {
+                    Some(_) => r.counter(w, "topped")?,
                     None => Money::ZERO,
                 },
             });

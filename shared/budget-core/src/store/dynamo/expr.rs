@@ -154,6 +154,7 @@ pub(super) fn counter_name(c: Counter) -> &'static str {
         Counter::Reserved => "reserved",
         Counter::Avail => "avail",
         Counter::Parked => "parked",
+        Counter::Topped => "topped",
     }
 }
 
