@@ -576,9 +576,9 @@ pub struct Ceiling {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CeilingWindow {
+    /// With the slots' boundary (`totals.reset_at`).
     pub totals: Window,
     pub generation: u64,
-    pub reset_at: Option<DateTime<Utc>>,
     pub bound: Money,
 }
 
@@ -637,7 +637,6 @@ pub fn ceiling(e: &Entity, slots: &[Entity]) -> Option<Ceiling> {
                     ..t.clone()
                 },
                 generation: part.generation,
-                reset_at: part.reset_at,
                 bound: t.max.saturating_sub(spent),
             })
         })
@@ -660,7 +659,7 @@ impl Ceiling {
         }
         self.windows
             .iter()
-            .find(|w| w.bound < need(estimate) && w.reset_at.is_none_or(|at| at > now))
+            .find(|w| w.bound < need(estimate) && w.totals.reset_at.is_none_or(|at| at > now))
             .map(|w| &w.totals)
     }
 
@@ -670,8 +669,9 @@ impl Ceiling {
         slot.version == self.version
             && slot.incarnation == self.incarnation
             && self.windows.iter().all(|c| {
-                slot.window(&c.totals.id())
-                    .is_some_and(|w| w.generation == c.generation && w.reset_at == c.reset_at)
+                slot.window(&c.totals.id()).is_some_and(|w| {
+                    w.generation == c.generation && w.reset_at == c.totals.reset_at
+                })
             })
     }
 }

@@ -213,7 +213,7 @@ pub(super) async fn step<S: BudgetStore>(
             && c.pool_avail < need
             && c.windows
                 .iter()
-                .all(|w| w.reset_at.is_none_or(|at| at > now))
+                .all(|w| w.totals.reset_at.is_none_or(|at| at > now))
     });
     let refs = match scan_first {
         true => escrow::slot_refs(owner),
@@ -262,10 +262,7 @@ pub(super) async fn step<S: BudgetStore>(
             ceilings.forget(&owner.entity);
         }
         if let Some(writes) = escrow::refill(pool, slot, amount) {
-            return Ok(match store.write_all(&writes).await? {
-                PlanWrite::Done | PlanWrite::Refused => Next::Retry,
-                PlanWrite::Busy => Next::Busy,
-            });
+            return next_after(store, &writes).await;
         }
     }
     // Near the cap. First a plain read of every slot (one request, never
@@ -292,10 +289,7 @@ pub(super) async fn step<S: BudgetStore>(
         // (In debt no slot has headroom to give: the shards are at or
         // below zero and what is parked is never lent.)
         if let Some(writes) = escrow::borrow(&slots, slot, need) {
-            return Ok(match store.write_all(&writes).await? {
-                PlanWrite::Done | PlanWrite::Refused => Next::Retry,
-                PlanWrite::Busy => Next::Busy,
-            });
+            return next_after(store, &writes).await;
         }
     }
     // Then the totals decide, from one isolated read of all slots and the
@@ -329,17 +323,24 @@ pub(super) async fn step<S: BudgetStore>(
     // the pool, once nothing is owed — before anything moves.
     let again = escrow::regather(&item, &slots);
     if !again.is_empty() {
-        return Ok(match store.write_all(&again).await? {
-            PlanWrite::Done | PlanWrite::Refused => Next::Retry,
-            PlanWrite::Busy => Next::Busy,
-        });
+        return next_after(store, &again).await;
     }
     // Borrow what the shard lacks from the slots with the most headroom
     // (the fewest that cover it: usually one, a two-item transaction).
     let Some(writes) = escrow::borrow(&slots, slot, need) else {
         return Ok(Next::Retry);
     };
-    Ok(match store.write_all(&writes).await? {
+    next_after(store, &writes).await
+}
+
+/// A step's transfer or re-placement written: write the reservation again
+/// (whether it moved headroom or found the slots moved first), or back off
+/// when contended.
+async fn next_after<S: BudgetStore>(
+    store: &S,
+    writes: &[plan::EntityWrite],
+) -> Result<Next, StoreError> {
+    Ok(match store.write_all(writes).await? {
         PlanWrite::Done | PlanWrite::Refused => Next::Retry,
         PlanWrite::Busy => Next::Busy,
     })

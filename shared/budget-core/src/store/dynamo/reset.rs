@@ -169,16 +169,10 @@ impl ResetStore for DynamoStore {
         if entities.is_empty() {
             return Ok(Vec::new());
         }
-        // The entities' items (100 a request), then all their slots.
-        let items = self
-            .batch_get(entities.iter().map(entity_pk).collect())
-            .await?;
-        let mut owners = items
-            .iter()
-            .map(entity_from_item)
-            .collect::<Result<Vec<_>, _>>()?;
+        // The entities' items (100 a request, in order), then all their
+        // slots.
+        let mut owners = crate::store::Reads::load_many(self, entities).await?;
         owners.retain(crate::escrow::is_sharded);
-        owners.sort_by(|a, b| a.entity.cmp(&b.entity));
         let slot_pks: Vec<String> = owners
             .iter()
             .flat_map(crate::escrow::slot_refs)
