@@ -32,7 +32,14 @@
 //!   short, a plain read of every slot: deny on its bound, or borrow; else
 //!   the isolated read of every slot — deny if the total is short, else
 //!   borrow — read again twice after 1–2 ms and 2–4 ms when cancelled,
-//!   then answered `unavailable`.
+//!   then answered `unavailable`. A read and the transfer it chose are two
+//!   round trips. An instance that has read every slot as often as it may
+//!   (10 a second, a burst of 4: `SCANS_PER_SECOND`) borrows from its last
+//!   read instead of reading again, once a request: with nothing there to
+//!   lend, or short again after that borrow, the request is answered
+//!   `unavailable` at once;
+//! - a settle reads its shard and, when it is low, tops it up from the
+//!   pool (one more transfer, off the request path).
 //!
 //! The entity's own item, the key's and the user's are not modelled (they
 //! spread over partitions), nor debt, admin changes or roll-overs (the
@@ -71,6 +78,36 @@ const READ_BUCKET: f64 = 300.0;
 /// concurrency ≈ rate × latency), at least 4. Each keeps its own
 /// `escrow::Ceiling` of the team.
 const INSTANCE_SECONDS: f64 = 0.02;
+/// How often an instance reads every slot before it borrows from its last
+/// such read instead (`service::escrow::SCANS_PER_SECOND`, `SCAN_BURST`).
+const SCANS_PER_SECOND: f64 = 10.0;
+const SCAN_BURST: f64 = 4.0;
+
+/// An instance's last read of every slot: when, the reads it may still
+/// make then (a token bucket), and the slots.
+type Snapshot = Option<(u64, f64, Vec<Entity>)>;
+
+fn scans_at(seen: &Snapshot, now: u64) -> f64 {
+    seen.as_ref().map_or(SCAN_BURST, |(at, scans, _)| {
+        (scans + now.saturating_sub(*at) as f64 / 1e6 * SCANS_PER_SECOND).min(SCAN_BURST)
+    })
+}
+
+/// A read of every slot at `now` (`service::escrow::Ceilings::note`).
+fn note(seen: &mut Snapshot, now: u64, all: &[Entity]) {
+    let scans = (scans_at(seen, now) - 1.0).max(0.0);
+    *seen = Some((now, scans, all.to_vec()));
+}
+
+/// A transfer applied to what an instance knows of the slots
+/// (`service::escrow::Ceilings::sent`).
+fn sent(seen: &mut [Entity], writes: &[EntityWrite]) {
+    for w in writes {
+        if let Some(s) = seen.iter_mut().find(|s| s.entity == w.entity) {
+            plan::apply(&w.changes, s);
+        }
+    }
+}
 
 /// xorshift64*: the same figures on every run.
 struct Rng(u64);
@@ -186,6 +223,8 @@ enum Phase {
     Scan,
     /// After a settle: the top-up of its shard when low.
     TopUp,
+    /// A refill or a borrow chosen on the read before (`pending`).
+    Transfer,
 }
 
 struct Request {
@@ -194,18 +233,27 @@ struct Request {
     round_trips: u32,
     attempts: u32,
     escrow_steps: u32,
+    /// It borrowed from its instance's recent read of every slot.
+    on_recent: bool,
     /// Isolated reads cancelled in a row in this step.
     reads: u32,
     slot: SlotId,
     cost: Money,
     instance: usize,
+    /// The transfer the next round trip writes, and what it is (`Refill`
+    /// or `Gather`: a borrow).
+    pending: Vec<EntityWrite>,
+    moves: Phase,
+    /// Transfers written for this request.
+    transfers: u32,
 }
 
 #[derive(Default)]
 struct Figures {
     admitted: u64,
-    /// When each request was admitted, and whether after one round trip.
-    admitted_at: Vec<(u64, bool)>,
+    /// When each request was admitted, whether after one round trip, and
+    /// whether a transfer (refill, borrow) was written for it.
+    admitted_at: Vec<(u64, bool, bool)>,
     /// Denied `budget_exceeded` (the totals were short of the request).
     denied: u64,
     /// Of those, on one read of the shard (the instance's bound).
@@ -217,10 +265,12 @@ struct Figures {
     gave_up: u64,
     /// Of those, while the team's total headroom covered the request.
     given_up: u64,
+    /// Of those, at once on the instance's recent read of every slot.
+    undecided_recent: u64,
     round_trips: u64,
     cap_us: Option<u64>,
     /// Cancelled attempts (throttled or in conflict), by phase.
-    busy: [u64; 7],
+    busy: [u64; 8],
     refills: u64,
     /// Shards topped up by a settle before they ran dry.
     top_ups: u64,
@@ -307,6 +357,9 @@ fn run(shards: u32, rate: f64) -> Figures {
     let mut trace_sec = u64::MAX;
     let instances = ((rate * INSTANCE_SECONDS).ceil() as usize).max(4);
     let mut ceilings: Vec<Option<escrow::Ceiling>> = vec![None; instances];
+    // Each instance's last read of every slot, and when
+    // (`service::escrow::Ceilings`).
+    let mut snapshots: Vec<Snapshot> = vec![None; instances];
     let end = RUN_SECONDS * 1_000_000;
     while let Some(Reverse((now, _, id))) = queue.pop() {
         if now > end {
@@ -331,10 +384,14 @@ fn run(shards: u32, rate: f64) -> Figures {
                     round_trips: 1,
                     attempts: 0,
                     escrow_steps: 0,
+                    on_recent: false,
                     reads: 0,
                     slot,
                     cost,
                     instance,
+                    pending: Vec::new(),
+                    moves: Phase::Refill,
+                    transfers: 0,
                 },
             );
             push(&mut queue, now + ROUND_TRIP_US, next_request);
@@ -448,11 +505,15 @@ fn run(shards: u32, rate: f64) -> Figures {
                 } else {
                     match escrow::refill_amount(escrow::headroom(&pool), estimate, max, shards) {
                         Some(x) => {
-                            let t = escrow::refill(&pool, &shard_ref, x).expect("covered");
-                            table.transact(&t, now)
+                            // The transfer is the next round trip.
+                            r.pending = escrow::refill(&pool, &shard_ref, x)
+                                .expect("covered")
+                                .to_vec();
+                            r.moves = Phase::Refill;
+                            Outcome::Done
                         }
                         None => {
-                            // The pool is short: the isolated read of all.
+                            // The pool is short: the plain read of all.
                             if f.first_gather_us.is_none() && std::env::var("SIM_DEBUG").is_ok() {
                                 let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
                                 let t = escrow::totals(&e, &all).windows[0].clone();
@@ -468,40 +529,102 @@ fn run(shards: u32, rate: f64) -> Figures {
                     }
                 }
             }
-            Phase::Scan if !table.read(&refs, 1.0, now) => Outcome::Busy,
-            Phase::Scan if escrow::headroom(&table.get(&shard_ref)) >= escrow::need(estimate) => {
-                Outcome::Done
-            }
-            Phase::Scan if escrow::headroom(&table.get(&pool_ref)) >= escrow::need(estimate) => {
-                let pool = table.get(&pool_ref);
-                let x = escrow::refill_amount(escrow::headroom(&pool), estimate, max, shards)
-                    .expect("covered");
-                let t = escrow::refill(&pool, &shard_ref, x).expect("covered");
-                table.transact(&t, now)
-            }
             Phase::Scan => {
-                let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
-                let c = escrow::ceiling(&e, &all);
-                let denies = c
+                let need = escrow::need(estimate);
+                // The instance's last read of every slot once it has read
+                // them as often as it may, its own shard known short
+                // (`service::escrow::step`): no read this time. A request
+                // that read the slots itself goes on from its own reads.
+                let from_recent = r.escrow_steps == 1 || r.on_recent;
+                let may_read = scans_at(&snapshots[r.instance], now) >= 1.0;
+                let recent = snapshots[r.instance]
                     .as_ref()
-                    .is_some_and(|c| c.denies(&e, estimate, t0).is_some());
-                ceilings[r.instance] = c;
-                if denies {
-                    f.denied += 1;
-                    if total_avail(&table) >= escrow::need(estimate) {
-                        f.false_denials += 1;
+                    .filter(|_| from_recent && !may_read)
+                    .map(|(_, _, all)| {
+                        let mut all = all.clone();
+                        for s in all.iter_mut().filter(|s| s.entity == shard_ref) {
+                            s.windows[0].avail = s.windows[0].avail.min(Money::ZERO);
+                        }
+                        all
+                    });
+                if let Some(all) = recent {
+                    // One borrow a request from that read; a request short
+                    // again after it is answered at once.
+                    let borrow = match r.on_recent {
+                        true => None,
+                        false => escrow::borrow(&all, &shard_ref, need, rng.next() as u32),
+                    };
+                    r.on_recent = true;
+                    match borrow {
+                        Some(writes) if !writes.is_empty() => {
+                            if let Some((_, _, seen)) = snapshots[r.instance].as_mut() {
+                                sent(seen, &writes);
+                            }
+                            // This round trip is the transfer.
+                            r.phase = Phase::Transfer;
+                            r.moves = Phase::Gather;
+                            table.transact(&writes, now)
+                        }
+                        _ => {
+                            // `Next::Undecided`: answered `unavailable` at once.
+                            f.gave_up += 1;
+                            f.undecided_recent += 1;
+                            if total_avail(&table) >= estimate {
+                                f.given_up += 1;
+                            }
+                            continue;
+                        }
                     }
-                    f.cap_us.get_or_insert(now);
-                    continue;
-                }
-                match escrow::borrow(&all, &shard_ref, estimate) {
-                    Some(writes) => table.transact(&writes, now),
-                    _ => {
-                        r.phase = Phase::Gather;
-                        r.round_trips += 1;
-                        requests.insert(id, r);
-                        push(&mut queue, now + ROUND_TRIP_US, id);
-                        continue;
+                } else if !table.read(&refs, 1.0, now) {
+                    Outcome::Busy
+                } else {
+                    let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
+                    let pool = table.get(&pool_ref);
+                    if escrow::headroom(&table.get(&shard_ref)) >= need {
+                        Outcome::Done
+                    } else if escrow::headroom(&pool) >= need {
+                        let x =
+                            escrow::refill_amount(escrow::headroom(&pool), estimate, max, shards)
+                                .expect("covered");
+                        r.pending = escrow::refill(&pool, &shard_ref, x)
+                            .expect("covered")
+                            .to_vec();
+                        r.moves = Phase::Refill;
+                        Outcome::Done
+                    } else {
+                        let c = escrow::ceiling(&e, &all);
+                        let denies = c
+                            .as_ref()
+                            .is_some_and(|c| c.denies(&e, estimate, t0).is_some());
+                        if c.is_some() {
+                            note(&mut snapshots[r.instance], now, &all);
+                        }
+                        ceilings[r.instance] = c;
+                        if denies {
+                            f.denied += 1;
+                            if total_avail(&table) >= need {
+                                f.false_denials += 1;
+                            }
+                            f.cap_us.get_or_insert(now);
+                            continue;
+                        }
+                        match escrow::borrow(&all, &shard_ref, need, rng.next() as u32) {
+                            Some(writes) => {
+                                if let Some((_, _, seen)) = snapshots[r.instance].as_mut() {
+                                    sent(seen, &writes);
+                                }
+                                r.pending = writes;
+                                r.moves = Phase::Gather;
+                                Outcome::Done
+                            }
+                            _ => {
+                                r.phase = Phase::Gather;
+                                r.round_trips += 1;
+                                requests.insert(id, r);
+                                push(&mut queue, now + ROUND_TRIP_US, id);
+                                continue;
+                            }
+                        }
                     }
                 }
             }
@@ -529,24 +652,37 @@ fn run(shards: u32, rate: f64) -> Figures {
                 } else {
                     r.reads = 0;
                     let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
-                    ceilings[r.instance] =
-                        escrow::ceiling(&e, &all).or(ceilings[r.instance].take());
+                    if let Some(c) = escrow::ceiling(&e, &all) {
+                        ceilings[r.instance] = Some(c);
+                        note(&mut snapshots[r.instance], now, &all);
+                    }
                     let total = escrow::totals(&e, &all).windows[0].avail;
                     if total < escrow::need(estimate) {
                         f.denied += 1;
                         f.cap_us.get_or_insert(now);
                         continue;
                     }
-                    let writes = escrow::borrow(&all, &shard_ref, estimate).expect("covered");
-                    table.transact(&writes, now)
+                    let writes = escrow::borrow(&all, &shard_ref, estimate, rng.next() as u32)
+                        .expect("covered");
+                    if let Some((_, _, seen)) = snapshots[r.instance].as_mut() {
+                        sent(seen, &writes);
+                    }
+                    r.pending = writes;
+                    r.moves = Phase::Gather;
+                    Outcome::Done
                 }
+            }
+            Phase::Transfer => {
+                let writes = std::mem::take(&mut r.pending);
+                table.transact(&writes, now)
             }
         };
         match (r.phase, outcome) {
             (Phase::Reserve, Outcome::Done) => {
                 f.admitted += 1;
                 f.round_trips += u64::from(r.round_trips);
-                f.admitted_at.push((now, r.round_trips == 1));
+                f.admitted_at
+                    .push((now, r.round_trips == 1, r.transfers > 0));
                 r.phase = Phase::Settle;
                 let hold = 500_000 + (rng.unit() * 2_500_000.0) as u64;
                 requests.insert(id, r);
@@ -562,12 +698,27 @@ fn run(shards: u32, rate: f64) -> Figures {
                 };
                 r.escrow_steps += 1;
             }
-            (p, Outcome::Done) => {
-                if p == Phase::Refill {
+            // A read that found the shard covered, or chose a transfer
+            // (then the next round trip).
+            (Phase::Refill | Phase::Scan | Phase::Gather, Outcome::Done) => {
+                r.phase = match r.pending.is_empty() {
+                    true => Phase::Reserve,
+                    false => Phase::Transfer,
+                };
+            }
+            (Phase::Transfer, Outcome::Done) => {
+                r.transfers += 1;
+                if r.moves == Phase::Refill {
                     f.refills += 1;
                 } else {
                     f.gathers += 1;
                 }
+                r.phase = Phase::Reserve;
+            }
+            (Phase::Transfer, Outcome::Busy) => {
+                // `next_after`: back off, then write the reservation again.
+                r.attempts += 1;
+                f.busy[Phase::Transfer as usize] += 1;
                 r.phase = Phase::Reserve;
             }
             (_, Outcome::Refused) => r.phase = Phase::Reserve,
@@ -580,6 +731,7 @@ fn run(shards: u32, rate: f64) -> Figures {
                 r.attempts += 1;
                 f.busy[p as usize] += 1;
             }
+            (_, Outcome::Done) => r.phase = Phase::Reserve,
         }
         r.round_trips += 1;
         if r.attempts >= MAX_ATTEMPTS || r.escrow_steps > 16 || now - r.arrived_us > DEADLINE_US {
@@ -606,7 +758,7 @@ fn run(shards: u32, rate: f64) -> Figures {
 
 fn main() {
     println!("one team, one lifetime window of 20 s of the offered load ($0.0075 a request); {RUN_SECONDS} s simulated");
-    println!("| shards | offered/s | admitted/s (steady) | round trips per admitted | cancelled attempts per admitted | admitted after >1 round trip: before the budget ran out / after | budget used up at (s) | spent + reserved at the end ≤ limit | denied budget_exceeded (of them on one read) | denials a single exact counter would not have made | unavailable (of them while the total covered it) |");
+    println!("| shards | offered/s | admitted/s (steady) | round trips per admitted | cancelled attempts per admitted | admitted after >1 round trip before the budget ran out: conflicts only / a transfer (of them > 2 s before) / after it ran out | budget used up at (s) | spent + reserved at the end ≤ limit | denied budget_exceeded (of them on one read) | denials a single exact counter would not have made | unavailable (of them while the total covered it; at once on the instance's recent read) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // SIM_SHARDS=64 SIM_RATES=8000: one row (all by default).
     let pick = |name: &str, all: &[f64]| -> Vec<f64> {
@@ -626,27 +778,29 @@ fn main() {
             let steady = f
                 .admitted_at
                 .iter()
-                .filter(|(t, _)| (from..to).contains(t))
+                .filter(|(t, _, _)| (from..to).contains(t))
                 .count();
-            let slow_before = f
-                .admitted_at
-                .iter()
-                .filter(|(t, one)| !*one && *t < out)
-                .count();
-            let slow_after = f
-                .admitted_at
-                .iter()
-                .filter(|(t, one)| !*one && *t >= out)
-                .count();
+            let slow = |keep: &dyn Fn(u64, bool) -> bool| {
+                f.admitted_at
+                    .iter()
+                    .filter(|(t, one, moved)| !*one && keep(*t, *moved))
+                    .count()
+            };
+            let conflicts_before = slow(&|t, moved| t < out && !moved);
+            let moved_before = slow(&|t, moved| t < out && moved);
+            let moved_early = slow(&|t, moved| t + 2_000_000 < out && moved);
+            let slow_after = slow(&|t, _| t >= out);
             let (spent, reserved, left, max) = f.end;
             println!(
-                "| {} | {} | {:.0} | {:.3} | {:.3} | {} / {} | {} | {} + {} = {} ≤ {}: {} | {} ({}) | {} | {} ({}) |",
+                "| {} | {} | {:.0} | {:.3} | {:.3} | {} / {} ({}) / {} | {} | {} + {} = {} ≤ {}: {} | {} ({}) | {} | {} ({}; {}) |",
                 shards,
                 rate,
                 steady as f64 / ((to - from) as f64 / 1e6),
                 f.round_trips as f64 / f.admitted.max(1) as f64,
                 f.busy[0] as f64 / f.admitted.max(1) as f64,
-                slow_before,
+                conflicts_before,
+                moved_before,
+                moved_early,
                 slow_after,
                 f.first_gather_us
                     .map_or(format!("not within {RUN_SECONDS}"), |c| format!(
@@ -668,10 +822,11 @@ fn main() {
                 f.false_denials,
                 f.gave_up,
                 f.given_up,
+                f.undecided_recent,
             );
             if std::env::var("SIM_DEBUG").is_ok() {
                 eprintln!(
-                    "  cancelled (reserve, refill, gather, settle, early, scan) {:?}, refills on the request path {}, top-ups by settles {}, borrows {}, isolated reads cancelled or throttled {}",
+                    "  cancelled (reserve, refill, gather, settle, early, scan, top-up, transfer) {:?}, refills on the request path {}, top-ups by settles {}, borrows {}, isolated reads cancelled or throttled {}",
                     f.busy, f.refills, f.top_ups, f.gathers, f.busy_reads
                 );
             }

@@ -877,7 +877,17 @@ pub fn refill_amount(pool_avail: Money, need: Money, limit: Money, shards: u32) 
 /// are gathered on fewer slots as they are borrowed, and later borrows need
 /// fewer givers. `None`: the slots with headroom, as read, do not cover it
 /// together (the totals decide, on an isolated read).
-pub fn borrow(slots: &[Entity], to: &EntityRef, need: Money) -> Option<Vec<EntityWrite>> {
+///
+/// When several slots could cover it alone, `seed` (the request's
+/// [`pick_of`]) chooses among them: requests on many instances read the
+/// same slots, and all asking the one with the most would meet on it — one
+/// transfer wins, the others find its condition failed or its item busy.
+pub fn borrow(
+    slots: &[Entity],
+    to: &EntityRef,
+    need: Money,
+    seed: u32,
+) -> Option<Vec<EntityWrite>> {
     let target = slots.iter().find(|s| &s.entity == to)?;
     let mut missing = need.saturating_sub(headroom(target));
     if missing <= Money::ZERO {
@@ -885,6 +895,11 @@ pub fn borrow(slots: &[Entity], to: &EntityRef, need: Money) -> Option<Vec<Entit
     }
     let mut givers: Vec<&Entity> = slots.iter().filter(|s| &s.entity != to).collect();
     givers.sort_by_key(|s| std::cmp::Reverse(headroom(s)));
+    let alone = givers.iter().take_while(|g| headroom(g) >= missing).count();
+    if alone > 1 {
+        let chosen = seed as usize % alone;
+        givers.swap(0, chosen);
+    }
     let mut writes = Vec::new();
     let mut taken = Money::ZERO;
     for g in givers {

@@ -202,7 +202,8 @@ impl<S: BudgetStore> Authorizer<S> {
         let mut stale = false;
         // Steps of a sharded budget (refills, gatherings) are not failed
         // attempts; they have a bound of their own.
-        let (mut attempt, mut escrow_steps) = (0, 0);
+        let mut attempt = 0;
+        let mut ask: Option<super::escrow::Ask> = None;
         while attempt < MAX_ATTEMPTS {
             if attempt > 0 {
                 retried();
@@ -278,18 +279,21 @@ impl<S: BudgetStore> Authorizer<S> {
                     };
                     let owner = owner.clone();
                     let clock = &self.settings.clock;
+                    // (The estimate is the request's, whatever the chain.)
+                    let ask = ask.get_or_insert(super::escrow::Ask::of(estimate));
+                    ask.estimate = estimate;
                     let step = super::escrow::step(
                         &self.store,
                         &self.ceilings,
                         &owner,
                         &slot,
-                        estimate,
+                        ask,
                         now,
                         clock,
                     );
                     match store_call(step).await? {
-                        Next::Retry if escrow_steps < MAX_ESCROW_STEPS => {
-                            escrow_steps += 1;
+                        Next::Retry if ask.steps < MAX_ESCROW_STEPS => {
+                            ask.steps += 1;
                             attempt -= 1;
                         }
                         Next::Retry | Next::Busy => backoff(attempt).await,

@@ -45,26 +45,100 @@ async fn read_all<S: BudgetStore>(
 /// when full, like the chain cache).
 const CEILINGS: usize = 1024;
 
+/// How often an instance reads every slot of one sharded entity, past
+/// the cap, before it borrows from its last such read instead: DynamoDB
+/// serves an item about 3,000 read units a second, and a read of every
+/// slot costs each slot one (an isolated one two). At 8,000 requests a
+/// second, each reading every slot, no slot could be read; at 10 a second
+/// an instance, ~160 instances make ~1,600 reads of each slot a second.
+/// A burst of [`SCAN_BURST`] lets a quiet instance decide each of a few
+/// requests in a row on its own read.
+pub(super) const SCANS_PER_SECOND: f64 = 10.0;
+/// See [`SCANS_PER_SECOND`].
+pub(super) const SCAN_BURST: f64 = 4.0;
+
+/// What an instance last read of every slot of one sharded entity.
+#[derive(Debug, Clone)]
+struct Seen {
+    ceiling: escrow::Ceiling,
+    /// The slots as read then, with this instance's own borrows since
+    /// applied (a hint: a transfer's conditions are what keep it exact).
+    slots: Vec<Entity>,
+    at: DateTime<Utc>,
+    /// Reads of every slot this instance may still make at `at` (a token
+    /// bucket: [`SCANS_PER_SECOND`], at most [`SCAN_BURST`]).
+    scans: f64,
+}
+
+impl Seen {
+    fn scans_at(&self, now: DateTime<Utc>) -> f64 {
+        let elapsed = (now - self.at)
+            .num_microseconds()
+            .unwrap_or(i64::MAX)
+            .max(0);
+        (self.scans + elapsed as f64 / 1e6 * SCANS_PER_SECOND).min(SCAN_BURST)
+    }
+}
+
 /// Per instance: the last [`escrow::Ceiling`] read of each sharded entity,
 /// so that once its totals are below what requests ask, they are denied on
 /// one read of their own shard instead of a refill attempt and an isolated
 /// read of every slot each — which, at thousands of requests a second
-/// after the cap, DynamoDB would mostly cancel.
+/// after the cap, DynamoDB would mostly cancel; and the slots that read
+/// found, which requests borrow from instead of reading every slot again
+/// once the instance has read them [`SCANS_PER_SECOND`].
 #[derive(Debug, Default)]
-pub(super) struct Ceilings(std::sync::Mutex<std::collections::HashMap<EntityRef, escrow::Ceiling>>);
+pub(super) struct Ceilings(std::sync::Mutex<std::collections::HashMap<EntityRef, Seen>>);
 
 impl Ceilings {
-    fn note(&self, entity: &EntityRef, c: escrow::Ceiling) {
+    /// A read of every slot of `entity` at `at`, and its bound.
+    fn note(
+        &self,
+        entity: &EntityRef,
+        ceiling: escrow::Ceiling,
+        slots: &[Entity],
+        at: DateTime<Utc>,
+    ) {
         if let Ok(mut m) = self.0.lock() {
             if m.len() >= CEILINGS && !m.contains_key(entity) {
                 m.clear();
             }
-            m.insert(entity.clone(), c);
+            let scans = m.get(entity).map_or(SCAN_BURST, |s| s.scans_at(at));
+            let seen = Seen {
+                ceiling,
+                slots: slots.to_vec(),
+                at,
+                scans: (scans - 1.0).max(0.0),
+            };
+            m.insert(entity.clone(), seen);
         }
     }
 
     fn get(&self, entity: &EntityRef) -> Option<escrow::Ceiling> {
-        self.0.lock().ok()?.get(entity).cloned()
+        Some(self.0.lock().ok()?.get(entity)?.ceiling.clone())
+    }
+
+    /// The slots of `entity` as last read, when this instance has read
+    /// them as often as it may ([`SCANS_PER_SECOND`]) by `now`.
+    fn recent(&self, entity: &EntityRef, now: DateTime<Utc>) -> Option<Vec<Entity>> {
+        let m = self.0.lock().ok()?;
+        let seen = m.get(entity)?;
+        (seen.scans_at(now) < 1.0).then(|| seen.slots.clone())
+    }
+
+    /// A transfer this instance sent, applied to what it knows of the
+    /// slots (whether it was written or not: either way the givers hold
+    /// less than read, or others took it first).
+    fn sent(&self, entity: &EntityRef, writes: &[plan::EntityWrite]) {
+        if let Ok(mut m) = self.0.lock() {
+            if let Some(seen) = m.get_mut(entity) {
+                for w in writes {
+                    if let Some(s) = seen.slots.iter_mut().find(|s| s.entity == w.entity) {
+                        plan::apply(&w.changes, s);
+                    }
+                }
+            }
+        }
     }
 
     fn forget(&self, entity: &EntityRef) {
@@ -172,14 +246,42 @@ pub(super) enum Next {
     /// The entity's headroom over all its slots is below the estimate.
     Deny(Box<Denial>),
     /// Near the cap with reservations in flight (what is left may come
-    /// back), and no isolated read of the slots could be had: answer
-    /// `unavailable` now. Trying again at once is what keeps the slots
-    /// busy for everyone's reads.
+    /// back), and no isolated read of the slots could be had, or this
+    /// instance's read of every slot moments ago has nothing left to lend
+    /// (or this request already borrowed from it): answer `unavailable`
+    /// now. Trying again at once is what keeps the slots busy for
+    /// everyone's reads.
     Undecided,
 }
 
-/// One step for a request of `estimate` whose write found `slot` of
-/// sharded `owner` (as known) short, in this order:
+/// What one request has asked of a sharded entity's slots so far.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ask {
+    pub estimate: Money,
+    /// Escrow steps that asked for the write again.
+    pub steps: usize,
+    /// It borrowed from the instance's recent read of every slot (once a
+    /// request: short again after that, it is answered at once).
+    pub on_recent: bool,
+}
+
+impl Ask {
+    pub fn of(estimate: Money) -> Self {
+        Ask {
+            estimate,
+            steps: 0,
+            on_recent: false,
+        }
+    }
+}
+
+/// One step for a request (`ask`) whose write found `slot` of sharded
+/// `owner` (as known) short, in this order:
+/// 0. when this instance last saw the pool short and has read every slot
+///    as often as it may ([`SCANS_PER_SECOND`]), on the request's first
+///    step: borrow from its last read, and if it has nothing to lend (or, on a later step, the
+///    request already borrowed from it) [`Next::Undecided`] — no read. A
+///    request that read the slots itself goes on to 1.;
 /// 1. read the pool and the shard (every slot instead, when this instance
 ///    last saw the pool short) and refill the shard from the pool when the
 ///    pool covers it (one two-item transaction; a shard takes a slice of
@@ -197,10 +299,11 @@ pub(super) async fn step<S: BudgetStore>(
     ceilings: &Ceilings,
     owner: &Entity,
     slot: &EntityRef,
-    estimate: Money,
+    ask: &mut Ask,
     now: DateTime<Utc>,
     clock: &ResetClock,
 ) -> Result<Next, StoreError> {
+    let estimate = ask.estimate;
     // What the shard must hold: a zero estimate still needs room.
     let need = escrow::need(estimate);
     let pool_ref = owner.entity.at(SlotId::Pool);
@@ -215,6 +318,36 @@ pub(super) async fn step<S: BudgetStore>(
                 .iter()
                 .all(|w| w.totals.reset_at.is_none_or(|at| at > now))
     });
+    // A request that read the slots itself goes on from its own reads.
+    let from_recent = ask.steps == 0 || ask.on_recent;
+    if let Some(mut slots) = ceilings
+        .recent(&owner.entity, now)
+        .filter(|_| scan_first && from_recent)
+    {
+        // This instance read every slot moments ago, as often as it may
+        // (and the pool was short): borrow from that read, once a
+        // request, or answer now.
+        // Each giver's part is a condition of the transfer, so a read
+        // this old is as safe as any; the shard itself is known short
+        // (the write said so), whatever that read showed of it.
+        if let Some(own) = slots.iter_mut().find(|s| &s.entity == slot) {
+            for w in &mut own.windows {
+                w.avail = w.avail.min(Money::ZERO);
+            }
+        }
+        let borrow = match ask.on_recent {
+            false => escrow::borrow(&slots, slot, need, rand::random()),
+            true => None,
+        };
+        ask.on_recent = true;
+        return match borrow {
+            Some(writes) if !writes.is_empty() => {
+                ceilings.sent(&owner.entity, &writes);
+                next_after(store, &writes).await
+            }
+            _ => Ok(Next::Undecided),
+        };
+    }
     let refs = match scan_first {
         true => escrow::slot_refs(owner),
         false => vec![pool_ref.clone(), slot.clone()],
@@ -276,7 +409,7 @@ pub(super) async fn step<S: BudgetStore>(
     };
     if let Some(c) = escrow::ceiling(&escrow::config_of(owner), &slots) {
         let denies = c.denies(owner, estimate, now).cloned();
-        ceilings.note(&owner.entity, c);
+        ceilings.note(&owner.entity, c, &slots, now);
         if let Some(w) = denies {
             return Ok(Next::Deny(Box::new(Denial::of(
                 &owner.entity,
@@ -288,7 +421,8 @@ pub(super) async fn step<S: BudgetStore>(
         }
         // (In debt no slot has headroom to give: the shards are at or
         // below zero and what is parked is never lent.)
-        if let Some(writes) = escrow::borrow(&slots, slot, need) {
+        if let Some(writes) = escrow::borrow(&slots, slot, need, rand::random()) {
+            ceilings.sent(&owner.entity, &writes);
             return next_after(store, &writes).await;
         }
     }
@@ -310,7 +444,7 @@ pub(super) async fn step<S: BudgetStore>(
         return Ok(Next::Reread);
     }
     if let Some(c) = escrow::ceiling(&item, &slots) {
-        ceilings.note(&owner.entity, c);
+        ceilings.note(&owner.entity, c, &slots, now);
     }
     let totals = escrow::totals(&item, &slots);
     if let Some(w) = totals.windows.iter().find(|w| w.avail < need) {
@@ -327,9 +461,10 @@ pub(super) async fn step<S: BudgetStore>(
     }
     // Borrow what the shard lacks from the slots with the most headroom
     // (the fewest that cover it: usually one, a two-item transaction).
-    let Some(writes) = escrow::borrow(&slots, slot, need) else {
+    let Some(writes) = escrow::borrow(&slots, slot, need, rand::random()) else {
         return Ok(Next::Retry);
     };
+    ceilings.sent(&owner.entity, &writes);
     next_after(store, &writes).await
 }
 
@@ -416,6 +551,12 @@ mod tests {
 
     pub(crate) fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 28, 15, 0, 0).unwrap()
+    }
+
+    /// `n` seconds after [`now`]: requests far enough apart that each may
+    /// read the slots afresh ([`SCANS_PER_SECOND`]).
+    fn later(n: i64) -> DateTime<Utc> {
+        now() + chrono::Duration::seconds(n)
     }
 
     pub(crate) fn settings() -> Settings {
@@ -528,8 +669,8 @@ mod tests {
             &a.authorize(&key, Money::usd(1), None, now()).await
         ));
         // Exhausted: every shard holds 0, and 0 >= 0 must not admit.
-        for _ in 0..8 {
-            let outcome = a.authorize(&key, Money::ZERO, None, now()).await;
+        for i in 1..=8 {
+            let outcome = a.authorize(&key, Money::ZERO, None, later(i)).await;
             assert!(
                 matches!(outcome, AuthorizeOutcome::Denied(_)),
                 "{outcome:?}"
@@ -584,7 +725,7 @@ mod tests {
             &Ceilings::default(),
             &owner,
             &slot,
-            Money::usd(1),
+            &mut Ask::of(Money::usd(1)),
             now(),
             &clock,
         )
@@ -594,6 +735,74 @@ mod tests {
         // The pool and the shard read, the refill written: nothing else.
         assert_eq!(store.requests() - before, 2);
         assert!(store.entity(&slot).unwrap().windows[0].avail >= Money::usd(1));
+    }
+
+    #[tokio::test]
+    async fn past_the_pool_an_instance_borrows_from_its_recent_read_once_a_request() {
+        let store = MemoryStore::new();
+        hot_team(&store, 2, 1).await;
+        // The whole $1 on shard 0, none in the pool: shard 1 must borrow.
+        let pool = store
+            .entity(&EntityRef::team("t").at(SlotId::Pool))
+            .unwrap();
+        let giver = EntityRef::team("t").at(SlotId::Shard(0));
+        let moved = escrow::transfer(&pool, &giver, Money::usd(1)).unwrap();
+        assert_eq!(store.write_all(&moved).await.unwrap(), PlanWrite::Done);
+        let owner = store.entity(&EntityRef::team("t")).unwrap();
+        let slot = owner.entity.at(SlotId::Shard(1));
+        let (clock, ceilings) = (settings().clock, Ceilings::default());
+        let quarter = Money::from_nanos(250_000_000);
+        let avail = |r: &EntityRef| store.entity(r).unwrap().windows[0].avail;
+        let at = |ms: i64| now() + chrono::Duration::milliseconds(ms);
+        let step_at = |ask: &mut Ask, ms: i64| {
+            let (store, ceilings, owner, slot, clock) = (&store, &ceilings, &owner, &slot, &clock);
+            let mut ask_now = *ask;
+            async move {
+                let next = step(store, ceilings, owner, slot, &mut ask_now, at(ms), clock)
+                    .await
+                    .unwrap();
+                (next, ask_now)
+            }
+        };
+        // A cold instance reads pool and shard, then (the pool short) every
+        // slot, and borrows a quarter from shard 0.
+        let (next, _) = step_at(&mut Ask::of(quarter), 0).await;
+        assert!(matches!(next, Next::Retry), "{next:?}");
+        assert_eq!(avail(&slot), quarter);
+        // Three more reads of every slot at that instant spend the burst.
+        let slots: Vec<Entity> = escrow::slot_refs(&owner)
+            .iter()
+            .map(|r| store.entity(r).unwrap())
+            .collect();
+        let bound = escrow::ceiling(&escrow::config_of(&owner), &slots).unwrap();
+        for _ in 1..SCAN_BURST as usize {
+            ceilings.note(&owner.entity, bound.clone(), &slots, at(0));
+        }
+        // Another request 50 ms later borrows from the last read: the
+        // transfer is its one request, no read.
+        let before = store.requests();
+        let (next, ask) = step_at(&mut Ask::of(quarter), 50).await;
+        assert!(matches!(next, Next::Retry), "{next:?}");
+        assert_eq!(store.requests() - before, 1);
+        let half = Money::from_nanos(500_000_000);
+        assert_eq!((avail(&giver), avail(&slot)), (half, half));
+        // Short again (others took it), the same request is answered
+        // unavailable at once; so is one the read cannot cover, though the
+        // slots together could: never denied on that read.
+        let before = store.requests();
+        let mut again = Ask { steps: 1, ..ask };
+        let (next, _) = step_at(&mut again, 60).await;
+        assert!(matches!(next, Next::Undecided), "{next:?}");
+        let (next, _) = step_at(&mut Ask::of(Money::from_nanos(600_000_000)), 70).await;
+        assert!(matches!(next, Next::Undecided), "{next:?}");
+        assert_eq!(store.requests() - before, 0);
+        // 200 ms on, the instance may read them again: that request does,
+        // and gathers.
+        let (next, _) = step_at(&mut Ask::of(Money::from_nanos(600_000_000)), 200).await;
+        assert!(matches!(next, Next::Retry), "{next:?}");
+        assert!(store.requests() - before > 1);
+        assert!(avail(&slot) >= Money::from_nanos(600_000_000));
+        assert_eq!(avail(&giver).saturating_add(avail(&slot)), Money::usd(1));
     }
 
     #[tokio::test]
@@ -639,11 +848,17 @@ mod tests {
         };
         // In flight, the dollar may come back: denied on the totals, but
         // not early (what is reserved is part of the bound).
-        let denied = a.authorize(&key, Money::usd(1), None, now()).await;
+        let denied = a.authorize(&key, Money::usd(1), None, later(1)).await;
         assert!(matches!(denied, AuthorizeOutcome::Denied(_)), "{denied:?}");
         let before = store.requests();
-        let again = a.authorize(&key, Money::usd(1), None, now()).await;
-        assert_eq!(again, denied);
+        let again = a.authorize(&key, Money::usd(1), None, later(2)).await;
+        let AuthorizeOutcome::Denied(d) = &again else {
+            panic!("{again:?}");
+        };
+        assert_eq!(
+            (d.entity.clone(), d.max),
+            (EntityRef::team("t"), Money::usd(1))
+        );
         assert!(
             store.requests() - before > 1,
             "the full path while in flight"
@@ -653,11 +868,13 @@ mod tests {
         crate::service::settle(&store, &reservation.id, Money::usd(1), now(), &settings())
             .await
             .unwrap();
-        let full = a.authorize(&key, Money::usd(1), None, now()).await;
+        let full = a.authorize(&key, Money::usd(1), None, later(3)).await;
         assert!(matches!(full, AuthorizeOutcome::Denied(_)), "{full:?}");
         let before = store.requests();
         for _ in 0..5 {
-            let early = a.authorize(&key, Money::from_nanos(1), None, now()).await;
+            let early = a
+                .authorize(&key, Money::from_nanos(1), None, later(4))
+                .await;
             let AuthorizeOutcome::Denied(d) = &early else {
                 panic!("{early:?}");
             };
@@ -672,7 +889,7 @@ mod tests {
         // the write path): two reads, one round trip.
         let before = store.requests();
         let early = a
-            .authorize(&key, Money::from_nanos(1), Some("gw-1"), now())
+            .authorize(&key, Money::from_nanos(1), Some("gw-1"), later(5))
             .await;
         assert!(matches!(early, AuthorizeOutcome::Denied(_)), "{early:?}");
         assert_eq!(store.requests() - before, 2);
@@ -685,7 +902,7 @@ mod tests {
             store.update(&team, &raised).await.unwrap(),
             AdminWrite::Done
         );
-        let outcome = a.authorize(&key, Money::usd(1), None, now()).await;
+        let outcome = a.authorize(&key, Money::usd(1), None, later(6)).await;
         assert!(admitted(&outcome), "after the raise: {outcome:?}");
     }
 
@@ -716,12 +933,15 @@ mod tests {
             .unwrap();
         // $10 left in both windows: $8 is admitted, then $2, then nothing.
         let cold = Authorizer::new(store.clone(), settings());
-        for x in [8, 2] {
-            let outcome = cold.authorize(&key, Money::usd(x), None, now()).await;
+        // Each a second apart, so none is answered from the last one's read.
+        for (i, x) in [8, 2].into_iter().enumerate() {
+            let outcome = cold
+                .authorize(&key, Money::usd(x), None, later(i as i64 + 1))
+                .await;
             assert!(admitted(&outcome), "${x}: {outcome:?}");
         }
         let outcome = cold
-            .authorize(&key, Money::from_nanos(1), None, now())
+            .authorize(&key, Money::from_nanos(1), None, later(3))
             .await;
         assert!(
             matches!(outcome, AuthorizeOutcome::Denied(_)),
