@@ -33,11 +33,12 @@
 //!   the isolated read of every slot — deny if the total is short, else
 //!   borrow — read again twice after 1–2 ms and 2–4 ms when cancelled,
 //!   then answered `unavailable`. A read and the transfer it chose are two
-//!   round trips. An instance that has read every slot as often as it may
-//!   (10 a second, a burst of 4: `SCANS_PER_SECOND`) borrows from its last
-//!   read instead of reading again, once a request: with nothing there to
-//!   lend, or short again after that borrow, the request is answered
-//!   `unavailable` at once;
+//!   round trips. A request whose instance has read every slot as often as
+//!   it may (`escrow::ScanBucket`: 10 units a second, a burst of 6; a plain
+//!   read 1, an isolated one 2), and that read none itself, borrows once
+//!   from the instance's last read instead (`escrow::borrow_from_read`):
+//!   with nothing there to lend, or short again after that borrow, it is
+//!   answered `unavailable` at once;
 //! - a settle reads its shard and, when it is low, tops it up from the
 //!   pool (one more transfer, off the request path).
 //!
@@ -78,35 +79,18 @@ const READ_BUCKET: f64 = 300.0;
 /// concurrency ≈ rate × latency), at least 4. Each keeps its own
 /// `escrow::Ceiling` of the team.
 const INSTANCE_SECONDS: f64 = 0.02;
-/// How often an instance reads every slot before it borrows from its last
-/// such read instead (`service::escrow::SCANS_PER_SECOND`, `SCAN_BURST`).
-const SCANS_PER_SECOND: f64 = 10.0;
-const SCAN_BURST: f64 = 4.0;
-
-/// An instance's last read of every slot: when, the reads it may still
-/// make then (a token bucket), and the slots.
-type Snapshot = Option<(u64, f64, Vec<Entity>)>;
-
-fn scans_at(seen: &Snapshot, now: u64) -> f64 {
-    seen.as_ref().map_or(SCAN_BURST, |(at, scans, _)| {
-        (scans + now.saturating_sub(*at) as f64 / 1e6 * SCANS_PER_SECOND).min(SCAN_BURST)
-    })
-}
-
-/// A read of every slot at `now` (`service::escrow::Ceilings::note`).
-fn note(seen: &mut Snapshot, now: u64, all: &[Entity]) {
-    let scans = (scans_at(seen, now) - 1.0).max(0.0);
-    *seen = Some((now, scans, all.to_vec()));
-}
-
-/// A transfer applied to what an instance knows of the slots
-/// (`service::escrow::Ceilings::sent`).
-fn sent(seen: &mut [Entity], writes: &[EntityWrite]) {
-    for w in writes {
-        if let Some(s) = seen.iter_mut().find(|s| s.entity == w.entity) {
-            plan::apply(&w.changes, s);
-        }
+/// A borrow sent: the givers' parts applied to the instance's last read
+/// at once (they hold less, written or not), the taker's returned, to be
+/// applied once written (`service::escrow::lend`).
+fn given(
+    last: &mut Option<Vec<Entity>>,
+    writes: &[EntityWrite],
+    to: &EntityRef,
+) -> Option<EntityWrite> {
+    if let Some(seen) = last.as_mut() {
+        escrow::sent_to(seen, writes.iter().filter(|w| &w.entity != to));
     }
+    writes.iter().find(|w| &w.entity == to).cloned()
 }
 
 /// xorshift64*: the same figures on every run.
@@ -233,8 +217,10 @@ struct Request {
     round_trips: u32,
     attempts: u32,
     escrow_steps: u32,
-    /// It borrowed from its instance's recent read of every slot.
-    on_recent: bool,
+    /// It read every slot itself (`service::escrow::Ask`).
+    read_slots: bool,
+    /// It borrowed from its instance's last read of every slot.
+    borrowed_from_last: bool,
     /// Isolated reads cancelled in a row in this step.
     reads: u32,
     slot: SlotId,
@@ -243,6 +229,9 @@ struct Request {
     /// The transfer the next round trip writes, and what it is (`Refill`
     /// or `Gather`: a borrow).
     pending: Vec<EntityWrite>,
+    /// The taker's part of the borrow in flight: applied to the instance's
+    /// last read once written (`service::escrow::lend`).
+    taking: Option<EntityWrite>,
     moves: Phase,
     /// Transfers written for this request.
     transfers: u32,
@@ -359,7 +348,10 @@ fn run(shards: u32, rate: f64) -> Figures {
     let mut ceilings: Vec<Option<escrow::Ceiling>> = vec![None; instances];
     // Each instance's last read of every slot, and when
     // (`service::escrow::Ceilings`).
-    let mut snapshots: Vec<Snapshot> = vec![None; instances];
+    // Per instance: its last read of every slot (`service::escrow::Ceilings`)
+    // and the reads of every slot it may still make.
+    let mut lasts: Vec<Option<Vec<Entity>>> = vec![None; instances];
+    let mut scans = vec![escrow::ScanBucket::default(); instances];
     let end = RUN_SECONDS * 1_000_000;
     while let Some(Reverse((now, _, id))) = queue.pop() {
         if now > end {
@@ -384,12 +376,14 @@ fn run(shards: u32, rate: f64) -> Figures {
                     round_trips: 1,
                     attempts: 0,
                     escrow_steps: 0,
-                    on_recent: false,
+                    read_slots: false,
+                    borrowed_from_last: false,
                     reads: 0,
                     slot,
                     cost,
                     instance,
                     pending: Vec::new(),
+                    taking: None,
                     moves: Phase::Refill,
                     transfers: 0,
                 },
@@ -535,47 +529,43 @@ fn run(shards: u32, rate: f64) -> Figures {
                 // them as often as it may, its own shard known short
                 // (`service::escrow::step`): no read this time. A request
                 // that read the slots itself goes on from its own reads.
-                let from_recent = r.escrow_steps == 1 || r.on_recent;
-                let may_read = scans_at(&snapshots[r.instance], now) >= 1.0;
-                let recent = snapshots[r.instance]
-                    .as_ref()
-                    .filter(|_| from_recent && !may_read)
-                    .map(|(_, _, all)| {
-                        let mut all = all.clone();
-                        for s in all.iter_mut().filter(|s| s.entity == shard_ref) {
-                            s.windows[0].avail = s.windows[0].avail.min(Money::ZERO);
-                        }
-                        all
-                    });
-                if let Some(all) = recent {
+                let last = match r.read_slots || scans[r.instance].may_read(now as i64) {
+                    true => None,
+                    false => lasts[r.instance].as_ref(),
+                };
+                if let Some(last) = last {
                     // One borrow a request from that read; a request short
                     // again after it is answered at once.
-                    let borrow = match r.on_recent {
+                    let borrow = match r.borrowed_from_last {
                         true => None,
-                        false => escrow::borrow(&all, &shard_ref, need, rng.next() as u32),
+                        false => {
+                            escrow::borrow_from_read(last, &shard_ref, need, rng.next() as u32)
+                        }
                     };
-                    r.on_recent = true;
+                    r.borrowed_from_last = true;
                     match borrow {
-                        Some(writes) if !writes.is_empty() => {
-                            if let Some((_, _, seen)) = snapshots[r.instance].as_mut() {
-                                sent(seen, &writes);
-                            }
+                        Some(writes) => {
+                            r.taking = given(&mut lasts[r.instance], &writes, &shard_ref);
                             // This round trip is the transfer.
                             r.phase = Phase::Transfer;
                             r.moves = Phase::Gather;
                             table.transact(&writes, now)
                         }
-                        _ => {
+                        None => {
                             // `Next::Undecided`: answered `unavailable` at once.
                             f.gave_up += 1;
                             f.undecided_recent += 1;
-                            if total_avail(&table) >= estimate {
+                            if total_avail(&table) >= need {
                                 f.given_up += 1;
                             }
                             continue;
                         }
                     }
-                } else if !table.read(&refs, 1.0, now) {
+                } else if {
+                    scans[r.instance].take(now as i64, 1);
+                    r.read_slots = true;
+                    !table.read(&refs, 1.0, now)
+                } {
                     Outcome::Busy
                 } else {
                     let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
@@ -583,9 +573,12 @@ fn run(shards: u32, rate: f64) -> Figures {
                     if escrow::headroom(&table.get(&shard_ref)) >= need {
                         Outcome::Done
                     } else if escrow::headroom(&pool) >= need {
-                        let x =
-                            escrow::refill_amount(escrow::headroom(&pool), estimate, max, shards)
-                                .expect("covered");
+                        // The pool has headroom again: its last read no
+                        // longer stands (`Ceilings::forget`).
+                        ceilings[r.instance] = None;
+                        lasts[r.instance] = None;
+                        let x = escrow::refill_amount(escrow::headroom(&pool), need, max, shards)
+                            .expect("covered");
                         r.pending = escrow::refill(&pool, &shard_ref, x)
                             .expect("covered")
                             .to_vec();
@@ -597,7 +590,7 @@ fn run(shards: u32, rate: f64) -> Figures {
                             .as_ref()
                             .is_some_and(|c| c.denies(&e, estimate, t0).is_some());
                         if c.is_some() {
-                            note(&mut snapshots[r.instance], now, &all);
+                            lasts[r.instance] = Some(all.clone());
                         }
                         ceilings[r.instance] = c;
                         if denies {
@@ -610,9 +603,7 @@ fn run(shards: u32, rate: f64) -> Figures {
                         }
                         match escrow::borrow(&all, &shard_ref, need, rng.next() as u32) {
                             Some(writes) => {
-                                if let Some((_, _, seen)) = snapshots[r.instance].as_mut() {
-                                    sent(seen, &writes);
-                                }
+                                r.taking = given(&mut lasts[r.instance], &writes, &shard_ref);
                                 r.pending = writes;
                                 r.moves = Phase::Gather;
                                 Outcome::Done
@@ -629,9 +620,15 @@ fn run(shards: u32, rate: f64) -> Figures {
                 }
             }
             Phase::Gather => {
+                let need = escrow::need(estimate);
                 // DynamoDB cancels the isolated read while any slot is in
                 // a transaction: read again twice after 1–2 ms, 2–4 ms
                 // (`service::escrow`'s read_all), then a busy attempt.
+                if r.reads == 0 {
+                    // One isolated read, its retries included, costs 2.
+                    scans[r.instance].take(now as i64, 2);
+                    r.read_slots = true;
+                }
                 if table.any_busy(&refs, now) || !table.read(&refs, 2.0, now) {
                     f.busy_reads += 1;
                     if r.reads < 2 {
@@ -645,7 +642,7 @@ fn run(shards: u32, rate: f64) -> Figures {
                     }
                     // `Next::Undecided`: answered `unavailable` at once.
                     f.gave_up += 1;
-                    if total_avail(&table) >= estimate {
+                    if total_avail(&table) >= need {
                         f.given_up += 1;
                     }
                     continue;
@@ -654,19 +651,17 @@ fn run(shards: u32, rate: f64) -> Figures {
                     let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
                     if let Some(c) = escrow::ceiling(&e, &all) {
                         ceilings[r.instance] = Some(c);
-                        note(&mut snapshots[r.instance], now, &all);
+                        lasts[r.instance] = Some(all.clone());
                     }
                     let total = escrow::totals(&e, &all).windows[0].avail;
-                    if total < escrow::need(estimate) {
+                    if total < need {
                         f.denied += 1;
                         f.cap_us.get_or_insert(now);
                         continue;
                     }
-                    let writes = escrow::borrow(&all, &shard_ref, estimate, rng.next() as u32)
-                        .expect("covered");
-                    if let Some((_, _, seen)) = snapshots[r.instance].as_mut() {
-                        sent(seen, &writes);
-                    }
+                    let writes =
+                        escrow::borrow(&all, &shard_ref, need, rng.next() as u32).expect("covered");
+                    r.taking = given(&mut lasts[r.instance], &writes, &shard_ref);
                     r.pending = writes;
                     r.moves = Phase::Gather;
                     Outcome::Done
@@ -708,6 +703,9 @@ fn run(shards: u32, rate: f64) -> Figures {
             }
             (Phase::Transfer, Outcome::Done) => {
                 r.transfers += 1;
+                if let (Some(seen), Some(w)) = (lasts[r.instance].as_mut(), r.taking.take()) {
+                    escrow::sent_to(seen, [&w]);
+                }
                 if r.moves == Phase::Refill {
                     f.refills += 1;
                 } else {
@@ -717,11 +715,15 @@ fn run(shards: u32, rate: f64) -> Figures {
             }
             (Phase::Transfer, Outcome::Busy) => {
                 // `next_after`: back off, then write the reservation again.
+                r.taking = None;
                 r.attempts += 1;
                 f.busy[Phase::Transfer as usize] += 1;
                 r.phase = Phase::Reserve;
             }
-            (_, Outcome::Refused) => r.phase = Phase::Reserve,
+            (_, Outcome::Refused) => {
+                r.taking = None;
+                r.phase = Phase::Reserve;
+            }
             (Phase::Early, Outcome::Busy) => {
                 r.attempts += 1;
                 f.busy[Phase::Early as usize] += 1;
@@ -758,7 +760,7 @@ fn run(shards: u32, rate: f64) -> Figures {
 
 fn main() {
     println!("one team, one lifetime window of 20 s of the offered load ($0.0075 a request); {RUN_SECONDS} s simulated");
-    println!("| shards | offered/s | admitted/s (steady) | round trips per admitted | cancelled attempts per admitted | admitted after >1 round trip before the budget ran out: conflicts only / a transfer (of them > 2 s before) / after it ran out | budget used up at (s) | spent + reserved at the end ≤ limit | denied budget_exceeded (of them on one read) | denials a single exact counter would not have made | unavailable (of them while the total covered it; at once on the instance's recent read) |");
+    println!("| shards | offered/s | admitted/s (steady) | round trips per admitted | cancelled attempts per admitted | admitted after >1 round trip before the pool ran short: conflicts only / a transfer (of them > 2 s before) / after it ran short | pool short / first denial at (s) | spent + reserved at the end ≤ limit | denied budget_exceeded (of them on one read) | denials a single exact counter would not have made | unavailable (of them while the total covered it; at once on the instance's recent read) |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // SIM_SHARDS=64 SIM_RATES=8000: one row (all by default).
     let pick = |name: &str, all: &[f64]| -> Vec<f64> {
@@ -770,9 +772,11 @@ fn main() {
         let shards = shards as u32;
         for rate in pick("SIM_RATES", &[1_000.0, 2_500.0, 5_000.0, 8_000.0]) {
             let f = run(shards, rate);
-            // The budget is used up when the pool is first short of one
-            // request (the headroom left is then under a cent); steady
-            // throughput is measured from 2 s to 1 s before that.
+            // The pool is first short of one request when the last
+            // sixteenth of the budget is left, spread over the shards (the
+            // last seconds of the budget); steady throughput is measured
+            // from 2 s to 1 s before that. The cap is the first denial
+            // (never a false one: the column says so).
             let out = f.first_gather_us.unwrap_or(RUN_SECONDS * 1_000_000);
             let (from, to) = (2_000_000u64, out.saturating_sub(1_000_000).max(2_000_001));
             let steady = f
@@ -802,11 +806,12 @@ fn main() {
                 moved_before,
                 moved_early,
                 slow_after,
-                f.first_gather_us
-                    .map_or(format!("not within {RUN_SECONDS}"), |c| format!(
+                [f.first_gather_us, f.cap_us]
+                    .map(|t| t.map_or(format!("not within {RUN_SECONDS}"), |c| format!(
                         "{:.2}",
                         c as f64 / 1e6
-                    )),
+                    )))
+                    .join(" / "),
                 spent,
                 reserved,
                 spent.saturating_add(reserved),

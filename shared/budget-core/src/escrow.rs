@@ -878,10 +878,11 @@ pub fn refill_amount(pool_avail: Money, need: Money, limit: Money, shards: u32) 
 /// fewer givers. `None`: the slots with headroom, as read, do not cover it
 /// together (the totals decide, on an isolated read).
 ///
-/// When several slots could cover it alone, `seed` (the request's
-/// [`pick_of`]) chooses among them: requests on many instances read the
-/// same slots, and all asking the one with the most would meet on it — one
-/// transfer wins, the others find its condition failed or its item busy.
+/// When several slots could cover it alone, `seed` (random, per request)
+/// chooses among them instead of the one with the most: requests on many
+/// instances read the same slots, and all asking the same giver would meet
+/// on it — one transfer wins, the others find its condition failed or its
+/// item busy.
 pub fn borrow(
     slots: &[Entity],
     to: &EntityRef,
@@ -926,6 +927,88 @@ pub fn headroom(slot: &Entity) -> Money {
         .map(|w| w.avail)
         .min()
         .unwrap_or(Money::ZERO)
+}
+
+/// Past the pool, how often an authorizer instance reads every slot of one
+/// sharded entity: one read every `MICROS_PER_SCAN` (10 a second), a burst
+/// of [`SCAN_BURST`]; a plain read costs 1, an isolated one 2 (what each
+/// costs every slot in read units). DynamoDB serves an item about 3,000
+/// read units a second: at 8,000 requests a second, each reading all the
+/// slots, no slot could be read; at 10 units a second per instance, ~160
+/// instances ask ~1,600 of each slot. Past it, a request borrows from the
+/// instance's last read instead ([`borrow_from_read`]).
+pub const MICROS_PER_SCAN: i64 = 100_000;
+/// See [`MICROS_PER_SCAN`]: enough for a quiet instance to decide two
+/// requests in a row on its own reads (a plain and an isolated one each).
+pub const SCAN_BURST: i64 = 6;
+
+/// The reads of every slot one instance may still make ([`MICROS_PER_SCAN`]):
+/// a token bucket kept as the time it would be empty (GCRA), in
+/// microseconds of any clock that does not go back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanBucket {
+    empty_at_us: i64,
+}
+
+impl Default for ScanBucket {
+    /// Full.
+    fn default() -> Self {
+        ScanBucket {
+            empty_at_us: i64::MIN,
+        }
+    }
+}
+
+impl ScanBucket {
+    /// Whether a read of every slot may be made at `now_us`.
+    pub fn may_read(&self, now_us: i64) -> bool {
+        self.empty_at_us.max(now_us).saturating_sub(now_us)
+            <= (SCAN_BURST - 1).saturating_mul(MICROS_PER_SCAN)
+    }
+
+    /// A read of every slot made at `now_us`, costing `units` (1 plain, 2
+    /// isolated); never more than a full bucket's worth behind.
+    pub fn take(&mut self, now_us: i64, units: i64) {
+        let most = now_us.saturating_add(SCAN_BURST.saturating_mul(MICROS_PER_SCAN));
+        self.empty_at_us = self
+            .empty_at_us
+            .max(now_us)
+            .saturating_add(units.saturating_mul(MICROS_PER_SCAN))
+            .min(most);
+    }
+}
+
+/// The writes of a transfer an instance sent, applied to its read of the
+/// slots (the caller passes the givers' whether it was written or not:
+/// either way they hold less than read, or others took it first; the
+/// taker's only when it was written).
+pub fn sent_to<'w>(slots: &mut [Entity], writes: impl IntoIterator<Item = &'w EntityWrite>) {
+    for w in writes {
+        if let Some(s) = slots.iter_mut().find(|s| s.entity == w.entity) {
+            crate::plan::apply(&w.changes, s);
+        }
+    }
+}
+
+/// What a request whose shard `to` is short borrows from an instance's
+/// last read of every slot ([`borrow`] with `to` taken as holding nothing:
+/// its write said it is short, whatever that read showed). Each giver's
+/// part is a condition of the transfer, so a read this old is as safe as
+/// any. `None`: that read has nothing to lend.
+pub fn borrow_from_read(
+    read: &[Entity],
+    to: &EntityRef,
+    need: Money,
+    seed: u32,
+) -> Option<Vec<EntityWrite>> {
+    let mut slots = read.to_vec();
+    if let Some(own) = slots.iter_mut().find(|s| &s.entity == to) {
+        for w in &mut own.windows {
+            w.avail = w.avail.min(Money::ZERO);
+        }
+    }
+    // (With `to` at zero and `need` above it, a borrow is never empty.)
+    borrow(&slots, to, need, seed)
 }
 
 // ---- policy: shrinking idle shards back into the pool ----
@@ -1087,6 +1170,82 @@ mod tests {
         let (_, create) = admin_change(&old, &e, &[]);
         e.version += 1;
         (e, create)
+    }
+
+    #[test]
+    fn an_instance_reads_every_slot_a_burst_then_ten_times_a_second() {
+        let mut b = ScanBucket::default();
+        let t = 5_000_000_i64;
+        let mut reads = 0;
+        while b.may_read(t) {
+            b.take(t, 1);
+            reads += 1;
+        }
+        assert_eq!(reads, SCAN_BURST);
+        assert!(!b.may_read(t + MICROS_PER_SCAN - 1));
+        assert!(b.may_read(t + MICROS_PER_SCAN));
+        // An isolated read costs two.
+        let mut two = ScanBucket::default();
+        two.take(t, 2);
+        let mut reads = 0;
+        while two.may_read(t) {
+            two.take(t, 1);
+            reads += 1;
+        }
+        assert_eq!(reads, SCAN_BURST - 2);
+        // Never further behind than a full bucket, whatever is taken; a
+        // clock that goes back, or the ends of time, neither panic nor
+        // open it.
+        b.take(t, i64::MAX);
+        assert!(!b.may_read(t));
+        assert!(b.may_read(t + (SCAN_BURST + 1) * MICROS_PER_SCAN));
+        assert!(!b.may_read(t - 1_000_000));
+        let mut edge = ScanBucket::default();
+        edge.take(i64::MAX, 1);
+        edge.take(i64::MIN, 3);
+        assert!(!edge.may_read(i64::MIN));
+        assert!(ScanBucket::default().may_read(i64::MIN));
+    }
+
+    #[test]
+    fn a_borrow_from_an_old_read_takes_the_shard_as_empty_and_picks_a_giver_by_seed() {
+        let (e, mut slots) = team(4, 4);
+        // $1 on each shard, the pool empty.
+        for k in 0..4 {
+            let to = e.entity.at(SlotId::Shard(k));
+            let pool = slots
+                .iter()
+                .find(|s| s.entity.slot == Some(SlotId::Pool))
+                .unwrap()
+                .clone();
+            assert!(run(
+                &mut slots,
+                &transfer(&pool, &to, Money::usd(1)).unwrap()
+            ));
+        }
+        // Shard 0's write said it is short: its dollar as read is not
+        // counted, it takes all of `need` from one giver.
+        let to = e.entity.at(SlotId::Shard(0));
+        let need = Money::from_nanos(500_000_000);
+        let mut givers = std::collections::BTreeSet::new();
+        for seed in 0..3 {
+            let writes = borrow_from_read(&slots, &to, need, seed).expect("lent");
+            assert_eq!(writes.len(), 2);
+            let mut after = slots.clone();
+            assert!(run(&mut after, &writes));
+            let own = after.iter().find(|s| s.entity == to).unwrap();
+            assert_eq!(own.windows[0].avail, Money::usd(1).saturating_add(need));
+            givers.insert(writes[0].entity.clone());
+        }
+        assert_eq!(givers.len(), 3, "each seed its own giver: {givers:?}");
+        // $3 is gathered from three givers; $4 is not there to lend.
+        assert_eq!(
+            borrow_from_read(&slots, &to, Money::usd(3), 0)
+                .unwrap()
+                .len(),
+            4
+        );
+        assert!(borrow_from_read(&slots, &to, Money::usd(4), 0).is_none());
     }
 
     /// Runs `writes` as one transaction: all guards hold, then all apply.

@@ -203,7 +203,8 @@ impl<S: BudgetStore> Authorizer<S> {
         // Steps of a sharded budget (refills, gatherings) are not failed
         // attempts; they have a bound of their own.
         let mut attempt = 0;
-        let mut ask: Option<super::escrow::Ask> = None;
+        // One per sharded owner found short (a user and a team may both be).
+        let mut asks: Vec<(EntityRef, super::escrow::Ask)> = Vec::new();
         while attempt < MAX_ATTEMPTS {
             if attempt > 0 {
                 retried();
@@ -279,15 +280,20 @@ impl<S: BudgetStore> Authorizer<S> {
                     };
                     let owner = owner.clone();
                     let clock = &self.settings.clock;
-                    // (The estimate is the request's, whatever the chain.)
-                    let ask = ask.get_or_insert(super::escrow::Ask::of(estimate));
-                    ask.estimate = estimate;
+                    let at = match asks.iter().position(|(e, _)| e == &owner.entity) {
+                        Some(at) => at,
+                        None => {
+                            asks.push((owner.entity.clone(), Default::default()));
+                            asks.len() - 1
+                        }
+                    };
+                    let ask = &mut asks[at].1;
                     let step = super::escrow::step(
                         &self.store,
                         &self.ceilings,
                         &owner,
                         &slot,
-                        ask,
+                        (estimate, &mut *ask),
                         now,
                         clock,
                     );

@@ -41,109 +41,98 @@ async fn read_all<S: BudgetStore>(
     Ok(None)
 }
 
-/// The most entities an instance keeps a [`escrow::Ceiling`] of (cleared
-/// when full, like the chain cache).
-const CEILINGS: usize = 1024;
+/// The most sharded entities an instance keeps a read of (cleared when
+/// full, like the chain cache): each holds its slots as read, up to 65
+/// items.
+const CEILINGS: usize = 256;
 
-/// How often an instance reads every slot of one sharded entity, past
-/// the cap, before it borrows from its last such read instead: DynamoDB
-/// serves an item about 3,000 read units a second, and a read of every
-/// slot costs each slot one (an isolated one two). At 8,000 requests a
-/// second, each reading every slot, no slot could be read; at 10 a second
-/// an instance, ~160 instances make ~1,600 reads of each slot a second.
-/// A burst of [`SCAN_BURST`] lets a quiet instance decide each of a few
-/// requests in a row on its own read.
-pub(super) const SCANS_PER_SECOND: f64 = 10.0;
-/// See [`SCANS_PER_SECOND`].
-pub(super) const SCAN_BURST: f64 = 4.0;
-
-/// What an instance last read of every slot of one sharded entity.
-#[derive(Debug, Clone)]
+/// What an instance knows of one sharded entity past its pool.
+#[derive(Debug, Clone, Default)]
 struct Seen {
-    ceiling: escrow::Ceiling,
-    /// The slots as read then, with this instance's own borrows since
-    /// applied (a hint: a transfer's conditions are what keep it exact).
-    slots: Vec<Entity>,
-    at: DateTime<Utc>,
-    /// Reads of every slot this instance may still make at `at` (a token
-    /// bucket: [`SCANS_PER_SECOND`], at most [`SCAN_BURST`]).
-    scans: f64,
+    /// Its last read of every slot, when it still stands.
+    last: Option<LastRead>,
+    /// The reads of every slot it may still make ([`escrow::ScanBucket`]).
+    scans: escrow::ScanBucket,
 }
 
-impl Seen {
-    fn scans_at(&self, now: DateTime<Utc>) -> f64 {
-        let elapsed = (now - self.at)
-            .num_microseconds()
-            .unwrap_or(i64::MAX)
-            .max(0);
-        (self.scans + elapsed as f64 / 1e6 * SCANS_PER_SECOND).min(SCAN_BURST)
-    }
+#[derive(Debug, Clone)]
+struct LastRead {
+    ceiling: escrow::Ceiling,
+    /// The slots as read, with this instance's own transfers since
+    /// applied (a hint: a transfer's conditions are what keep it exact).
+    slots: Vec<Entity>,
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
 }
 
 /// Per instance: the last [`escrow::Ceiling`] read of each sharded entity,
 /// so that once its totals are below what requests ask, they are denied on
 /// one read of their own shard instead of a refill attempt and an isolated
 /// read of every slot each — which, at thousands of requests a second
-/// after the cap, DynamoDB would mostly cancel; and the slots that read
-/// found, which requests borrow from instead of reading every slot again
-/// once the instance has read them [`SCANS_PER_SECOND`].
+/// after the cap, DynamoDB would mostly cancel; the slots that read found,
+/// which requests borrow from instead of reading every slot again once
+/// the instance has read them as often as [`escrow::MICROS_PER_SCAN`]
+/// allows; and that allowance.
 #[derive(Debug, Default)]
 pub(super) struct Ceilings(std::sync::Mutex<std::collections::HashMap<EntityRef, Seen>>);
 
 impl Ceilings {
-    /// A read of every slot of `entity` at `at`, and its bound.
-    fn note(
-        &self,
-        entity: &EntityRef,
-        ceiling: escrow::Ceiling,
-        slots: &[Entity],
-        at: DateTime<Utc>,
-    ) {
-        if let Ok(mut m) = self.0.lock() {
-            if m.len() >= CEILINGS && !m.contains_key(entity) {
-                m.clear();
-            }
-            let scans = m.get(entity).map_or(SCAN_BURST, |s| s.scans_at(at));
-            let seen = Seen {
-                ceiling,
-                slots: slots.to_vec(),
-                at,
-                scans: (scans - 1.0).max(0.0),
-            };
-            m.insert(entity.clone(), seen);
+    fn with<T>(&self, entity: &EntityRef, f: impl FnOnce(&mut Seen) -> T) -> Option<T> {
+        let mut m = self.0.lock().ok()?;
+        if m.len() >= CEILINGS && !m.contains_key(entity) {
+            m.clear();
         }
+        Some(f(m.entry(entity.clone()).or_default()))
+    }
+
+    /// A read of every slot of `entity` is being made at `at`, costing
+    /// `units` of the instance's allowance (1 plain, 2 isolated).
+    fn scanning(&self, entity: &EntityRef, at: DateTime<Utc>, units: i64) {
+        self.with(entity, |s| s.scans.take(micros(at), units));
+    }
+
+    /// What that read found: its bound and the slots.
+    fn note(&self, entity: &EntityRef, ceiling: escrow::Ceiling, slots: &[Entity]) {
+        let slots = slots.to_vec();
+        self.with(entity, |s| s.last = Some(LastRead { ceiling, slots }));
     }
 
     fn get(&self, entity: &EntityRef) -> Option<escrow::Ceiling> {
-        Some(self.0.lock().ok()?.get(entity)?.ceiling.clone())
+        let m = self.0.lock().ok()?;
+        Some(m.get(entity)?.last.as_ref()?.ceiling.clone())
     }
 
-    /// The slots of `entity` as last read, when this instance has read
-    /// them as often as it may ([`SCANS_PER_SECOND`]) by `now`.
-    fn recent(&self, entity: &EntityRef, now: DateTime<Utc>) -> Option<Vec<Entity>> {
+    /// The slots of `entity` as this instance last read them, only when it
+    /// may not read them again at `now` (its allowance is spent): the read
+    /// to borrow from instead. `None`: read them.
+    fn instead_of_reading(&self, entity: &EntityRef, now: DateTime<Utc>) -> Option<Vec<Entity>> {
         let m = self.0.lock().ok()?;
         let seen = m.get(entity)?;
-        (seen.scans_at(now) < 1.0).then(|| seen.slots.clone())
+        match seen.scans.may_read(micros(now)) {
+            true => None,
+            false => Some(seen.last.as_ref()?.slots.clone()),
+        }
     }
 
-    /// A transfer this instance sent, applied to what it knows of the
-    /// slots (whether it was written or not: either way the givers hold
-    /// less than read, or others took it first).
-    fn sent(&self, entity: &EntityRef, writes: &[plan::EntityWrite]) {
+    /// The parts of a transfer this instance sent that stand, applied to
+    /// its last read.
+    fn sent<'w>(&self, entity: &EntityRef, writes: impl Iterator<Item = &'w plan::EntityWrite>) {
         if let Ok(mut m) = self.0.lock() {
-            if let Some(seen) = m.get_mut(entity) {
-                for w in writes {
-                    if let Some(s) = seen.slots.iter_mut().find(|s| s.entity == w.entity) {
-                        plan::apply(&w.changes, s);
-                    }
-                }
+            if let Some(last) = m.get_mut(entity).and_then(|s| s.last.as_mut()) {
+                escrow::sent_to(&mut last.slots, writes);
             }
         }
     }
 
+    /// The pool has headroom again: the last read no longer stands (the
+    /// allowance does).
     fn forget(&self, entity: &EntityRef) {
         if let Ok(mut m) = self.0.lock() {
-            m.remove(entity);
+            if let Some(s) = m.get_mut(entity) {
+                s.last = None;
+            }
         }
     }
 }
@@ -254,34 +243,27 @@ pub(super) enum Next {
     Undecided,
 }
 
-/// What one request has asked of a sharded entity's slots so far.
-#[derive(Debug, Clone, Copy)]
+/// What one request has done on one sharded entity's slots so far (a
+/// request keeps one per sharded owner).
+#[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Ask {
-    pub estimate: Money,
     /// Escrow steps that asked for the write again.
     pub steps: usize,
-    /// It borrowed from the instance's recent read of every slot (once a
-    /// request: short again after that, it is answered at once).
-    pub on_recent: bool,
+    /// It read every slot itself: it goes on from its own reads.
+    pub read_slots: bool,
+    /// It borrowed from the instance's last read of every slot: short again
+    /// after that, it is answered at once.
+    pub borrowed_from_last: bool,
 }
 
-impl Ask {
-    pub fn of(estimate: Money) -> Self {
-        Ask {
-            estimate,
-            steps: 0,
-            on_recent: false,
-        }
-    }
-}
-
-/// One step for a request (`ask`) whose write found `slot` of sharded
-/// `owner` (as known) short, in this order:
-/// 0. when this instance last saw the pool short and has read every slot
-///    as often as it may ([`SCANS_PER_SECOND`]), on the request's first
-///    step: borrow from its last read, and if it has nothing to lend (or, on a later step, the
-///    request already borrowed from it) [`Next::Undecided`] — no read. A
-///    request that read the slots itself goes on to 1.;
+/// One step for a request of `estimate` whose write found `slot` of
+/// sharded `owner` (as known) short (`ask`: its earlier steps on
+/// `owner`), in this order:
+/// 0. when this instance last saw the pool short and may not read every
+///    slot again yet ([`escrow::MICROS_PER_SCAN`]), and the request read
+///    none itself: borrow once from the instance's last read; when that
+///    read has nothing to lend, or the request already borrowed from it,
+///    [`Next::Undecided`] — no read;
 /// 1. read the pool and the shard (every slot instead, when this instance
 ///    last saw the pool short) and refill the shard from the pool when the
 ///    pool covers it (one two-item transaction; a shard takes a slice of
@@ -289,7 +271,7 @@ impl Ask {
 ///    budget's life);
 /// 2. near the cap, a plain read of every slot: deny when its bound
 ///    ([`escrow::Ceiling`]: `max − Σ spent`) is below the estimate, else
-///    borrow what the shard lacks from the slots with the most headroom;
+///    borrow what the shard lacks ([`escrow::borrow`]);
 /// 3. else one isolated read of the entity and every slot: deny when the
 ///    totals are below the estimate, re-place everything when a slot owes
 ///    ([`escrow::regather`]), or borrow; [`Next::Undecided`] when that read
@@ -299,11 +281,10 @@ pub(super) async fn step<S: BudgetStore>(
     ceilings: &Ceilings,
     owner: &Entity,
     slot: &EntityRef,
-    ask: &mut Ask,
+    (estimate, ask): (Money, &mut Ask),
     now: DateTime<Utc>,
     clock: &ResetClock,
 ) -> Result<Next, StoreError> {
-    let estimate = ask.estimate;
     // What the shard must hold: a zero estimate still needs room.
     let need = escrow::need(estimate);
     let pool_ref = owner.entity.at(SlotId::Pool);
@@ -318,40 +299,38 @@ pub(super) async fn step<S: BudgetStore>(
                 .iter()
                 .all(|w| w.totals.reset_at.is_none_or(|at| at > now))
     });
-    // A request that read the slots itself goes on from its own reads.
-    let from_recent = ask.steps == 0 || ask.on_recent;
-    if let Some(mut slots) = ceilings
-        .recent(&owner.entity, now)
-        .filter(|_| scan_first && from_recent)
-    {
-        // This instance read every slot moments ago, as often as it may
-        // (and the pool was short): borrow from that read, once a
-        // request, or answer now.
-        // Each giver's part is a condition of the transfer, so a read
-        // this old is as safe as any; the shard itself is known short
-        // (the write said so), whatever that read showed of it.
-        if let Some(own) = slots.iter_mut().find(|s| &s.entity == slot) {
-            for w in &mut own.windows {
-                w.avail = w.avail.min(Money::ZERO);
-            }
-        }
-        let borrow = match ask.on_recent {
-            false => escrow::borrow(&slots, slot, need, rand::random()),
+    let last = match scan_first && !ask.read_slots {
+        true => ceilings.instead_of_reading(&owner.entity, now),
+        false => None,
+    };
+    if let Some(last) = last {
+        // This instance read every slot moments ago, as often as it may,
+        // and the pool was short: borrow from that read, once a request,
+        // or answer now.
+        let borrow = match ask.borrowed_from_last {
+            false => escrow::borrow_from_read(&last, slot, need, rand::random()),
             true => None,
         };
-        ask.on_recent = true;
-        return match borrow {
-            Some(writes) if !writes.is_empty() => {
-                ceilings.sent(&owner.entity, &writes);
-                next_after(store, &writes).await
-            }
-            _ => Ok(Next::Undecided),
+        ask.borrowed_from_last = true;
+        let Some(mut writes) = borrow else {
+            return Ok(Next::Undecided);
         };
+        // That read may be from before an admin change this request's
+        // chain does not know of yet (its write fails on the version as on
+        // headroom): nothing moves into a shard of another configuration.
+        for w in &mut writes {
+            w.guards.push(plan::Guard::Version(owner.version));
+        }
+        return lend(store, ceilings, &owner.entity, slot, &writes).await;
     }
     let refs = match scan_first {
         true => escrow::slot_refs(owner),
         false => vec![pool_ref.clone(), slot.clone()],
     };
+    if scan_first {
+        ceilings.scanning(&owner.entity, now, 1);
+        ask.read_slots = true;
+    }
     let read = store.load_many(&refs).await?;
     let (Some(pool), Some(shard)) = (
         read.iter().find(|s| s.entity == pool_ref),
@@ -405,11 +384,15 @@ pub(super) async fn step<S: BudgetStore>(
     // transfer, so any read will do).
     let slots = match scan_first {
         true => read,
-        false => store.load_many(&escrow::slot_refs(owner)).await?,
+        false => {
+            ceilings.scanning(&owner.entity, now, 1);
+            ask.read_slots = true;
+            store.load_many(&escrow::slot_refs(owner)).await?
+        }
     };
     if let Some(c) = escrow::ceiling(&escrow::config_of(owner), &slots) {
         let denies = c.denies(owner, estimate, now).cloned();
-        ceilings.note(&owner.entity, c, &slots, now);
+        ceilings.note(&owner.entity, c, &slots);
         if let Some(w) = denies {
             return Ok(Next::Deny(Box::new(Denial::of(
                 &owner.entity,
@@ -422,8 +405,7 @@ pub(super) async fn step<S: BudgetStore>(
         // (In debt no slot has headroom to give: the shards are at or
         // below zero and what is parked is never lent.)
         if let Some(writes) = escrow::borrow(&slots, slot, need, rand::random()) {
-            ceilings.sent(&owner.entity, &writes);
-            return next_after(store, &writes).await;
+            return lend(store, ceilings, &owner.entity, slot, &writes).await;
         }
     }
     // Then the totals decide, from one isolated read of all slots and the
@@ -432,6 +414,7 @@ pub(super) async fn step<S: BudgetStore>(
     let refs: Vec<EntityRef> = std::iter::once(owner.entity.clone())
         .chain(escrow::slot_refs(owner))
         .collect();
+    ceilings.scanning(&owner.entity, now, 2);
     let Some(mut read) = read_all(store, &refs).await? else {
         return Ok(Next::Undecided);
     };
@@ -444,7 +427,7 @@ pub(super) async fn step<S: BudgetStore>(
         return Ok(Next::Reread);
     }
     if let Some(c) = escrow::ceiling(&item, &slots) {
-        ceilings.note(&owner.entity, c, &slots, now);
+        ceilings.note(&owner.entity, c, &slots);
     }
     let totals = escrow::totals(&item, &slots);
     if let Some(w) = totals.windows.iter().find(|w| w.avail < need) {
@@ -459,13 +442,30 @@ pub(super) async fn step<S: BudgetStore>(
     if !again.is_empty() {
         return next_after(store, &again).await;
     }
-    // Borrow what the shard lacks from the slots with the most headroom
-    // (the fewest that cover it: usually one, a two-item transaction).
+    // Borrow what the shard lacks (the fewest slots that cover it:
+    // usually one, a two-item transaction).
     let Some(writes) = escrow::borrow(&slots, slot, need, rand::random()) else {
         return Ok(Next::Retry);
     };
-    ceilings.sent(&owner.entity, &writes);
-    next_after(store, &writes).await
+    lend(store, ceilings, &owner.entity, slot, &writes).await
+}
+
+/// A borrow into `slot`, written, and applied to this instance's last read
+/// of `owner`'s slots: the givers hold less whether it was written or not
+/// (others took it first); `slot` holds more only if it was.
+async fn lend<S: BudgetStore>(
+    store: &S,
+    ceilings: &Ceilings,
+    owner: &EntityRef,
+    slot: &EntityRef,
+    writes: &[plan::EntityWrite],
+) -> Result<Next, StoreError> {
+    let written = store.write_all(writes).await?;
+    let taken = writes
+        .iter()
+        .filter(|w| written == PlanWrite::Done || &w.entity != slot);
+    ceilings.sent(owner, taken);
+    Ok(next_of(written))
 }
 
 /// A step's transfer or re-placement written: write the reservation again
@@ -475,10 +475,14 @@ async fn next_after<S: BudgetStore>(
     store: &S,
     writes: &[plan::EntityWrite],
 ) -> Result<Next, StoreError> {
-    Ok(match store.write_all(writes).await? {
+    Ok(next_of(store.write_all(writes).await?))
+}
+
+fn next_of(written: PlanWrite) -> Next {
+    match written {
         PlanWrite::Done | PlanWrite::Refused => Next::Retry,
         PlanWrite::Busy => Next::Busy,
-    })
+    }
 }
 
 /// The sharded entity of `chain` with a window past its boundary, if any:
@@ -554,7 +558,7 @@ mod tests {
     }
 
     /// `n` seconds after [`now`]: requests far enough apart that each may
-    /// read the slots afresh ([`SCANS_PER_SECOND`]).
+    /// read the slots afresh ([`escrow::MICROS_PER_SCAN`]).
     fn later(n: i64) -> DateTime<Utc> {
         now() + chrono::Duration::seconds(n)
     }
@@ -725,7 +729,7 @@ mod tests {
             &Ceilings::default(),
             &owner,
             &slot,
-            &mut Ask::of(Money::usd(1)),
+            (Money::usd(1), &mut Ask::default()),
             now(),
             &clock,
         )
@@ -737,11 +741,10 @@ mod tests {
         assert!(store.entity(&slot).unwrap().windows[0].avail >= Money::usd(1));
     }
 
-    #[tokio::test]
-    async fn past_the_pool_an_instance_borrows_from_its_recent_read_once_a_request() {
-        let store = MemoryStore::new();
-        hot_team(&store, 2, 1).await;
-        // The whole $1 on shard 0, none in the pool: shard 1 must borrow.
+    /// A team of two shards, its $1 all on shard 0, none in the pool: the
+    /// team and shard 1, which must borrow.
+    async fn all_on_shard_0(store: &MemoryStore) -> (Entity, EntityRef) {
+        hot_team(store, 2, 1).await;
         let pool = store
             .entity(&EntityRef::team("t").at(SlotId::Pool))
             .unwrap();
@@ -750,38 +753,121 @@ mod tests {
         assert_eq!(store.write_all(&moved).await.unwrap(), PlanWrite::Done);
         let owner = store.entity(&EntityRef::team("t")).unwrap();
         let slot = owner.entity.at(SlotId::Shard(1));
+        (owner, slot)
+    }
+
+    /// [`all_on_shard_0`], and an instance that borrowed a quarter into
+    /// shard 1 at `now()` and then spent its reads of every slot.
+    async fn after_a_borrow(store: &MemoryStore, ceilings: &Ceilings) -> (Entity, EntityRef) {
+        let (owner, slot) = all_on_shard_0(store).await;
+        let next = quarter_at(store, ceilings, (&owner, &slot), &mut Ask::default(), 0).await;
+        assert!(matches!(next, Next::Retry), "{next:?}");
+        ceilings.scanning(&owner.entity, now(), escrow::SCAN_BURST);
+        (owner, slot)
+    }
+
+    /// A step of a request of $0.25 on `slot` of `owner`, `ms` after `now()`.
+    async fn quarter_at(
+        store: &MemoryStore,
+        ceilings: &Ceilings,
+        (owner, slot): (&Entity, &EntityRef),
+        ask: &mut Ask,
+        ms: i64,
+    ) -> Next {
+        let at = now() + chrono::Duration::milliseconds(ms);
+        let quarter = Money::from_nanos(250_000_000);
+        let clock = settings().clock;
+        step(store, ceilings, owner, slot, (quarter, ask), at, &clock)
+            .await
+            .unwrap()
+    }
+
+    fn slots_in(store: &MemoryStore, owner: &Entity) -> Vec<Entity> {
+        escrow::slot_refs(owner)
+            .iter()
+            .map(|r| store.entity(r).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_borrow_from_a_read_the_giver_has_since_spent_moves_nothing() {
+        let (store, ceilings) = (MemoryStore::new(), Ceilings::default());
+        let (owner, slot) = after_a_borrow(&store, &ceilings).await;
+        // Shard 0's $0.75 goes back to the pool behind the instance's back.
+        let held = store.entity(&owner.entity.at(SlotId::Shard(0))).unwrap();
+        let pool = owner.entity.at(SlotId::Pool);
+        let back = escrow::transfer(&held, &pool, Money::from_nanos(750_000_000)).unwrap();
+        assert_eq!(store.write_all(&back).await.unwrap(), PlanWrite::Done);
+        let before = slots_in(&store, &owner);
+        let mut ask = Ask::default();
+        let next = quarter_at(&store, &ceilings, (&owner, &slot), &mut ask, 50).await;
+        assert!(matches!(next, Next::Retry), "{next:?}");
+        assert_eq!(slots_in(&store, &owner), before, "refused whole");
+        // Its shard still short, the request is answered at once; the
+        // instance's read does not show the quarter it asked for on shard 1.
+        let next = quarter_at(&store, &ceilings, (&owner, &slot), &mut ask, 50).await;
+        assert!(matches!(next, Next::Undecided), "{next:?}");
+        let at = now() + chrono::Duration::milliseconds(50);
+        let last = ceilings.instead_of_reading(&owner.entity, at).unwrap();
+        let own = last.iter().find(|s| s.entity == slot).unwrap();
+        assert_eq!(own.windows[0].avail, Money::from_nanos(250_000_000));
+    }
+
+    #[tokio::test]
+    async fn a_borrow_from_a_read_older_than_an_admin_change_moves_nothing() {
+        let (store, ceilings) = (MemoryStore::new(), Ceilings::default());
+        let (owner, slot) = after_a_borrow(&store, &ceilings).await;
+        // The limit is raised: every slot takes the new version.
+        let mut raised = owner.clone();
+        raised.windows[0].max = Money::usd(2);
+        let done = store.update(&owner, &raised).await.unwrap();
+        assert_eq!(done, AdminWrite::Done);
+        let before = slots_in(&store, &owner);
+        // A request whose chain is from before it (as the read is).
+        let next = quarter_at(&store, &ceilings, (&owner, &slot), &mut Ask::default(), 50).await;
+        assert!(matches!(next, Next::Retry), "{next:?}");
+        assert_eq!(slots_in(&store, &owner), before, "nothing moved");
+    }
+
+    #[tokio::test]
+    async fn past_the_pool_an_instance_borrows_from_its_recent_read_once_a_request() {
+        let store = MemoryStore::new();
+        let (owner, slot) = all_on_shard_0(&store).await;
+        let giver = owner.entity.at(SlotId::Shard(0));
         let (clock, ceilings) = (settings().clock, Ceilings::default());
         let quarter = Money::from_nanos(250_000_000);
         let avail = |r: &EntityRef| store.entity(r).unwrap().windows[0].avail;
         let at = |ms: i64| now() + chrono::Duration::milliseconds(ms);
-        let step_at = |ask: &mut Ask, ms: i64| {
+        let step_at = |estimate: Money, ask: Ask, ms: i64| {
             let (store, ceilings, owner, slot, clock) = (&store, &ceilings, &owner, &slot, &clock);
-            let mut ask_now = *ask;
+            let mut ask = ask;
             async move {
-                let next = step(store, ceilings, owner, slot, &mut ask_now, at(ms), clock)
-                    .await
-                    .unwrap();
-                (next, ask_now)
+                let next = step(
+                    store,
+                    ceilings,
+                    owner,
+                    slot,
+                    (estimate, &mut ask),
+                    at(ms),
+                    clock,
+                )
+                .await
+                .unwrap();
+                (next, ask)
             }
         };
+        let fresh = Ask::default();
         // A cold instance reads pool and shard, then (the pool short) every
         // slot, and borrows a quarter from shard 0.
-        let (next, _) = step_at(&mut Ask::of(quarter), 0).await;
+        let (next, _) = step_at(quarter, fresh, 0).await;
         assert!(matches!(next, Next::Retry), "{next:?}");
         assert_eq!(avail(&slot), quarter);
-        // Three more reads of every slot at that instant spend the burst.
-        let slots: Vec<Entity> = escrow::slot_refs(&owner)
-            .iter()
-            .map(|r| store.entity(r).unwrap())
-            .collect();
-        let bound = escrow::ceiling(&escrow::config_of(&owner), &slots).unwrap();
-        for _ in 1..SCAN_BURST as usize {
-            ceilings.note(&owner.entity, bound.clone(), &slots, at(0));
-        }
+        // More reads of every slot at that instant spend the allowance.
+        ceilings.scanning(&owner.entity, at(0), escrow::SCAN_BURST - 1);
         // Another request 50 ms later borrows from the last read: the
         // transfer is its one request, no read.
         let before = store.requests();
-        let (next, ask) = step_at(&mut Ask::of(quarter), 50).await;
+        let (next, ask) = step_at(quarter, fresh, 50).await;
         assert!(matches!(next, Next::Retry), "{next:?}");
         assert_eq!(store.requests() - before, 1);
         let half = Money::from_nanos(500_000_000);
@@ -790,19 +876,30 @@ mod tests {
         // unavailable at once; so is one the read cannot cover, though the
         // slots together could: never denied on that read.
         let before = store.requests();
-        let mut again = Ask { steps: 1, ..ask };
-        let (next, _) = step_at(&mut again, 60).await;
+        let (next, _) = step_at(quarter, Ask { steps: 1, ..ask }, 60).await;
         assert!(matches!(next, Next::Undecided), "{next:?}");
-        let (next, _) = step_at(&mut Ask::of(Money::from_nanos(600_000_000)), 70).await;
+        let more = Money::from_nanos(600_000_000);
+        let (next, _) = step_at(more, fresh, 70).await;
         assert!(matches!(next, Next::Undecided), "{next:?}");
         assert_eq!(store.requests() - before, 0);
         // 200 ms on, the instance may read them again: that request does,
         // and gathers.
-        let (next, _) = step_at(&mut Ask::of(Money::from_nanos(600_000_000)), 200).await;
+        let (next, _) = step_at(more, fresh, 200).await;
         assert!(matches!(next, Next::Retry), "{next:?}");
         assert!(store.requests() - before > 1);
-        assert!(avail(&slot) >= Money::from_nanos(600_000_000));
+        assert!(avail(&slot) >= more);
         assert_eq!(avail(&giver).saturating_add(avail(&slot)), Money::usd(1));
+        // A request that read every slot itself goes on from its own
+        // reads, whatever the allowance says.
+        ceilings.scanning(&owner.entity, at(200), escrow::SCAN_BURST);
+        let before = store.requests();
+        let own = Ask {
+            read_slots: true,
+            ..fresh
+        };
+        let (next, _) = step_at(quarter, own, 210).await;
+        assert!(matches!(next, Next::Retry), "{next:?}");
+        assert!(store.requests() > before);
     }
 
     #[tokio::test]
