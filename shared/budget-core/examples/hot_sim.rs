@@ -93,6 +93,19 @@ fn given(
     writes.iter().find(|w| &w.entity == to).cloned()
 }
 
+/// A plain read of every slot by `r`: its instance's allowance charged
+/// first (`service::escrow::Ceilings::scanning`); whether it was served.
+fn read_every_slot(
+    scans: &mut escrow::ScanBucket,
+    r: &mut Request,
+    read: impl FnOnce() -> bool,
+    now: u64,
+) -> bool {
+    scans.take(now as i64, 1);
+    r.read_slots = true;
+    read()
+}
+
 /// xorshift64*: the same figures on every run.
 struct Rng(u64);
 
@@ -561,11 +574,12 @@ fn run(shards: u32, rate: f64) -> Figures {
                             continue;
                         }
                     }
-                } else if {
-                    scans[r.instance].take(now as i64, 1);
-                    r.read_slots = true;
-                    !table.read(&refs, 1.0, now)
-                } {
+                } else if !read_every_slot(
+                    &mut scans[r.instance],
+                    &mut r,
+                    || table.read(&refs, 1.0, now),
+                    now,
+                ) {
                     Outcome::Busy
                 } else {
                     let all: Vec<Entity> = refs.iter().map(|x| table.get(x)).collect();
