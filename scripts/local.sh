@@ -17,8 +17,9 @@
 #      .local/env (API_URL, DEMO_KEY, MASTER_KEY, ...) and ready-made
 #      authorizer events to .local/, and prints how to call everything.
 # Ctrl-C (or SIGTERM, or SIGINT when started in the background) stops
-# everything it started. With LOCAL_EXIT_AFTER_DEMO=1 it also calls every
-# function and the gateway once, checks the answers, and exits (CI uses this).
+# everything it started. Once up, it calls every function and the gateway
+# once and checks the answers (a failure stops it); with
+# LOCAL_EXIT_AFTER_DEMO=1 it then exits (CI uses this).
 #
 # Settings come from the environment (defaults below and in docs/deploy.md):
 # TABLE_NAME, MASTER_KEY, RUST_LOG, BUDGET_TIMEZONE, BUDGET_RESET_TIME,
@@ -376,9 +377,12 @@ The functions directly (authorizer events with the demo key are in .local/):
 Walkthrough (in another terminal):  make walkthrough
 EOF
 
-# ------------------------------------------------------------ smoke (CI)
-if [ "$EXIT_AFTER_DEMO" = 1 ]; then
-    step "calling every function once (LOCAL_EXIT_AFTER_DEMO=1)"
+# ------------------------------------------------------------------ demo
+# Every start shows the stack working: every function once, then the
+# gateway as a client sees it. Any answer that is not what it should be
+# stops the stack with the reason.
+demo() {
+    step "showing it working: every function once"
     answer="$(cargo lambda invoke -A 127.0.0.1 -P "$LAMBDA_PORT" authorize \
         --data-file "$LOCAL_DIR/authorize-http-api.json" --output-format json)" ||
         fail "cargo lambda invoke authorize failed: $answer"
@@ -409,7 +413,7 @@ if [ "$EXIT_AFTER_DEMO" = 1 ]; then
     echo "user/info: $HTTP_STATUS $HTTP_BODY"
     [ "$HTTP_STATUS" = 200 ] || fail "user/info answered $HTTP_STATUS"
 
-    step "the gateway: allowed, streamed, denied (LOCAL_EXIT_AFTER_DEMO=1)"
+    step "showing it working: the gateway admits, streams and denies"
     # A forged reservation id must not reach the upstream.
     answer="$(curl -sS --max-time 30 "$API_URL/v1/chat/completions" -H "Authorization: Bearer $DEMO_KEY" \
         -H 'x-budget-reservation-id: r-forged' -d "$CHAT")"
@@ -441,7 +445,11 @@ if [ "$EXIT_AFTER_DEMO" = 1 ]; then
     [ "$(printf '%s' "$answer" | json_get batchItemFailures)" = "[]" ] || fail "notify did not answer a stream batch"
     kill -0 "$POLLER_PID" 2>/dev/null || fail "the stream poller stopped: $(tail -n 5 "$LOG_DIR/alerts.log")"
 
-    step "all five functions and the gateway answered; stopping (LOCAL_EXIT_AFTER_DEMO=1)"
+    step "it works: all five functions and the gateway answered as they should"
+}
+demo
+if [ "$EXIT_AFTER_DEMO" = 1 ]; then
+    echo "stopping (LOCAL_EXIT_AFTER_DEMO=1)"
     exit 0
 fi
 

@@ -204,6 +204,8 @@ echo "HTTP API authorizer: $answer"
 [ "$(printf '%s' "$answer" | get isAuthorized)" = false ] || fail "an unknown key was not refused"
 answer="$(invoke authorize "$(event events/authorize-rest-token.json sk-not-a-real-key 1)")"
 echo "REST TOKEN authorizer: $answer   (API Gateway answers 401)"
+echo "    (the authorizer answers a REST TOKEN event with the error \"Unauthorized\", which API Gateway turns into"
+echo "     a 401: the ERROR ... Unauthorized line this leaves in make local's log is that answer, not a fault)"
 
 # ------------------------------------------- 3. spend until the day is over
 bold "3. Requests reserving $RESERVE USD each until the daily window refuses"

@@ -153,6 +153,35 @@ async fn a_sharded_window_rolls_over_with_its_reservations_in_flight() {
 }
 
 #[tokio::test]
+async fn a_cost_settled_past_the_boundary_before_any_roll_counts_in_the_new_period() {
+    let app = TestApp::with_settings(SLOW).await;
+    let keys = hot_team(&app, "hot-late", 4, 10.0, 1).await;
+    let answer = app.authorize(&keys[0], Some("4")).await;
+    assert!(allowed(&answer), "{answer}");
+    // Settled the next day, before any request or the reset job rolled the
+    // slots: the cost is today's (before, it joined yesterday's spend on
+    // its shard, and the roll dropped it — $4 that no cap counted).
+    let tomorrow = app.now + chrono::Duration::days(1);
+    let (status, body) = app.settle_at(&reservation_id(&answer), 4.0, tomorrow).await;
+    assert_eq!(status, 200, "{body}");
+    let a = app.authorizer();
+    let answer = authorize_via(&a, &keys[0], Some("6.5"), tomorrow).await;
+    assert!(!allowed(&answer), "$4 of today's $10 is spent: {answer}");
+    let answer = authorize_via(&a, &keys[0], Some("6"), tomorrow).await;
+    assert!(allowed(&answer), "{answer}");
+    let info = app
+        .admin_at(tomorrow, "GET", "/team/info?team_id=hot-late", Value::Null)
+        .await
+        .1;
+    let w = &info["team_info"]["windows"][0];
+    assert_eq!(
+        (usd(&w["spend"]), usd(&w["reserved"]), usd(&w["remaining"])),
+        (4.0, 6.0, 0.0),
+        "{w}"
+    );
+}
+
+#[tokio::test]
 async fn limits_and_shard_counts_change_without_losing_a_cent() {
     let app = TestApp::with_settings(SLOW).await;
     let keys = hot_team(&app, "hot-chg", 4, 10.0, 2).await;

@@ -436,7 +436,7 @@ fn run(shards: u32, rate: f64) -> Figures {
                     guards: vec![],
                     changes: vec![],
                 };
-                escrow::finish_window(&mut w, &shard.windows[0], estimate, r.cost);
+                escrow::finish_window(&mut w, &shard.windows[0], estimate, r.cost, t0);
                 match table.transact(&[w], now) {
                     Outcome::Done => {
                         // The settle then reads its shard (a round trip

@@ -146,12 +146,27 @@ pub fn reserve(
 /// One window's part of ending a reservation on a slot: `release` leaves
 /// `reserved`, `cost` joins `spent`, and what was released but not spent
 /// returns to `avail` — in whatever period the part is in now (a roll-over
-/// carried the reservation into it).
-pub fn finish_window(write: &mut EntityWrite, w: &Window, release: Money, cost: Money) {
+/// carried the reservation into it). A cost is only written into a period
+/// still current at `now`: a slot past its boundary refuses it, and the
+/// slots roll over first (`service::escrow::roll`), as a plain window
+/// rolls in the settle's own write. Without that, a cost settled after the
+/// boundary but before the roll would be counted in the period that ended
+/// — and dropped by the roll: spend no cap ever saw. A release (no cost)
+/// needs no such guard: what it gives back is counted by the roll either way.
+pub fn finish_window(
+    write: &mut EntityWrite,
+    w: &Window,
+    release: Money,
+    cost: Money,
+    now: DateTime<Utc>,
+) {
     let id = w.id();
     write
         .guards
         .push(Guard::Generation(id.clone(), w.generation));
+    if !cost.is_zero() && matches!(w.span, Span::Every(_)) {
+        write.guards.push(Guard::ResetAfter(id.clone(), now));
+    }
     write.changes.extend([
         Change::Add(id.clone(), Counter::Reserved, release.negated()),
         Change::Add(id.clone(), Counter::Spent, cost),
@@ -1337,7 +1352,7 @@ mod tests {
                             overrun = overrun.saturating_add(over);
                             let s = slot(&store, k);
                             let mut write = EntityWrite { entity: s.entity.clone(), guards: vec![], changes: vec![] };
-                            finish_window(&mut write, &s.windows[0], amount, cost);
+                            finish_window(&mut write, &s.windows[0], amount, cost, now);
                             prop_assert!(run(&mut store, &[write]));
                         }
                     }
@@ -1467,6 +1482,7 @@ mod tests {
             &slot(&store, SlotId::Shard(1)).windows[0],
             usd(5),
             Money::ZERO,
+            t0(),
         );
         assert!(run(&mut store, &[release]));
         for x in [5, 2] {

@@ -253,7 +253,7 @@ pub fn finish(
         }
         if entity.entity.slot.is_some() {
             // An escrow slot: back to the shard that held (see escrow.rs).
-            crate::escrow::finish_window(&mut write, w, release, cost);
+            crate::escrow::finish_window(&mut write, w, release, cost, now);
             continue;
         }
         settle_window(&mut write, w, release, cost, now, clock)?;

@@ -1095,4 +1095,48 @@ mod tests {
             .unwrap();
         assert_eq!(avail(&pool), before, "not low: the pool is not touched");
     }
+
+    /// A cost settled after the boundary, before anything rolled the
+    /// slots, counts in the new day — as on a plain team — whether the
+    /// settle comes with its receipt (no read) or with the bare id.
+    #[tokio::test]
+    async fn a_cost_settled_after_the_boundary_counts_in_the_new_period() {
+        for (shards, receipt) in [(0, true), (4, true), (4, false)] {
+            let store = MemoryStore::new();
+            let key = hot_team(&store, shards, 10).await;
+            let a = Authorizer::new(store.clone(), settings());
+            let AuthorizeOutcome::Allowed { reservation, .. } =
+                a.authorize(&key, Money::usd(4), None, now()).await
+            else {
+                panic!("$4 of $10");
+            };
+            let id = if receipt {
+                crate::receipt::external_id(&reservation)
+            } else {
+                reservation.id.clone()
+            };
+            let new_day = Utc.with_ymd_and_hms(2026, 11, 29, 0, 0, 5).unwrap();
+            let settled = crate::service::settle(&store, &id, Money::usd(4), new_day, &settings())
+                .await
+                .unwrap();
+            assert!(matches!(
+                settled,
+                crate::service::SettleOutcome::Settled {
+                    duplicate: false,
+                    ..
+                }
+            ));
+            let mut admitted_after = 0;
+            for i in 0..10 {
+                let t = new_day + chrono::Duration::seconds(10 + i);
+                if admitted(&a.authorize(&key, Money::usd(1), None, t).await) {
+                    admitted_after += 1;
+                }
+            }
+            assert_eq!(
+                admitted_after, 6,
+                "{shards} shards, receipt {receipt}: $4 settled in the new day of $10"
+            );
+        }
+    }
 }

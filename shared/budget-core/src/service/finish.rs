@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
-use crate::model::{EntityRef, Reservation, ReservationState};
+use crate::model::{Entity, EntityRef, Reservation, ReservationState};
 use crate::money::Money;
 use crate::store::{BudgetStore, Finish, FinishWrite, StoreError};
 
@@ -142,7 +142,18 @@ async fn finish_once<S: BudgetStore>(
             return Ok(Finished::Skipped(reservation));
         }
         let entities = if read_entities {
-            Some(store_call(store.load_many(&held_entities(&reservation))).await?)
+            let held = held_entities(&reservation);
+            let mut read = store_call(store.load_many(&held)).await?;
+            let due = due_owners(&read, finish, now);
+            if !due.is_empty() {
+                // A cost belongs to the period current now: the slots past
+                // their boundary roll over first (`escrow::finish_window`).
+                for owner in &due {
+                    store_call(super::escrow::roll(store, owner, now, &settings.clock)).await?;
+                }
+                read = store_call(store.load_many(&held)).await?;
+            }
+            Some(read)
         } else {
             None
         };
@@ -165,6 +176,22 @@ async fn finish_once<S: BudgetStore>(
     Err(StoreError::Unavailable(
         "reservation kept moving; try again".into(),
     ))
+}
+
+/// The owners of the escrow slots in `read` that are past a boundary, when
+/// `finish` has a cost to charge: they roll over before it is written.
+fn due_owners(read: &[Entity], finish: Finish, now: DateTime<Utc>) -> Vec<EntityRef> {
+    if !matches!(finish, Finish::Settle(c) if !c.is_zero()) {
+        return Vec::new();
+    }
+    let mut owners: Vec<EntityRef> = read
+        .iter()
+        .filter(|e| e.entity.slot.is_some() && e.windows.iter().any(|w| w.is_due(now)))
+        .map(|e| e.entity.owner())
+        .collect();
+    owners.sort();
+    owners.dedup();
+    owners
 }
 
 fn held_entities(r: &Reservation) -> Vec<EntityRef> {
