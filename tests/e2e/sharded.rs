@@ -182,6 +182,35 @@ async fn a_cost_settled_past_the_boundary_before_any_roll_counts_in_the_new_peri
 }
 
 #[tokio::test]
+async fn a_cost_over_its_reservation_and_its_shard_is_charged_to_the_whole_team() {
+    let app = TestApp::with_settings(SLOW).await;
+    let keys = hot_team(&app, "hot-over", 4, 10.0, 2).await;
+    let answer = app.authorize(&keys[0], Some("1")).await;
+    assert!(allowed(&answer), "{answer}");
+    // $1 reserved, $7 spent: $6 more than its shard held. The settle covers
+    // it from the pool at once, so $3 is left over all the slots, and no
+    // shard admits more (before, the other shards and the pool still lent
+    // the $6 the overrun had used).
+    let (status, body) = app.settle(&reservation_id(&answer), 7.0).await;
+    assert_eq!(status, 200, "{body}");
+    let w = shown(&app, "hot-over").await;
+    assert_eq!(
+        (usd(&w["spend"]), usd(&w["reserved"]), usd(&w["remaining"])),
+        (7.0, 0.0, 3.0),
+        "{w}"
+    );
+    let negative: Vec<&Value> = w["shards"]
+        .as_array()
+        .expect("shards shown")
+        .iter()
+        .filter(|p| usd(&p["avail"]) < 0.0)
+        .collect();
+    assert!(negative.is_empty(), "no slot left owing: {w}");
+    let admitted = burst(&app, &keys, 8, "1", 2).await;
+    assert_eq!(admitted.len(), 3, "{}", shown(&app, "hot-over").await);
+}
+
+#[tokio::test]
 async fn limits_and_shard_counts_change_without_losing_a_cent() {
     let app = TestApp::with_settings(SLOW).await;
     let keys = hot_team(&app, "hot-chg", 4, 10.0, 2).await;

@@ -193,27 +193,63 @@ pub fn refill(pool: &Entity, to: &EntityRef, amount: Money) -> Option<[EntityWri
     Some([give, take])
 }
 
-/// Whether `shard` (as read) is low: every window holds less than half of
-/// its last refill (never refilled: not low).
+/// Whether `shard` (as read) is low: it is [`owed`] (an overrun took
+/// more than it held), or every window holds less than half of its last
+/// refill (never refilled: not low).
 pub fn is_low(shard: &Entity) -> bool {
+    let below_half =
+        |w: &Window| w.topped > Money::ZERO && w.avail < Money::from_nanos(w.topped.nanos() / 2);
+    !owed(shard).is_zero() || (!shard.windows.is_empty() && shard.windows.iter().all(below_half))
+}
+
+/// What `shard` (as read) owes: the most any of its windows is below zero
+/// (a settle's cost over its reservation, `finish_window`, beyond the
+/// shard's headroom). Until it is covered, the other slots' headroom still
+/// admits what a single counter would already deny.
+pub fn owed(shard: &Entity) -> Money {
     shard
         .windows
         .iter()
-        .all(|w| w.topped > Money::ZERO && w.avail < Money::from_nanos(w.topped.nanos() / 2))
-        && !shard.windows.is_empty()
+        .map(|w| Money::ZERO.saturating_sub(w.avail))
+        .fold(Money::ZERO, Money::max)
 }
 
-/// A settle's top-up of `shard` from `pool` (both as read) before the
-/// shard runs dry: when it [`is_low`], one more refill of its last size,
-/// conditional on the pool covering it and on the shard still being low
-/// (so settles that race top it up once). `None`: not low, or the pool
-/// does not cover it as read. What a request does when it finds its shard
-/// dry, done by the settle instead, off the request's path.
+/// A settle's top-up of `shard` from `pool` (both as read). What a shard
+/// [`owed`] is covered at once: the debt and one more slice when the pool
+/// holds both, else the debt, else all the pool holds — conditional on the
+/// shard not having gained since read (settles that race cover it once).
+/// Otherwise, before the shard runs dry: when it [`is_low`], one more
+/// refill of its last size, conditional on the pool covering it and on the
+/// shard still being low. `None`: not low, or the pool does not cover it
+/// as read. What a request does when it finds its shard dry, done by the
+/// settle instead, off the request's path.
 pub fn top_up(pool: &Entity, shard: &Entity) -> Option<[EntityWrite; 2]> {
     if !is_low(shard) || !same_periods(pool, shard) {
         return None;
     }
-    let slice = shard.windows.iter().map(|w| w.topped).min()?;
+    let slice = shard
+        .windows
+        .iter()
+        .map(|w| w.topped)
+        .min()?
+        .max(Money::ZERO);
+    let owed = owed(shard);
+    if !owed.is_zero() {
+        let held = pool.windows.iter().map(|w| w.avail).min()?;
+        let amount = [owed.saturating_add(slice), owed]
+            .into_iter()
+            .find(|a| *a <= held)
+            .unwrap_or(held);
+        if amount <= Money::ZERO {
+            return None;
+        }
+        let [give, mut take] = transfer(pool, &shard.entity, amount)?;
+        for w in &shard.windows {
+            take.guards
+                .push(Guard::AtMost(w.id(), Counter::Avail, w.avail));
+        }
+        return Some([give, take]);
+    }
     let [give, mut take] = refill(pool, &shard.entity, slice)?;
     for w in &shard.windows {
         let half = Money::from_nanos(w.topped.nanos() / 2);
@@ -329,7 +365,8 @@ pub fn owes(slot: &Entity) -> bool {
 /// reservation made before a window was added gives back to the old
 /// windows only, and a shard's headroom is the least over its windows, so
 /// what it gave back would be stranded there. A plain overrun (a shard
-/// below zero by a settle over what it held) is not: the slots with
+/// below zero by a settle over what it held, and not covered by the pool
+/// (`top_up`)) is not: the slots with
 /// headroom lend as usual.
 pub fn must_regather(slots: &[Entity]) -> bool {
     slots.iter().any(|s| {

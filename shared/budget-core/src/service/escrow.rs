@@ -1139,4 +1139,37 @@ mod tests {
             );
         }
     }
+
+    /// A cost over its reservation, beyond what its shard holds, is owed
+    /// by the shard; the settle covers it from the pool at once, so the
+    /// other shards and the pool do not admit what a single counter would
+    /// deny (before, $9 more was admitted on a $10 team after a $1
+    /// reservation cost $10).
+    #[tokio::test]
+    async fn an_overrun_past_its_shard_is_covered_from_the_pool_at_once() {
+        for (shards, cost, more) in [(0, 10, 0), (4, 10, 0), (4, 6, 4), (8, 7, 3)] {
+            let store = MemoryStore::new();
+            let key = hot_team(&store, shards, 10).await;
+            let a = Authorizer::new(store.clone(), settings());
+            let AuthorizeOutcome::Allowed { reservation, .. } =
+                a.authorize(&key, Money::usd(1), None, now()).await
+            else {
+                panic!("$1 of $10");
+            };
+            let id = crate::receipt::external_id(&reservation);
+            crate::service::settle(&store, &id, Money::usd(cost), later(1), &settings())
+                .await
+                .unwrap();
+            let mut admitted_after = 0;
+            for i in 0..10 {
+                if admitted(&a.authorize(&key, Money::usd(1), None, later(2 + i)).await) {
+                    admitted_after += 1;
+                }
+            }
+            assert_eq!(
+                admitted_after, more,
+                "{shards} shards: ${cost} spent of $10, then $1 requests"
+            );
+        }
+    }
 }
