@@ -59,8 +59,13 @@ pub const REASONS: &[&str] = &[
     "budget",
     "blocked",
     "expired",
+    "customer_blocked",
+    "model_required",
+    "model_not_budgeted",
+    "model_budget_unavailable",
     "invalid_key",
     "invalid_request",
+    "too_many_scopes",
     "unavailable",
 ];
 
@@ -803,8 +808,34 @@ mod tests {
         assert_eq!(line["key"].as_str().unwrap().len(), 12);
     }
 
+    /// Every refusal `denial_reason` names is in `REASONS` (the list the
+    /// dashboard is checked against), and no two share a word.
     #[test]
-    fn every_reason_is_one_of_six_fixed_words() {
+    fn every_refusal_has_its_own_word_in_reasons() {
+        let outcomes = [
+            AuthorizeOutcome::InvalidKey,
+            AuthorizeOutcome::InvalidEstimate("bad".into()),
+            AuthorizeOutcome::Refused(KeyRefusal::Blocked),
+            AuthorizeOutcome::Refused(KeyRefusal::Expired),
+            AuthorizeOutcome::Refused(KeyRefusal::CustomerBlocked),
+            AuthorizeOutcome::Refused(KeyRefusal::ModelRequired),
+            AuthorizeOutcome::Refused(KeyRefusal::ModelNotBudgeted),
+            AuthorizeOutcome::Refused(KeyRefusal::ModelBudgetUnavailable),
+            AuthorizeOutcome::TooManyScopes { items: 101 },
+            AuthorizeOutcome::Unavailable("timeout".into()),
+        ];
+        let mut words: Vec<&str> = outcomes.iter().filter_map(denial_reason).collect();
+        words.push("budget"); // Denied: its Denial needs a whole entity
+        for w in &words {
+            assert!(REASONS.contains(w), "{w} is not in REASONS");
+        }
+        words.sort();
+        words.dedup();
+        assert_eq!(words.len(), REASONS.len(), "{words:?}");
+    }
+
+    #[test]
+    fn reasons_are_fixed_words_and_unavailable_is_an_error() {
         let outcomes = [
             AuthorizeOutcome::InvalidKey,
             AuthorizeOutcome::InvalidEstimate("x-budget-reserve bad".into()),
