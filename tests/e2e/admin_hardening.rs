@@ -618,7 +618,10 @@ async fn malformed_reservation_ids_are_404_without_a_store_request() {
         (huge.clone(), format!("{}…", "r".repeat(40))),
         (base.to_uppercase(), base.to_uppercase()),
         (
-            format!("{base}.{}", "A".repeat(1401)),
+            format!(
+                "{base}.{}",
+                "A".repeat(budget_core::receipt::MAX_RECEIPT + 1)
+            ),
             format!("{base}.AAAAA…"),
         ),
         (format!("{base}.not/base64"), format!("{base}.not/b…")),

@@ -17,7 +17,30 @@ use crate::money::Money;
 
 /// Receipts longer than this are not handed out (the bare id is): ids
 /// travel in headers and DynamoDB keys.
-const MAX_RECEIPT: usize = 1200;
+pub const MAX_RECEIPT: usize = 1200;
+
+/// Whether `id` has the form authorize hands out
+/// (`service::reservation_id`, then [`external_id`]): `r-` and 32
+/// lowercase hex digits, optionally `.` and a receipt of 1 to
+/// [`MAX_RECEIPT`] base64url characters. Anything else is no reservation
+/// of ours, answered without a store request.
+pub fn is_reservation_id(id: &str) -> bool {
+    let (base, receipt) = match id.split_once('.') {
+        Some((base, receipt)) => (base, Some(receipt)),
+        None => (id, None),
+    };
+    let base_ok = base.len() == 2 + crate::service::RESERVATION_HEX
+        && base.starts_with("r-")
+        && base[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let receipt_ok = receipt.is_none_or(|r| {
+        (1..=MAX_RECEIPT).contains(&r.len())
+            && r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    base_ok && receipt_ok
+}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Body {

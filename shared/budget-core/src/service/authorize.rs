@@ -99,11 +99,18 @@ pub fn reservation_id(key_hash: &str, request_id: Option<&str>) -> String {
     match request_id.filter(|r| !r.is_empty()) {
         Some(req) => {
             let digest = Sha256::digest(format!("{key_hash}\n{req}").as_bytes());
-            format!("r-{}", &hex::encode(digest)[..32])
+            format!("r-{}", &hex::encode(digest)[..RESERVATION_HEX])
         }
-        None => format!("r-{}", hex::encode(rand::random::<[u8; 16]>())),
+        None => format!(
+            "r-{}",
+            hex::encode(rand::random::<[u8; RESERVATION_HEX / 2]>())
+        ),
     }
 }
+
+/// The hex digits of a reservation id after its `r-`
+/// (`receipt::is_reservation_id` checks the form).
+pub const RESERVATION_HEX: usize = 32;
 
 /// Authorizes requests; keeps each key's chain (configuration and window
 /// boundaries) in memory between invocations. The cache can never admit

@@ -14,6 +14,7 @@ use std::time::Duration;
 pub use crate::decision::Requested;
 pub use authorize::{
     reservation_id, AuthorizeOutcome, Authorizer, RequestScopes, MAX_KEY_BYTES, MAX_REQUEST_TAGS,
+    RESERVATION_HEX,
 };
 pub use finish::{expire, settle, SettleOutcome};
 pub use reset::{reset, ResetSummary};
