@@ -1,5 +1,5 @@
 //! The test app every end-to-end test starts from: a fresh table in the
-//! DynamoDB emulator (`edge_budget::TestTable`), the four functions' API
+//! DynamoDB emulator (`edge_budget::TestTable`), the five functions' API
 //! calls as methods, and builders for the keys, users and teams a test
 //! needs. A new test writes
 //!

@@ -2,8 +2,8 @@
 //! matches a route only by its whole path, optionally after ONE prefix:
 //!
 //! * an API Gateway stage segment (`/prod/key/info`): letters, digits,
-//!   `-` and `_`, and not itself the first segment of a route (`key`,
-//!   `user`, `team`, `spend`), so `/key/team/delete` is not the team
+//!   `-` and `_`, and not itself the first segment of any route (`key`,
+//!   `user`, `team`, `organization`, `spend`, …), so `/key/team/delete` is not the team
 //!   route behind a stage called `key`;
 //! * a Function URL as `cargo lambda watch` serves it,
 //!   `/lambda-url/<function>/…` (the function name under the same rules).
