@@ -216,8 +216,9 @@ pub fn owed(shard: &Entity) -> Money {
 
 /// A settle's top-up of `shard` from `pool` (both as read). What a shard
 /// [`owed`] is covered at once: the debt and one more slice when the pool
-/// holds both, else the debt, else all the pool holds — conditional on the
-/// shard not having gained since read (settles that race cover it once).
+/// holds both, else the debt — conditional on the shard not having gained
+/// since read (settles that race cover it once); a pool holding less
+/// leaves it to [`cover`], from every slot.
 /// Otherwise, before the shard runs dry: when it [`is_low`], one more
 /// refill of its last size, conditional on the pool covering it and on the
 /// shard still being low. `None`: not low, or the pool does not cover it
@@ -238,16 +239,9 @@ pub fn top_up(pool: &Entity, shard: &Entity) -> Option<[EntityWrite; 2]> {
         let held = pool.windows.iter().map(|w| w.avail).min()?;
         let amount = [owed.saturating_add(slice), owed]
             .into_iter()
-            .find(|a| *a <= held)
-            .unwrap_or(held);
-        if amount <= Money::ZERO {
-            return None;
-        }
+            .find(|a| *a <= held)?;
         let [give, mut take] = transfer(pool, &shard.entity, amount)?;
-        for w in &shard.windows {
-            take.guards
-                .push(Guard::AtMost(w.id(), Counter::Avail, w.avail));
-        }
+        unchanged_since_read(&mut take, shard);
         return Some([give, take]);
     }
     let [give, mut take] = refill(pool, &shard.entity, slice)?;
@@ -256,6 +250,50 @@ pub fn top_up(pool: &Entity, shard: &Entity) -> Option<[EntityWrite; 2]> {
         take.guards.push(Guard::Below(w.id(), Counter::Avail, half));
     }
     Some([give, take])
+}
+
+/// What `to` (as read among `slots`) [`owed`], paid by the other slots
+/// when the pool alone does not hold it ([`top_up`]): from those with the
+/// most headroom, each giving what it holds up to what is still owed, and
+/// all of it when together they hold less (the entity is then spent past
+/// its limit: nothing of it may be lent any more). One transaction; every
+/// giver conditional on covering its part, the debtor on not having gained
+/// since read. `None`: nothing owed, or nothing to give.
+pub fn cover(slots: &[Entity], to: &EntityRef) -> Option<Vec<EntityWrite>> {
+    let target = slots.iter().find(|s| &s.entity == to)?;
+    let mut missing = owed(target);
+    let mut givers: Vec<&Entity> = slots
+        .iter()
+        .filter(|s| &s.entity != to && same_periods(s, target))
+        .collect();
+    givers.sort_by_key(|s| std::cmp::Reverse(headroom(s)));
+    let mut writes = Vec::new();
+    let mut taken = Money::ZERO;
+    for g in givers {
+        let part = headroom(g).min(missing);
+        if part <= Money::ZERO {
+            break;
+        }
+        writes.push(give(g, part)?);
+        missing = missing.saturating_sub(part);
+        taken = taken.saturating_add(part);
+    }
+    if taken <= Money::ZERO {
+        return None;
+    }
+    let mut take = receive(target, to, taken);
+    unchanged_since_read(&mut take, target);
+    writes.push(take);
+    Some(writes)
+}
+
+/// Conditions `take` on `slot` not having gained headroom since read (a
+/// racing settle's cover, or its return, fails it: that one covers).
+fn unchanged_since_read(take: &mut EntityWrite, slot: &Entity) {
+    for w in &slot.windows {
+        take.guards
+            .push(Guard::AtMost(w.id(), Counter::Avail, w.avail));
+    }
 }
 
 /// The giver's side of a transfer: `amount` of every window's `avail` of

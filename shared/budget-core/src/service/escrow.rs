@@ -201,6 +201,8 @@ pub(super) async fn early_denial<S: BudgetStore>(
 /// ([`escrow::top_up`]), so the requests on it do not find it dry. One
 /// read of the shard (spread over the shards, like the settles); the pool
 /// is read and written only when the shard is low — about once a slice.
+/// A shard an overrun left owing is covered at once: from the pool, or,
+/// when the pool holds less, from every slot ([`escrow::cover`]).
 /// `true` when it was topped up.
 pub(super) async fn top_up<S: BudgetStore>(
     store: &S,
@@ -215,7 +217,19 @@ pub(super) async fn top_up<S: BudgetStore>(
     let Some(pool) = store.load(&slot.owner().at(SlotId::Pool)).await? else {
         return Ok(false);
     };
-    let Some(writes) = escrow::top_up(&pool, &shard) else {
+    if let Some(writes) = escrow::top_up(&pool, &shard) {
+        return Ok(store.write_all(&writes).await? == PlanWrite::Done);
+    }
+    if escrow::owed(&shard).is_zero() {
+        return Ok(false);
+    }
+    // Owed more than the pool holds (near the cap): the other shards pay
+    // the rest, read plainly (each giver's part is a condition).
+    let Some(owner) = store.load(&slot.owner()).await? else {
+        return Ok(false);
+    };
+    let slots = store.load_many(&escrow::slot_refs(&owner)).await?;
+    let Some(writes) = escrow::cover(&slots, slot) else {
         return Ok(false);
     };
     Ok(store.write_all(&writes).await? == PlanWrite::Done)
@@ -1171,5 +1185,108 @@ mod tests {
                 "{shards} shards: ${cost} spent of $10, then $1 requests"
             );
         }
+    }
+
+    /// An overrun the pool cannot cover is paid by the other shards: here
+    /// an $8 request released leaves $8 on its shard, then a $1 request
+    /// on another shard costs $10. A single counter is spent; so is the
+    /// team: no fresh instance is admitted anything on any shard (before,
+    /// the $8 shard went on lending).
+    #[tokio::test]
+    async fn an_overrun_the_pool_cannot_cover_is_paid_by_the_other_shards() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 4, 10).await;
+        let a = Authorizer::new(store.clone(), settings());
+        let AuthorizeOutcome::Allowed {
+            reservation: big, ..
+        } = a.authorize(&key, Money::usd(8), None, now()).await
+        else {
+            panic!("$8 of $10");
+        };
+        let rich = big
+            .holds
+            .iter()
+            .find_map(|h| h.entity.slot.map(|_| h.entity.clone()))
+            .expect("a shard held");
+        let settle = |id: String, cost: i64, at: DateTime<Utc>| {
+            let store = store.clone();
+            async move {
+                crate::service::settle(&store, &id, Money::usd(cost), at, &settings())
+                    .await
+                    .unwrap()
+            }
+        };
+        settle(crate::receipt::external_id(&big), 0, now()).await;
+        // A $1 reservation on another shard than the one holding $8.
+        let mut t = 0;
+        let small = loop {
+            t += 1;
+            let AuthorizeOutcome::Allowed { reservation, .. } =
+                a.authorize(&key, Money::usd(1), None, later(t)).await
+            else {
+                panic!("$1 of $10");
+            };
+            let id = crate::receipt::external_id(&reservation);
+            if reservation.holds.iter().any(|h| h.entity == rich) {
+                settle(id, 0, later(t)).await;
+                continue;
+            }
+            break id;
+        };
+        settle(small, 10, later(100)).await;
+        let owner = store.entity(&EntityRef::team("t")).unwrap();
+        for s in slots_in(&store, &owner) {
+            assert!(s.windows[0].avail >= Money::ZERO, "{s:?} still owes");
+        }
+        let mut admitted_after = 0;
+        for i in 0..40 {
+            let cold = Authorizer::new(store.clone(), settings());
+            if admitted(
+                &cold
+                    .authorize(&key, Money::usd(1), None, later(200 + i))
+                    .await,
+            ) {
+                admitted_after += 1;
+            }
+        }
+        assert_eq!(admitted_after, 0, "$10 spent of $10");
+    }
+
+    /// A settle with a cost past the boundary, whose roll traffic keeps
+    /// cancelling, writes nothing and says so (the caller retries): it
+    /// backs off between attempts instead of sending a write its period
+    /// guard must refuse.
+    #[tokio::test]
+    async fn a_settle_whose_roll_stays_busy_writes_nothing_and_is_unavailable() {
+        let store = MemoryStore::new();
+        let key = hot_team(&store, 4, 10).await;
+        let a = Authorizer::new(store.clone(), settings());
+        let AuthorizeOutcome::Allowed { reservation, .. } =
+            a.authorize(&key, Money::usd(4), None, now()).await
+        else {
+            panic!("$4 of $10");
+        };
+        store.inject_busy_reads(1_000);
+        let before = store.requests();
+        let new_day = Utc.with_ymd_and_hms(2026, 11, 29, 0, 0, 5).unwrap();
+        let answer =
+            crate::service::settle(&store, &reservation.id, Money::usd(4), new_day, &settings())
+                .await;
+        println!(
+            "a settle whose roll stays busy: {} store requests",
+            store.requests() - before
+        );
+        assert!(
+            matches!(answer, Err(StoreError::Unavailable(_))),
+            "{answer:?}"
+        );
+        let stored = store.reservation(&reservation.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, crate::model::ReservationState::Held);
+        let owner = store.entity(&EntityRef::team("t")).unwrap();
+        let spent: Money = slots_in(&store, &owner)
+            .iter()
+            .map(|s| s.windows[0].spent)
+            .fold(Money::ZERO, |a, b| a.saturating_add(b));
+        assert_eq!(spent, Money::ZERO, "nothing written");
     }
 }

@@ -148,8 +148,17 @@ async fn finish_once<S: BudgetStore>(
             if !due.is_empty() {
                 // A cost belongs to the period current now: the slots past
                 // their boundary roll over first (`escrow::finish_window`).
+                // A roll kept from its write by traffic backs off: the
+                // settle's write would only fail its period guard.
+                let mut rolled = true;
                 for owner in &due {
-                    store_call(super::escrow::roll(store, owner, now, &settings.clock)).await?;
+                    let roll = super::escrow::roll(store, owner, now, &settings.clock);
+                    rolled &= store_call(roll).await? != super::escrow::Rolled::Busy;
+                }
+                if !rolled {
+                    backoff(busy).await;
+                    busy += 1;
+                    continue;
                 }
                 read = store_call(store.load_many(&held)).await?;
             }
