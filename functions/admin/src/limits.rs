@@ -25,9 +25,8 @@ use budget_core::model::{Span, Window};
 use budget_core::Money;
 use http_api::{money_value, ApiError};
 
-/// The most windows one entity may have (every window adds conditions to
-/// the one atomic write of admission).
-pub const MAX_WINDOWS: usize = 10;
+pub use budget_core::model::MAX_WINDOWS;
+use budget_core::model::{check_window_spans, WindowSetError};
 
 /// A field of a request body: absent, explicitly `null`, or a value.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -185,25 +184,20 @@ impl BudgetPatch {
             (None, _) => {}
         }
         limits.sort_by_key(|l| l.span);
-        if let Some(pair) = limits.windows(2).find(|p| p[0].span == p[1].span) {
-            let id = pair[0].span.id();
-            return Err(ApiError::bad_request(
+        match check_window_spans(limits.iter().map(|l| l.span).collect()) {
+            Ok(()) => Ok(limits),
+            Err(WindowSetError::Twice(span)) => Err(ApiError::bad_request(
                 "budget_limits",
                 format!(
-                    "budget_duration \"{id}\" is given twice: each window of an entity needs its own duration (budget_limits and the max_budget/budget_duration pair together; 1w is 7d, monthly is 1mo)"
+                    "budget_duration \"{}\" is given twice: each window of an entity needs its own duration (budget_limits and the max_budget/budget_duration pair together; 1w is 7d, monthly is 1mo)",
+                    span.id()
                 ),
-            ));
-        }
-        if limits.len() > MAX_WINDOWS {
-            return Err(ApiError::bad_request(
+            )),
+            Err(WindowSetError::TooMany(n)) => Err(ApiError::bad_request(
                 "budget_limits",
-                format!(
-                    "{} windows: at most {MAX_WINDOWS} windows per entity",
-                    limits.len()
-                ),
-            ));
+                format!("{n} windows: at most {MAX_WINDOWS} windows per entity"),
+            )),
         }
-        Ok(limits)
     }
 }
 

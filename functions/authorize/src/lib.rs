@@ -206,9 +206,9 @@ pub fn scopes_from_headers(headers: &HeaderMap) -> Result<RequestScopes, String>
 /// The header that names a request's tags (LiteLLM's), comma separated.
 pub const TAGS_HEADER: &str = "x-litellm-tags";
 
-/// `x-litellm-tags: a, b`: at most 1,024 bytes, once, at most
-/// `MAX_REQUEST_TAGS` distinct tags, each an id (1 to 128 ASCII letters,
-/// digits and `._-:@+`); empty entries are ignored.
+/// `x-litellm-tags: a, b`: once, plain ASCII, then the core's rules for a
+/// list of tags (`budget_core::service::request_tags`: bounded, each an
+/// id, distinct, sorted, at most `MAX_REQUEST_TAGS`).
 fn tags_from_headers(headers: &HeaderMap) -> Result<Vec<String>, String> {
     let mut values = headers.get_all(TAGS_HEADER).iter();
     let Some(value) = values.next() else {
@@ -217,33 +217,16 @@ fn tags_from_headers(headers: &HeaderMap) -> Result<Vec<String>, String> {
     if values.next().is_some() {
         return Err(format!("{TAGS_HEADER} is given more than once"));
     }
-    if value.len() > 1024 {
-        return Err(format!("{TAGS_HEADER} is longer than 1024 bytes"));
+    if value.len() > budget_core::service::MAX_REQUEST_TAGS_BYTES {
+        return Err(format!(
+            "{TAGS_HEADER} is longer than {} bytes",
+            budget_core::service::MAX_REQUEST_TAGS_BYTES
+        ));
     }
     let text = value
         .to_str()
         .map_err(|_| format!("{TAGS_HEADER} must be plain ASCII"))?;
-    let mut tags: Vec<String> = Vec::new();
-    for tag in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        if !budget_core::ids::is_tag_name(tag) {
-            return Err(format!(
-                "{TAGS_HEADER}: each tag must be 1 to {} ASCII letters, digits or {}",
-                budget_core::ids::MAX_ID_BYTES,
-                budget_core::ids::ID_PUNCTUATION
-            ));
-        }
-        if !tags.iter().any(|t| t == tag) {
-            tags.push(tag.to_string());
-        }
-        if tags.len() > budget_core::service::MAX_REQUEST_TAGS {
-            return Err(format!(
-                "{TAGS_HEADER} names more than {} tags",
-                budget_core::service::MAX_REQUEST_TAGS
-            ));
-        }
-    }
-    tags.sort();
-    Ok(tags)
+    budget_core::service::request_tags(text, TAGS_HEADER)
 }
 
 /// The header that names the model a request calls (LiteLLM's hint).

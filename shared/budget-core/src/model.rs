@@ -491,6 +491,33 @@ pub fn new_incarnation() -> u64 {
 /// one for the reservation itself (see [`Chain::reserve_items`]).
 pub const MAX_TRANSACTION_ITEMS: usize = 100;
 
+/// The most windows one entity may have: every window adds conditions to
+/// the one atomic write of admission.
+pub const MAX_WINDOWS: usize = 10;
+
+/// Why a set of windows cannot be one entity's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WindowSetError {
+    /// Two windows of one span (canonical: `1w` is `7d`): a window is
+    /// identified by its span ([`Window::id`]), so the second would be lost.
+    Twice(Span),
+    /// More than [`MAX_WINDOWS`].
+    TooMany(usize),
+}
+
+/// Checks that `spans` can be one entity's windows: each span once, at most
+/// [`MAX_WINDOWS`] of them.
+pub fn check_window_spans(mut spans: Vec<Span>) -> Result<(), WindowSetError> {
+    spans.sort();
+    if let Some(pair) = spans.windows(2).find(|p| p[0] == p[1]) {
+        return Err(WindowSetError::Twice(pair[0]));
+    }
+    if spans.len() > MAX_WINDOWS {
+        return Err(WindowSetError::TooMany(spans.len()));
+    }
+    Ok(())
+}
+
 /// How many owners deep a chain goes above its key (key → team →
 /// organization): what a store follows when it reads a chain, so a
 /// malformed table can never make it loop.

@@ -36,6 +36,43 @@ pub struct RequestScopes {
 /// naming more is refused.
 pub const MAX_REQUEST_TAGS: usize = 8;
 
+/// The longest list of tags a request may send (bytes), checked before it
+/// is split.
+pub const MAX_REQUEST_TAGS_BYTES: usize = 1024;
+
+/// The tags a request names in `list` (comma separated, as LiteLLM's
+/// `x-litellm-tags`; `named` is what the errors call it): at most
+/// [`MAX_REQUEST_TAGS_BYTES`], each an id (`ids::is_tag_name`), empty
+/// entries ignored, distinct and sorted, at most [`MAX_REQUEST_TAGS`] of
+/// them — the form [`RequestScopes::tags`] must have (a tag named twice
+/// would be one item twice in the transaction). Bounded work whatever
+/// `list` holds: its length is checked first.
+pub fn request_tags(list: &str, named: &str) -> Result<Vec<String>, String> {
+    if list.len() > MAX_REQUEST_TAGS_BYTES {
+        return Err(format!(
+            "{named} is longer than {MAX_REQUEST_TAGS_BYTES} bytes"
+        ));
+    }
+    let mut tags: Vec<String> = Vec::new();
+    for tag in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        if !crate::ids::is_tag_name(tag) {
+            return Err(format!(
+                "{named}: each tag must be 1 to {} ASCII letters, digits or {}",
+                crate::ids::MAX_ID_BYTES,
+                crate::ids::ID_PUNCTUATION
+            ));
+        }
+        if !tags.iter().any(|t| t == tag) {
+            tags.push(tag.to_string());
+        }
+        if tags.len() > MAX_REQUEST_TAGS {
+            return Err(format!("{named} names more than {MAX_REQUEST_TAGS} tags"));
+        }
+    }
+    tags.sort();
+    Ok(tags)
+}
+
 impl RequestScopes {
     /// The entities these name for a request of `key` (a model only where
     /// the key has a budget for it).
@@ -605,6 +642,44 @@ mod tests {
     //! DynamoDB: retries, cache, stale re-reads, duplicates.
 
     use super::*;
+
+    #[test]
+    fn a_request_tag_list_is_bounded_distinct_and_sorted() {
+        let h = "x-litellm-tags";
+        assert_eq!(request_tags(" b, a,,b ,a", h).unwrap(), ["a", "b"]);
+        assert_eq!(request_tags("", h).unwrap(), Vec::<String>::new());
+        let nine: Vec<String> = (0..9).map(|i| format!("t{i}")).collect();
+        assert_eq!(
+            request_tags(&nine.join(","), h).unwrap_err(),
+            "x-litellm-tags names more than 8 tags"
+        );
+        // Repeats count once: eight distinct tags named many times pass.
+        let eight = nine[..8].join(",");
+        assert_eq!(
+            request_tags(&format!("{eight},{eight}"), h).unwrap().len(),
+            8
+        );
+        assert!(request_tags("a b", h)
+            .unwrap_err()
+            .contains("each tag must be"));
+        assert_eq!(
+            request_tags(&"a,".repeat(600), h).unwrap_err(),
+            "x-litellm-tags is longer than 1024 bytes"
+        );
+    }
+
+    #[test]
+    fn an_entity_has_each_span_once_and_at_most_ten_windows() {
+        use crate::model::{check_window_spans, Span, WindowSetError};
+        let span = |s: &str| Span::parse_id(s).unwrap();
+        assert_eq!(check_window_spans(vec![span("1d"), span("30d")]), Ok(()));
+        assert_eq!(
+            check_window_spans(vec![span("7d"), span("1d"), span("7d")]),
+            Err(WindowSetError::Twice(span("7d")))
+        );
+        let eleven: Vec<Span> = (1..=11).map(|n| span(&format!("{n}h"))).collect();
+        assert_eq!(check_window_spans(eleven), Err(WindowSetError::TooMany(11)));
+    }
     use crate::model::{Entity, EntityRef, Span, Window};
     use crate::service::{settle, SettleOutcome};
     use crate::store::memory::{Injected, MemoryStore};

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 pub use crate::decision::Requested;
 pub use authorize::{
-    reservation_id, AuthorizeOutcome, Authorizer, RequestScopes, MAX_KEY_BYTES, MAX_REQUEST_TAGS,
-    RESERVATION_HEX,
+    request_tags, reservation_id, AuthorizeOutcome, Authorizer, RequestScopes, MAX_KEY_BYTES,
+    MAX_REQUEST_TAGS, MAX_REQUEST_TAGS_BYTES, RESERVATION_HEX,
 };
 pub use finish::{expire, settle, SettleOutcome};
 pub use reset::{reset, ResetSummary};
