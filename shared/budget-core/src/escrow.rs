@@ -261,23 +261,13 @@ pub fn top_up(pool: &Entity, shard: &Entity) -> Option<[EntityWrite; 2]> {
 /// since read. `None`: nothing owed, or nothing to give.
 pub fn cover(slots: &[Entity], to: &EntityRef) -> Option<Vec<EntityWrite>> {
     let target = slots.iter().find(|s| &s.entity == to)?;
-    let mut missing = owed(target);
+    let missing = owed(target);
     let mut givers: Vec<&Entity> = slots
         .iter()
         .filter(|s| &s.entity != to && same_periods(s, target))
         .collect();
     givers.sort_by_key(|s| std::cmp::Reverse(headroom(s)));
-    let mut writes = Vec::new();
-    let mut taken = Money::ZERO;
-    for g in givers {
-        let part = headroom(g).min(missing);
-        if part <= Money::ZERO {
-            break;
-        }
-        writes.push(give(g, part)?);
-        missing = missing.saturating_sub(part);
-        taken = taken.saturating_add(part);
-    }
+    let (mut writes, taken, _) = givers_parts(&givers, missing, |held, missing| held.min(missing))?;
     if taken <= Money::ZERO {
         return None;
     }
@@ -980,7 +970,7 @@ pub fn borrow(
     seed: u32,
 ) -> Option<Vec<EntityWrite>> {
     let target = slots.iter().find(|s| &s.entity == to)?;
-    let mut missing = need.saturating_sub(headroom(target));
+    let missing = need.saturating_sub(headroom(target));
     if missing <= Money::ZERO {
         return Some(Vec::new());
     }
@@ -991,23 +981,45 @@ pub fn borrow(
         let chosen = seed as usize % alone;
         givers.swap(0, chosen);
     }
+    let (mut writes, taken, missing) = givers_parts(&givers, missing, |held, missing| {
+        if held < need {
+            held
+        } else {
+            held.min(missing)
+        }
+    })?;
+    if missing > Money::ZERO {
+        return None;
+    }
+    writes.push(receive(target, to, taken));
+    Some(writes)
+}
+
+/// The givers' side of moving `missing` to one slot: `givers` in order,
+/// each giving `part(its headroom, what is still missing)` (conditional on
+/// covering it), until nothing is missing or a giver has nothing to give.
+/// Their writes, what they give together, and what is still missing.
+/// `None`: a giver's part is more than it holds as read.
+fn givers_parts(
+    givers: &[&Entity],
+    mut missing: Money,
+    part: impl Fn(Money, Money) -> Money,
+) -> Option<(Vec<EntityWrite>, Money, Money)> {
     let mut writes = Vec::new();
     let mut taken = Money::ZERO;
     for g in givers {
-        let held = headroom(g);
-        let part = if held < need { held } else { held.min(missing) };
-        if part <= Money::ZERO {
+        if missing <= Money::ZERO {
             break;
         }
-        writes.push(give(g, part)?);
-        missing = missing.saturating_sub(part);
-        taken = taken.saturating_add(part);
-        if missing <= Money::ZERO {
-            writes.push(receive(target, to, taken));
-            return Some(writes);
+        let p = part(headroom(g), missing);
+        if p <= Money::ZERO {
+            break;
         }
+        writes.push(give(g, p)?);
+        missing = missing.saturating_sub(p);
+        taken = taken.saturating_add(p);
     }
-    None
+    Some((writes, taken, missing))
 }
 
 /// The least headroom any window of `slot` holds.
